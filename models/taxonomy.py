@@ -1,0 +1,87 @@
+"""InvokeAI's model taxonomy (same string values), used by model identifier fields on edges."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class BaseModelType(str, Enum):
+    Any = "any"
+    StableDiffusion1 = "sd-1"
+    StableDiffusion2 = "sd-2"
+    StableDiffusion3 = "sd-3"
+    StableDiffusionXL = "sdxl"
+    StableDiffusionXLRefiner = "sdxl-refiner"
+    Flux = "flux"
+    Flux2 = "flux2"
+    CogView4 = "cogview4"
+    ZImage = "z-image"
+    ErnieImage = "ernie-image"
+    Ideogram4 = "ideogram-4"
+    External = "external"
+    QwenImage = "qwen-image"
+    Anima = "anima"
+    Krea2 = "krea-2"
+    Wan = "wan"
+    Unknown = "unknown"
+
+
+class ModelType(str, Enum):
+    ONNX = "onnx"
+    Main = "main"
+    VAE = "vae"
+    LoRA = "lora"
+    ControlLoRa = "control_lora"
+    ControlNet = "controlnet"
+    TextualInversion = "embedding"
+    IPAdapter = "ip_adapter"
+    CLIPVision = "clip_vision"
+    CLIPEmbed = "clip_embed"
+    T2IAdapter = "t2i_adapter"
+    T5Encoder = "t5_encoder"
+    Qwen3Encoder = "qwen3_encoder"
+    QwenVLEncoder = "qwen_vl_encoder"
+    Qwen3VLEncoder = "qwen3_vl_encoder"
+    MistralEncoder = "mistral_encoder"
+    WanT5Encoder = "wan_t5_encoder"
+    Gemma2Encoder = "gemma2_encoder"
+    SpandrelImageToImage = "spandrel_image_to_image"
+    SigLIP = "siglip"
+    FluxRedux = "flux_redux"
+    LlavaOnevision = "llava_onevision"
+    PromptEnhancer = "prompt_enhancer"
+    TextLLM = "text_llm"
+    ExternalImageGenerator = "external_image_generator"
+    PiDDecoder = "pid_decoder"
+    Unknown = "unknown"
+
+
+class SubModelType(str, Enum):
+    UNet = "unet"
+    Transformer = "transformer"
+    Transformer2 = "transformer_2"
+    TextEncoder = "text_encoder"
+    TextEncoder2 = "text_encoder_2"
+    TextEncoder3 = "text_encoder_3"
+    Tokenizer = "tokenizer"
+    Tokenizer2 = "tokenizer_2"
+    Tokenizer3 = "tokenizer_3"
+    PE = "pe"
+    PETokenizer = "pe_tokenizer"
+    VAE = "vae"
+    VAEDecoder = "vae_decoder"
+    VAEEncoder = "vae_encoder"
+    Scheduler = "scheduler"
+    SafetyChecker = "safety_checker"
+
+
+class ModelVariantType(str, Enum):
+    Normal = "normal"
+    Inpaint = "inpaint"
+    Depth = "depth"
+
+
+class SchedulerPredictionType(str, Enum):
+    Epsilon = "epsilon"
+    VPrediction = "v_prediction"
+    Sample = "sample"

@@ -1,0 +1,127 @@
+"""Errors with InvokeAI's names. Each one says which node and field is wrong and what was expected."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class InvokeAIProviderError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    def __init__(self, message: str, *, node_id: Optional[str] = None, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.field = field
+
+
+class InvalidNodeDefinitionError(InvokeAIProviderError):
+    """A node class is declared wrongly (bad type string, version, missing invoke)."""
+
+
+# --- parsing and validation (reference §2.2) -------------------------------------------------------
+
+
+class GraphParseError(InvokeAIProviderError):
+    """The document is not JSON, or not shaped like a graph, workflow or batch."""
+
+
+class UnknownNodeTypeError(InvokeAIProviderError):
+    """A node's `type` is not registered."""
+
+
+class NodeValidationError(InvokeAIProviderError):
+    """A node's literal values do not fit its fields (unknown field, wrong type, out of range)."""
+
+
+class DuplicateNodeIdError(InvokeAIProviderError):
+    pass
+
+
+class NodeIdMismatchError(InvokeAIProviderError):
+    pass
+
+
+class NodeNotFoundError(InvokeAIProviderError):
+    pass
+
+
+class NodeFieldNotFoundError(InvokeAIProviderError):
+    pass
+
+
+class CyclicalGraphError(InvokeAIProviderError):
+    pass
+
+
+class InvalidEdgeError(InvokeAIProviderError):
+    pass
+
+
+class WorkflowError(InvokeAIProviderError):
+    """A saved workflow cannot be turned into a graph."""
+
+
+# --- batches (reference §2.5) -----------------------------------------------------------------------
+
+
+class BatchValidationError(InvokeAIProviderError):
+    pass
+
+
+class BatchZippedLengthError(BatchValidationError):
+    pass
+
+
+class BatchItemsTypeError(BatchValidationError):
+    pass
+
+
+class BatchDuplicateNodeFieldError(BatchValidationError):
+    pass
+
+
+# --- execution --------------------------------------------------------------------------------------
+
+
+class MissingInputError(InvokeAIProviderError):
+    """A required input got neither a value nor an edge (InvokeAI's MissingInputException)."""
+
+    def __init__(self, node_id: str, node_type: str, field: str) -> None:
+        super().__init__(
+            f"Node {node_id} ({node_type}) missing value or connection for field {field}", node_id=node_id, field=field
+        )
+
+
+class RequiredConnectionError(InvokeAIProviderError):
+    """A required connection-only input has no edge (InvokeAI's RequiredConnectionException)."""
+
+    def __init__(self, node_id: str, node_type: str, field: str) -> None:
+        super().__init__(f"Node {node_id} ({node_type}) missing connections for field {field}", node_id=node_id, field=field)
+
+
+class NodeInputError(InvokeAIProviderError):
+    """A value arriving on an edge does not fit the destination field."""
+
+
+class NodeExecutionError(InvokeAIProviderError):
+    """A node raised while running; wraps the cause and names the node."""
+
+    def __init__(self, node_id: str, node_type: str, exec_id: str, cause: BaseException) -> None:
+        super().__init__(
+            f"Node {node_id} ({node_type}) failed: {type(cause).__name__}: {cause}", node_id=node_id
+        )
+        self.node_type = node_type
+        self.exec_id = exec_id
+        self.cause = cause
+
+
+class CanceledError(InvokeAIProviderError):
+    """The run was canceled; raised between nodes or at the next progress check inside one."""
+
+
+class ArtifactNotFoundError(InvokeAIProviderError):
+    """An image, tensor or conditioning name does not exist in the artifact store."""
+
+
+class InvalidArtifactKeyError(InvokeAIProviderError):
+    """A name or prefix that would escape its place in the store."""

@@ -1,0 +1,133 @@
+"""The ``invokeai-airflow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from invokeai_provider.errors import InvokeAIProviderError, NodeFieldNotFoundError, NodeNotFoundError
+
+
+def _parse_set(assignments: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """``NODE_ID.FIELD=VALUE``: VALUE is read as JSON when it parses, else taken as a string."""
+    parsed = []
+    for assignment in assignments:
+        target, sep, raw = assignment.partition("=")
+        node_id, dot, field = target.rpartition(".")
+        if not sep or not dot or not node_id or not field:
+            raise InvokeAIProviderError(f"--set {assignment!r}: expected NODE_ID.FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        parsed.append((node_id, field, value))
+    return parsed
+
+
+def apply_overrides(graph_dict: dict[str, Any], overrides: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Writes ``--set`` values into a graph dict; a field fed by an edge cannot be set."""
+    from invokeai_provider.registry import InvocationRegistry
+
+    nodes = {k: dict(v) for k, v in graph_dict["nodes"].items()}
+    fed = {(e["destination"]["node_id"], e["destination"]["field"]): e["source"] for e in graph_dict["edges"]}
+    for node_id, field, value in overrides:
+        if node_id not in nodes:
+            raise NodeNotFoundError(f"--set {node_id}.{field}: no node {node_id!r} in the graph", node_id=node_id)
+        node_class = InvocationRegistry.get_invocation_class(nodes[node_id]["type"])
+        if field not in node_class.input_fields():
+            raise NodeFieldNotFoundError(
+                f"--set {node_id}.{field}: node {node_id} ({node_class.get_type()}) has no input {field!r}; expected "
+                f"one of: {', '.join(node_class.input_fields())}", node_id=node_id, field=field)
+        if (node_id, field) in fed:
+            source = fed[(node_id, field)]
+            raise NodeFieldNotFoundError(
+                f"--set {node_id}.{field}: the field is fed by an edge from {source['node_id']}.{source['field']}",
+                node_id=node_id, field=field)
+        nodes[node_id][field] = value
+    return {**graph_dict, "nodes": nodes}
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from invokeai_provider.schema import describe_nodes
+
+    described = describe_nodes()
+    if args.json:
+        json.dump(described, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for entry in described:
+            print(f"{entry['type']:<36} {entry['category'] or '-':<12} {entry['version']:<8} {entry['title'] or ''}")
+    return 0
+
+
+def cmd_graph_run(args: argparse.Namespace) -> int:
+    from invokeai_provider.context import RunContext
+    from invokeai_provider.engine import Engine, ExecutionState
+    from invokeai_provider.graph import Graph
+    from invokeai_provider.storage import open_run_store
+    from invokeai_provider.workflow import load_document
+
+    graph, workflow = load_document(Path(args.file).read_text())
+    graph = Graph.from_dict(apply_overrides(graph.to_dict(), _parse_set(args.set or [])))
+    graph.validate()
+    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
+    store = open_run_store(args.artifacts, tenant=args.tenant, dag_id=Path(args.file).stem, run_id=run_id)
+    run = RunContext(store=store, graph_json=graph.to_dict(), workflow_json=workflow.raw if workflow else None)
+    state = Engine(run).run(ExecutionState(graph))
+    json.dump(state.leaf_outputs(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_graph_validate(args: argparse.Namespace) -> int:
+    from invokeai_provider.workflow import load_document
+
+    graph, workflow = load_document(Path(args.file).read_text())
+    graph.validate()
+    kind = f"workflow {workflow.name!r} (meta {workflow.meta_version})" if workflow else "graph"
+    print(f"{args.file}: valid {kind}, {len(graph.nodes)} nodes, {len(graph.edges)} edges")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invokeai-airflow", description="InvokeAI node graphs on Apache Airflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    nodes = sub.add_parser("nodes", help="list the registered node types")
+    nodes.add_argument("--json", action="store_true", help="print every type with its input and output schema")
+    nodes.set_defaults(func=cmd_nodes)
+
+    graph = sub.add_parser("graph", help="validate or run an InvokeAI graph or saved workflow in this process")
+    graph_sub = graph.add_subparsers(dest="graph_command", required=True)
+    run = graph_sub.add_parser("run", help="run a graph or workflow and print each leaf node's outputs as JSON")
+    run.add_argument("file", help="graph or workflow JSON file")
+    run.add_argument("--set", action="append", metavar="NODE_ID.FIELD=VALUE",
+                     help="set a node input (VALUE is parsed as JSON when possible); repeatable")
+    run.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root or ./artifacts)")
+    run.add_argument("--tenant", default="default", help="storage tenant prefix (default: default)")
+    run.add_argument("--run-id", help="run id used in artifact keys (default: a new one)")
+    run.set_defaults(func=cmd_graph_run)
+    validate = graph_sub.add_parser("validate", help="check a graph or workflow without running it")
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_graph_validate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvokeAIProviderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,7 @@ from invokeai_provider.invocation import BaseInvocation
 from invokeai_provider.registry import InvocationRegistry
 from invokeai_provider.typecompat import (
     are_connection_types_compatible,
+    collected_item_fits,
     collection_item_types,
     is_any,
     is_list_or_contains_list,
@@ -399,7 +400,7 @@ class Graph:
                 continue
             to_item = get_args(to_type)[0] if get_origin(to_type) is list else _first_list_item(to_type)
             if root is not None:
-                if not (is_any(to_item) or are_connection_types_compatible(root, to_item)):
+                if not collected_item_fits(root, to_item):
                     return (f"its items ({type_name(root)}) do not fit {out}, which expects "
                             f"{type_name(to_type)}")
             elif to_item is not Any:

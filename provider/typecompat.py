@@ -51,6 +51,11 @@ def are_connection_types_compatible(from_type: Any, to_type: Any) -> bool:
     return _union_subset(from_type, to_type)
 
 
+def collected_item_fits(root: Any, to_item: Any) -> bool:
+    """Stricter than an edge: collected items must be the list's item type, a union arm of it, or a subclass."""
+    return is_any(to_item) or root == to_item or _union_subset(root, to_item) or _is_subclass(root, to_item)
+
+
 def collection_item_types(t: Any) -> set[Any]:
     """The item types of a list annotation, or of the list branches of a union."""
     if is_any(t):

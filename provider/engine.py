@@ -19,6 +19,7 @@ stopped without re-running finished nodes.
 from __future__ import annotations
 
 import copy
+import heapq
 import json
 import logging
 import time
@@ -218,7 +219,11 @@ class ExecutionState:
 
 
 class Engine:
-    """Runs an ExecutionState to completion (or for a bounded number of nodes) in this process."""
+    """Runs an ExecutionState to completion (or for a bounded number of nodes) in this process.
+
+    Readiness is tracked incrementally (a count of unfinished parents per exec node and a heap of ready
+    ones), so the cost per node does not grow with the size of the graph.
+    """
 
     def __init__(self, run: RunContext,
                  on_node_complete: Optional[Callable[[ExecutionState, ExecNode], None]] = None) -> None:
@@ -233,6 +238,7 @@ class Engine:
         A node failure is recorded in ``state.errors`` and raised as NodeExecutionError; cancellation
         raises CanceledError. Both leave the state consistent, so it can be inspected or serialised.
         """
+        self._reset(state)
         executed = 0
         while not state.is_complete():
             if max_nodes is not None and executed >= max_nodes:
@@ -241,33 +247,90 @@ class Engine:
                 state.canceled = True
                 raise CanceledError("run canceled between nodes")
             self._materialize(state)
-            node = self._next_ready(state)
+            node = self._pop_ready(state)
             if node is None:
                 if state.is_complete():
                     break
                 pending = [n.exec_id for n in state.exec_nodes.values() if n.status == PENDING]
-                unmaterialized = [s for s in state.order if not state.is_materialized(s)]
                 raise InvokeAIProviderError(
-                    f"engine stalled: pending {pending[:10]}, not yet expanded {unmaterialized[:10]}")
+                    f"engine stalled: pending {pending[:10]}, not yet expanded {self._unmaterialized[:10]}")
             self._execute(state, node)
+            self._finished(state, node)
             executed += 1
         return state
+
+    # --- readiness bookkeeping (rebuilt from the state, so a restored state resumes) --------------
+
+    def _reset(self, state: ExecutionState) -> None:
+        self._state = state
+        self._unmaterialized = [s for s in state.order if not state.is_materialized(s)]
+        self._children: dict[str, list[str]] = {}
+        self._waiting: dict[str, int] = {}
+        self._ready: list[tuple[tuple[Any, ...], str]] = []
+        self._parked: list[str] = []  # ready but deferred by an unresolved if
+        self._changed = True
+        for node in state.exec_nodes.values():
+            self._register(state, node)
+
+    def _register(self, state: ExecutionState, node: ExecNode) -> None:
+        parents = {parent for _, parent, _ in node.inputs}
+        for parent in parents:
+            self._children.setdefault(parent, []).append(node.exec_id)
+        self._waiting[node.exec_id] = sum(1 for p in parents if state.exec_nodes[p].status == PENDING)
+        if node.status == PENDING and self._waiting[node.exec_id] == 0:
+            self._push(state, node)
+        if state.graph.type_of(node.source_id) == IF and node.status == PENDING:
+            self._try_resolve_if(state, node)
+
+    def _push(self, state: ExecutionState, node: ExecNode) -> None:
+        # nodes that only feed an if branch go last, so conditions resolve first
+        key = (node.source_id in state.exclusive, state.position[node.source_id], node.path, node.exec_id)
+        heapq.heappush(self._ready, (key, node.exec_id))
+
+    def _finished(self, state: ExecutionState, node: ExecNode) -> None:
+        """A node is done or skipped: release its children and resolve ifs it decides."""
+        self._changed = True
+        for child_id in self._children.get(node.exec_id, []):
+            self._waiting[child_id] -= 1
+            child = state.exec_nodes[child_id]
+            if child.status != PENDING:
+                continue
+            if state.graph.type_of(child.source_id) == IF:
+                self._try_resolve_if(state, child)
+            if self._waiting[child_id] == 0:
+                self._push(state, child)
+
+    def _pop_ready(self, state: ExecutionState) -> Optional[ExecNode]:
+        while self._ready:
+            _, exec_id = heapq.heappop(self._ready)
+            node = state.exec_nodes[exec_id]
+            if node.status != PENDING:
+                continue
+            if self._deferred(state, node):
+                self._parked.append(exec_id)
+                continue
+            return node
+        return None
 
     # --- materialization --------------------------------------------------------------------------
 
     def _materialize(self, state: ExecutionState) -> None:
+        """Expands every source node whose parents are expanded (iterate: whose input has run)."""
+        if not self._changed or not self._unmaterialized:
+            return
+        self._changed = False
         g = state.graph
-        for source_id in state.order:
-            if state.is_materialized(source_id):
-                continue
-            parents = g.parents(source_id)
-            if not all(state.is_materialized(p) for p in parents):
+        still: list[str] = []
+        for source_id in self._unmaterialized:
+            ready = all(state.is_materialized(p) for p in g.parents(source_id))
+            if ready and g.type_of(source_id) == ITERATE:
+                feeder = g.input_edges(source_id, COLLECTION_FIELD)[0].source.node_id
+                ready = not any(n.status == PENDING for n in state.execs_of(feeder))
+            if not ready:
+                still.append(source_id)
                 continue
             node_type = g.type_of(source_id)
             if node_type == ITERATE:
-                feeder = g.input_edges(source_id, COLLECTION_FIELD)[0].source.node_id
-                if any(n.status == PENDING for n in state.execs_of(feeder)):
-                    continue
                 new = self._expand_iterate(state, source_id)
             elif node_type == COLLECT:
                 new = self._expand_collect(state, source_id)
@@ -278,6 +341,8 @@ class Engine:
             for node in new:
                 state.exec_nodes[node.exec_id] = node
                 self._skip_if_branch_resolved_away(state, node)
+                self._register(state, node)
+        self._unmaterialized = still
 
     def _canonical(self, state: ExecutionState, assignment: dict[str, int]) -> Scope:
         return tuple((axis, assignment[axis]) for axis in state._sorted_axes(assignment))
@@ -354,7 +419,8 @@ class Engine:
             for if_exec in self._matching_ifs(state, if_id, node.scope):
                 selected = state.if_selection.get(if_exec.exec_id)
                 if selected is not None and selected != branch:
-                    self._mark_skipped(state, node)
+                    node.status = SKIPPED
+                    state.history.append(node.exec_id)
                     return
 
     def _deferred(self, state: ExecutionState, node: ExecNode) -> bool:
@@ -367,50 +433,31 @@ class Engine:
         if node.status == PENDING:
             node.status = SKIPPED
             state.history.append(node.exec_id)
+            self._finished(state, node)
 
-    def _resolve_ifs(self, state: ExecutionState) -> None:
-        """Resolves every if whose condition is known and skips the exec nodes of the branch not taken."""
-        for if_id in (s for s in state.order if state.graph.type_of(s) == IF):
-            for if_exec in state.execs_of(if_id):
-                if if_exec.exec_id in state.if_selection or if_exec.status != PENDING:
-                    continue
-                condition_inputs = [i for i in if_exec.inputs if i[0] == CONDITION]
-                if condition_inputs:
-                    _, parent, field_name = condition_inputs[0]
-                    if state.exec_nodes[parent].status != DONE:
-                        continue
-                    condition = bool(getattr(state.results[parent], field_name))
-                else:
-                    condition = bool(state.graph.nodes[if_id].condition)  # type: ignore[attr-defined]
-                selected = TRUE_INPUT if condition else FALSE_INPUT
-                unselected = FALSE_INPUT if condition else TRUE_INPUT
-                state.if_selection[if_exec.exec_id] = selected
-                if_exec.inputs = [i for i in if_exec.inputs if i[0] != unselected]
-                for source_id, branches in state.exclusive.items():
-                    if (if_id, unselected) in branches:
-                        for member in state.execs_of(source_id):
-                            if _compatible(member.scope, if_exec.scope):
-                                self._mark_skipped(state, member)
-
-    # --- scheduling -------------------------------------------------------------------------------
-
-    def _next_ready(self, state: ExecutionState) -> Optional[ExecNode]:
-        self._resolve_ifs(state)
-        best: Optional[tuple[tuple[Any, ...], ExecNode]] = None
-        for node in state.exec_nodes.values():
-            if node.status != PENDING:
-                continue
-            if any(state.exec_nodes[parent].status == PENDING for _, parent, _ in node.inputs):
-                continue
-            if state.graph.type_of(node.source_id) == IF and node.exec_id not in state.if_selection:
-                continue
-            if self._deferred(state, node):
-                continue
-            # nodes that only feed an if branch go last, so conditions resolve first
-            key = (node.source_id in state.exclusive, state.position[node.source_id], node.path, node.exec_id)
-            if best is None or key < best[0]:
-                best = (key, node)
-        return best[1] if best else None
+    def _try_resolve_if(self, state: ExecutionState, if_exec: ExecNode) -> None:
+        """Resolves an if once its condition is known, and skips the exec nodes of the branch not taken."""
+        if if_exec.exec_id in state.if_selection:
+            return
+        if_id = if_exec.source_id
+        condition_inputs = [i for i in if_exec.inputs if i[0] == CONDITION]
+        if condition_inputs:
+            _, parent, field_name = condition_inputs[0]
+            if state.exec_nodes[parent].status != DONE:
+                return
+            condition = bool(getattr(state.results[parent], field_name))
+        else:
+            condition = bool(state.graph.nodes[if_id].condition)  # type: ignore[attr-defined]
+        selected, unselected = (TRUE_INPUT, FALSE_INPUT) if condition else (FALSE_INPUT, TRUE_INPUT)
+        state.if_selection[if_exec.exec_id] = selected
+        for source_id, branches in state.exclusive.items():
+            if (if_id, unselected) in branches:
+                for member in state.execs_of(source_id):
+                    if _compatible(member.scope, if_exec.scope):
+                        self._mark_skipped(state, member)
+        for exec_id in self._parked:  # what waited on this if may go now
+            self._push(state, state.exec_nodes[exec_id])
+        self._parked.clear()
 
     # --- execution --------------------------------------------------------------------------------
 
@@ -434,8 +481,11 @@ class Engine:
             object.__setattr__(invocation, "collection", getattr(state.results[parent], field_name))
             object.__setattr__(invocation, "index", node.index)
             return invocation
+        unselected = None
+        if node_type == IF:  # only the condition and the selected branch are hydrated
+            unselected = FALSE_INPUT if state.if_selection.get(node.exec_id) == TRUE_INPUT else TRUE_INPUT
         for dest_field, parent, field_name in node.inputs:
-            if state.exec_nodes[parent].status != DONE:
+            if state.exec_nodes[parent].status != DONE or dest_field == unselected:
                 continue
             value = copy.deepcopy(getattr(state.results[parent], field_name))
             try:

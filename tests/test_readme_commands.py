@@ -1,0 +1,41 @@
+"""The README's two commands exist, CI runs the test one, and the main job's workflow runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+
+def readme_command(marker: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\n```bash\n(.+)\n```", text)
+    assert match, f"README.md has no {marker}"
+    return match.group(1)
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in ci
+    command = readme_command("test-command")
+    assert command.startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0")
+    assert command.endswith(".venv/bin/pytest -q")
+
+
+def test_main_command_runs_the_example_workflow(tmp_path):
+    command = readme_command("main-command")
+    workflow = command.rsplit("graph run ", 1)[1]
+    assert (REPO_ROOT / workflow).is_file()
+    exe = Path(sys.executable).with_name("invokeai-airflow")
+    result = subprocess.run([str(exe), "graph", "run", workflow, "--artifacts", str(tmp_path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    prompts = out["prompts"][0]["collection"]
+    assert len(prompts) == 12 and len(set(prompts)) == 12
+    assert all(p.endswith(", watercolor, soft light") for p in prompts)
+    assert out["seeds"][0]["collection"] == list(range(1000, 1012))

@@ -102,8 +102,9 @@ def build_node(node_key: str, data: Any) -> BaseInvocation:
 
 def node_validation_error(node_id: str, node_class: type[BaseInvocation], exc: ValidationError) -> NodeValidationError:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "?"
-    top = str(first.get("loc", ("?",))[0])
+    loc = first.get("loc") or ("?",)
+    field = ".".join(str(p) for p in loc)
+    top = str(loc[0])
     if first.get("type") == "extra_forbidden":
         known = ", ".join(sorted(node_class.input_fields()))
         message = f'node {node_id} ({node_class.get_type()}): unknown field "{top}"; expected one of: {known}'

@@ -65,20 +65,26 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_graph_run(args: argparse.Namespace) -> int:
+    from invokeai_provider.batch import expand_batch
     from invokeai_provider.context import RunContext
     from invokeai_provider.engine import Engine, ExecutionState
     from invokeai_provider.graph import Graph
     from invokeai_provider.storage import open_run_store
     from invokeai_provider.workflow import load_document
 
-    graph, workflow = load_document(Path(args.file).read_text())
-    graph = Graph.from_dict(apply_overrides(graph.to_dict(), _parse_set(args.set or [])))
+    document = load_document(Path(args.file).read_text())
+    graph = Graph.from_dict(apply_overrides(document.graph.to_dict(), _parse_set(args.set or [])))
     graph.validate()
+    sessions = expand_batch(graph, document.batch)[0] if document.batch else [graph]
     run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
     store = open_run_store(args.artifacts, tenant=args.tenant, dag_id=Path(args.file).stem, run_id=run_id)
-    run = RunContext(store=store, graph_json=graph.to_dict(), workflow_json=workflow.raw if workflow else None)
-    state = Engine(run).run(ExecutionState(graph))
-    json.dump(state.leaf_outputs(), sys.stdout, indent=2)
+    workflow_json = document.workflow.raw if document.workflow else None
+    results = []
+    for index, session in enumerate(sessions):
+        run = RunContext(store=store, graph_json=session.to_dict(), workflow_json=workflow_json,
+                         name_prefix=f"s{index}." if document.batch else "")
+        results.append(Engine(run).run(ExecutionState(session)).leaf_outputs())
+    json.dump(results if document.batch else results[0], sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 
@@ -86,10 +92,14 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
 def cmd_graph_validate(args: argparse.Namespace) -> int:
     from invokeai_provider.workflow import load_document
 
-    graph, workflow = load_document(Path(args.file).read_text())
-    graph.validate()
+    document = load_document(Path(args.file).read_text())
+    document.graph.validate()
+    if document.batch:
+        document.batch.check_against(document.graph)
+    workflow = document.workflow
     kind = f"workflow {workflow.name!r} (meta {workflow.meta_version})" if workflow else "graph"
-    print(f"{args.file}: valid {kind}, {len(graph.nodes)} nodes, {len(graph.edges)} edges")
+    batch = f", a batch of {document.batch.session_count()} sessions" if document.batch else ""
+    print(f"{args.file}: valid {kind}, {len(document.graph.nodes)} nodes, {len(document.graph.edges)} edges{batch}")
     return 0
 
 

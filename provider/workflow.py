@@ -12,10 +12,13 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from invokeai_provider.errors import GraphParseError, NodeFieldNotFoundError, NodeNotFoundError, WorkflowError
 from invokeai_provider.graph import Edge, Graph, build_node, load_json
+
+if TYPE_CHECKING:
+    from invokeai_provider.batch import Batch
 
 SUPPORTED_META_VERSIONS = ("3.0.0", "4.0.0")
 
@@ -280,12 +283,33 @@ def _batch_data(raw: Mapping[str, Any], nodes: dict[str, dict[str, Any]],
     return [groups[g] for g in sorted(groups)] + singles
 
 
-def load_document(text: str) -> tuple[Graph, Optional[Workflow]]:
-    """Parses a graph or a saved workflow (detected by shape) into a graph; a workflow is returned too."""
+@dataclass
+class Document:
+    """What a JSON file holds: a graph, the workflow it came from (if any) and batch data (if any)."""
+
+    graph: Graph
+    workflow: Optional[Workflow] = None
+    batch: Optional["Batch"] = None
+
+
+def load_document(text: str) -> Document:
+    """Parses a graph, a saved workflow or an InvokeAI batch (``{"batch": {"graph", "data", "runs"}}``).
+
+    The kind is detected from the document's shape. A workflow's batch nodes and a batch's ``data``
+    become the document's batch.
+    """
+    from invokeai_provider.batch import Batch
+
     document = load_json(text)
     if is_workflow(document):
         workflow = parse_workflow(document)
-        return workflow.graph, workflow
+        batch = Batch.model_validate({"data": workflow.batch_data}) if workflow.batch_data else None
+        return Document(workflow.graph, workflow, batch)
+    if isinstance(document, Mapping) and isinstance(document.get("batch"), Mapping):
+        document = document["batch"]  # InvokeAI's enqueue_batch body
     if isinstance(document, Mapping) and "graph" in document and "nodes" not in document:
-        document = document["graph"]  # a Batch or queue item wrapping its graph
-    return Graph.from_dict(document), None
+        batch_fields = {k: document[k] for k in ("batch_id", "origin", "destination", "data", "runs") if k in document}
+        graph = Graph.from_dict(document["graph"])
+        workflow = parse_workflow(document["workflow"]) if is_workflow(document.get("workflow")) else None
+        return Document(graph, workflow, Batch.model_validate(batch_fields) if batch_fields else None)
+    return Document(Graph.from_dict(document))

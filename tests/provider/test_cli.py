@@ -95,3 +95,19 @@ def test_console_script_entry_point_runs(tmp_path):
     result = subprocess.run([str(exe), "graph", "validate", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "valid graph, 4 nodes, 2 edges" in result.stdout
+
+
+def test_workflow_batch_nodes_run_one_session_each(tmp_path, capsys):
+    from test_workflow import wf_edge, wf_node, workflow
+
+    doc = workflow([wf_node("prompts", "string_batch", strings=["cat", "dog"], batch_group_id="None"),
+                    wf_node("seeds", "integer_batch", integers=[1, 2], batch_group_id="None"),
+                    wf_node("p", "test_prompt", prompt=...), wf_node("seed", "integer")],
+                   [wf_edge("prompts", "value", "p", "prompt"), wf_edge("seeds", "value", "seed", "value")])
+    path = write(tmp_path, doc)
+    assert main(["graph", "run", str(path), "--artifacts", str(tmp_path / "a")]) == 0
+    sessions = json.loads(capsys.readouterr().out)
+    assert [(s["p"][0]["prompt"], s["seed"][0]["value"]) for s in sessions] == [
+        ("cat", 1), ("cat", 2), ("dog", 1), ("dog", 2)]
+    assert main(["graph", "validate", str(path)]) == 0
+    assert "a batch of 4 sessions" in capsys.readouterr().out

@@ -145,10 +145,19 @@ def test_batch_nodes_become_zipped_and_product_batch_data():
 
 def test_load_document_detects_graphs_and_workflows():
     graph_doc = {"id": "g", "nodes": {"a": {"id": "a", "type": "integer", "value": 1}}, "edges": []}
-    g, wf = load_document(json.dumps(graph_doc))
-    assert wf is None and list(g.nodes) == ["a"]
-    g, wf = load_document(json.dumps(sum_workflow()))
-    assert wf is not None and "times" in g.nodes
+    doc = load_document(json.dumps(graph_doc))
+    assert doc.workflow is None and doc.batch is None and list(doc.graph.nodes) == ["a"]
+    doc = load_document(json.dumps(sum_workflow()))
+    assert doc.workflow is not None and "times" in doc.graph.nodes
+
+
+def test_load_document_reads_an_invokeai_batch_body():
+    body = {"prepend": False, "batch": {"graph": {"id": "g", "nodes": {"p": {"id": "p", "type": "test_prompt"}},
+                                                  "edges": []},
+                                        "runs": 2, "data": [[{"node_path": "p", "field_name": "prompt",
+                                                              "items": ["a", "b"]}]]}}
+    doc = load_document(json.dumps(body))
+    assert doc.batch is not None and doc.batch.session_count() == 4
 
 
 @pytest.mark.skipif(not SHARED_WORKFLOWS.is_dir(), reason="shared InvokeAI workflows not present")

@@ -19,3 +19,9 @@ def run_context(tmp_path: Path) -> RunContext:
 
 def pytest_configure(config: pytest.Config) -> None:
     import nodes_for_tests  # noqa: F401 - registers the test_* node types
+
+
+@pytest.fixture
+def run(run_context: RunContext) -> RunContext:
+    """The run context under the short name the node-family tests use."""
+    return run_context

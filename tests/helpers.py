@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from invokeai_provider.graph import Graph
 
 
 def node(node_id: str, node_type: str, **fields: Any) -> dict[str, Any]:
@@ -16,3 +19,23 @@ def edge(source: str, source_field: str, destination: str, destination_field: st
 
 def graph(*nodes: dict[str, Any], edges: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"id": "g", "nodes": {n["id"]: n for n in nodes}, "edges": list(edges)}
+
+
+def graph_of(nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]] | None = None) -> "Graph":
+    """A parsed graph from nodes keyed by id (their dicts without the id)."""
+    from invokeai_provider.graph import Graph
+
+    return Graph.from_dict({"nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges or []})
+
+
+def run_nodes(run: Any, nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]] | None = None) -> Any:
+    """Validates and runs the graph; returns the execution state."""
+    from invokeai_provider.engine import run_graph
+
+    return run_graph(graph_of(nodes, edges), run)
+
+
+def only_output(run: Any, node: dict[str, Any]) -> Any:
+    """Runs one node alone and returns its single output."""
+    [out] = run_nodes(run, {"n": node}).outputs_of("n")
+    return out

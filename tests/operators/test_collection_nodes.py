@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from invokeai_provider.context import RunContext
+from helpers import edge, graph_of as graph, only_output
+
 from invokeai_provider.engine import run_graph
 from invokeai_provider.errors import NodeExecutionError, NodeValidationError
-from invokeai_provider.graph import Graph
 from invokeai_provider.registry import InvocationRegistry
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
-
-
-@pytest.fixture
-def run(tmp_path):
-    return RunContext(store=RunStore(LocalArtifactBackend(tmp_path), dag_id="ranges", run_id="r1"))
-
-
-def graph(nodes: dict, edges: list | None = None) -> Graph:
-    return Graph.from_dict({"nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges or []})
-
-
-def edge(src: str, src_field: str, dst: str, dst_field: str) -> dict:
-    return {"source": {"node_id": src, "field": src_field}, "destination": {"node_id": dst, "field": dst_field}}
 
 
 def collection_of(run, node: dict) -> list:
-    state = run_graph(graph({"n": node}), run)
-    [out] = state.outputs_of("n")
-    return out.collection
+    return only_output(run, node).collection
 
 
 # type -> (class name, title, version, use_cache)

@@ -6,31 +6,15 @@ import math
 
 import pytest
 
-from invokeai_provider.context import RunContext
+from helpers import edge, graph_of as graph, only_output
+
 from invokeai_provider.engine import run_graph
 from invokeai_provider.errors import NodeExecutionError, NodeInputError, NodeValidationError
-from invokeai_provider.graph import Graph
 from invokeai_provider.registry import InvocationRegistry
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
-
-
-@pytest.fixture
-def run(tmp_path):
-    return RunContext(store=RunStore(LocalArtifactBackend(tmp_path), dag_id="maths", run_id="r1"))
-
-
-def graph(nodes: dict, edges: list | None = None) -> Graph:
-    return Graph.from_dict({"nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges or []})
-
-
-def edge(src: str, src_field: str, dst: str, dst_field: str) -> dict:
-    return {"source": {"node_id": src, "field": src_field}, "destination": {"node_id": dst, "field": dst_field}}
 
 
 def value_of(run, node: dict):
-    state = run_graph(graph({"n": node}), run)
-    [out] = state.outputs_of("n")
-    return out.value
+    return only_output(run, node).value
 
 
 # type -> (class name, title, version, use_cache, output type)

@@ -9,32 +9,16 @@ import typing
 
 import pytest
 
+from helpers import edge, only_output, run_nodes
+
 from invokeai_provider import __version__
-from invokeai_provider.context import RunContext
-from invokeai_provider.engine import run_graph
 from invokeai_provider.errors import MissingInputError, NodeExecutionError, NodeValidationError
 from invokeai_provider.graph import Graph
 from invokeai_provider.registry import InvocationRegistry
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
-
-
-@pytest.fixture
-def run(tmp_path):
-    return RunContext(store=RunStore(LocalArtifactBackend(tmp_path), dag_id="meta", run_id="r1"))
-
-
-def edge(src: str, src_field: str, dst: str, dst_field: str) -> dict:
-    return {"source": {"node_id": src, "field": src_field}, "destination": {"node_id": dst, "field": dst_field}}
-
-
-def run_nodes(run, nodes: dict, edges: list | None = None):
-    doc = {"nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges or []}
-    return run_graph(Graph.from_dict(doc), run)
 
 
 def single(run, **node):
-    [out] = run_nodes(run, {"n": node}).outputs_of("n")
-    return out
+    return only_output(run, node)
 
 
 def parse(**node):

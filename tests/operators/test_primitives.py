@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from invokeai_provider.context import RunContext
+from helpers import edge, graph_of as graph, only_output
+
 from invokeai_provider.engine import run_graph
 from invokeai_provider.errors import (
     MissingInputError,
@@ -16,28 +17,7 @@ from invokeai_provider.errors import (
     NodeValidationError,
     RequiredConnectionError,
 )
-from invokeai_provider.graph import Graph
 from invokeai_provider.registry import InvocationRegistry
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
-
-
-@pytest.fixture
-def run(tmp_path):
-    return RunContext(store=RunStore(LocalArtifactBackend(tmp_path), dag_id="prims", run_id="r1"))
-
-
-def graph(nodes: dict, edges: list | None = None) -> Graph:
-    return Graph.from_dict({"nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges or []})
-
-
-def edge(src: str, src_field: str, dst: str, dst_field: str) -> dict:
-    return {"source": {"node_id": src, "field": src_field}, "destination": {"node_id": dst, "field": dst_field}}
-
-
-def single(run, node: dict):
-    state = run_graph(graph({"n": node}), run)
-    [out] = state.outputs_of("n")
-    return out
 
 
 # type -> (class name, title, version, output type)
@@ -118,7 +98,7 @@ def test_importing_node_families_pulls_in_no_heavy_library():
     ({"type": "string"}, ""),
 ])
 def test_scalar_primitives_emit_their_value(run, node, expected):
-    out = single(run, node)
+    out = only_output(run, node)
     assert out.value == expected
     assert type(out.value) is type(expected)
 
@@ -131,7 +111,7 @@ def test_scalar_primitives_emit_their_value(run, node, expected):
     ({"type": "string_collection"}, []),
 ])
 def test_list_primitives_emit_their_list(run, node, expected):
-    assert single(run, node).collection == expected
+    assert only_output(run, node).collection == expected
 
 
 def test_integer_feeds_a_float_input(run):
@@ -154,11 +134,11 @@ def test_wrong_literal_type_is_rejected_when_built():
 
 
 def test_color_defaults_to_opaque_black(run):
-    assert single(run, {"type": "color"}).color.tuple() == (0, 0, 0, 255)
+    assert only_output(run, {"type": "color"}).color.tuple() == (0, 0, 0, 255)
 
 
 def test_color_passes_through(run):
-    out = single(run, {"type": "color", "color": {"r": 12, "g": 200, "b": 99, "a": 0}})
+    out = only_output(run, {"type": "color", "color": {"r": 12, "g": 200, "b": 99, "a": 0}})
     assert out.model_dump(mode="json")["color"] == {"r": 12, "g": 200, "b": 99, "a": 0}
 
 
@@ -168,7 +148,7 @@ def test_color_channel_out_of_range_is_rejected():
 
 
 def test_bounding_box_from_corners(run):
-    out = single(run, {"type": "bounding_box", "x_min": 4, "y_min": 8, "x_max": 40, "y_max": 30})
+    out = only_output(run, {"type": "bounding_box", "x_min": 4, "y_min": 8, "x_max": 40, "y_max": 30})
     box = out.bounding_box
     assert (box.x_min, box.y_min, box.x_max, box.y_max, box.score) == (4, 8, 40, 30, None)
 
@@ -186,7 +166,7 @@ def _png(width: int, height: int) -> bytes:
 
 def test_image_primitive_reports_stored_size(run):
     run.store.write("images", "harbour.png", _png(13, 7))
-    out = single(run, {"type": "image", "image": {"image_name": "harbour.png"}})
+    out = only_output(run, {"type": "image", "image": {"image_name": "harbour.png"}})
     assert out.image.image_name == "harbour.png"
     assert (out.width, out.height) == (13, 7)
 
@@ -211,7 +191,7 @@ def test_image_collection_appends_its_images_to_the_incoming_list(run):
 
 
 def test_image_collection_empty_by_default(run):
-    assert single(run, {"type": "image_collection"}).collection == []
+    assert only_output(run, {"type": "image_collection"}).collection == []
 
 
 def test_image_output_build_from_record():
@@ -230,7 +210,7 @@ def test_latents_primitive_reports_pixel_size(run):
     from safetensors.torch import save
 
     run.store.write("tensors", "lat.safetensors", save({"tensor": torch.zeros(1, 4, 9, 12)}))
-    out = single(run, {"type": "latents", "latents": {"latents_name": "lat", "seed": 5}})
+    out = only_output(run, {"type": "latents", "latents": {"latents_name": "lat", "seed": 5}})
     assert out.latents.latents_name == "lat"
     assert out.latents.seed is None  # InvokeAI rebuilds the field from the name only
     assert (out.width, out.height) == (96, 72)
@@ -260,7 +240,7 @@ def test_latents_collection_requires_its_list(run):
 
 
 def test_latents_collection_passes_through(run):
-    out = single(run, {"type": "latents_collection",
+    out = only_output(run, {"type": "latents_collection",
                        "collection": [{"latents_name": "l1"}, {"latents_name": "l2", "seed": 3}]})
     assert [(x.latents_name, x.seed) for x in out.collection] == [("l1", None), ("l2", 3)]
 

@@ -143,7 +143,9 @@ class RunStore:
     def __init__(self, backend: ArtifactBackend, *, tenant: str = "default", dag_id: str = "adhoc",
                  run_id: str = "run") -> None:
         self.backend = backend
-        self.tenant = check_key(tenant) if "/" not in tenant else _refuse(tenant)
+        if not tenant or "/" in tenant:
+            raise InvalidArtifactKeyError(f"tenant {tenant!r} must be a single path segment")
+        self.tenant = check_key(tenant)
         self.prefix = "/".join([self.tenant, "runs", safe_segment(dag_id), safe_segment(run_id)])
 
     def key(self, kind: str, name: str) -> str:
@@ -176,10 +178,6 @@ class RunStore:
         if not self.backend.exists(key):
             return []
         return [json.loads(line) for line in self.backend.read_bytes(key).decode().splitlines() if line.strip()]
-
-
-def _refuse(tenant: str) -> str:
-    raise InvalidArtifactKeyError(f"tenant {tenant!r} must be a single path segment")
 
 
 def default_artifact_root() -> str:

@@ -119,6 +119,12 @@ def test_cycles_short_and_long_are_refused(length):
         validate(graph(*nodes, edges=edges))
 
 
+def test_is_valid_answers_without_raising():
+    assert Graph.from_dict(graph(node("a", "integer"))).is_valid()
+    cyclic = graph(node("a", "add"), node("b", "add"), edges=[edge("a", "value", "b", "a"), edge("b", "value", "a", "a")])
+    assert not Graph.from_dict(cyclic).is_valid()
+
+
 def test_int_goes_into_float_but_float_not_into_int():
     validate(graph(node("i", "integer"), node("f", "float_math"), edges=[edge("i", "value", "f", "a")]))
     doc = graph(node("f", "float"), node("i", "add"), edges=[edge("f", "value", "i", "a")])

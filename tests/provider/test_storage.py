@@ -98,3 +98,7 @@ def test_tensors_round_trip_as_safetensors(tmp_path):
     data = run.store.read("tensors", name + ".safetensors")
     assert not data.startswith(b"\x80")  # not a pickle
     assert torch.equal(_context(run).tensors.load(name), torch.arange(6, dtype=torch.float32).reshape(2, 3))
+
+    described = ctx.conditioning.save_dict({"embeds": torch.ones(1, 2)}, metadata={"kind": "basic"})
+    assert ctx.conditioning.load_metadata(described) == {"kind": "basic"}
+    assert torch.equal(ctx.conditioning.load_dict(described)["embeds"], torch.ones(1, 2))

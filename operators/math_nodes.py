@@ -7,7 +7,8 @@ Type strings, versions, fields and results follow InvokeAI's `invocations/math.p
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+import operator
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import ValidationInfo, field_validator
 
@@ -175,6 +176,17 @@ FLOAT_OPERATIONS_LABELS = {
     "MAX": "Maximum(A,B)",
 }
 
+# operation -> f(a, b); DIV truncates toward zero as InvokeAI's int(a / b) does, and SQRT of a negative
+# number is NaN as numpy's sqrt gives.
+_INTEGER_OPS: dict[str, Callable[[int, int], int]] = {
+    "ADD": operator.add, "SUB": operator.sub, "MUL": operator.mul, "DIV": lambda a, b: int(a / b),
+    "EXP": operator.pow, "MOD": operator.mod, "ABS": lambda a, _: abs(a), "MIN": min, "MAX": max,
+}
+_FLOAT_OPS: dict[str, Callable[[float, float], float]] = {
+    "ADD": operator.add, "SUB": operator.sub, "MUL": operator.mul, "DIV": operator.truediv, "EXP": operator.pow,
+    "ABS": lambda a, _: abs(a), "SQRT": lambda a, _: math.sqrt(a) if a >= 0 else math.nan, "MIN": min, "MAX": max,
+}
+
 
 @invocation("integer_math", title="Integer Math",
             tags=["math", "integer", "add", "subtract", "multiply", "divide", "modulus", "power", "absolute value",
@@ -200,27 +212,7 @@ class IntegerMathInvocation(BaseInvocation):
         return v
 
     def invoke(self, context: "InvocationContext") -> IntegerOutput:
-        a, b = self.a, self.b
-        op = self.operation
-        if op == "ADD":
-            result = a + b
-        elif op == "SUB":
-            result = a - b
-        elif op == "MUL":
-            result = a * b
-        elif op == "DIV":
-            result = int(a / b)
-        elif op == "EXP":
-            result = a**b
-        elif op == "MOD":
-            result = a % b
-        elif op == "ABS":
-            result = abs(a)
-        elif op == "MIN":
-            result = min(a, b)
-        else:  # "MAX"
-            result = max(a, b)
-        return IntegerOutput(value=result)
+        return IntegerOutput(value=_INTEGER_OPS[self.operation](self.a, self.b))
 
 
 @invocation("float_math", title="Float Math",
@@ -257,27 +249,7 @@ class FloatMathInvocation(BaseInvocation):
         return v
 
     def invoke(self, context: "InvocationContext") -> FloatOutput:
-        a, b = self.a, self.b
-        op = self.operation
-        if op == "ADD":
-            result = a + b
-        elif op == "SUB":
-            result = a - b
-        elif op == "MUL":
-            result = a * b
-        elif op == "DIV":
-            result = a / b
-        elif op == "EXP":
-            result = a**b
-        elif op == "SQRT":
-            result = math.sqrt(a) if a >= 0 else math.nan  # numpy's sqrt gives NaN for negatives
-        elif op == "ABS":
-            result = abs(a)
-        elif op == "MIN":
-            result = min(a, b)
-        else:  # "MAX"
-            result = max(a, b)
-        return FloatOutput(value=result)
+        return FloatOutput(value=_FLOAT_OPS[self.operation](self.a, self.b))
 
 
 # --- float_range ------------------------------------------------------------------------------------

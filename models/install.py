@@ -1,0 +1,134 @@
+"""Installing models from a local path, an http(s) URL or a Hugging Face repo id (reference §4.3).
+
+Every install probes the files first (so nothing unrecognised or unsafe is registered), hashes them,
+then copies them into the model root (or registers them in place) and writes the record last: a failed
+install leaves no record and no half-copied files behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.config import ModelConfig, ModelSourceType
+from invokeai_provider.models.hashing import model_hash
+from invokeai_provider.models.probe import probe
+from invokeai_provider.models.registry import FILES, ModelRegistry
+
+HF_REPO_ID = re.compile(r"^([^/:\s]+/[^/:\s]+)(?::([^:]*)?(?::/?(\S+))?)?$")
+
+
+class InstallError(InvokeAIProviderError):
+    """A model could not be installed; the message says why and what to do."""
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def install_path(registry: ModelRegistry, path: Path, *, name: Optional[str] = None, inplace: bool = False,
+                 allow_pickle: bool = False, source: Optional[str] = None,
+                 source_type: ModelSourceType = ModelSourceType.Path) -> ModelConfig:
+    path = path.resolve()
+    found = probe(path, allow_pickle=allow_pickle)
+    digest = model_hash(path)
+    existing = registry.by_hash(digest)
+    if existing is not None:
+        raise InstallError(f"{path}: already installed as {existing.name!r} (key {existing.key}, {digest})")
+    key = str(uuid.uuid4())
+    stored = path
+    if not inplace:
+        destination = registry.root / FILES / key / path.name
+        staging = registry.root / FILES / f".staging-{key}"
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            target = staging / path.name
+            shutil.copytree(path, target) if path.is_dir() else shutil.copy2(path, target)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            target.rename(destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        stored = destination.relative_to(registry.root)
+    config = ModelConfig(
+        key=key, hash=digest, path=str(stored), file_size=_size(path), name=name or path.stem,
+        source=source or str(path), source_type=source_type, type=found.type, format=found.format, base=found.base,
+        variant=found.variant, prediction_type=found.prediction_type, repo_variant=found.repo_variant,
+        installed_in_place=inplace,
+    )
+    return registry.add(config)
+
+
+def _check_public_host(url: str, allow_private: bool) -> None:
+    host = urlparse(url).hostname
+    if not host:
+        raise InstallError(f"{url}: no host in the URL")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise InstallError(f"{url}: cannot resolve {host} ({exc.strerror})") from None
+    private = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_global]
+    if private and not allow_private:
+        raise InstallError(f"{url}: {host} resolves to a private address ({', '.join(sorted(private))}); "
+                           "refused unless private download URLs are allowed")
+
+
+def install_url(registry: ModelRegistry, url: str, *, name: Optional[str] = None, allow_pickle: bool = False,
+                allow_private: bool = False, timeout: float = 60.0) -> ModelConfig:
+    import urllib.request
+
+    _check_public_host(url, allow_private)
+    filename = Path(urlparse(url).path).name or "model.safetensors"
+    with tempfile.TemporaryDirectory(prefix="invokeai-download-") as tmp:
+        target = Path(tmp) / filename
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, target.open("wb") as out:  # noqa: S310
+                shutil.copyfileobj(response, out, length=1 << 20)
+        except OSError as exc:
+            raise InstallError(f"{url}: download failed ({exc})") from None
+        return install_path(registry, target, name=name, allow_pickle=allow_pickle, source=url,
+                            source_type=ModelSourceType.Url)
+
+
+def install_hf_repo(registry: ModelRegistry, repo_id: str, *, name: Optional[str] = None,
+                    allow_pickle: bool = False) -> ModelConfig:
+    match = HF_REPO_ID.match(repo_id)
+    assert match is not None
+    repo, variant, subfolder = match.group(1), match.group(2) or "fp16", match.group(3)
+    try:
+        from huggingface_hub import snapshot_download
+
+        with tempfile.TemporaryDirectory(prefix="invokeai-hf-") as tmp:
+            folder = Path(snapshot_download(repo, local_dir=tmp, allow_patterns=f"{subfolder}/*" if subfolder else None))
+            folder = folder / subfolder if subfolder else folder
+            return install_path(registry, folder, name=name or repo.split("/")[-1], allow_pickle=allow_pickle,
+                                source=repo_id, source_type=ModelSourceType.HFRepoID)
+    except InstallError:
+        raise
+    except Exception as exc:  # the hub client raises many kinds of connection errors
+        if "offline" in str(exc).lower() or "connect" in str(exc).lower() or "resolve" in str(exc).lower() \
+                or type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError"):
+            raise InstallError(
+                f"{repo_id}: the Hugging Face hub cannot be reached from here ({type(exc).__name__}); download "
+                f"the model ({variant} variant) on a connected machine and install its local path") from None
+        raise InstallError(f"{repo_id}: install from the Hugging Face hub failed: {exc}") from None
+
+
+def install_model(registry: ModelRegistry, source: str, *, name: Optional[str] = None, inplace: bool = False,
+                  allow_pickle: bool = False, allow_private_urls: bool = False) -> ModelConfig:
+    """Installs from whatever ``source`` is: an existing path, an http(s) URL, or a repo id."""
+    if Path(source).expanduser().exists():
+        return install_path(registry, Path(source).expanduser(), name=name, inplace=inplace,
+                            allow_pickle=allow_pickle)
+    if source.startswith(("http://", "https://")):
+        return install_url(registry, source, name=name, allow_pickle=allow_pickle, allow_private=allow_private_urls)
+    if HF_REPO_ID.match(source):
+        return install_hf_repo(registry, source, name=name, allow_pickle=allow_pickle)
+    raise InstallError(f"{source!r}: not an existing path, an http(s) URL or a Hugging Face repo id (org/name)")

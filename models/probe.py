@@ -225,9 +225,9 @@ def _probe_embedding(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional
         dims = shapes["emb_params"][-1]
     elif any(k.startswith("string_to_param.") for k in shapes):
         dims = next(v for k, v in shapes.items() if k.startswith("string_to_param."))[-1]
-    elif len(shapes) == 1:
+    elif len(shapes) == 1:  # a bare vector file is an embedding only if it has an embedding's width
         (only,) = shapes.values()
-        dims = only[-1] if only else None
+        dims = only[-1] if only and only[-1] in (768, 1024) else None
     if dims is None:
         return None
     if dims not in (768, 1024):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import InvalidArtifactKeyError, InvokeAIProviderError
 from invokeai_provider.models.config import ModelConfig
 from invokeai_provider.storage import LocalArtifactBackend, backend_for_uri
 
@@ -57,7 +57,11 @@ class ModelRegistry:
 
     def get(self, key: str) -> ModelConfig:
         record = f"{RECORDS}/{key}.json"
-        if "/" in key or not key or not self.backend.exists(record):
+        try:
+            found = "/" not in key and self.backend.exists(record)
+        except InvalidArtifactKeyError:  # a name with spaces and the like is not a key
+            found = False
+        if not found:
             raise UnknownModelError(f"no model with key {key!r} in {self.root}")
         return ModelConfig.model_validate_json(self.backend.read_bytes(record))
 

@@ -54,6 +54,8 @@ class ModelConfig(BaseModel):
     variant: Optional[ModelVariantType] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
+    config_path: Optional[str] = Field(
+        default=None, description="For single-file checkpoints: a diffusers folder of the same architecture to build it")
     trigger_phrases: Optional[list[str]] = None
     installed_in_place: bool = Field(default=False, description="Registered where it lies rather than copied")
 

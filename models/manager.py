@@ -1,0 +1,171 @@
+"""The model service nodes use (``context.services["models"]``): registry lookups and cached loading.
+
+Main models load one submodel at a time (unet, text encoders, tokenizers, vae, scheduler config), as
+InvokeAI's loaders do. A single-file checkpoint is converted once into a diffusers folder beside the
+registry (``<model root>/converted/<key>``, written atomically), so every later load reads the same
+layout; the conversion needs the architecture's diffusers config, recorded as ``config_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.fields import ModelIdentifierField
+from invokeai_provider.models.cache import ModelCache
+from invokeai_provider.models.config import ModelConfig, ModelFormat
+from invokeai_provider.models.registry import ModelRegistry, UnknownModelError
+from invokeai_provider.models.taxonomy import BaseModelType, ModelType, SubModelType
+
+PIPELINE_CLASSES = {
+    BaseModelType.StableDiffusion1: "StableDiffusionPipeline",
+    BaseModelType.StableDiffusion2: "StableDiffusionPipeline",
+    BaseModelType.StableDiffusionXL: "StableDiffusionXLPipeline",
+    BaseModelType.StableDiffusionXLRefiner: "StableDiffusionXLImg2ImgPipeline",
+}
+
+
+class ModelLoadError(InvokeAIProviderError):
+    """A registered model could not be loaded; the message names the model and submodel."""
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gib(option: str) -> int:
+    from invokeai_provider.config import get_option
+
+    return int(float(get_option(option) or 0) * (1 << 30))
+
+
+class ModelManager:
+    def __init__(self, registry: ModelRegistry, cache: Optional[ModelCache] = None, *,
+                 device: Optional[str] = None, dtype: Any = None) -> None:
+        self.registry = registry
+        self.device = device or default_device()
+        self.cache = cache or ModelCache(ram_bytes=_gib("ram_cache_gb") or 8 << 30, vram_bytes=_gib("vram_cache_gb"),
+                                         execution_device=self.device)
+        self._dtype = dtype
+        self._convert_lock = threading.Lock()
+
+    @property
+    def dtype(self) -> Any:
+        import torch
+
+        if self._dtype is None:
+            self._dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        return self._dtype
+
+    # --- lookups (what InvokeAI's context.models offers) -----------------------------------------
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.registry.get(key)
+            return True
+        except UnknownModelError:
+            return False
+
+    def get_config(self, ref: str | Mapping[str, Any] | ModelIdentifierField) -> ModelConfig:
+        if isinstance(ref, ModelIdentifierField):
+            ref = ref.model_dump(mode="json")
+        return self.registry.resolve(ref)
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def load(self, identifier: ModelIdentifierField, submodel: Optional[SubModelType] = None) -> Iterator[Any]:
+        """The submodel on the execution device for the duration of the block (cached across calls)."""
+        config = self.get_config(identifier)
+        part = submodel or identifier.submodel_type
+        cache_key = f"{config.key}:{part.value if part else 'model'}"
+        with self.cache.use(cache_key, lambda: self._build(config, part)) as model:
+            yield model
+
+    def _build(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        try:
+            if config.type is ModelType.Main:
+                return self._load_main_part(config, part)
+            if config.type is ModelType.VAE:
+                return self._load_vae(config)
+            if config.type in (ModelType.LoRA, ModelType.TextualInversion):
+                from safetensors.torch import load_file
+
+                return load_file(str(self.registry.model_path(config)))
+        except InvokeAIProviderError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"model {config.name!r} ({config.key}) {part.value if part else ''}: could not be "
+                                 f"loaded: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"model {config.name!r}: loading {config.type.value} models is not supported yet")
+
+    def _load_main_part(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        if part is None:
+            raise ModelLoadError(f"model {config.name!r} is a main model: name the submodel to load")
+        folder = self.diffusers_folder(config)
+        sub = folder / part.value
+        if part is SubModelType.Scheduler:
+            return json.loads((sub / "scheduler_config.json").read_text())
+        if part in (SubModelType.Tokenizer, SubModelType.Tokenizer2):
+            from transformers import CLIPTokenizer
+
+            return CLIPTokenizer.from_pretrained(sub, local_files_only=True)
+        if part is SubModelType.TextEncoder:
+            from transformers import CLIPTextModel
+
+            return CLIPTextModel.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        if part is SubModelType.TextEncoder2:
+            from transformers import CLIPTextModelWithProjection
+
+            return CLIPTextModelWithProjection.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        if part is SubModelType.UNet:
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        if part is SubModelType.VAE:
+            from diffusers import AutoencoderKL
+
+            return AutoencoderKL.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        raise ModelLoadError(f"model {config.name!r}: submodel {part.value!r} does not exist in SD main models")
+
+    def _load_vae(self, config: ModelConfig) -> Any:
+        from diffusers import AutoencoderKL
+
+        path = self.registry.model_path(config)
+        if config.format is ModelFormat.Diffusers:
+            return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=self.dtype).eval()
+        if not config.config_path:
+            raise ModelLoadError(f"VAE {config.name!r} is a single file without a config_path to build it from")
+        return AutoencoderKL.from_single_file(str(path), config=config.config_path, local_files_only=True,
+                                              torch_dtype=self.dtype).eval()
+
+    def diffusers_folder(self, config: ModelConfig) -> Path:
+        """Where the model's diffusers layout is: its own folder, or its converted copy for a checkpoint."""
+        path = self.registry.model_path(config)
+        if config.format is ModelFormat.Diffusers:
+            return path
+        target = self.registry.root / "converted" / config.key
+        with self._convert_lock:
+            if (target / "model_index.json").is_file():
+                return target
+            if not config.config_path:
+                raise ModelLoadError(
+                    f"model {config.name!r} is a single-file checkpoint without a config_path; install it with "
+                    "--config pointing at a diffusers folder of the same architecture")
+            import diffusers
+
+            pipeline_class = getattr(diffusers, PIPELINE_CLASSES[config.base])
+            pipeline = pipeline_class.from_single_file(str(path), config=config.config_path, local_files_only=True)
+            staging = target.with_name(f".{config.key}.{os.getpid()}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            pipeline.save_pretrained(staging, safe_serialization=True)
+            staging.rename(target)
+        return target

@@ -35,7 +35,7 @@ def _size(path: Path) -> int:
 
 
 def install_path(registry: ModelRegistry, path: Path, *, name: Optional[str] = None, inplace: bool = False,
-                 allow_pickle: bool = False, source: Optional[str] = None,
+                 allow_pickle: bool = False, config_path: Optional[str] = None, source: Optional[str] = None,
                  source_type: ModelSourceType = ModelSourceType.Path) -> ModelConfig:
     path = path.resolve()
     found = probe(path, allow_pickle=allow_pickle)
@@ -61,7 +61,7 @@ def install_path(registry: ModelRegistry, path: Path, *, name: Optional[str] = N
         key=key, hash=digest, path=str(stored), file_size=_size(path), name=name or path.stem,
         source=source or str(path), source_type=source_type, type=found.type, format=found.format, base=found.base,
         variant=found.variant, prediction_type=found.prediction_type, repo_variant=found.repo_variant,
-        installed_in_place=inplace,
+        config_path=str(Path(config_path).resolve()) if config_path else None, installed_in_place=inplace,
     )
     return registry.add(config)
 
@@ -122,11 +122,15 @@ def install_hf_repo(registry: ModelRegistry, repo_id: str, *, name: Optional[str
 
 
 def install_model(registry: ModelRegistry, source: str, *, name: Optional[str] = None, inplace: bool = False,
-                  allow_pickle: bool = False, allow_private_urls: bool = False) -> ModelConfig:
-    """Installs from whatever ``source`` is: an existing path, an http(s) URL, or a repo id."""
+                  allow_pickle: bool = False, allow_private_urls: bool = False,
+                  config_path: Optional[str] = None) -> ModelConfig:
+    """Installs from whatever ``source`` is: an existing path, an http(s) URL, or a repo id.
+
+    ``config_path`` names a diffusers folder of the same architecture, used to build a single-file checkpoint.
+    """
     if Path(source).expanduser().exists():
         return install_path(registry, Path(source).expanduser(), name=name, inplace=inplace,
-                            allow_pickle=allow_pickle)
+                            allow_pickle=allow_pickle, config_path=config_path)
     if source.startswith(("http://", "https://")):
         return install_url(registry, source, name=name, allow_pickle=allow_pickle, allow_private=allow_private_urls)
     if HF_REPO_ID.match(source):

@@ -108,7 +108,8 @@ def cmd_models_install(args: argparse.Namespace) -> int:
     from invokeai_provider.models.registry import ModelRegistry
 
     config = install_model(ModelRegistry(args.model_root), args.source, name=args.name, inplace=args.inplace,
-                           allow_pickle=args.allow_pickle, allow_private_urls=args.allow_private_urls)
+                           allow_pickle=args.allow_pickle, allow_private_urls=args.allow_private_urls,
+                           config_path=args.config)
     print(f"installed {config.name!r}: {config.base.value} {config.type.value} ({config.format.value}), "
           f"key {config.key}, {config.hash}")
     return 0
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--allow-pickle", action="store_true",
                          help="accept a pickled checkpoint (.ckpt/.pt/.bin); it is scanned before it is read")
     install.add_argument("--allow-private-urls", action="store_true", help="allow URLs that resolve to private hosts")
+    install.add_argument("--config", metavar="DIR",
+                         help="for a single-file checkpoint: a diffusers folder of the same architecture")
     install.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     install.set_defaults(func=cmd_models_install)
     listing = models_sub.add_parser("list", help="list the registered models")

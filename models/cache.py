@@ -100,7 +100,7 @@ class ModelCache:
                 self.stats.load_seconds += elapsed
                 self.stats.loaded.append(key)
                 self._entries[key] = _Entry(model, model_bytes(model))
-                self._make_room_in_ram()
+                self._make_room_in_ram(keep=key)
             return model
 
     @contextmanager
@@ -119,13 +119,13 @@ class ModelCache:
             with self._lock:
                 entry.locks -= 1
 
-    def _make_room_in_ram(self) -> None:
+    def _make_room_in_ram(self, keep: str) -> None:
         total = sum(e.size for e in self._entries.values())
         for key in list(self._entries):
             if total <= self.ram_bytes:
                 return
             entry = self._entries[key]
-            if entry.locks == 0 and len(self._entries) > 1:
+            if entry.locks == 0 and key != keep:
                 total -= entry.size
                 del self._entries[key]
                 self.stats.evictions += 1

@@ -15,4 +15,5 @@ NODE_FAMILIES: tuple[str, ...] = (
     "string_nodes",
     "prompt_nodes",
     "metadata_nodes",
+    "model_loader_nodes",
 )

@@ -64,6 +64,18 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_services(graph_dict: dict[str, Any], model_root: Optional[str]) -> dict[str, Any]:
+    """The model service, when the graph names models (graphs without models need no registry)."""
+    from invokeai_provider.models.binding import graph_names_models
+
+    if not graph_names_models(graph_dict):
+        return {}
+    from invokeai_provider.models.manager import ModelManager
+    from invokeai_provider.models.registry import ModelRegistry
+
+    return {"models": ModelManager(ModelRegistry(model_root))}
+
+
 def cmd_graph_run(args: argparse.Namespace) -> int:
     from invokeai_provider.batch import expand_batch
     from invokeai_provider.context import RunContext
@@ -73,7 +85,13 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     from invokeai_provider.workflow import load_document
 
     document = load_document(Path(args.file).read_text())
-    graph = Graph.from_dict(apply_overrides(document.graph.to_dict(), _parse_set(args.set or [])))
+    graph_dict = apply_overrides(document.graph.to_dict(), _parse_set(args.set or []))
+    services = _model_services(graph_dict, args.model_root)
+    if services:
+        from invokeai_provider.models.binding import bind_model_fields
+
+        graph_dict = bind_model_fields(graph_dict, services["models"].registry)
+    graph = Graph.from_dict(graph_dict)
     graph.validate()
     sessions = expand_batch(graph, document.batch)[0] if document.batch else [graph]
     run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
@@ -82,7 +100,7 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     results = []
     for index, session in enumerate(sessions):
         run = RunContext(store=store, graph_json=session.to_dict(), workflow_json=workflow_json,
-                         name_prefix=f"s{index}." if document.batch else "")
+                         name_prefix=f"s{index}." if document.batch else "", services=services)
         results.append(Engine(run).run(ExecutionState(session)).leaf_outputs())
     json.dump(results if document.batch else results[0], sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -143,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="NODE_ID.FIELD=VALUE",
                      help="set a node input (VALUE is parsed as JSON when possible); repeatable")
     run.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root or ./artifacts)")
+    run.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     run.add_argument("--tenant", default="default", help="storage tenant prefix (default: default)")
     run.add_argument("--run-id", help="run id used in artifact keys (default: a new one)")
     run.set_defaults(func=cmd_graph_run)

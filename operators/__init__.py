@@ -16,4 +16,5 @@ NODE_FAMILIES: tuple[str, ...] = (
     "prompt_nodes",
     "metadata_nodes",
     "model_loader_nodes",
+    "latent_nodes",
 )

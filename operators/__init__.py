@@ -17,4 +17,5 @@ NODE_FAMILIES: tuple[str, ...] = (
     "metadata_nodes",
     "model_loader_nodes",
     "latent_nodes",
+    "sd_nodes",
 )

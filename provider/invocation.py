@@ -76,6 +76,7 @@ def InputField(  # noqa: N802 - mirrors pydantic's Field and InvokeAI's InputFie
     min_length: Optional[int] = None,
     max_length: Optional[int] = None,
     pattern: Optional[str] = None,
+    multiple_of: Optional[float] = None,
     field_kind: FieldKind = FieldKind.Input,
     **ui: Any,
 ) -> Any:
@@ -92,7 +93,8 @@ def InputField(  # noqa: N802 - mirrors pydantic's Field and InvokeAI's InputFie
     extra.update({k: to_jsonable_python(v) for k, v in ui.items() if v is not None})
     constraints = {
         k: v
-        for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, min_length=min_length, max_length=max_length, pattern=pattern).items()
+        for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, min_length=min_length, max_length=max_length, pattern=pattern,
+                         multiple_of=multiple_of).items()
         if v is not None
     }
     if default is PydanticUndefined and input is not Input.Direct:

@@ -8,10 +8,6 @@ import pytest
 from invokeai_provider.context import RunContext
 from invokeai_provider.storage import LocalArtifactBackend, RunStore
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_WORKFLOWS = REPO_ROOT.parent / "shared" / "invokeai-workflows"
-
-
 @pytest.fixture
 def run_context(tmp_path: Path) -> RunContext:
     return RunContext(store=RunStore(LocalArtifactBackend(tmp_path / "artifacts"), dag_id="test", run_id="r1"))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from invokeai_provider.graph import Graph
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_WORKFLOWS = REPO_ROOT.parent / "shared" / "invokeai-workflows"
 
 
 def node(node_id: str, node_type: str, **fields: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 from typing import Any, Optional
 
 import pytest
-from conftest import SHARED_WORKFLOWS
+from helpers import SHARED_WORKFLOWS
 
 from invokeai_provider.engine import run_graph
 from invokeai_provider.errors import NodeFieldNotFoundError, WorkflowError

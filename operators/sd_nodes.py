@@ -1,0 +1,538 @@
+"""Stable Diffusion 1.x/2.x/SDXL generation nodes: prompts (compel), denoising, VAE encode and decode.
+
+Type strings, fields, versions and outputs follow InvokeAI's compel.py, denoise_latents.py,
+latents_to_image.py, image_to_latents.py and create_denoise_mask.py. Models come from the run's model
+service (``context.services["models"]``); torch, diffusers, transformers and compel are imported
+inside ``invoke()`` so DAG parsing stays light.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Union
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.fields import (
+    CLIPField,
+    ConditioningField,
+    ControlField,
+    DenoiseMaskField,
+    ImageField,
+    IPAdapterField,
+    LatentsField,
+    T2IAdapterField,
+    TensorField,
+    UNetField,
+    VAEField,
+)
+from invokeai_provider.invocation import (
+    BaseInvocation,
+    Input,
+    InputField,
+    WithBoard,
+    WithMetadata,
+    invocation,
+)
+from invokeai_provider.models.taxonomy import BaseModelType
+from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
+from invokeai_provider.operators.primitives import (
+    ConditioningOutput,
+    DenoiseMaskOutput,
+    ImageOutput,
+    LatentsOutput,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from invokeai_provider.context import InvocationContext
+
+COMPENSATION_OPTIONS = Literal["None", "SDXL"]
+# (scale, bias) applied to SDXL images before encoding: InvokeAI's experimentally found colour-drift fix.
+COLOR_COMPENSATION = {"None": (1.0, 0.0), "SDXL": (1.015, -0.002)}
+BASIC, SDXL = "basic", "sdxl"
+
+
+class GenerationError(InvokeAIProviderError):
+    """A generation node cannot run with what it was given; the message names the node and field."""
+
+
+def _models(node: BaseInvocation, context: "InvocationContext", field: str) -> Any:
+    models = context.services.get("models")
+    if models is None:
+        raise GenerationError(f"node {node.id} ({node.get_type()}): field {field}: no model service in this run; "
+                              "run with a model root (invokeai-airflow graph run --model-root ...)",
+                              node_id=node.id, field=field)
+    return models
+
+
+def _no_loras(node: BaseInvocation, field: str, loras: list[Any]) -> None:
+    if loras:
+        raise GenerationError(f"node {node.id} ({node.get_type()}): field {field}: LoRAs are not applied by this "
+                              "version yet; remove the LoRA loader", node_id=node.id, field=field)
+
+
+@contextmanager
+def _clip_skip(text_encoder: Any, skipped_layers: int) -> Iterator[None]:
+    """Drops the last ``skipped_layers`` encoder layers for the duration of the block."""
+    if skipped_layers <= 0:
+        yield
+        return
+    layers = text_encoder.text_model.encoder.layers
+    removed = [layers.pop(-1) for _ in range(skipped_layers)]
+    try:
+        yield
+    finally:
+        for layer in reversed(removed):
+            layers.append(layer)
+
+
+def _encode(node: BaseInvocation, context: "InvocationContext", clip: CLIPField, prompt: str, *, pooled: bool,
+            field: str, penultimate: bool) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
+    """Compel embeddings (and the pooled vector) of one prompt with one CLIP text encoder."""
+    import torch
+    from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
+
+    _no_loras(node, field, clip.loras)
+    models = _models(node, context, field)
+    with models.load(clip.tokenizer) as tokenizer, models.load(clip.text_encoder) as text_encoder, \
+            _clip_skip(text_encoder, clip.skipped_layers), torch.no_grad():
+        embeddings = (ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED if penultimate
+                      else ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)
+        compel = Compel(tokenizer=tokenizer, text_encoder=text_encoder, truncate_long_prompts=False,
+                        returned_embeddings_type=embeddings, requires_pooled=pooled, device=models.device,
+                        dtype_for_device_getter=lambda _device: text_encoder.dtype,
+                        split_long_text_mode=SplitLongTextMode.SENTENCES)
+        conjunction = Compel.parse_prompt_string(prompt)
+        embeds, _options = compel.build_conditioning_tensor_for_conjunction(conjunction)
+        pooled_embeds = compel.conditioning_provider.get_pooled_embeddings([prompt]) if pooled else None
+    return embeds.detach().float().cpu(), None if pooled_embeds is None else pooled_embeds.detach().float().cpu()
+
+
+def _zeros_like_encoder(node: BaseInvocation, context: "InvocationContext", clip: CLIPField, pooled: bool,
+                        field: str) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
+    """InvokeAI's SDXL empty-prompt embedding: zeros of the encoder's width (and pooled width)."""
+    import torch
+
+    with _models(node, context, field).load(clip.text_encoder) as text_encoder:
+        config = text_encoder.config
+        embeds = torch.zeros((1, config.max_position_embeddings, config.hidden_size))
+        pooled_embeds = torch.zeros((1, getattr(config, "projection_dim", config.hidden_size))) if pooled else None
+    return embeds, pooled_embeds
+
+
+def _save_conditioning(context: "InvocationContext", kind: str, **tensors: "torch.Tensor") -> str:
+    return context.conditioning.save_dict({k: v for k, v in tensors.items() if v is not None}, metadata={"kind": kind})
+
+
+@invocation("compel", title="Prompt - SD1.5", tags=["prompt", "compel"], category="prompt", version="1.2.1", gpu=True)
+class CompelInvocation(BaseInvocation):
+    """Turns a prompt (with compel's weighting syntax) into SD1.x/SD2.x conditioning."""
+
+    prompt: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+                             ui_component="textarea")
+    clip: CLIPField = InputField(title="CLIP", description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count")
+    mask: Optional[TensorField] = InputField(default=None,
+                                             description="A mask defining the region that this conditioning prompt applies to.")
+
+    def invoke(self, context: "InvocationContext") -> ConditioningOutput:
+        embeds, _ = _encode(self, context, self.clip, self.prompt, pooled=False, field="clip", penultimate=False)
+        name = _save_conditioning(context, BASIC, embeds=embeds)
+        return ConditioningOutput(conditioning=ConditioningField(conditioning_name=name, mask=self.mask))
+
+
+def _time_ids(values: tuple[float, ...]) -> "torch.Tensor":
+    import torch
+
+    return torch.tensor([list(values)], dtype=torch.float32)
+
+
+@invocation("sdxl_compel_prompt", title="Prompt - SDXL", tags=["sdxl", "compel", "prompt"], category="prompt",
+            version="1.2.1", gpu=True)
+class SDXLCompelPromptInvocation(BaseInvocation):
+    """Turns a prompt (and optional style prompt) into SDXL conditioning with both text encoders."""
+
+    prompt: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+                             ui_component="textarea")
+    style: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+                            ui_component="textarea")
+    original_width: int = InputField(default=1024, description="")
+    original_height: int = InputField(default=1024, description="")
+    crop_top: int = InputField(default=0, description="")
+    crop_left: int = InputField(default=0, description="")
+    target_width: int = InputField(default=1024, description="")
+    target_height: int = InputField(default=1024, description="")
+    clip: CLIPField = InputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+                                 input=Input.Connection, title="CLIP 1")
+    clip2: CLIPField = InputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+                                  input=Input.Connection, title="CLIP 2")
+    mask: Optional[TensorField] = InputField(default=None,
+                                             description="A mask defining the region that this conditioning prompt applies to.")
+
+    def _clip(self, context: "InvocationContext", clip: CLIPField, prompt: str, pooled: bool,
+              field: str) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
+        if prompt == "":
+            return _zeros_like_encoder(self, context, clip, pooled, field)
+        return _encode(self, context, clip, prompt, pooled=pooled, field=field, penultimate=True)
+
+    def invoke(self, context: "InvocationContext") -> ConditioningOutput:
+        import torch
+
+        c1, _ = self._clip(context, self.clip, self.prompt, False, "clip")
+        style = self.prompt if self.style.strip() == "" else self.style
+        c2, pooled = self._clip(context, self.clip2, style, True, "clip2")
+        if c1.shape[1] != c2.shape[1]:  # long prompts give different lengths: pad the shorter with zeros
+            length = max(c1.shape[1], c2.shape[1])
+            c1, c2 = (torch.nn.functional.pad(c, (0, 0, 0, length - c.shape[1])) for c in (c1, c2))
+        time_ids = _time_ids((self.original_height, self.original_width, self.crop_top, self.crop_left,
+                              self.target_height, self.target_width))
+        name = _save_conditioning(context, SDXL, embeds=torch.cat([c1, c2], dim=-1), pooled_embeds=pooled,
+                                  add_time_ids=time_ids)
+        return ConditioningOutput(conditioning=ConditioningField(conditioning_name=name, mask=self.mask))
+
+
+@invocation("sdxl_refiner_compel_prompt", title="Prompt - SDXL Refiner", tags=["sdxl", "compel", "prompt"],
+            category="prompt", version="1.1.2", gpu=True)
+class SDXLRefinerCompelPromptInvocation(BaseInvocation):
+    """Turns a style prompt into SDXL-refiner conditioning (second text encoder, aesthetic score)."""
+
+    style: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+                            ui_component="textarea")
+    original_width: int = InputField(default=1024, description="")
+    original_height: int = InputField(default=1024, description="")
+    crop_top: int = InputField(default=0, description="")
+    crop_left: int = InputField(default=0, description="")
+    aesthetic_score: float = InputField(default=6.0, description="The aesthetic score to apply to the conditioning tensor")
+    clip2: CLIPField = InputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+                                  input=Input.Connection)
+
+    def invoke(self, context: "InvocationContext") -> ConditioningOutput:
+        c2, pooled = _encode(self, context, self.clip2, self.style, pooled=True, field="clip2", penultimate=True)
+        time_ids = _time_ids((self.original_height, self.original_width, self.crop_top, self.crop_left,
+                              self.aesthetic_score))
+        name = _save_conditioning(context, SDXL, embeds=c2, pooled_embeds=pooled, add_time_ids=time_ids)
+        return ConditioningOutput(conditioning=ConditioningField(conditioning_name=name))
+
+
+# --- denoising ----------------------------------------------------------------------------------------
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _load_conditioning(node: BaseInvocation, context: "InvocationContext", field: str,
+                       value: Union[ConditioningField, list[ConditioningField]]) -> dict[str, "torch.Tensor"]:
+    fields = _as_list(value)
+    if len(fields) != 1 or fields[0].mask is not None:
+        raise GenerationError(f"node {node.id} (denoise_latents): field {field}: regional prompts (several or "
+                              "masked conditionings) are not supported yet; give one unmasked conditioning",
+                              node_id=node.id, field=field)
+    return context.conditioning.load_dict(fields[0].conditioning_name)
+
+
+def init_timesteps(scheduler: Any, steps: int, denoising_start: float,
+                   denoising_end: float) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The timesteps to run and the first one, for a denoising_start..denoising_end window (InvokeAI's rule)."""
+    scheduler.set_timesteps(steps, device="cpu")
+    timesteps = scheduler.timesteps
+    order = scheduler.order
+    first_order = timesteps[::order]
+    train = scheduler.config["num_train_timesteps"]
+    start_value = int(round(train * (1 - denoising_start)))
+    start = len([t for t in first_order if t >= start_value])
+    end_value = int(round(train * (1 - denoising_end)))
+    end = len([t for t in first_order[start:] if t >= end_value])
+    start, end = start * order, end * order
+    return timesteps[start:start + end], timesteps[start:start + 1]
+
+
+@invocation("denoise_latents", title="Denoise - SD1.5, SDXL",
+            tags=["latents", "denoise", "txt2img", "t2i", "t2l", "img2img", "i2i", "l2l"], category="latents",
+            version="1.6.0", gpu=True)
+class DenoiseLatentsInvocation(BaseInvocation):
+    """Denoises latents with a UNet: text-to-image from noise, image-to-image from latents, inpainting with a mask."""
+
+    positive_conditioning: Union[ConditioningField, list[ConditioningField]] = InputField(
+        description="Positive conditioning tensor", input=Input.Connection, ui_order=0)
+    negative_conditioning: Union[ConditioningField, list[ConditioningField]] = InputField(
+        description="Negative conditioning tensor", input=Input.Connection, ui_order=1)
+    noise: Optional[LatentsField] = InputField(default=None, description="Noise tensor", input=Input.Connection,
+                                               ui_order=3)
+    steps: int = InputField(default=10, gt=0, description="Number of steps to run")
+    cfg_scale: Union[float, list[float]] = InputField(default=7.5, description="Classifier-Free Guidance scale",
+                                                      title="CFG Scale")
+    denoising_start: float = InputField(default=0.0, ge=0, le=1,
+                                        description="When to start denoising, expressed a percentage of total steps")
+    denoising_end: float = InputField(default=1.0, ge=0, le=1,
+                                      description="When to stop denoising, expressed a percentage of total steps")
+    scheduler: SCHEDULER_NAME_VALUES = InputField(default="euler", description="Scheduler to use during inference",
+                                                  ui_type="SchedulerField")
+    unet: UNetField = InputField(description="UNet (scheduler, LoRAs)", input=Input.Connection, title="UNet",
+                                 ui_order=2)
+    control: Optional[Union[ControlField, list[ControlField]]] = InputField(default=None, input=Input.Connection,
+                                                                            ui_order=5)
+    ip_adapter: Optional[Union[IPAdapterField, list[IPAdapterField]]] = InputField(
+        default=None, description="IP-Adapter to apply", title="IP-Adapter", input=Input.Connection, ui_order=6)
+    t2i_adapter: Optional[Union[T2IAdapterField, list[T2IAdapterField]]] = InputField(
+        default=None, description="T2I-Adapter(s) to apply", title="T2I-Adapter", input=Input.Connection, ui_order=7)
+    cfg_rescale_multiplier: float = InputField(title="CFG Rescale Multiplier", default=0, ge=0, lt=1,
+                                               description="Rescale multiplier for CFG guidance, used for models trained with zero-terminal SNR")
+    hidiffusion: bool = InputField(default=False, description="Enable HiDiffusion")
+    hidiffusion_raunet: bool = InputField(default=True, description="Apply HiDiffusion RAU-Net")
+    hidiffusion_window_attn: bool = InputField(default=True, description="Apply HiDiffusion window attention")
+    hidiffusion_t1_ratio: float = InputField(default=0.4, ge=0, le=1, description="HiDiffusion T1 ratio")
+    hidiffusion_t2_ratio: float = InputField(default=0.0, ge=0, le=1, description="HiDiffusion T2 ratio")
+    latents: Optional[LatentsField] = InputField(default=None, description="Latents tensor", input=Input.Connection,
+                                                 ui_order=4)
+    denoise_mask: Optional[DenoiseMaskField] = InputField(default=None, description="A mask of the region to apply the denoising process to. Values of 0.0 represent total denoising, 1.0 is no denoising.",
+                                                          input=Input.Connection, ui_order=8)
+
+    def _refuse_unsupported(self) -> None:
+        for field in ("control", "ip_adapter", "t2i_adapter"):
+            if getattr(self, field):
+                raise GenerationError(f"node {self.id} (denoise_latents): field {field}: not supported yet",
+                                      node_id=self.id, field=field)
+        if self.hidiffusion:
+            raise GenerationError(f"node {self.id} (denoise_latents): field hidiffusion: not supported yet",
+                                  node_id=self.id, field="hidiffusion")
+        _no_loras(self, "unet", self.unet.loras)
+        if self.noise is None and self.latents is None:
+            raise GenerationError(f"node {self.id} (denoise_latents): fields noise and latents are both empty; "
+                                  "connect noise (text-to-image) or latents (image-to-image)", node_id=self.id,
+                                  field="noise")
+
+    def invoke(self, context: "InvocationContext") -> LatentsOutput:
+        import torch
+        from invokeai_provider.operators.schedulers import make_scheduler
+
+        self._refuse_unsupported()
+        models = _models(self, context, "unet")
+        noise = context.tensors.load(self.noise.latents_name) if self.noise else None
+        seed = self.noise.seed if self.noise and self.noise.seed is not None else 0
+        latents = context.tensors.load(self.latents.latents_name) if self.latents else torch.zeros_like(noise)
+        if noise is not None and noise.shape != latents.shape:
+            raise GenerationError(f"node {self.id} (denoise_latents): field noise: shape {tuple(noise.shape)} does "
+                                  f"not match latents {tuple(latents.shape)}", node_id=self.id, field="noise")
+        positive = _load_conditioning(self, context, "positive_conditioning", self.positive_conditioning)
+        negative = _load_conditioning(self, context, "negative_conditioning", self.negative_conditioning)
+        with models.load(self.unet.scheduler) as scheduler_config:
+            scheduler = make_scheduler(self.scheduler, scheduler_config, seed=seed)
+        timesteps, init_timestep = init_timesteps(scheduler, self.steps, self.denoising_start, self.denoising_end)
+        mask = masked_latents = None
+        if self.denoise_mask is not None:
+            mask = context.tensors.load(self.denoise_mask.mask_name)
+            mask = torch.nn.functional.interpolate(mask.float(), size=latents.shape[-2:], mode="bilinear",
+                                                   align_corners=False)
+            if self.denoise_mask.masked_latents_name:
+                masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
+        with models.load(self.unet.unet) as unet, torch.no_grad():
+            result = _denoise(self, context, unet, scheduler, timesteps, init_timestep, latents, noise, seed,
+                              positive, negative, mask, masked_latents)
+        name = context.tensors.save(result)
+        return LatentsOutput.build(name, result, seed=None)
+
+
+def _denoise(node: DenoiseLatentsInvocation, context: "InvocationContext", unet: Any, scheduler: Any,
+             timesteps: "torch.Tensor", init_timestep: "torch.Tensor", orig_latents: "torch.Tensor",
+             noise: Optional["torch.Tensor"], seed: int, positive: dict[str, "torch.Tensor"],
+             negative: dict[str, "torch.Tensor"], mask: Optional["torch.Tensor"],
+             masked_latents: Optional["torch.Tensor"]) -> "torch.Tensor":
+    """The sampling loop: classifier-free guidance, optional CFG rescale and inpainting mask, per-step progress."""
+    import inspect
+
+    import torch
+
+    device, dtype = unet.device, unet.dtype
+    if init_timestep.shape[0] == 0:
+        return orig_latents
+    orig_latents = orig_latents.to(device=device, dtype=torch.float32)
+    if noise is None:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(orig_latents.shape, generator=generator, dtype=torch.float32)
+    noise = noise.to(device=device, dtype=torch.float32)
+    latents = scheduler.add_noise(orig_latents, noise, init_timestep.expand(orig_latents.shape[0]))
+    inpainting_unet = unet.config.in_channels == 9
+    if inpainting_unet:
+        if mask is None:
+            mask = torch.ones_like(orig_latents[:, :1])
+        if masked_latents is None:
+            masked_latents = torch.where(mask < 0.5, 0.0, orig_latents)
+        # the inpainting UNet takes 1 - mask (InvokeAI's mask keeps where it is 1)
+        extra_channels = torch.cat([1 - mask.to(device), masked_latents.to(device=device, dtype=torch.float32)], 1)
+
+    embeds = torch.cat([negative["embeds"], positive["embeds"]]).to(device=device, dtype=dtype)
+    added: dict[str, torch.Tensor] = {}
+    if "pooled_embeds" in positive:
+        added = {"text_embeds": torch.cat([negative["pooled_embeds"], positive["pooled_embeds"]]).to(device, dtype),
+                 "time_ids": torch.cat([negative["add_time_ids"], positive["add_time_ids"]]).to(device, dtype)}
+    cfg = _as_list(node.cfg_scale)
+    if len(cfg) not in (1, len(timesteps)):
+        raise GenerationError(f"node {node.id} (denoise_latents): field cfg_scale: a list needs one value per step "
+                              f"({len(timesteps)}), got {len(cfg)}", node_id=node.id, field="cfg_scale")
+    step_kwargs: dict[str, Any] = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed ^ 0xFFFFFFFF)
+
+    total = len(timesteps)
+    for index, t in enumerate(timesteps):
+        if mask is not None and not inpainting_unet:
+            latents = torch.lerp(latents, scheduler.add_noise(orig_latents, noise, t.expand(1)), mask.to(device))
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        if inpainting_unet:
+            model_input = torch.cat([model_input, torch.cat([extra_channels] * 2)], dim=1)
+        prediction = unet(model_input.to(dtype), t, encoder_hidden_states=embeds,
+                          added_cond_kwargs=added or None).sample.float()
+        uncond, cond = prediction.chunk(2)
+        scale = cfg[index] if len(cfg) > 1 else cfg[0]
+        guided = uncond + scale * (cond - uncond)
+        if node.cfg_rescale_multiplier > 0:
+            std_cond = cond.std(dim=list(range(1, cond.ndim)), keepdim=True)
+            std_guided = guided.std(dim=list(range(1, guided.ndim)), keepdim=True)
+            rescaled = guided * (std_cond / std_guided)
+            guided = node.cfg_rescale_multiplier * rescaled + (1 - node.cfg_rescale_multiplier) * guided
+        latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
+        context.util.signal_progress(f"Denoising step {index + 1}/{total}", (index + 1) / total,
+                                     step=index + 1, total_steps=total)
+    if mask is not None and not inpainting_unet:
+        latents = torch.lerp(latents, orig_latents, mask.to(device))
+    return latents.detach().to("cpu")
+
+
+# --- VAE ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _vae(node: BaseInvocation, context: "InvocationContext", vae: VAEField, fp32: bool, tiled: bool,
+         tile_size: int) -> Iterator[Any]:
+    import torch
+
+    if vae.seamless_axes:
+        raise GenerationError(f"node {node.id} ({node.get_type()}): field vae: seamless tiling is not supported yet",
+                              node_id=node.id, field="vae")
+    with _models(node, context, "vae").load(vae.vae) as model:
+        original = model.dtype
+        upcast = (fp32 or model.device.type == "cpu") and original != torch.float32
+        if upcast:
+            model.to(dtype=torch.float32)
+        if tiled:
+            model.enable_tiling()
+            if tile_size > 0:
+                model.tile_sample_min_size = tile_size
+                model.tile_latent_min_size = tile_size // 8
+        try:
+            yield model
+        finally:
+            model.disable_tiling()
+            if upcast:
+                model.to(dtype=original)
+
+
+@invocation("l2i", title="Latents to Image - SD1.5, SDXL", tags=["latents", "image", "vae", "l2i"],
+            category="latents", version="1.3.2", gpu=True)
+class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
+    """Decodes latents into an image with the VAE and saves it with its metadata."""
+
+    latents: LatentsField = InputField(description="Latents tensor", input=Input.Connection)
+    vae: VAEField = InputField(description="VAE", input=Input.Connection)
+    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)")
+    tile_size: int = InputField(default=0, multiple_of=8,
+                                description="The tile size for VAE tiling in pixels (image space). If set to 0, the default tile size for the model will be used. Larger tile sizes generally produce better results at the cost of higher memory usage.")
+    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision")
+
+    def invoke(self, context: "InvocationContext") -> ImageOutput:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        latents = context.tensors.load(self.latents.latents_name)
+        context.util.signal_progress("Running VAE decoder")
+        with _vae(self, context, self.vae, self.fp32, self.tiled, self.tile_size) as vae, torch.no_grad():
+            latents = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+            decoded = vae.decode(latents, return_dict=False)[0]
+            decoded = (decoded / 2 + 0.5).clamp(0, 1)
+        pixels = (decoded[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+        record = context.images.save(Image.fromarray(pixels))
+        return ImageOutput.build(record)
+
+
+def image_to_tensor(image: Any, normalize: bool = True) -> "torch.Tensor":
+    """A PIL image cropped to a multiple of 8 as a [1, C, H, W] float tensor (in [-1, 1] when normalised)."""
+    import numpy as np
+    import torch
+
+    width, height = image.width - image.width % 8, image.height - image.height % 8
+    if (width, height) != image.size:
+        image = image.resize((width, height), resample=3)
+    array = np.asarray(image).astype(np.float32) / 255.0
+    tensor = torch.from_numpy(array)
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    tensor = tensor.unsqueeze(0)
+    return tensor * 2.0 - 1.0 if normalize else tensor
+
+
+def vae_encode(vae: Any, image: "torch.Tensor") -> "torch.Tensor":
+    """Scaled latents of an image; the sample is seeded, so the same image always gives the same latents."""
+    import torch
+
+    with torch.no_grad():
+        distribution = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(distribution.mean.shape, generator=generator, dtype=torch.float32)
+        sample = distribution.mean + distribution.std * noise.to(distribution.mean.device, distribution.mean.dtype)
+    return (vae.config.scaling_factor * sample).float().cpu()
+
+
+@invocation("i2l", title="Image to Latents - SD1.5, SDXL", tags=["latents", "image", "vae", "i2l"],
+            category="latents", version="1.2.0", gpu=True)
+class ImageToLatentsInvocation(BaseInvocation):
+    """Encodes an image into latents with the VAE."""
+
+    image: ImageField = InputField(description="The image to encode")
+    vae: VAEField = InputField(description="VAE", input=Input.Connection)
+    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)")
+    tile_size: int = InputField(default=0, multiple_of=8,
+                                description="The tile size for VAE tiling in pixels (image space). If set to 0, the default tile size for the model will be used. Larger tile sizes generally produce better results at the cost of higher memory usage.")
+    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision")
+    color_compensation: COMPENSATION_OPTIONS = InputField(default="None",
+                                                          description="Apply VAE scaling compensation when encoding images (reduces color drift).")
+
+    def invoke(self, context: "InvocationContext") -> LatentsOutput:
+        image = context.images.get_pil(self.image.image_name, mode="RGB")
+        tensor = image_to_tensor(image)
+        models = _models(self, context, "vae")
+        if self.color_compensation != "None" and \
+                models.get_config(self.vae.vae).base is BaseModelType.StableDiffusionXL:
+            scale, bias = COLOR_COMPENSATION[self.color_compensation]
+            tensor = tensor * scale + bias
+        with _vae(self, context, self.vae, self.fp32, self.tiled, self.tile_size) as vae:
+            latents = vae_encode(vae, tensor)
+        name = context.tensors.save(latents)
+        return LatentsOutput.build(name, latents)
+
+
+@invocation("create_denoise_mask", title="Create Denoise Mask", tags=["mask", "denoise"], category="mask",
+            version="1.0.2", gpu=True)
+class CreateDenoiseMaskInvocation(BaseInvocation):
+    """Turns a mask image (white: keep, black: repaint, as InvokeAI reads it) into a denoise mask."""
+
+    vae: VAEField = InputField(description="VAE", input=Input.Connection, ui_order=0)
+    image: Optional[ImageField] = InputField(default=None, description="Image which will be masked", ui_order=1)
+    mask: ImageField = InputField(description="The mask to use when pasting", ui_order=2)
+    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)",
+                             ui_order=3)
+    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision", ui_order=4)
+
+    def invoke(self, context: "InvocationContext") -> DenoiseMaskOutput:
+        import torch
+
+        mask = image_to_tensor(context.images.get_pil(self.mask.image_name, mode="L"), normalize=False)
+        masked_latents_name = None
+        if self.image is not None:
+            image = image_to_tensor(context.images.get_pil(self.image.image_name, mode="RGB"))
+            image_mask = torch.nn.functional.interpolate(mask, size=image.shape[-2:], mode="bilinear",
+                                                         align_corners=False)
+            masked = image * torch.where(image_mask < 0.5, 0.0, 1.0)
+            with _vae(self, context, self.vae, self.fp32, self.tiled, 0) as vae:
+                masked_latents_name = context.tensors.save(vae_encode(vae, masked))
+        return DenoiseMaskOutput.build(mask_name=context.tensors.save(mask), masked_latents_name=masked_latents_name,
+                                       gradient=False)

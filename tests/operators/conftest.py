@@ -1,0 +1,39 @@
+"""Tiny Stable Diffusion models, built once per test session and installed in a model registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from invokeai_provider.context import RunContext
+from invokeai_provider.storage import LocalArtifactBackend, RunStore
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
+    """A registry with tiny SD1 (normal and inpaint) and SDXL models, named tiny-sd1, tiny-sd1-inpaint, tiny-sdxl."""
+    from invokeai_provider.models.install import install_model
+    from invokeai_provider.models.registry import ModelRegistry
+    from invokeai_provider.models.tiny import build_sd_model
+
+    root: Path = tmp_path_factory.mktemp("tiny-models")
+    registry = ModelRegistry((root / "registry").as_uri())
+    for name, base, variant in (("tiny-sd1", "sd-1", "normal"), ("tiny-sd1-inpaint", "sd-1", "inpaint"),
+                                ("tiny-sdxl", "sdxl", "normal")):
+        install_model(registry, str(build_sd_model(base, root / name, variant=variant)), name=name, inplace=True)
+    return registry
+
+
+@pytest.fixture(scope="session")
+def model_manager(tiny_registry):
+    from invokeai_provider.models.manager import ModelManager
+
+    return ModelManager(tiny_registry, device="cpu")
+
+
+@pytest.fixture
+def model_run(tmp_path: Path, model_manager) -> RunContext:
+    """A run context whose nodes can load the tiny models."""
+    return RunContext(store=RunStore(LocalArtifactBackend(tmp_path / "artifacts"), dag_id="sd", run_id="r1"),
+                      services={"models": model_manager})

@@ -1,0 +1,212 @@
+"""Stable Diffusion generation on tiny random-weight models: text-to-image, image-to-image, inpainting,
+every scheduler, SDXL, and the stored PNGs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import edge
+from PIL import Image
+
+from invokeai_provider import __version__
+from invokeai_provider.engine import run_graph
+from invokeai_provider.errors import NodeExecutionError
+from invokeai_provider.graph import Graph
+from invokeai_provider.models.binding import bind_model_fields
+from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+def sd1_graph(model: str = "tiny-sd1", *, seed: int = 7, steps: int = 3, scheduler: str = "euler",
+              size: int = 64, extra_nodes: dict | None = None, extra_edges: list | None = None,
+              denoise: dict | None = None) -> dict:
+    nodes = {
+        "model": {"type": "main_model_loader", "model": model},
+        "pos": {"type": "compel", "prompt": "a (red)++ cat"},
+        "neg": {"type": "compel", "prompt": ""},
+        "noise": {"type": "noise", "seed": seed, "width": size, "height": size},
+        "denoise": {"type": "denoise_latents", "steps": steps, "cfg_scale": 7.5, "scheduler": scheduler,
+                    **(denoise or {})},
+        "decode": {"type": "l2i"},
+        **(extra_nodes or {}),
+    }
+    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip", "neg", "clip"),
+             edge("model", "unet", "denoise", "unet"), edge("pos", "conditioning", "denoise", "positive_conditioning"),
+             edge("neg", "conditioning", "denoise", "negative_conditioning"), edge("noise", "noise", "denoise", "noise"),
+             edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae"),
+             *(extra_edges or [])]
+    return {"id": "t2i", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
+
+
+def run(doc: dict, model_run, registry):
+    return run_graph(Graph.from_dict(bind_model_fields(doc, registry)), model_run)
+
+
+def png_of(model_run, state, node: str = "decode") -> bytes:
+    [output] = state.outputs_of(node)
+    return model_run.store.read("images", output.image.image_name)
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def test_text_to_image_is_deterministic_per_seed(model_run, tiny_registry):
+    first = png_of(model_run, run(sd1_graph(seed=7), model_run, tiny_registry))
+    again = png_of(model_run, run(sd1_graph(seed=7), model_run, tiny_registry))
+    other = png_of(model_run, run(sd1_graph(seed=8), model_run, tiny_registry))
+    assert first == again  # byte-identical PNGs
+    assert Image.open(io.BytesIO(first)).size == (64, 64)
+    assert np.abs(pixels(first) - pixels(other)).mean() > 1
+
+
+def test_progress_is_reported_for_every_step(model_run, tiny_registry):
+    events = []
+    model_run.on_progress = events.append
+    run(sd1_graph(steps=3), model_run, tiny_registry)
+    steps = [e["step"] for e in events if e.get("node_id") == "denoise" and "step" in e]
+    assert steps == [1, 2, 3]
+
+
+def test_cancel_stops_at_the_next_step(model_run, tiny_registry):
+    from invokeai_provider.errors import CanceledError
+
+    def cancel_at_first_step(event):
+        if event.get("step") == 1:
+            model_run.cancel_event.set()
+
+    model_run.on_progress = cancel_at_first_step
+    with pytest.raises(CanceledError):
+        run(sd1_graph(steps=5), model_run, tiny_registry)
+
+
+def latents_of(model_run, name: str) -> torch.Tensor:
+    from safetensors.torch import load
+
+    return load(model_run.store.read("tensors", name + ".safetensors"))["tensor"]
+
+
+def test_image_to_image_at_denoising_start_one_returns_the_input_latents(model_run, tiny_registry):
+    first = run(sd1_graph(), model_run, tiny_registry)
+    image_name = first.outputs_of("decode")[0].image.image_name
+    doc = sd1_graph(extra_nodes={"encode": {"type": "i2l", "image": {"image_name": image_name}}},
+                    extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae")],
+                    denoise={"denoising_start": 1.0})
+    state = run(doc, model_run, tiny_registry)
+    encoded = latents_of(model_run, state.outputs_of("encode")[0].latents.latents_name)
+    denoised = latents_of(model_run, state.outputs_of("denoise")[0].latents.latents_name)
+    assert torch.equal(encoded, denoised)
+
+
+def test_image_to_image_changes_the_latents_partly(model_run, tiny_registry):
+    first = run(sd1_graph(), model_run, tiny_registry)
+    image_name = first.outputs_of("decode")[0].image.image_name
+    doc = sd1_graph(extra_nodes={"encode": {"type": "i2l", "image": {"image_name": image_name}}},
+                    extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae")],
+                    denoise={"denoising_start": 0.5})
+    state = run(doc, model_run, tiny_registry)
+    encoded = latents_of(model_run, state.outputs_of("encode")[0].latents.latents_name)
+    denoised = latents_of(model_run, state.outputs_of("denoise")[0].latents.latents_name)
+    assert not torch.equal(encoded, denoised)
+
+
+def test_inpainting_keeps_the_unmasked_region(model_run, tiny_registry):
+    source = run(sd1_graph(seed=3), model_run, tiny_registry)
+    image_name = source.outputs_of("decode")[0].image.image_name
+    mask = Image.new("L", (64, 64), 255)  # white: keep
+    mask.paste(0, (0, 0, 32, 64))  # black left half: repaint
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    model_run.store.write("images", "mask.png", buffer.getvalue())
+    doc = sd1_graph(seed=11, extra_nodes={
+        "encode": {"type": "i2l", "image": {"image_name": image_name}},
+        "mask": {"type": "create_denoise_mask", "mask": {"image_name": "mask.png"}},
+    }, extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae"),
+                    edge("model", "vae", "mask", "vae"), edge("mask", "denoise_mask", "denoise", "denoise_mask")])
+    state = run(doc, model_run, tiny_registry)
+    encoded = latents_of(model_run, state.outputs_of("encode")[0].latents.latents_name)
+    result = latents_of(model_run, state.outputs_of("denoise")[0].latents.latents_name)
+    assert torch.allclose(result[..., 4:], encoded[..., 4:], atol=1e-5)  # kept (mask 1) region, latent columns 4-7
+    assert not torch.allclose(result[..., :4], encoded[..., :4], atol=1e-3)  # repainted region changed
+
+
+def test_inpainting_model_runs_with_a_mask(model_run, tiny_registry):
+    source = run(sd1_graph(seed=3), model_run, tiny_registry)
+    image_name = source.outputs_of("decode")[0].image.image_name
+    model_run.store.write("images", "m.png", _mask_png())
+    doc = sd1_graph("tiny-sd1-inpaint", extra_nodes={
+        "encode": {"type": "i2l", "image": {"image_name": image_name}},
+        "mask": {"type": "create_denoise_mask", "mask": {"image_name": "m.png"}, "image": {"image_name": image_name}},
+    }, extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae"),
+                    edge("model", "vae", "mask", "vae"), edge("mask", "denoise_mask", "denoise", "denoise_mask")])
+    state = run(doc, model_run, tiny_registry)
+    assert state.outputs_of("mask")[0].denoise_mask.masked_latents_name is not None
+    assert state.outputs_of("decode")[0].width == 64
+
+
+def _mask_png() -> bytes:
+    mask = Image.new("L", (64, 64), 255)
+    mask.paste(0, (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULER_NAME_VALUES.__args__))
+def test_every_scheduler_runs_two_steps(model_run, tiny_registry, scheduler):
+    state = run(sd1_graph(steps=2, scheduler=scheduler, size=32), model_run, tiny_registry)
+    image = pixels(png_of(model_run, state))
+    assert image.shape == (32, 32, 3)
+
+
+def test_sdxl_text_to_image(model_run, tiny_registry):
+    nodes = {
+        "model": {"type": "sdxl_model_loader", "model": "tiny-sdxl"},
+        "pos": {"type": "sdxl_compel_prompt", "prompt": "a cat", "style": "oil painting", "target_width": 64,
+                "target_height": 64, "original_width": 64, "original_height": 64},
+        "neg": {"type": "sdxl_compel_prompt", "prompt": ""},
+        "noise": {"type": "noise", "seed": 1, "width": 64, "height": 64},
+        "denoise": {"type": "denoise_latents", "steps": 2},
+        "decode": {"type": "l2i"},
+    }
+    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip2", "pos", "clip2"),
+             edge("model", "clip", "neg", "clip"), edge("model", "clip2", "neg", "clip2"),
+             edge("model", "unet", "denoise", "unet"), edge("pos", "conditioning", "denoise", "positive_conditioning"),
+             edge("neg", "conditioning", "denoise", "negative_conditioning"), edge("noise", "noise", "denoise", "noise"),
+             edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae")]
+    doc = {"id": "xl", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
+    state = run(doc, model_run, tiny_registry)
+    assert state.outputs_of("decode")[0].width == 64
+    cond = state.outputs_of("pos")[0].conditioning.conditioning_name
+    from safetensors.torch import load
+
+    tensors = load(model_run.store.read("conditioning", cond + ".safetensors"))
+    assert set(tensors) == {"embeds", "pooled_embeds", "add_time_ids"}
+    assert tensors["add_time_ids"].tolist() == [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]
+
+
+def test_png_chunks_parse_back_into_graph_and_metadata(model_run, tiny_registry):
+    doc = sd1_graph(extra_nodes={"meta": {"type": "metadata_item", "label": "seed", "value": 7},
+                                 "collect_meta": {"type": "metadata"}},
+                    extra_edges=[edge("meta", "item", "collect_meta", "items"),
+                                 edge("collect_meta", "metadata", "decode", "metadata")])
+    bound = bind_model_fields(doc, tiny_registry)
+    model_run.graph_json = bound
+    model_run.workflow_json = {"name": "wf"}
+    state = run_graph(Graph.from_dict(bound), model_run)
+    info = Image.open(io.BytesIO(png_of(model_run, state))).info
+    assert json.loads(info["invokeai_metadata"]) == {"seed": 7, "app_version": __version__}
+    assert json.loads(info["invokeai_graph"])["nodes"]["denoise"]["type"] == "denoise_latents"
+    assert Graph.from_dict(json.loads(info["invokeai_graph"])).is_valid()
+    assert json.loads(info["invokeai_workflow"]) == {"name": "wf"}
+
+
+def test_generation_without_a_model_service_names_the_node(run, tiny_registry):
+    doc = bind_model_fields(sd1_graph(), tiny_registry)
+    with pytest.raises(NodeExecutionError, match=r"node pos \(compel\): field clip: no model service"):
+        run_graph(Graph.from_dict(doc), run)

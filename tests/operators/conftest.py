@@ -22,6 +22,8 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
     for name, base, variant in (("tiny-sd1", "sd-1", "normal"), ("tiny-sd1-inpaint", "sd-1", "inpaint"),
                                 ("tiny-sdxl", "sdxl", "normal")):
         install_model(registry, str(build_sd_model(base, root / name, variant=variant)), name=name, inplace=True)
+    # the SDXL pipeline's VAE on its own, as a standalone VAE model (its name tells the prober it is SDXL's)
+    install_model(registry, str(root / "tiny-sdxl" / "vae"), name="tiny-sdxl-vae", inplace=True)
     return registry
 
 

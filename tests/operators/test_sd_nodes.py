@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import edge
+from helpers import SHARED_WORKFLOWS, edge
 from PIL import Image
 
 from invokeai_provider import __version__
@@ -210,3 +210,32 @@ def test_generation_without_a_model_service_names_the_node(run, tiny_registry):
     doc = bind_model_fields(sd1_graph(), tiny_registry)
     with pytest.raises(NodeExecutionError, match=r"node pos \(compel\): field clip: no model service"):
         run_graph(Graph.from_dict(doc), run)
+
+
+@pytest.mark.skipif(not SHARED_WORKFLOWS.is_dir(), reason="shared InvokeAI workflows not present")
+@pytest.mark.parametrize("name, models", [
+    ("text-to-image-sd15.json", {"main_model_loader": ("model", "tiny-sd1")}),
+    ("text-to-image-sdxl.json", {"sdxl_model_loader": ("model", "tiny-sdxl"), "vae_loader": ("vae_model", "tiny-sdxl-vae")}),
+])
+def test_invokeai_workflows_run_unchanged_with_tiny_models(model_run, tiny_registry, name, models):
+    """InvokeAI's own exported workflows, bound to the tiny models and shrunk to 64 px and 2 steps."""
+    from invokeai_provider.workflow import load_document
+
+    document = load_document((SHARED_WORKFLOWS / name).read_text())
+    graph_dict = document.graph.to_dict()
+    for node in graph_dict["nodes"].values():
+        if node["type"] in models:
+            field, model = models[node["type"]]
+            node[field] = model
+        if node["type"] == "noise":
+            node.update(width=64, height=64)
+        if node["type"] == "denoise_latents":
+            node["steps"] = 2
+    model_run.workflow_json = document.workflow.raw
+    bound = bind_model_fields(graph_dict, tiny_registry)
+    model_run.graph_json = bound
+    state = run_graph(Graph.from_dict(bound), model_run)
+    [image] = [o for outputs in state.leaf_outputs().values() for o in outputs if o["type"] == "image_output"]
+    assert (image["width"], image["height"]) == (64, 64)
+    info = Image.open(io.BytesIO(model_run.store.read("images", image["image"]["image_name"]))).info
+    assert json.loads(info["invokeai_workflow"])["name"] == document.workflow.name

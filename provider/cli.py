@@ -101,7 +101,11 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     for index, session in enumerate(sessions):
         run = RunContext(store=store, graph_json=session.to_dict(), workflow_json=workflow_json,
                          name_prefix=f"s{index}." if document.batch else "", services=services)
-        results.append(Engine(run).run(ExecutionState(session)).leaf_outputs())
+        state = Engine(run).run(ExecutionState(session))
+        results.append(state.leaf_outputs())
+        for records in state.records.values():
+            for record in records:
+                print(f"saved {record['uri']}", file=sys.stderr)
     json.dump(results if document.batch else results[0], sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -146,6 +150,35 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MODEL = "tiny-sd15"
+DEMO_WORKFLOW = Path(__file__).resolve().parents[1] / "dags" / "workflows" / "sd15-text-to-image.json"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Builds and installs the tiny SD1.5 model if missing, then runs the SD1.5 text-to-image workflow."""
+    from invokeai_provider.models.registry import ModelRegistry, UnknownModelError
+
+    registry = ModelRegistry(args.model_root)
+    try:
+        registry.find(DEMO_MODEL)
+    except UnknownModelError:
+        from invokeai_provider.models.install import install_model
+        from invokeai_provider.models.tiny import build_sd_model
+
+        target = registry.root / "tiny" / DEMO_MODEL
+        if not target.exists():
+            print(f"building the tiny random-weight SD1.5 model in {target}", file=sys.stderr)
+            build_sd_model("sd-1", target)
+        install_model(registry, str(target), name=DEMO_MODEL, inplace=True)
+    if not DEMO_WORKFLOW.is_file():
+        raise InvokeAIProviderError(f"the demo workflow {DEMO_WORKFLOW} is missing (run the demo from a clone)")
+    overrides = [f"model.model={DEMO_MODEL}", f"positive.value={json.dumps(args.prompt)}", f"seed.value={args.seed}",
+                 f"denoise.steps={args.steps}", f"noise.width={args.size}", f"noise.height={args.size}"]
+    run_args = argparse.Namespace(file=str(DEMO_WORKFLOW), set=overrides, artifacts=args.artifacts, tenant="default",
+                                  run_id=args.run_id, model_root=args.model_root)
+    return cmd_graph_run(run_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invokeai-airflow", description="InvokeAI node graphs on Apache Airflow.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate = graph_sub.add_parser("validate", help="check a graph or workflow without running it")
     validate.add_argument("file")
     validate.set_defaults(func=cmd_graph_validate)
+
+    demo = sub.add_parser("demo", help="run SD1.5 text-to-image with a tiny model built on this machine")
+    demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--steps", type=int, default=12)
+    demo.add_argument("--size", type=int, default=128, help="width and height in pixels (multiple of 8)")
+    demo.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
+    demo.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
+    demo.add_argument("--run-id", help="run id used in artifact keys (default: a new one)")
+    demo.set_defaults(func=cmd_demo)
 
     models = sub.add_parser("models", help="install and list models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -26,13 +26,26 @@ def test_ci_runs_the_readme_test_command():
     assert command.endswith(".venv/bin/pytest -q")
 
 
-def test_main_command_runs_the_example_workflow(tmp_path):
+def test_main_command_runs_the_demo(tmp_path):
     command = readme_command("main-command")
-    workflow = command.rsplit("graph run ", 1)[1]
-    assert (REPO_ROOT / workflow).is_file()
+    assert command.endswith(".venv/bin/invokeai-airflow demo")
     exe = Path(sys.executable).with_name("invokeai-airflow")
-    result = subprocess.run([str(exe), "graph", "run", workflow, "--artifacts", str(tmp_path)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=False)
+    args = [str(exe), "demo", "--model-root", str(tmp_path / "models"), "--artifacts", str(tmp_path / "art"),
+            "--size", "64", "--steps", "2"]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [image] = json.loads(result.stdout)["decode"]
+    assert (image["width"], image["height"]) == (64, 64)
+    saved = [line.split(" ", 1)[1] for line in result.stderr.splitlines() if line.startswith("saved file://")]
+    assert len(saved) == 1 and saved[0].endswith("/images/" + image["image"]["image_name"])
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "building the tiny" not in again.stderr  # the model is built once
+
+
+def test_prompt_variations_workflow_runs(tmp_path):
+    exe = Path(sys.executable).with_name("invokeai-airflow")
+    result = subprocess.run([str(exe), "graph", "run", "dags/workflows/prompt-variations.json", "--artifacts",
+                             str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     prompts = out["prompts"][0]["collection"]

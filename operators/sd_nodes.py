@@ -8,6 +8,7 @@ inside ``invoke()`` so DAG parsing stays light.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Union
 
@@ -27,13 +28,16 @@ from invokeai_provider.fields import (
 )
 from invokeai_provider.invocation import (
     BaseInvocation,
+    BaseInvocationOutput,
     Input,
     InputField,
+    OutputField,
     WithBoard,
     WithMetadata,
     invocation,
+    invocation_output,
 )
-from invokeai_provider.models.taxonomy import BaseModelType
+from invokeai_provider.models.taxonomy import BaseModelType, ModelVariantType
 from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
 from invokeai_provider.operators.primitives import (
     ConditioningOutput,
@@ -43,6 +47,7 @@ from invokeai_provider.operators.primitives import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from invokeai_provider.context import InvocationContext
 
@@ -327,7 +332,8 @@ class DenoiseLatentsInvocation(BaseInvocation):
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
         with models.load(self.unet.unet) as unet, torch.no_grad():
             result = _denoise(self, context, unet, scheduler, timesteps, init_timestep, latents, noise, seed,
-                              positive, negative, mask, masked_latents)
+                              positive, negative, mask, masked_latents,
+                              gradient=bool(self.denoise_mask and self.denoise_mask.gradient))
         name = context.tensors.save(result)
         return LatentsOutput.build(name, result, seed=None)
 
@@ -336,7 +342,7 @@ def _denoise(node: DenoiseLatentsInvocation, context: "InvocationContext", unet:
              timesteps: "torch.Tensor", init_timestep: "torch.Tensor", orig_latents: "torch.Tensor",
              noise: Optional["torch.Tensor"], seed: int, positive: dict[str, "torch.Tensor"],
              negative: dict[str, "torch.Tensor"], mask: Optional["torch.Tensor"],
-             masked_latents: Optional["torch.Tensor"]) -> "torch.Tensor":
+             masked_latents: Optional["torch.Tensor"], gradient: bool = False) -> "torch.Tensor":
     """The sampling loop: classifier-free guidance, optional CFG rescale and inpainting mask, per-step progress."""
     import inspect
 
@@ -374,9 +380,14 @@ def _denoise(node: DenoiseLatentsInvocation, context: "InvocationContext", unet:
         step_kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed ^ 0xFFFFFFFF)
 
     total = len(timesteps)
+    train_steps = scheduler.config.num_train_timesteps
     for index, t in enumerate(timesteps):
         if mask is not None and not inpainting_unet:
-            latents = torch.lerp(latents, scheduler.add_noise(orig_latents, noise, t.expand(1)), mask.to(device))
+            noised = scheduler.add_noise(orig_latents, noise, t.expand(1))
+            if gradient:  # a gradient mask keeps a pixel until the schedule has come down past its value
+                latents = torch.where(mask.to(device) < 1 - t.item() / train_steps, latents, noised)
+            else:
+                latents = torch.lerp(latents, noised, mask.to(device))
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         if inpainting_unet:
             model_input = torch.cat([model_input, torch.cat([extra_channels] * 2)], dim=1)
@@ -394,7 +405,10 @@ def _denoise(node: DenoiseLatentsInvocation, context: "InvocationContext", unet:
         context.util.signal_progress(f"Denoising step {index + 1}/{total}", (index + 1) / total,
                                      step=index + 1, total_steps=total)
     if mask is not None and not inpainting_unet:
-        latents = torch.lerp(latents, orig_latents, mask.to(device))
+        if gradient:
+            latents = torch.where(mask.to(device) < 1, latents, orig_latents)
+        else:
+            latents = torch.lerp(latents, orig_latents, mask.to(device))
     return latents.detach().to("cpu")
 
 
@@ -536,3 +550,146 @@ class CreateDenoiseMaskInvocation(BaseInvocation):
                 masked_latents_name = context.tensors.save(vae_encode(vae, masked))
         return DenoiseMaskOutput.build(mask_name=context.tensors.save(mask), masked_latents_name=masked_latents_name,
                                        gradient=False)
+
+
+# --- sizes and gradient masks -------------------------------------------------------------------------
+
+IDEAL_DIMENSION = {BaseModelType.StableDiffusion1: 512, BaseModelType.StableDiffusion2: 768,
+                   BaseModelType.StableDiffusionXL: 1024, BaseModelType.Flux: 1024, BaseModelType.Flux2: 1024,
+                   BaseModelType.StableDiffusion3: 1024}
+
+
+@invocation_output("ideal_size_output")
+class IdealSizeOutput(BaseInvocationOutput):
+    width: int = OutputField(description="The ideal width of the image (in pixels)")
+    height: int = OutputField(description="The ideal height of the image (in pixels)")
+
+
+@invocation("ideal_size", title="Ideal Size - SD1.5, SDXL", tags=["latents", "math", "ideal_size"],
+            category="latents", version="1.0.6")
+class IdealSizeInvocation(BaseInvocation):
+    """The size the model was trained at, with the requested aspect ratio: generate there, then upscale."""
+
+    width: int = InputField(default=1024, description="Final image width")
+    height: int = InputField(default=576, description="Final image height")
+    unet: UNetField = InputField(description="UNet (scheduler, LoRAs)")
+    multiplier: float = InputField(default=1.0, description="Amount to multiply the model's dimensions by when "
+                                   "calculating the ideal size (may result in initial generation artifacts if too large)")
+
+    def invoke(self, context: "InvocationContext") -> IdealSizeOutput:
+        base = _models(self, context, "unet").get_config(self.unet.unet).base
+        if base not in IDEAL_DIMENSION:
+            raise GenerationError(f"node {self.id} (ideal_size): field unet: no ideal size for base {base.value}",
+                                  node_id=self.id, field="unet")
+        dimension = IDEAL_DIMENSION[base] * self.multiplier
+        minimum, area, aspect = math.floor(dimension * 0.5), dimension * dimension, self.width / self.height
+        if aspect > 1.0:
+            height = max(minimum, math.sqrt(area / aspect))
+            width = height * aspect
+        else:
+            width = max(minimum, math.sqrt(area * aspect))
+            height = width / aspect
+        width, height = math.floor(width), math.floor(height)
+        return IdealSizeOutput(width=width - width % 8, height=height - height % 8)
+
+
+@invocation_output("gradient_mask_output")
+class GradientMaskOutput(BaseInvocationOutput):
+    """A denoise mask whose edge fades, and the area it finally covers."""
+
+    denoise_mask: DenoiseMaskField = OutputField(description="Mask for denoise model run. Values of 0.0 represent "
+                                                 "the regions to be fully denoised, and 1.0 represent the regions to be preserved.")
+    expanded_mask_area: ImageField = OutputField(description="Image representing the total gradient area of the mask. "
+                                                 "For paste-back purposes.")
+
+
+def _edge_kernel(radius: int, mode: str) -> "np.ndarray":
+    """Weights that fall off from the centre to ``radius``: linear (Box Blur) or Gaussian (sigma = radius/2.5)."""
+    import numpy as np
+
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    distance = np.sqrt(offsets[:, None] ** 2 + offsets[None, :] ** 2)
+    if mode == "Box Blur":
+        kernel = 1.0 - distance / radius
+    else:
+        sigma = radius / 2.5
+        gauss = np.exp(-(offsets ** 2) / (2 * sigma * sigma))
+        kernel = np.outer(gauss, gauss)
+        kernel = kernel / kernel.max()
+    kernel[distance > radius] = 0
+    return kernel.astype(np.float32)
+
+
+def _weighted_max_filter(image: "np.ndarray", kernel: "np.ndarray") -> "np.ndarray":
+    """max over the kernel window of pixel × weight (a soft dilation)."""
+    import numpy as np
+
+    pad_h, pad_w = kernel.shape[0] // 2, kernel.shape[1] // 2
+    padded = np.pad(image, ((pad_h, pad_h), (pad_w, pad_w)))
+    result = np.zeros_like(image)
+    for i, j in zip(*np.nonzero(kernel > 0)):
+        np.maximum(result, padded[i:i + image.shape[0], j:j + image.shape[1]] * kernel[i, j], out=result)
+    return result
+
+
+@invocation("create_gradient_mask", title="Create Gradient Mask", tags=["mask", "denoise"], category="mask",
+            version="1.3.0", gpu=True)
+class CreateGradientMaskInvocation(BaseInvocation):
+    """A denoise mask whose edge is expanded into a gradient, so inpainting blends into its surroundings."""
+
+    mask: ImageField = InputField(description="Image which will be masked", ui_order=1)
+    edge_radius: int = InputField(default=16, ge=0, description="How far to expand the edges of the mask", ui_order=2)
+    coherence_mode: Literal["Gaussian Blur", "Box Blur", "Staged"] = InputField(default="Gaussian Blur", ui_order=3)
+    minimum_denoise: float = InputField(default=0.0, ge=0, le=1,
+                                        description="Minimum denoise level for the coherence region", ui_order=4)
+    image: Optional[ImageField] = InputField(default=None, description="OPTIONAL: Only connect for specialized "
+                                             "Inpainting models, masked_latents will be generated from the image with the VAE",
+                                             title="[OPTIONAL] Image", ui_order=6)
+    unet: Optional[UNetField] = InputField(default=None, description="OPTIONAL: If the Unet is a specialized "
+                                           "Inpainting model, masked_latents will be generated from the image with the VAE",
+                                           input=Input.Connection, title="[OPTIONAL] UNet", ui_order=5)
+    vae: Optional[VAEField] = InputField(default=None, description="OPTIONAL: Only connect for specialized "
+                                         "Inpainting models, masked_latents will be generated from the image with the VAE",
+                                         input=Input.Connection, title="[OPTIONAL] VAE", ui_order=7)
+    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)",
+                             ui_order=8)
+    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision", ui_order=9)
+
+    def invoke(self, context: "InvocationContext") -> GradientMaskOutput:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        mask_image = context.images.get_pil(self.mask.image_name, mode="L")
+        small = mask_image.resize((mask_image.width // 8, mask_image.height // 8), resample=Image.Resampling.BILINEAR)
+        original = np.asarray(small, dtype=np.float32)
+        radius = self.edge_radius // 8
+        if radius > 0:
+            dilated = 255 - _weighted_max_filter(255 - original, _edge_kernel(radius, self.coherence_mode))
+            threshold = (1 - self.minimum_denoise) * 255
+            if self.coherence_mode == "Staged":
+                dilated = np.where((dilated < original) & (original > threshold), threshold, original)
+            dilated = np.where((dilated > threshold) & (dilated < 255), threshold, dilated)
+        else:
+            dilated = original.copy()
+        dilated = np.clip(dilated, 0, 255).astype(np.uint8)
+        full_size = (small.width * 8, small.height * 8)
+        expanded = Image.fromarray(np.where(dilated < 255, 0, 255).astype(np.uint8), mode="L")
+        expanded_record = context.images.save(expanded.resize(full_size, resample=Image.Resampling.NEAREST),
+                                              image_category="mask")
+        gradient = Image.fromarray(dilated).resize(full_size, resample=Image.Resampling.NEAREST)
+        mask_tensor = image_to_tensor(gradient, normalize=False)
+        masked_latents_name = None
+        if self.unet is not None and self.vae is not None and self.image is not None:
+            models = _models(self, context, "unet")
+            if models.get_config(self.unet.unet).variant is ModelVariantType.Inpaint:
+                image = image_to_tensor(context.images.get_pil(self.image.image_name, mode="RGB"))
+                image_mask = torch.nn.functional.interpolate(mask_tensor, size=image.shape[-2:], mode="bilinear",
+                                                             align_corners=False)
+                with _vae(self, context, self.vae, self.fp32, self.tiled, 0) as vae:
+                    masked_latents_name = context.tensors.save(
+                        vae_encode(vae, image * torch.where(image_mask < 0.5, 0.0, 1.0)))
+        return GradientMaskOutput(
+            denoise_mask=DenoiseMaskField(mask_name=context.tensors.save(mask_tensor),
+                                          masked_latents_name=masked_latents_name, gradient=True),
+            expanded_mask_area=ImageField(image_name=expanded_record["image_name"]))

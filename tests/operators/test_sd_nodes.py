@@ -239,3 +239,48 @@ def test_invokeai_workflows_run_unchanged_with_tiny_models(model_run, tiny_regis
     assert (image["width"], image["height"]) == (64, 64)
     info = Image.open(io.BytesIO(model_run.store.read("images", image["image"]["image_name"]))).info
     assert json.loads(info["invokeai_workflow"])["name"] == document.workflow.name
+
+
+@pytest.mark.parametrize("model, width, height, expected", [
+    ("tiny-sd1", 1024, 576, (680, 384)),
+    ("tiny-sd1", 512, 768, (416, 624)),
+    ("tiny-sdxl", 1024, 576, (1360, 768)),
+    ("tiny-sdxl", 1024, 1024, (1024, 1024)),
+])
+def test_ideal_size_follows_the_model_base(model_run, tiny_registry, model, width, height, expected):
+    loader = "main_model_loader" if model == "tiny-sd1" else "sdxl_model_loader"
+    doc = {"id": "i", "nodes": {"m": {"id": "m", "type": loader, "model": model},
+                                "size": {"id": "size", "type": "ideal_size", "width": width, "height": height}},
+           "edges": [edge("m", "unet", "size", "unet")]}
+    [out] = run(doc, model_run, tiny_registry).outputs_of("size")
+    assert (out.width, out.height) == expected
+
+
+def test_gradient_mask_fades_the_edge_and_inpaints_inside(model_run, tiny_registry):
+    mask = Image.new("L", (128, 128), 255)
+    mask.paste(0, (48, 48, 80, 80))  # black square in the middle: repaint
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    model_run.store.write("images", "m.png", buffer.getvalue())
+    source = run(sd1_graph(seed=3, size=128), model_run, tiny_registry)
+    image_name = source.outputs_of("decode")[0].image.image_name
+    doc = sd1_graph(seed=5, size=128, extra_nodes={
+        "encode": {"type": "i2l", "image": {"image_name": image_name}},
+        "mask": {"type": "create_gradient_mask", "mask": {"image_name": "m.png"}, "edge_radius": 16,
+                 "minimum_denoise": 0.2},
+    }, extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae"),
+                    edge("mask", "denoise_mask", "denoise", "denoise_mask")])
+    state = run(doc, model_run, tiny_registry)
+    [mask_out] = state.outputs_of("mask")
+    assert mask_out.denoise_mask.gradient is True
+    gradient = latents_of(model_run, mask_out.denoise_mask.mask_name)[0, 0]
+    assert gradient.shape == (128, 128)
+    assert gradient[64, 64] == 0 and gradient[0, 0] == 1  # repaint inside, keep far outside
+    ring = gradient[32:40, 64]  # outside the square (and its blended border row), within the 16 px edge
+    assert torch.allclose(ring, torch.full_like(ring, 0.8), atol=1 / 255)  # held at the minimum-denoise level
+    expanded = pixels(model_run.store.read("images", mask_out.expanded_mask_area.image_name))
+    assert expanded[64, 64, 0] == 0 and expanded[40, 64, 0] == 0 and expanded[0, 0, 0] == 255
+    encoded = latents_of(model_run, state.outputs_of("encode")[0].latents.latents_name)
+    result = latents_of(model_run, state.outputs_of("denoise")[0].latents.latents_name)
+    assert torch.equal(result[..., 0, 0], encoded[..., 0, 0])  # a kept corner is untouched
+    assert not torch.allclose(result[..., 8, 8], encoded[..., 8, 8])  # the centre was repainted

@@ -51,6 +51,8 @@ class _Entry:
     model: Any
     size: int
     locks: int = 0
+    # held while the model is in use: nodes patch weights (LoRAs, embeddings) for the duration of a use
+    in_use: threading.RLock = field(default_factory=threading.RLock)
 
 
 class ModelCache:
@@ -114,7 +116,8 @@ class ModelCache:
                 self._make_room_on_device(entry.size, keep=key)
                 model.to(self.execution_device)
         try:
-            yield model
+            with entry.in_use:
+                yield model
         finally:
             with self._lock:
                 entry.locks -= 1

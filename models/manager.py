@@ -74,6 +74,13 @@ class ModelManager:
         except UnknownModelError:
             return False
 
+    def find_embedding(self, name: str, base: BaseModelType) -> Optional[ModelConfig]:
+        """The textual-inversion model a prompt's ``<name>`` trigger refers to, for this base."""
+        for config in self.registry.all():
+            if config.type is ModelType.TextualInversion and config.name == name and config.base is base:
+                return config
+        return None
+
     def get_config(self, ref: str | Mapping[str, Any] | ModelIdentifierField) -> ModelConfig:
         if isinstance(ref, ModelIdentifierField):
             ref = ref.model_dump(mode="json")
@@ -96,7 +103,11 @@ class ModelManager:
                 return self._load_main_part(config, part)
             if config.type is ModelType.VAE:
                 return self._load_vae(config)
-            if config.type in (ModelType.LoRA, ModelType.TextualInversion):
+            if config.type is ModelType.LoRA:
+                from invokeai_provider.models.lora import load_lora_file
+
+                return load_lora_file(self.registry.model_path(config))
+            if config.type is ModelType.TextualInversion:
                 from safetensors.torch import load_file
 
                 return load_file(str(self.registry.model_path(config)))

@@ -21,6 +21,7 @@ from invokeai_provider.fields import (
     ImageField,
     IPAdapterField,
     LatentsField,
+    ModelIdentifierField,
     T2IAdapterField,
     TensorField,
     UNetField,
@@ -37,7 +38,7 @@ from invokeai_provider.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.models.taxonomy import BaseModelType, ModelVariantType
+from invokeai_provider.models.taxonomy import BaseModelType, ModelVariantType, SubModelType
 from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
 from invokeai_provider.operators.primitives import (
     ConditioningOutput,
@@ -70,10 +71,53 @@ def _models(node: BaseInvocation, context: "InvocationContext", field: str) -> A
     return models
 
 
-def _no_loras(node: BaseInvocation, field: str, loras: list[Any]) -> None:
-    if loras:
-        raise GenerationError(f"node {node.id} ({node.get_type()}): field {field}: LoRAs are not applied by this "
-                              "version yet; remove the LoRA loader", node_id=node.id, field=field)
+def _lora_weights(node: BaseInvocation, context: "InvocationContext", field: str,
+                  loras: list[Any]) -> list[tuple[Any, float]]:
+    """(tensors, weight) of each LoRA on a UNet or CLIP field, loaded through the model cache."""
+    models = _models(node, context, field)
+    weights = []
+    for lora in loras:
+        with models.load(lora.lora) as tensors:
+            weights.append((tensors, lora.weight))
+    return weights
+
+
+@contextmanager
+def _patched(node: BaseInvocation, context: "InvocationContext", field: str, model: Any, loras: list[Any],
+             target: str, base: BaseModelType) -> Iterator[None]:
+    """The model with the field's LoRAs applied for the block; the cached weights are restored afterwards."""
+    if not loras:
+        yield
+        return
+    from invokeai_provider.models.lora import LoraKeyError, apply_loras
+
+    try:
+        with apply_loras(model, _lora_weights(node, context, field, loras), target=target, base=base.value):
+            yield
+    except LoraKeyError as exc:
+        raise GenerationError(f"node {node.id} ({node.get_type()}): field {field}: {exc}", node_id=node.id,
+                              field=field) from None
+
+
+@contextmanager
+def _with_embeddings(node: BaseInvocation, context: "InvocationContext", field: str, prompt: str, tokenizer: Any,
+                     text_encoder: Any, base: BaseModelType, target: Optional[str]) -> Iterator[tuple[Any, Any]]:
+    """The tokenizer (and compel's manager) knowing the prompt's ``<embedding>`` triggers, for the block."""
+    from invokeai_provider.models.embeddings import apply_embeddings, embedding_vectors, trigger_names_in
+
+    models = _models(node, context, field)
+    vectors = {}
+    for name in trigger_names_in(prompt):
+        config = models.find_embedding(name, base)
+        if config is None:
+            continue  # as in InvokeAI: an unknown <name> stays plain text
+        with models.load(ModelIdentifierField.model_validate(config.identifier())) as state_dict:
+            vectors[name] = embedding_vectors(state_dict, target)
+    if not vectors:
+        yield tokenizer, None
+        return
+    with apply_embeddings(tokenizer, text_encoder, vectors) as (patched_tokenizer, manager):
+        yield patched_tokenizer, manager
 
 
 @contextmanager
@@ -93,19 +137,25 @@ def _clip_skip(text_encoder: Any, skipped_layers: int) -> Iterator[None]:
 
 def _encode(node: BaseInvocation, context: "InvocationContext", clip: CLIPField, prompt: str, *, pooled: bool,
             field: str, penultimate: bool) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
-    """Compel embeddings (and the pooled vector) of one prompt with one CLIP text encoder."""
+    """Compel embeddings (and the pooled vector) of one prompt with one CLIP text encoder, its LoRAs applied."""
     import torch
     from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
 
-    _no_loras(node, field, clip.loras)
     models = _models(node, context, field)
+    base = models.get_config(clip.text_encoder).base
+    second = clip.text_encoder.submodel_type is SubModelType.TextEncoder2
+    target = "text_encoder_2" if second else "text_encoder"
+    embedding_part = ("clip_g" if second else "clip_l") if base is BaseModelType.StableDiffusionXL else None
     with models.load(clip.tokenizer) as tokenizer, models.load(clip.text_encoder) as text_encoder, \
-            _clip_skip(text_encoder, clip.skipped_layers), torch.no_grad():
+            _patched(node, context, field, text_encoder, clip.loras, target, base), \
+            _clip_skip(text_encoder, clip.skipped_layers), \
+            _with_embeddings(node, context, field, prompt, tokenizer, text_encoder, base, embedding_part) \
+            as (patched_tokenizer, ti_manager), torch.no_grad():
         embeddings = (ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED if penultimate
                       else ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)
-        compel = Compel(tokenizer=tokenizer, text_encoder=text_encoder, truncate_long_prompts=False,
-                        returned_embeddings_type=embeddings, requires_pooled=pooled, device=models.device,
-                        dtype_for_device_getter=lambda _device: text_encoder.dtype,
+        compel = Compel(tokenizer=patched_tokenizer, text_encoder=text_encoder, textual_inversion_manager=ti_manager,
+                        truncate_long_prompts=False, returned_embeddings_type=embeddings, requires_pooled=pooled,
+                        device=models.device, dtype_for_device_getter=lambda _device: text_encoder.dtype,
                         split_long_text_mode=SplitLongTextMode.SENTENCES)
         conjunction = Compel.parse_prompt_string(prompt)
         embeds, _options = compel.build_conditioning_tensor_for_conjunction(conjunction)
@@ -300,7 +350,6 @@ class DenoiseLatentsInvocation(BaseInvocation):
         if self.hidiffusion:
             raise GenerationError(f"node {self.id} (denoise_latents): field hidiffusion: not supported yet",
                                   node_id=self.id, field="hidiffusion")
-        _no_loras(self, "unet", self.unet.loras)
         if self.noise is None and self.latents is None:
             raise GenerationError(f"node {self.id} (denoise_latents): fields noise and latents are both empty; "
                                   "connect noise (text-to-image) or latents (image-to-image)", node_id=self.id,
@@ -330,7 +379,9 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                                    align_corners=False)
             if self.denoise_mask.masked_latents_name:
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
-        with models.load(self.unet.unet) as unet, torch.no_grad():
+        base = models.get_config(self.unet.unet).base
+        with models.load(self.unet.unet) as unet, \
+                _patched(self, context, "unet", unet, self.unet.loras, "unet", base), torch.no_grad():
             result = _denoise(self, context, unet, scheduler, timesteps, init_timestep, latents, noise, seed,
                               positive, negative, mask, masked_latents,
                               gradient=bool(self.denoise_mask and self.denoise_mask.gradient))

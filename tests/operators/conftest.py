@@ -12,10 +12,10 @@ from invokeai_provider.storage import LocalArtifactBackend, RunStore
 
 @pytest.fixture(scope="session")
 def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
-    """A registry with tiny SD1 (normal and inpaint) and SDXL models, named tiny-sd1, tiny-sd1-inpaint, tiny-sdxl."""
+    """A registry of tiny models: tiny-sd1, tiny-sd1-inpaint, tiny-sdxl, tiny-sdxl-vae, tiny-lora, tiny-embedding."""
     from invokeai_provider.models.install import install_model
     from invokeai_provider.models.registry import ModelRegistry
-    from invokeai_provider.models.tiny import build_sd_model
+    from invokeai_provider.models.tiny import build_embedding, build_lora, build_sd_model
 
     root: Path = tmp_path_factory.mktemp("tiny-models")
     registry = ModelRegistry((root / "registry").as_uri())
@@ -24,6 +24,10 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
         install_model(registry, str(build_sd_model(base, root / name, variant=variant)), name=name, inplace=True)
     # the SDXL pipeline's VAE on its own, as a standalone VAE model (its name tells the prober it is SDXL's)
     install_model(registry, str(root / "tiny-sdxl" / "vae"), name="tiny-sdxl-vae", inplace=True)
+    install_model(registry, str(build_lora("sd-1", root / "tiny-lora.safetensors", style="kohya")), name="tiny-lora",
+                  inplace=True)
+    install_model(registry, str(build_embedding("sd-1", root / "tiny-embedding.safetensors", tokens=2)),
+                  name="tiny-embedding", inplace=True)
     return registry
 
 

@@ -284,3 +284,45 @@ def test_gradient_mask_fades_the_edge_and_inpaints_inside(model_run, tiny_regist
     result = latents_of(model_run, state.outputs_of("denoise")[0].latents.latents_name)
     assert torch.equal(result[..., 0, 0], encoded[..., 0, 0])  # a kept corner is untouched
     assert not torch.allclose(result[..., 8, 8], encoded[..., 8, 8])  # the centre was repainted
+
+
+def lora_graph(weight: float) -> dict:
+    """sd1_graph with main_model_loader → lora_loader feeding the prompts and the denoiser."""
+    doc = sd1_graph(extra_nodes={"lora": {"type": "lora_loader", "lora": "tiny-lora", "weight": weight}})
+    doc["edges"] = [e for e in doc["edges"] if not (e["source"]["node_id"] == "model" and
+                                                    e["source"]["field"] in ("unet", "clip"))]
+    doc["edges"] += [edge("model", "unet", "lora", "unet"), edge("model", "clip", "lora", "clip"),
+                     edge("lora", "unet", "denoise", "unet"), edge("lora", "clip", "pos", "clip"),
+                     edge("lora", "clip", "neg", "clip")]
+    return doc
+
+
+def test_a_lora_changes_the_image_and_leaves_cached_weights_alone(model_run, tiny_registry, model_manager):
+    plain = png_of(model_run, run(sd1_graph(), model_run, tiny_registry))
+    unet_key = f"{tiny_registry.find('tiny-sd1').key}:unet"
+    before = {k: v.clone() for k, v in model_manager.cache.get(unet_key, lambda: None).state_dict().items()}
+    with_lora = png_of(model_run, run(lora_graph(1.0), model_run, tiny_registry))
+    assert np.abs(pixels(plain) - pixels(with_lora)).mean() > 0.5
+    after = model_manager.cache.get(unet_key, lambda: None).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert png_of(model_run, run(sd1_graph(), model_run, tiny_registry)) == plain  # nothing baked in
+    assert png_of(model_run, run(lora_graph(0.0), model_run, tiny_registry)) == plain
+
+
+def test_an_embedding_trigger_changes_the_conditioning(model_run, tiny_registry):
+    def conditioning(prompt: str) -> torch.Tensor:
+        doc = {"id": "c", "nodes": {"m": {"id": "m", "type": "main_model_loader", "model": "tiny-sd1"},
+                                    "p": {"id": "p", "type": "compel", "prompt": prompt}},
+               "edges": [edge("m", "clip", "p", "clip")]}
+        name = run(doc, model_run, tiny_registry).outputs_of("p")[0].conditioning.conditioning_name
+        from safetensors.torch import load
+
+        return load(model_run.store.read("conditioning", name + ".safetensors"))["embeds"]
+
+    plain = conditioning("a photo of a cat")
+    with_embedding = conditioning("a photo of a <tiny-embedding> cat")
+    unknown = conditioning("a photo of a <not-installed> cat")
+    assert with_embedding.shape == plain.shape
+    assert not torch.allclose(with_embedding, plain)
+    assert not torch.allclose(unknown, with_embedding)
+    assert torch.equal(conditioning("a photo of a cat"), plain)  # the tokenizer and encoder were restored

@@ -5,8 +5,9 @@
 
 Modes:
 - ``gpu``: full-size SD1.5 (512x512, 30 steps) and SDXL (1024x1024, 30 steps) architectures with RANDOM fp16
-  weights, built from the public configs written below (no model hub), saved as diffusers folders with the real
-  CLIP tokenizer. Random weights time exactly like real ones (same shapes, same kernels); the images are noise.
+  weights, built from the public configs in ``invokeai_provider.models.arch_configs`` (no model hub), saved as
+  diffusers folders with the real CLIP tokenizer. Random weights time exactly like real ones (same shapes, same
+  kernels); the images are noise.
 - ``cpu-smoke``: the tiny models of ``invokeai_provider.models.tiny`` at 64x64 and 4 steps: shows that the script
   works and measures the per-image overhead of each path on CPU. These figures are not the GPU target.
 
@@ -63,74 +64,17 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detail
 CFG_SCALE = 7.5
 SCHEDULER = "euler"
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Public architecture configs (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0). Every value
-# is written out rather than left to library defaults; the parameter counts below are checked after construction.
-# ---------------------------------------------------------------------------------------------------------------------
-
-_CA_DOWN, _DOWN, _CA_UP, _UP = "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"
-
-_UNET_COMMON = dict(
-    in_channels=4, out_channels=4, layers_per_block=2, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
-    flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, center_input_sample=False,
-)
-
-SD15_UNET = dict(
-    **_UNET_COMMON,
-    sample_size=64,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=(_CA_DOWN, _CA_DOWN, _CA_DOWN, _DOWN),
-    up_block_types=(_UP, _CA_UP, _CA_UP, _CA_UP),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-
-SDXL_UNET = dict(
-    **_UNET_COMMON,
-    sample_size=128,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=(_DOWN, _CA_DOWN, _CA_DOWN),
-    up_block_types=(_CA_UP, _CA_UP, _UP),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,  # 1280 (pooled bigG) + 6 * 256 (time ids)
-)
-
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, act_fn="silu", norm_num_groups=32,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), sample_size=512, scaling_factor=0.18215,
-)
-
-# force_upcast=False: as the fp16-fix SDXL VAE that fp16 users run. The real SDXL VAE config says True, which makes
-# diffusers decode in fp32 while our l2i (like InvokeAI's, fp32=False) decodes in the model dtype: not comparable.
-SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": False}
-
-_CLIP_COMMON = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5, bos_token_id=49406,
-                    eos_token_id=49407, pad_token_id=1)
-
-CLIP_L = dict(**_CLIP_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-              hidden_act="quick_gelu", projection_dim=768)
-
-OPENCLIP_BIGG = dict(**_CLIP_COMMON, hidden_size=1280, num_hidden_layers=32, num_attention_heads=20,
-                     intermediate_size=5120, hidden_act="gelu", projection_dim=1280)
-
-SCHEDULER_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                       steps_offset=1, prediction_type="epsilon")
-
-# Parameter counts of the public models: a wrong config value shows up here.
-EXPECTED_PARAMS = {
-    ("sd15", "unet"): 859_520_964,
-    ("sd15", "vae"): 83_653_863,
-    ("sd15", "text_encoder"): 123_060_480,
-    ("sdxl", "unet"): 2_567_463_684,
-    ("sdxl", "vae"): 83_653_863,
-    ("sdxl", "text_encoder"): 123_060_480,
-    ("sdxl", "text_encoder_2"): 694_659_840,
+# The public architecture configs (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0) live in
+# invokeai_provider.models.arch_configs, which also converts single-file checkpoints with them; the parameter counts
+# of the public models are checked after construction. (model, part) -> key of arch_configs.PUBLIC_PARAMS:
+PARAM_KEYS = {
+    ("sd15", "unet"): "sd15_unet",
+    ("sd15", "vae"): "vae",
+    ("sd15", "text_encoder"): "clip_l",
+    ("sdxl", "unet"): "sdxl_unet",
+    ("sdxl", "vae"): "vae",
+    ("sdxl", "text_encoder"): "clip_l",
+    ("sdxl", "text_encoder_2"): "openclip_bigg",
 }
 
 
@@ -224,14 +168,15 @@ def _materialize(model: Any, device: str, dtype: Any, seed: int) -> None:
 
 def _construct(factory: Callable[[], Any], spec_key: str, part: str, device: str, dtype: Any, seed: int) -> Any:
     from accelerate import init_empty_weights
+    from invokeai_provider.models.arch_configs import PUBLIC_PARAMS
 
     with init_empty_weights(include_buffers=False):
         model = factory()
     count = sum(p.numel() for p in model.parameters())
-    expected = EXPECTED_PARAMS[(spec_key, part)]
+    expected = PUBLIC_PARAMS[PARAM_KEYS[(spec_key, part)]]
     if count != expected:
         raise SystemExit(f"bench_sd: {spec_key} {part} has {count:,} parameters, the public model {expected:,}: "
-                         "the config in this script is wrong")
+                         "the config in invokeai_provider.models.arch_configs is wrong")
     _materialize(model, device, dtype, seed)
     return model
 
@@ -246,8 +191,22 @@ def build_full_model(spec: ModelSpec, dest: Path, *, device: str, dtype: Any, se
         PNDMScheduler,
         UNet2DConditionModel,
     )
+    from invokeai_provider.models.arch_configs import (
+        CLIP_L,
+        EULER_SCHEDULER,
+        OPENCLIP_BIGG,
+        PNDM_SCHEDULER,
+        SD15_UNET,
+        SD15_VAE,
+        SDXL_UNET,
+        SDXL_VAE,
+    )
     from invokeai_provider.models.tiny import clip_tokenizer, clip_tokenizer_files
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    # force_upcast=False: as the fp16-fix SDXL VAE that fp16 users run. The real SDXL VAE config says True, which makes
+    # diffusers decode in fp32 while our l2i (like InvokeAI's, fp32=False) decodes in the model dtype: not comparable.
+    sdxl_vae = {**SDXL_VAE, "force_upcast": False}
 
     sdxl = spec.key == "sdxl"
     def build(factory: Callable[[], Any], part: str, offset: int) -> Any:
@@ -255,7 +214,7 @@ def build_full_model(spec: ModelSpec, dest: Path, *, device: str, dtype: Any, se
 
     components: dict[str, Any] = {
         "unet": build(lambda: UNet2DConditionModel(**(SDXL_UNET if sdxl else SD15_UNET)), "unet", 0),
-        "vae": build(lambda: AutoencoderKL(**(SDXL_VAE if sdxl else SD15_VAE)), "vae", 1),
+        "vae": build(lambda: AutoencoderKL(**(sdxl_vae if sdxl else SD15_VAE)), "vae", 1),
         "text_encoder": build(lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L)), "text_encoder", 2),
         "tokenizer": clip_tokenizer("<|endoftext|>"),
     }
@@ -263,12 +222,10 @@ def build_full_model(spec: ModelSpec, dest: Path, *, device: str, dtype: Any, se
         components["text_encoder_2"] = build(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**OPENCLIP_BIGG)),
                                              "text_encoder_2", 3)
         components["tokenizer_2"] = clip_tokenizer("!")  # SDXL's second tokenizer pads with "!"
-        components["scheduler"] = EulerDiscreteScheduler(timestep_spacing="leading", interpolation_type="linear",
-                                                         use_karras_sigmas=False, **SCHEDULER_BETAS)
+        components["scheduler"] = EulerDiscreteScheduler(**EULER_SCHEDULER)
         extra: dict[str, Any] = dict(add_watermarker=False, force_zeros_for_empty_prompt=True)
     else:
-        components["scheduler"] = PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False,
-                                                **SCHEDULER_BETAS)
+        components["scheduler"] = PNDMScheduler(**PNDM_SCHEDULER)
         extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline = getattr(diffusers, spec.pipeline)(**components, **extra)
     staging = dest.with_name(dest.name + ".partial")

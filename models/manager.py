@@ -3,7 +3,9 @@
 Main models load one submodel at a time (unet, text encoders, tokenizers, vae, scheduler config), as
 InvokeAI's loaders do. A single-file checkpoint is converted once into a diffusers folder beside the
 registry (``<model root>/converted/<key>``, written atomically), so every later load reads the same
-layout; the conversion needs the architecture's diffusers config, recorded as ``config_path``.
+layout. The conversion needs a diffusers config folder of the checkpoint's architecture: the record's
+``config_path`` (``--config``) when given, else the bundled one for its probed base/variant/prediction type
+(``arch_configs``), written once to ``<model root>/configs/<base>-<variant>-<prediction>``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 import threading
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -21,7 +24,13 @@ from invokeai_provider.fields import ModelIdentifierField
 from invokeai_provider.models.cache import ModelCache
 from invokeai_provider.models.config import ModelConfig, ModelFormat
 from invokeai_provider.models.registry import ModelRegistry, UnknownModelError
-from invokeai_provider.models.taxonomy import BaseModelType, ModelType, SubModelType
+from invokeai_provider.models.taxonomy import (
+    BaseModelType,
+    ModelType,
+    ModelVariantType,
+    SchedulerPredictionType,
+    SubModelType,
+)
 
 PIPELINE_CLASSES = {
     BaseModelType.StableDiffusion1: "StableDiffusionPipeline",
@@ -167,16 +176,48 @@ class ModelManager:
         with self._convert_lock:
             if (target / "model_index.json").is_file():
                 return target
-            if not config.config_path:
-                raise ModelLoadError(
-                    f"model {config.name!r} is a single-file checkpoint without a config_path; install it with "
-                    "--config pointing at a diffusers folder of the same architecture")
             import diffusers
 
+            if config.base not in PIPELINE_CLASSES:
+                raise ModelLoadError(f"model {config.name!r}: single-file {config.base.value} checkpoints are not "
+                                     f"supported (supported bases: {', '.join(b.value for b in PIPELINE_CLASSES)})")
             pipeline_class = getattr(diffusers, PIPELINE_CLASSES[config.base])
-            pipeline = pipeline_class.from_single_file(str(path), config=config.config_path, local_files_only=True)
+            pipeline = pipeline_class.from_single_file(str(path), config=str(self._architecture_config(config)),
+                                                       local_files_only=True)
             staging = target.with_name(f".{config.key}.{os.getpid()}.partial")
             shutil.rmtree(staging, ignore_errors=True)
             pipeline.save_pretrained(staging, safe_serialization=True)
             staging.rename(target)
+        return target
+
+    def _architecture_config(self, config: ModelConfig) -> Path:
+        """The diffusers config folder to convert a checkpoint with: ``--config``, else the bundled one.
+
+        The bundled folder is shared by every checkpoint of the same architecture, so it is written once, into a
+        temporary folder renamed into place: concurrent workers never read a half-written one.
+        """
+        if config.config_path:
+            return Path(config.config_path)
+        from invokeai_provider.models import arch_configs
+
+        variant = config.variant or ModelVariantType.Normal
+        prediction = config.prediction_type or SchedulerPredictionType.Epsilon
+        if not arch_configs.is_bundled(config.base, variant, prediction):
+            raise ModelLoadError(
+                f"model {config.name!r} is a single-file {config.base.value} checkpoint ({variant.value}, "
+                f"{prediction.value}) with no bundled diffusers config for that architecture; install it with --config "
+                "pointing at a diffusers folder of the same architecture")
+        target = self.registry.root / "configs" / f"{config.base.value}-{variant.value}-{prediction.value}"
+        if (target / "model_index.json").is_file():
+            return target
+        staging = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+        try:
+            arch_configs.write_pipeline_config(config.base, variant, prediction, staging)
+            try:
+                staging.rename(target)
+            except OSError:  # another worker renamed its copy first
+                if not (target / "model_index.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return target

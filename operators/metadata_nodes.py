@@ -48,6 +48,7 @@ from invokeai_provider.invocation import (
     invocation_output,
 )
 from invokeai_provider.models.taxonomy import BaseModelType, ModelType, SubModelType
+from invokeai_provider.operators.model_loader_nodes import clip_of, submodel, unet_of
 from invokeai_provider.operators.model_outputs import (
     CLIP_DESCRIPTION,
     SCHEDULER_NAME_VALUES,
@@ -592,10 +593,6 @@ def _model_from_label(node: Any, default: ModelIdentifierField, model_type: Mode
     return _get_model(context, default.key, default, "default_value")
 
 
-def _submodel(model: ModelIdentifierField, submodel: SubModelType) -> ModelIdentifierField:
-    return model.model_copy(update={"submodel_type": submodel})
-
-
 def _model_label(model: ModelIdentifierField) -> str:
     base = model.base.value if isinstance(model.base, BaseModelType) else str(model.base)
     return f"{base}: {model.name}"
@@ -639,11 +636,9 @@ class MetadataToModelInvocation(BaseInvocation, WithMetadata, _CustomLabelCheck)
         return MetadataToModelOutput(
             model=model,
             name=_model_label(model),
-            unet=UNetField(unet=_submodel(model, SubModelType.UNet), scheduler=_submodel(model, SubModelType.Scheduler),
-                           loras=[]),
-            clip=CLIPField(tokenizer=_submodel(model, SubModelType.Tokenizer),
-                           text_encoder=_submodel(model, SubModelType.TextEncoder), loras=[], skipped_layers=0),
-            vae=VAEField(vae=_submodel(model, SubModelType.VAE)),
+            unet=unet_of(model),
+            clip=clip_of(model),
+            vae=VAEField(vae=submodel(model, SubModelType.VAE)),
         )
 
 
@@ -664,13 +659,10 @@ class MetadataToSDXLModelInvocation(BaseInvocation, WithMetadata, _CustomLabelCh
         return MetadataToSDXLModelOutput(
             model=model,
             name=_model_label(model),
-            unet=UNetField(unet=_submodel(model, SubModelType.UNet), scheduler=_submodel(model, SubModelType.Scheduler),
-                           loras=[]),
-            clip=CLIPField(tokenizer=_submodel(model, SubModelType.Tokenizer),
-                           text_encoder=_submodel(model, SubModelType.TextEncoder), loras=[], skipped_layers=0),
-            clip2=CLIPField(tokenizer=_submodel(model, SubModelType.Tokenizer2),
-                            text_encoder=_submodel(model, SubModelType.TextEncoder2), loras=[], skipped_layers=0),
-            vae=VAEField(vae=_submodel(model, SubModelType.VAE)),
+            unet=unet_of(model),
+            clip=clip_of(model),
+            clip2=clip_of(model, SubModelType.Tokenizer2, SubModelType.TextEncoder2),
+            vae=VAEField(vae=submodel(model, SubModelType.VAE)),
         )
 
 
@@ -685,7 +677,7 @@ class MetadataToVAEInvocation(BaseInvocation, WithMetadata, _CustomLabelCheck):
 
     def invoke(self, context: "InvocationContext") -> VAEOutput:
         model = _model_from_label(self, self.default_value.vae, ModelType.VAE, context)
-        return VAEOutput(vae=VAEField(vae=_submodel(model, SubModelType.VAE)))
+        return VAEOutput(vae=VAEField(vae=submodel(model, SubModelType.VAE)))
 
 
 # --- linked metadata: LoRAs ---------------------------------------------------------------------------

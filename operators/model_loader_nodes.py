@@ -147,18 +147,21 @@ def _check_model(node: BaseInvocation, field: str, model: ModelIdentifierField, 
     _check_installed(node, field, model, context)
 
 
-def _submodel(model: ModelIdentifierField, submodel: SubModelType) -> ModelIdentifierField:
+def submodel(model: ModelIdentifierField, part: SubModelType) -> ModelIdentifierField:
     """The same model identifier, pointed at one of its submodels."""
-    return model.model_copy(update={"submodel_type": submodel})
+    return model.model_copy(update={"submodel_type": part})
 
 
-def _unet_of(model: ModelIdentifierField) -> UNetField:
-    return UNetField(unet=_submodel(model, SubModelType.UNet), scheduler=_submodel(model, SubModelType.Scheduler),
+def unet_of(model: ModelIdentifierField) -> UNetField:
+    """A main model's UNet field (with its scheduler), no LoRAs yet."""
+    return UNetField(unet=submodel(model, SubModelType.UNet), scheduler=submodel(model, SubModelType.Scheduler),
                      loras=[])
 
 
-def _clip_of(model: ModelIdentifierField, tokenizer: SubModelType, text_encoder: SubModelType) -> CLIPField:
-    return CLIPField(tokenizer=_submodel(model, tokenizer), text_encoder=_submodel(model, text_encoder), loras=[],
+def clip_of(model: ModelIdentifierField, tokenizer: SubModelType = SubModelType.Tokenizer,
+            text_encoder: SubModelType = SubModelType.TextEncoder) -> CLIPField:
+    """A main model's CLIP field (first encoder by default), no LoRAs or skipped layers yet."""
+    return CLIPField(tokenizer=submodel(model, tokenizer), text_encoder=submodel(model, text_encoder), loras=[],
                      skipped_layers=0)
 
 
@@ -304,9 +307,9 @@ class MainModelLoaderInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> ModelLoaderOutput:
         _check_model(self, "model", self.model, context, ModelType.Main, SD12_BASES)
         return ModelLoaderOutput(
-            unet=_unet_of(self.model),
-            clip=_clip_of(self.model, SubModelType.Tokenizer, SubModelType.TextEncoder),
-            vae=VAEField(vae=_submodel(self.model, SubModelType.VAE)),
+            unet=unet_of(self.model),
+            clip=clip_of(self.model, SubModelType.Tokenizer, SubModelType.TextEncoder),
+            vae=VAEField(vae=submodel(self.model, SubModelType.VAE)),
         )
 
 
@@ -323,10 +326,10 @@ class SDXLModelLoaderInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> SDXLModelLoaderOutput:
         _check_model(self, "model", self.model, context, ModelType.Main, SDXL_BASES)
         return SDXLModelLoaderOutput(
-            unet=_unet_of(self.model),
-            clip=_clip_of(self.model, SubModelType.Tokenizer, SubModelType.TextEncoder),
-            clip2=_clip_of(self.model, SubModelType.Tokenizer2, SubModelType.TextEncoder2),
-            vae=VAEField(vae=_submodel(self.model, SubModelType.VAE)),
+            unet=unet_of(self.model),
+            clip=clip_of(self.model, SubModelType.Tokenizer, SubModelType.TextEncoder),
+            clip2=clip_of(self.model, SubModelType.Tokenizer2, SubModelType.TextEncoder2),
+            vae=VAEField(vae=submodel(self.model, SubModelType.VAE)),
         )
 
 
@@ -342,9 +345,9 @@ class SDXLRefinerModelLoaderInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> SDXLRefinerModelLoaderOutput:
         _check_model(self, "model", self.model, context, ModelType.Main, SDXL_REFINER_BASES)
         return SDXLRefinerModelLoaderOutput(
-            unet=_unet_of(self.model),
-            clip2=_clip_of(self.model, SubModelType.Tokenizer2, SubModelType.TextEncoder2),
-            vae=VAEField(vae=_submodel(self.model, SubModelType.VAE)),
+            unet=unet_of(self.model),
+            clip2=clip_of(self.model, SubModelType.Tokenizer2, SubModelType.TextEncoder2),
+            vae=VAEField(vae=submodel(self.model, SubModelType.VAE)),
         )
 
 

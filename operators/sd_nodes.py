@@ -121,6 +121,47 @@ def _with_embeddings(node: BaseInvocation, context: "InvocationContext", field: 
 
 
 @contextmanager
+def _seamless(model: Any, axes: list[str]) -> Iterator[None]:
+    """Every Conv2d pads circularly along the seamless axes for the block, so the output tiles."""
+    import torch
+
+    if not axes:
+        yield
+        return
+    x_mode = "circular" if "x" in axes else "constant"
+    y_mode = "circular" if "y" in axes else "constant"
+
+    def forward(layer: torch.nn.Conv2d, tensor: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        left, right, top, bottom = layer._reversed_padding_repeated_twice
+        tensor = torch.nn.functional.pad(tensor, (left, right, 0, 0), mode=x_mode)
+        tensor = torch.nn.functional.pad(tensor, (0, 0, top, bottom), mode=y_mode)
+        return torch.nn.functional.conv2d(tensor, weight, bias, layer.stride, 0, layer.dilation, layer.groups)
+
+    patched = [layer for layer in model.modules() if isinstance(layer, torch.nn.Conv2d)]
+    for layer in patched:
+        layer._conv_forward = forward.__get__(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer._conv_forward  # back to the class's method
+
+
+@contextmanager
+def _freeu(unet: Any, config: Any) -> Iterator[None]:
+    """FreeU's backbone/skip scaling (diffusers' implementation) for the block."""
+    if config is None:
+        yield
+        return
+    unet.enable_freeu(s1=config.s1, s2=config.s2, b1=config.b1, b2=config.b2)
+    try:
+        yield
+    finally:
+        unet.disable_freeu()
+
+
+@contextmanager
 def _clip_skip(text_encoder: Any, skipped_layers: int) -> Iterator[None]:
     """Drops the last ``skipped_layers`` encoder layers for the duration of the block."""
     if skipped_layers <= 0:
@@ -381,7 +422,8 @@ class DenoiseLatentsInvocation(BaseInvocation):
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
         base = models.get_config(self.unet.unet).base
         with models.load(self.unet.unet) as unet, \
-                _patched(self, context, "unet", unet, self.unet.loras, "unet", base), torch.no_grad():
+                _patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
+                _seamless(unet, self.unet.seamless_axes), _freeu(unet, self.unet.freeu_config), torch.no_grad():
             result = _denoise(self, context, unet, scheduler, timesteps, init_timestep, latents, noise, seed,
                               positive, negative, mask, masked_latents,
                               gradient=bool(self.denoise_mask and self.denoise_mask.gradient))
@@ -471,10 +513,7 @@ def _vae(node: BaseInvocation, context: "InvocationContext", vae: VAEField, fp32
          tile_size: int) -> Iterator[Any]:
     import torch
 
-    if vae.seamless_axes:
-        raise GenerationError(f"node {node.id} ({node.get_type()}): field vae: seamless tiling is not supported yet",
-                              node_id=node.id, field="vae")
-    with _models(node, context, "vae").load(vae.vae) as model:
+    with _models(node, context, "vae").load(vae.vae) as model, _seamless(model, vae.seamless_axes):
         original = model.dtype
         upcast = (fp32 or model.device.type == "cpu") and original != torch.float32
         if upcast:
@@ -518,6 +557,17 @@ class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         pixels = (decoded[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
         record = context.images.save(Image.fromarray(pixels))
         return ImageOutput.build(record)
+
+
+@invocation("save_image", title="Save Image", tags=["primitives", "image"], category="image", version="1.2.2",
+            use_cache=False)
+class SaveImageInvocation(BaseInvocation, WithMetadata, WithBoard):
+    """Saves a copy of an image (with this node's metadata and board), unlike the image primitive."""
+
+    image: ImageField = InputField(description="The image to process")
+
+    def invoke(self, context: "InvocationContext") -> ImageOutput:
+        return ImageOutput.build(context.images.save(context.images.get_pil(self.image.image_name)))
 
 
 def image_to_tensor(image: Any, normalize: bool = True) -> "torch.Tensor":

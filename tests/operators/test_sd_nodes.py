@@ -326,3 +326,44 @@ def test_an_embedding_trigger_changes_the_conditioning(model_run, tiny_registry)
     assert not torch.allclose(with_embedding, plain)
     assert not torch.allclose(unknown, with_embedding)
     assert torch.equal(conditioning("a photo of a cat"), plain)  # the tokenizer and encoder were restored
+
+
+def seamless_graph(axes: dict) -> dict:
+    doc = sd1_graph(seed=9, extra_nodes={"tile": {"type": "seamless", **axes}})
+    doc["edges"] = [e for e in doc["edges"] if not (e["source"]["node_id"] == "model" and
+                                                    e["source"]["field"] in ("unet", "vae"))]
+    doc["edges"] += [edge("model", "unet", "tile", "unet"), edge("model", "vae", "tile", "vae"),
+                     edge("tile", "unet", "denoise", "unet"), edge("tile", "vae", "decode", "vae")]
+    return doc
+
+
+def test_seamless_changes_the_image_and_patches_only_for_the_node(model_run, tiny_registry, model_manager):
+    plain = png_of(model_run, run(sd1_graph(seed=9), model_run, tiny_registry))
+    tiled = png_of(model_run, run(seamless_graph({"seamless_x": True, "seamless_y": True}), model_run, tiny_registry))
+    assert np.abs(pixels(plain) - pixels(tiled)).mean() > 0.5
+    assert png_of(model_run, run(sd1_graph(seed=9), model_run, tiny_registry)) == plain  # convs restored
+
+
+def test_freeu_changes_the_image_and_is_switched_off_afterwards(model_run, tiny_registry):
+    plain = png_of(model_run, run(sd1_graph(seed=9), model_run, tiny_registry))
+    doc = sd1_graph(seed=9, extra_nodes={"freeu": {"type": "freeu", "b1": 1.5, "b2": 1.6, "s1": 0.5, "s2": 0.2}})
+    doc["edges"] = [e for e in doc["edges"] if not (e["source"]["node_id"] == "model" and
+                                                    e["destination"]["node_id"] == "denoise")]
+    doc["edges"] += [edge("model", "unet", "freeu", "unet"), edge("freeu", "unet", "denoise", "unet")]
+    with_freeu = png_of(model_run, run(doc, model_run, tiny_registry))
+    assert np.abs(pixels(plain) - pixels(with_freeu)).mean() > 0.5
+    assert png_of(model_run, run(sd1_graph(seed=9), model_run, tiny_registry)) == plain
+
+
+def test_save_image_stores_a_copy_with_its_own_metadata(model_run, tiny_registry):
+    doc = sd1_graph(extra_nodes={"save": {"type": "save_image"}, "meta": {"type": "metadata_item", "label": "k",
+                                                                          "value": "v"},
+                                 "md": {"type": "metadata"}},
+                    extra_edges=[edge("decode", "image", "save", "image"), edge("meta", "item", "md", "items"),
+                                 edge("md", "metadata", "save", "metadata")])
+    state = run(doc, model_run, tiny_registry)
+    original, copy = state.outputs_of("decode")[0].image.image_name, state.outputs_of("save")[0].image.image_name
+    assert original != copy
+    assert (pixels(model_run.store.read("images", original)) == pixels(model_run.store.read("images", copy))).all()
+    info = Image.open(io.BytesIO(model_run.store.read("images", copy))).info
+    assert json.loads(info["invokeai_metadata"])["k"] == "v"

@@ -139,33 +139,6 @@ def cpu_cores() -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _materialize(model: Any, device: str, dtype: Any, seed: int) -> None:
-    """Give a model built on the meta device uniform(+-1/sqrt(fan_in)) weights, made on ``device`` (fast RNG)."""
-    import torch
-    from torch import nn
-
-    generator = torch.Generator(device=device).manual_seed(seed)
-    make_dtype = torch.float32 if device == "cpu" else dtype  # CPU: draw in fp32, then cast
-    for module in model.modules():
-        weight = module._parameters.get("weight")
-        fan_in = weight.shape[1:].numel() if weight is not None and weight.ndim > 1 else 0
-        for name, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            value = torch.empty(param.shape, dtype=make_dtype, device=device)
-            if isinstance(module, nn.Embedding):
-                value.uniform_(-0.035, 0.035, generator=generator)
-            elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or not fan_in:
-                value.uniform_(-0.1, 0.1, generator=generator)
-                if name == "weight":
-                    value += 1.0
-            else:
-                bound = fan_in ** -0.5
-                value.uniform_(-bound, bound, generator=generator)
-            module._parameters[name] = nn.Parameter(value.to(dtype), requires_grad=False)
-    model.to("cpu").eval()
-
-
 def _construct(factory: Callable[[], Any], spec_key: str, part: str, device: str, dtype: Any, seed: int) -> Any:
     from accelerate import init_empty_weights
     from invokeai_provider.models.arch_configs import PUBLIC_PARAMS
@@ -177,8 +150,12 @@ def _construct(factory: Callable[[], Any], spec_key: str, part: str, device: str
     if count != expected:
         raise SystemExit(f"bench_sd: {spec_key} {part} has {count:,} parameters, the public model {expected:,}: "
                          "the config in invokeai_provider.models.arch_configs is wrong")
-    _materialize(model, device, dtype, seed)
-    return model
+    import torch
+
+    from invokeai_provider.models.tiny import fill_random_weights
+
+    fill_random_weights(model, torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype)
+    return model.to("cpu").eval()
 
 
 def build_full_model(spec: ModelSpec, dest: Path, *, device: str, dtype: Any, seed: int = 0) -> Path:

@@ -445,24 +445,26 @@ def _derive_seed(seed: int, tag: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{tag}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def _materialize(model: torch.nn.Module, seed: int, tag: str) -> None:
-    """Replace the meta parameters of ``model`` by seeded uniform values.
+def fill_random_weights(model: torch.nn.Module, generator: torch.Generator, *, device: str = "cpu",
+                        dtype: Any = None) -> None:
+    """Replace the (meta) parameters of ``model`` by seeded uniform values drawn on ``device``.
 
     One pass of our own instead of the libraries' init (which initialises big embeddings twice) is several times faster
     and independent of library init changes. Biases and norm parameters are random too, so a mapping that swapped two
-    same-shaped tensors cannot pass the round-trip test by accident.
+    same-shaped tensors cannot pass the round-trip test by accident. On the CPU values are drawn in float32 and then
+    cast to ``dtype``; on an accelerator they are drawn in ``dtype`` directly.
     """
     import torch
     from torch import nn
 
-    generator = torch.Generator().manual_seed(_derive_seed(seed, tag))
+    make_dtype = torch.float32 if device == "cpu" or dtype is None else dtype
     for module in model.modules():
         weight = module._parameters.get("weight")
         fan_in = weight.shape[1:].numel() if weight is not None and weight.ndim > 1 else 0
         for name, param in list(module._parameters.items()):
             if param is None:
                 continue
-            value = torch.empty(param.shape, dtype=torch.float32)
+            value = torch.empty(param.shape, dtype=make_dtype, device=device)
             if isinstance(module, nn.Embedding):
                 value.uniform_(-0.035, 0.035, generator=generator)  # std ~0.02, like CLIP's init
             elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or not fan_in:
@@ -472,8 +474,7 @@ def _materialize(model: torch.nn.Module, seed: int, tag: str) -> None:
             else:
                 bound = fan_in**-0.5
                 value.uniform_(-bound, bound, generator=generator)
-            module._parameters[name] = nn.Parameter(value, requires_grad=False)
-    model.eval()
+            module._parameters[name] = nn.Parameter(value if dtype is None else value.to(dtype), requires_grad=False)
 
 
 def _construct(factory: Any, *, materialize: bool, seed: int, tag: str) -> Any:
@@ -483,7 +484,10 @@ def _construct(factory: Any, *, materialize: bool, seed: int, tag: str) -> Any:
     with init_empty_weights(include_buffers=False):
         model = factory()
     if materialize:
-        _materialize(model, seed, tag)
+        import torch
+
+        fill_random_weights(model, torch.Generator().manual_seed(_derive_seed(seed, tag)))
+        model.eval()
     return model
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationInfo, field_validator
-
 from invokeai_provider.invocation import BaseInvocation, InputField, invocation
 from invokeai_provider.operators.primitives import IntegerCollectionOutput
+from pydantic import ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from invokeai_provider.context import InvocationContext

@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from annotated_types import MultipleOf
-from pydantic import field_validator
-
 from invokeai_provider.fields import ImageField, LatentsField
 from invokeai_provider.invocation import (
     BaseInvocation,
@@ -28,6 +26,7 @@ from invokeai_provider.operators.model_outputs import (
     SchedulerOutput,
 )
 from invokeai_provider.operators.primitives import LATENT_SCALE_FACTOR, LatentsOutput
+from pydantic import field_validator
 
 if TYPE_CHECKING:
     import torch

@@ -10,10 +10,13 @@ import math
 import operator
 from typing import TYPE_CHECKING, Callable, Literal
 
-from pydantic import ValidationInfo, field_validator
-
 from invokeai_provider.invocation import BaseInvocation, InputField, invocation
-from invokeai_provider.operators.primitives import FloatCollectionOutput, FloatOutput, IntegerOutput
+from invokeai_provider.operators.primitives import (
+    FloatCollectionOutput,
+    FloatOutput,
+    IntegerOutput,
+)
+from pydantic import ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from invokeai_provider.context import InvocationContext

@@ -18,9 +18,6 @@ import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from pydantic_core import to_jsonable_python
-
 from invokeai_provider import __version__
 from invokeai_provider.fields import (
     CONTROLNET_MODE_VALUES,
@@ -51,6 +48,7 @@ from invokeai_provider.models.taxonomy import BaseModelType, ModelType, SubModel
 from invokeai_provider.operators.model_loader_nodes import clip_of, submodel, unet_of
 from invokeai_provider.operators.model_outputs import (
     CLIP_DESCRIPTION,
+    MAIN_MODEL_DESCRIPTION,
     SCHEDULER_NAME_VALUES,
     UNET_DESCRIPTION,
     VAE_DESCRIPTION,
@@ -69,6 +67,15 @@ from invokeai_provider.operators.primitives import (
     StringCollectionOutput,
     StringOutput,
 )
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import to_jsonable_python
 
 if TYPE_CHECKING:
     from invokeai_provider.context import InvocationContext
@@ -82,7 +89,6 @@ MODEL_SERVICE = "models"
 # Descriptions shared with InvokeAI's FieldDescriptions.
 _LABEL = "Label for this metadata item"
 _VALUE = "The value for this metadata item (may be any type)"
-_MAIN_MODEL = "Main model (UNet, VAE, CLIP) to load"
 
 
 # --- value types -------------------------------------------------------------------------------------
@@ -602,7 +608,7 @@ def _model_label(model: ModelIdentifierField) -> str:
 class MetadataToModelOutput(BaseInvocationOutput):
     """A main model and its UNet, VAE and CLIP submodels."""
 
-    model: ModelIdentifierField = OutputField(description=_MAIN_MODEL, title="Model")
+    model: ModelIdentifierField = OutputField(description=MAIN_MODEL_DESCRIPTION, title="Model")
     name: str = OutputField(description="Model Name", title="Name")
     unet: UNetField = OutputField(description=UNET_DESCRIPTION, title="UNet")
     vae: VAEField = OutputField(description=VAE_DESCRIPTION, title="VAE")
@@ -613,7 +619,7 @@ class MetadataToModelOutput(BaseInvocationOutput):
 class MetadataToSDXLModelOutput(BaseInvocationOutput):
     """An SDXL main model and its UNet, two CLIP and VAE submodels."""
 
-    model: ModelIdentifierField = OutputField(description=_MAIN_MODEL, title="Model")
+    model: ModelIdentifierField = OutputField(description=MAIN_MODEL_DESCRIPTION, title="Model")
     name: str = OutputField(description="Model Name", title="Name")
     unet: UNetField = OutputField(description=UNET_DESCRIPTION, title="UNet")
     clip: CLIPField = OutputField(description=CLIP_DESCRIPTION, title="CLIP 1")

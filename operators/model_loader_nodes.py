@@ -41,6 +41,7 @@ from invokeai_provider.invocation import (
 from invokeai_provider.models.taxonomy import BaseModelType, ModelType, SubModelType
 from invokeai_provider.operators.model_outputs import (
     CLIP_DESCRIPTION,
+    MAIN_MODEL_DESCRIPTION,
     UNET_DESCRIPTION,
     VAE_DESCRIPTION,
     LoRALoaderOutput,
@@ -56,7 +57,6 @@ _CATEGORY = "model"
 MODEL_SERVICE = "models"
 
 # Field descriptions shared with InvokeAI's FieldDescriptions.
-_MAIN_MODEL = "Main model (UNet, VAE, CLIP) to load"
 _SDXL_MAIN_MODEL = "SDXL Main model (UNet, VAE, CLIP1, CLIP2) to load"
 _SDXL_REFINER_MODEL = "SDXL Refiner Main Modde (UNet, VAE, CLIP2) to load"
 _VAE_MODEL = "VAE model to load"
@@ -301,7 +301,7 @@ class MainModelLoaderInvocation(BaseInvocation):
     """Splits an SD1/SD2 main model into UNet (with scheduler), CLIP (tokenizer, text encoder) and VAE
     identifiers."""
 
-    model: ModelIdentifierField = InputField(description=_MAIN_MODEL, ui_model_base=list(SD12_BASES),
+    model: ModelIdentifierField = InputField(description=MAIN_MODEL_DESCRIPTION, ui_model_base=list(SD12_BASES),
                                              ui_model_type=ModelType.Main)
 
     def invoke(self, context: "InvocationContext") -> ModelLoaderOutput:

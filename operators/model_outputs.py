@@ -8,7 +8,11 @@ from __future__ import annotations
 from typing import Literal, Optional, get_args
 
 from invokeai_provider.fields import CLIPField, UNetField, VAEField
-from invokeai_provider.invocation import BaseInvocationOutput, OutputField, invocation_output
+from invokeai_provider.invocation import (
+    BaseInvocationOutput,
+    OutputField,
+    invocation_output,
+)
 
 SCHEDULER_NAME_VALUES = Literal[
     "ddim",
@@ -46,6 +50,7 @@ SCHEDULER_NAME_VALUES = Literal[
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SCHEDULER_NAME_VALUES)
 
 # Field descriptions shared with InvokeAI's FieldDescriptions.
+MAIN_MODEL_DESCRIPTION = "Main model (UNet, VAE, CLIP) to load"
 UNET_DESCRIPTION = "UNet (scheduler, LoRAs)"
 CLIP_DESCRIPTION = "CLIP (tokenizer, text encoder, LoRAs) and skipped layer count"
 VAE_DESCRIPTION = "VAE"

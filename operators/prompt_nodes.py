@@ -41,7 +41,12 @@ def _variant_wildcards(command: Any, inside_variant: bool = False) -> Iterator[s
     generator into an endless loop, while a bare unknown wildcard generates fine. Names built from
     variables (``__${x}__``) cannot be checked ahead of time and are skipped.
     """
-    from dynamicprompts.commands import SequenceCommand, VariantCommand, WildcardCommand, WrapCommand
+    from dynamicprompts.commands import (
+        SequenceCommand,
+        VariantCommand,
+        WildcardCommand,
+        WrapCommand,
+    )
 
     if isinstance(command, WildcardCommand):
         if inside_variant and isinstance(command.wildcard, str):
@@ -88,7 +93,10 @@ class DynamicPromptInvocation(BaseInvocation):
     combinatorial: bool = InputField(default=False, description="Whether to use the combinatorial generator")
 
     def invoke(self, context: "InvocationContext") -> StringCollectionOutput:
-        from dynamicprompts.generators import CombinatorialPromptGenerator, RandomPromptGenerator
+        from dynamicprompts.generators import (
+            CombinatorialPromptGenerator,
+            RandomPromptGenerator,
+        )
 
         if self.combinatorial:
             missing = missing_variant_wildcards(self.prompt)

@@ -19,7 +19,10 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES, SCHEDULER_NAMES
+from invokeai_provider.operators.model_outputs import (
+    SCHEDULER_NAME_VALUES,
+    SCHEDULER_NAMES,
+)
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin

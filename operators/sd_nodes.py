@@ -38,8 +38,18 @@ from invokeai_provider.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.models.taxonomy import BaseModelType, ModelVariantType, SubModelType
-from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
+from invokeai_provider.models.taxonomy import (
+    BaseModelType,
+    ModelVariantType,
+    SubModelType,
+)
+from invokeai_provider.operators.model_outputs import (
+    CLIP_DESCRIPTION,
+    SCHEDULER_DESCRIPTION,
+    SCHEDULER_NAME_VALUES,
+    UNET_DESCRIPTION,
+    VAE_DESCRIPTION,
+)
 from invokeai_provider.operators.primitives import (
     ConditioningOutput,
     DenoiseMaskOutput,
@@ -56,6 +66,12 @@ COMPENSATION_OPTIONS = Literal["None", "SDXL"]
 # (scale, bias) applied to SDXL images before encoding: InvokeAI's experimentally found colour-drift fix.
 COLOR_COMPENSATION = {"None": (1.0, 0.0), "SDXL": (1.015, -0.002)}
 BASIC, SDXL = "basic", "sdxl"
+_PROMPT = "Prompt to be parsed by Compel to create a conditioning tensor"
+_LATENTS = "Latents tensor"
+_TILED = "Processing using overlapping tiles (reduce memory consumption)"
+_FP32 = "Whether or not to use full float32 precision"
+_TILE_SIZE = ("The tile size for VAE tiling in pixels (image space). If set to 0, the default tile size for the model "
+              "will be used. Larger tile sizes generally produce better results at the cost of higher memory usage.")
 
 
 class GenerationError(InvokeAIProviderError):
@@ -103,7 +119,11 @@ def _patched(node: BaseInvocation, context: "InvocationContext", field: str, mod
 def _with_embeddings(node: BaseInvocation, context: "InvocationContext", field: str, prompt: str, tokenizer: Any,
                      text_encoder: Any, base: BaseModelType, target: Optional[str]) -> Iterator[tuple[Any, Any]]:
     """The tokenizer (and compel's manager) knowing the prompt's ``<embedding>`` triggers, for the block."""
-    from invokeai_provider.models.embeddings import apply_embeddings, embedding_vectors, trigger_names_in
+    from invokeai_provider.models.embeddings import (
+        apply_embeddings,
+        embedding_vectors,
+        trigger_names_in,
+    )
 
     models = _models(node, context, field)
     vectors = {}
@@ -224,9 +244,9 @@ def _save_conditioning(context: "InvocationContext", kind: str, **tensors: "torc
 class CompelInvocation(BaseInvocation):
     """Turns a prompt (with compel's weighting syntax) into SD1.x/SD2.x conditioning."""
 
-    prompt: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+    prompt: str = InputField(default="", description=_PROMPT,
                              ui_component="textarea")
-    clip: CLIPField = InputField(title="CLIP", description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count")
+    clip: CLIPField = InputField(title="CLIP", description=CLIP_DESCRIPTION)
     mask: Optional[TensorField] = InputField(default=None,
                                              description="A mask defining the region that this conditioning prompt applies to.")
 
@@ -247,9 +267,9 @@ def _time_ids(values: tuple[float, ...]) -> "torch.Tensor":
 class SDXLCompelPromptInvocation(BaseInvocation):
     """Turns a prompt (and optional style prompt) into SDXL conditioning with both text encoders."""
 
-    prompt: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+    prompt: str = InputField(default="", description=_PROMPT,
                              ui_component="textarea")
-    style: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+    style: str = InputField(default="", description=_PROMPT,
                             ui_component="textarea")
     original_width: int = InputField(default=1024, description="")
     original_height: int = InputField(default=1024, description="")
@@ -257,9 +277,9 @@ class SDXLCompelPromptInvocation(BaseInvocation):
     crop_left: int = InputField(default=0, description="")
     target_width: int = InputField(default=1024, description="")
     target_height: int = InputField(default=1024, description="")
-    clip: CLIPField = InputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+    clip: CLIPField = InputField(description=CLIP_DESCRIPTION,
                                  input=Input.Connection, title="CLIP 1")
-    clip2: CLIPField = InputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+    clip2: CLIPField = InputField(description=CLIP_DESCRIPTION,
                                   input=Input.Connection, title="CLIP 2")
     mask: Optional[TensorField] = InputField(default=None,
                                              description="A mask defining the region that this conditioning prompt applies to.")
@@ -291,14 +311,14 @@ class SDXLCompelPromptInvocation(BaseInvocation):
 class SDXLRefinerCompelPromptInvocation(BaseInvocation):
     """Turns a style prompt into SDXL-refiner conditioning (second text encoder, aesthetic score)."""
 
-    style: str = InputField(default="", description="Prompt to be parsed by Compel to create a conditioning tensor",
+    style: str = InputField(default="", description=_PROMPT,
                             ui_component="textarea")
     original_width: int = InputField(default=1024, description="")
     original_height: int = InputField(default=1024, description="")
     crop_top: int = InputField(default=0, description="")
     crop_left: int = InputField(default=0, description="")
     aesthetic_score: float = InputField(default=6.0, description="The aesthetic score to apply to the conditioning tensor")
-    clip2: CLIPField = InputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+    clip2: CLIPField = InputField(description=CLIP_DESCRIPTION,
                                   input=Input.Connection)
 
     def invoke(self, context: "InvocationContext") -> ConditioningOutput:
@@ -361,9 +381,9 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                         description="When to start denoising, expressed a percentage of total steps")
     denoising_end: float = InputField(default=1.0, ge=0, le=1,
                                       description="When to stop denoising, expressed a percentage of total steps")
-    scheduler: SCHEDULER_NAME_VALUES = InputField(default="euler", description="Scheduler to use during inference",
+    scheduler: SCHEDULER_NAME_VALUES = InputField(default="euler", description=SCHEDULER_DESCRIPTION,
                                                   ui_type="SchedulerField")
-    unet: UNetField = InputField(description="UNet (scheduler, LoRAs)", input=Input.Connection, title="UNet",
+    unet: UNetField = InputField(description=UNET_DESCRIPTION, input=Input.Connection, title="UNet",
                                  ui_order=2)
     control: Optional[Union[ControlField, list[ControlField]]] = InputField(default=None, input=Input.Connection,
                                                                             ui_order=5)
@@ -378,7 +398,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
     hidiffusion_window_attn: bool = InputField(default=True, description="Apply HiDiffusion window attention")
     hidiffusion_t1_ratio: float = InputField(default=0.4, ge=0, le=1, description="HiDiffusion T1 ratio")
     hidiffusion_t2_ratio: float = InputField(default=0.0, ge=0, le=1, description="HiDiffusion T2 ratio")
-    latents: Optional[LatentsField] = InputField(default=None, description="Latents tensor", input=Input.Connection,
+    latents: Optional[LatentsField] = InputField(default=None, description=_LATENTS, input=Input.Connection,
                                                  ui_order=4)
     denoise_mask: Optional[DenoiseMaskField] = InputField(default=None, description="A mask of the region to apply the denoising process to. Values of 0.0 represent total denoising, 1.0 is no denoising.",
                                                           input=Input.Connection, ui_order=8)
@@ -536,12 +556,12 @@ def _vae(node: BaseInvocation, context: "InvocationContext", vae: VAEField, fp32
 class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
     """Decodes latents into an image with the VAE and saves it with its metadata."""
 
-    latents: LatentsField = InputField(description="Latents tensor", input=Input.Connection)
-    vae: VAEField = InputField(description="VAE", input=Input.Connection)
-    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)")
+    latents: LatentsField = InputField(description=_LATENTS, input=Input.Connection)
+    vae: VAEField = InputField(description=VAE_DESCRIPTION, input=Input.Connection)
+    tiled: bool = InputField(default=False, description=_TILED)
     tile_size: int = InputField(default=0, multiple_of=8,
-                                description="The tile size for VAE tiling in pixels (image space). If set to 0, the default tile size for the model will be used. Larger tile sizes generally produce better results at the cost of higher memory usage.")
-    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision")
+                                description=_TILE_SIZE)
+    fp32: bool = InputField(default=False, description=_FP32)
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import numpy as np
@@ -603,11 +623,11 @@ class ImageToLatentsInvocation(BaseInvocation):
     """Encodes an image into latents with the VAE."""
 
     image: ImageField = InputField(description="The image to encode")
-    vae: VAEField = InputField(description="VAE", input=Input.Connection)
-    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)")
+    vae: VAEField = InputField(description=VAE_DESCRIPTION, input=Input.Connection)
+    tiled: bool = InputField(default=False, description=_TILED)
     tile_size: int = InputField(default=0, multiple_of=8,
-                                description="The tile size for VAE tiling in pixels (image space). If set to 0, the default tile size for the model will be used. Larger tile sizes generally produce better results at the cost of higher memory usage.")
-    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision")
+                                description=_TILE_SIZE)
+    fp32: bool = InputField(default=False, description=_FP32)
     color_compensation: COMPENSATION_OPTIONS = InputField(default="None",
                                                           description="Apply VAE scaling compensation when encoding images (reduces color drift).")
 
@@ -630,12 +650,12 @@ class ImageToLatentsInvocation(BaseInvocation):
 class CreateDenoiseMaskInvocation(BaseInvocation):
     """Turns a mask image (white: keep, black: repaint, as InvokeAI reads it) into a denoise mask."""
 
-    vae: VAEField = InputField(description="VAE", input=Input.Connection, ui_order=0)
+    vae: VAEField = InputField(description=VAE_DESCRIPTION, input=Input.Connection, ui_order=0)
     image: Optional[ImageField] = InputField(default=None, description="Image which will be masked", ui_order=1)
     mask: ImageField = InputField(description="The mask to use when pasting", ui_order=2)
-    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)",
+    tiled: bool = InputField(default=False, description=_TILED,
                              ui_order=3)
-    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision", ui_order=4)
+    fp32: bool = InputField(default=False, description=_FP32, ui_order=4)
 
     def invoke(self, context: "InvocationContext") -> DenoiseMaskOutput:
         import torch
@@ -673,7 +693,7 @@ class IdealSizeInvocation(BaseInvocation):
 
     width: int = InputField(default=1024, description="Final image width")
     height: int = InputField(default=576, description="Final image height")
-    unet: UNetField = InputField(description="UNet (scheduler, LoRAs)")
+    unet: UNetField = InputField(description=UNET_DESCRIPTION)
     multiplier: float = InputField(default=1.0, description="Amount to multiply the model's dimensions by when "
                                    "calculating the ideal size (may result in initial generation artifacts if too large)")
 
@@ -752,9 +772,9 @@ class CreateGradientMaskInvocation(BaseInvocation):
     vae: Optional[VAEField] = InputField(default=None, description="OPTIONAL: Only connect for specialized "
                                          "Inpainting models, masked_latents will be generated from the image with the VAE",
                                          input=Input.Connection, title="[OPTIONAL] VAE", ui_order=7)
-    tiled: bool = InputField(default=False, description="Processing using overlapping tiles (reduce memory consumption)",
+    tiled: bool = InputField(default=False, description=_TILED,
                              ui_order=8)
-    fp32: bool = InputField(default=False, description="Whether or not to use full float32 precision", ui_order=9)
+    fp32: bool = InputField(default=False, description=_FP32, ui_order=9)
 
     def invoke(self, context: "InvocationContext") -> GradientMaskOutput:
         import numpy as np

@@ -28,14 +28,6 @@ VOCAB = 49408
 PROMPT = "a <my-embedding> cat"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core box: OpenMP spinning makes tiny inferences crawl
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tmp_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="tiny-ti-") as d:

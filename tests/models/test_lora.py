@@ -26,14 +26,6 @@ TO_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"  # an SD1 UN
 SDXL_TO_K = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"  # SDXL's first block has no attention
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core box: OpenMP spinning makes tiny inferences crawl
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tmp_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="tiny-lora-") as d:  # ~1 GB: removed at teardown, not kept by pytest

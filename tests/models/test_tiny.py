@@ -43,16 +43,6 @@ IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 Builder = Callable[..., Path]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from threads, and on a shared 2-core box OpenMP spin-waiting made a 0.1 s
-    # inference take 10 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir() -> Iterator[Path]:
     # Several GB over the module: removed at teardown instead of piling up in pytest's kept basetemps.
@@ -399,12 +389,3 @@ def test_embeddings(tmp_path: Path) -> None:
     assert not torch.equal(sd1["emb_params"], other["emb_params"])
     with pytest.raises(ValueError):
         tiny.build_embedding("sdxl-refiner", tmp_path / "refiner.safetensors")
-
-
-def test_not_imported_by_the_provider() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys, invokeai_provider, invokeai_provider.operators; "
-            "sys.exit('invokeai_provider.models.tiny' in sys.modules or 'diffusers' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -57,13 +55,6 @@ def test_field_defaults_and_requirements():
     assert tmpl["style_preset"].json_schema_extra["orig_required"] is True
     out = InvocationRegistry.get_output_class("prompt_template_output")
     assert set(out.model_fields) == {"type", "positive_prompt", "negative_prompt"}
-
-
-def test_importing_the_family_does_not_import_dynamicprompts():
-    code = ("import sys, invokeai_provider.operators.prompt_nodes; "
-            "print([m for m in ('dynamicprompts', 'torch', 'numpy') if m in sys.modules])")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "[]"
 
 
 # --- dynamic_prompt ---------------------------------------------------------------------------------

@@ -1,0 +1,260 @@
+"""Graphs and saved workflows → Airflow DAGs (``compile_dag``), and the readable DAG file the CLI writes.
+
+Compiling is: parse and validate the document, plan the tasks (`invokeai_provider.plan`), derive the
+Params of the trigger form (`invokeai_provider.params`), then instantiate one operator per planned task.
+Parsed documents and plans are cached by content hash, because every Airflow task re-parses its DAG
+file; the compiled document is registered in this process under a key that the operators carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSIONS, Plan, TaskPlan, build_plan
+from invokeai_provider.task_runtime import RECORDS_KEY, CompiledDocument
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+    from invokeai_provider.workflow import Document
+
+Source = Union[str, Path, Mapping[str, Any], "Document"]
+
+_CACHE: dict[tuple[str, str], CompiledDocument] = {}
+_CACHE_LOCK = threading.Lock()
+LABEL_TEMPLATE = "{{ invokeai_label }}"
+
+
+def _document_text(source: Source) -> tuple[str, str]:
+    """(JSON text, name) of a path, JSON text or dict."""
+    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+        path = Path(source)
+        return path.read_text(), path.stem
+    if isinstance(source, str):
+        return source, ""
+    if isinstance(source, Mapping):
+        return json.dumps(source, sort_keys=True), ""
+    raise TypeError(f"cannot compile a {type(source).__name__}")
+
+
+def load_compiled(source: Source, *, granularity: str = "segment",
+                  model_names: Any = None) -> CompiledDocument:
+    """Parses, validates and plans a document; cached by (content hash, granularity)."""
+    from invokeai_provider.workflow import Document, load_document
+
+    if isinstance(source, Document):
+        return _compile_document(source, granularity, model_names, "")
+    text, stem = _document_text(source)
+    key = (hashlib.sha256(text.encode()).hexdigest(), granularity)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    compiled = _compile_document(load_document(text), granularity, model_names, stem)
+    with _CACHE_LOCK:
+        _CACHE[key] = compiled
+    return compiled
+
+
+def _compile_document(document: "Document", granularity: str, model_names: Any, stem: str) -> CompiledDocument:
+    from invokeai_provider.params import param_specs
+
+    workflow = document.workflow
+    labels = {n: workflow.node_label(n) for n in document.graph.nodes} if workflow else {}
+    if document.batch:
+        document.batch.check_against(document.graph)
+    name = (workflow.name if workflow else "") or stem
+    plan = build_plan(document.graph, granularity=granularity, node_labels=labels,
+                      has_batch=document.batch is not None, name=name)
+    specs = param_specs(document, model_names=model_names if model_names is not None else registry_model_names)
+    return CompiledDocument(plan=plan, param_specs=specs, workflow_json=workflow.raw if workflow else None,
+                            batch=document.batch.model_dump(mode="json") if document.batch else None, name=name)
+
+
+def registry_model_names(node_type: str, field_name: str) -> list[str]:
+    """Names of installed models for a model field's dropdown (empty when no model root is readable)."""
+    from invokeai_provider.config import get_option
+
+    root = get_option("model_root")
+    if not root:
+        return []
+    try:
+        from invokeai_provider.models.registry import ModelRegistry
+
+        configs = list(ModelRegistry(root).all())
+    except Exception:  # an unreadable model root must not break DAG parsing; the field stays free text
+        return []
+    wanted = _model_kinds(node_type, field_name)
+    return sorted({c.name for c in configs if not wanted or (c.type.value, c.base.value) in wanted
+                   or (c.type.value, "*") in wanted})
+
+
+def _model_kinds(node_type: str, field_name: str) -> set[tuple[str, str]]:
+    """(model type, base) pairs a model field accepts, from the node's ui hints where it has them."""
+    from invokeai_provider.registry import InvocationRegistry
+
+    info = InvocationRegistry.get_invocation_class(node_type).model_fields.get(field_name)
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    types = extra.get("ui_model_type") or []
+    bases = extra.get("ui_model_base") or ["*"]
+    types = [types] if isinstance(types, str) else list(types)
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    return {(t, b) for t in types for b in bases}
+
+
+def plan_key(dag_id: str, compiled: CompiledDocument) -> str:
+    return f"{dag_id}@{compiled.plan.content_hash[:16]}"
+
+
+@dataclass
+class TaskCall:
+    """One operator instantiation: what both compile_dag and the generated DAG file do."""
+
+    task: TaskPlan
+    class_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    upstream: list[str] = field(default_factory=list)  # task ids whose output the task reads
+    expand_from: Optional[str] = None  # mapped: the task whose return value is the instance list
+
+    @property
+    def variable(self) -> str:
+        return self.task.task_id
+
+
+def task_calls(compiled: CompiledDocument) -> list[TaskCall]:
+    """The operator for each planned task, with its queue, trigger rule, outlets and mapping."""
+    calls = []
+    for task in compiled.plan.tasks:
+        kwargs: dict[str, Any] = {"task_id": task.task_id, "plan_task": task.task_id}
+        if task.queue == "gpu":
+            kwargs["queue"] = "gpu"
+        if task.upstream:
+            kwargs["trigger_rule"] = "none_failed"  # a skipped lazy-if branch must not skip its if node
+        if task.image_producing:
+            kwargs["outlets"] = "images"
+        if task.mapped:
+            kwargs["map_index_template"] = LABEL_TEMPLATE
+        calls.append(TaskCall(task, _class_name(task, compiled.plan), kwargs,
+                              upstream=[] if task.mapped else list(task.upstream),
+                              expand_from=task.instances_from if task.mapped else None))
+    return calls
+
+
+def _class_name(task: TaskPlan, plan: Plan) -> str:
+    if task.kind == SESSIONS:
+        return "BatchSessionsOperator"
+    if task.kind == FANOUT:
+        return "MapInstancesOperator"
+    if task.kind == COLLECT_TASK:
+        return "CollectReduceOperator"
+    if plan.granularity == "node" and len(task.nodes) == 1:
+        from invokeai_provider.operator import operator_for_type
+
+        return operator_for_type(plan.graph["nodes"][task.nodes[0]]["type"]).__name__
+    return "GraphSegmentOperator"
+
+
+def _operator_class(name: str) -> Any:
+    from invokeai_provider import operator as module
+
+    if hasattr(module, name):
+        return getattr(module, name)
+    from invokeai_provider.operator import operator_classes
+
+    return operator_classes()[name]
+
+
+def dag_params(compiled: CompiledDocument) -> dict[str, Any]:
+    from invokeai_provider.params import airflow_params
+
+    return airflow_params(compiled.param_specs)
+
+
+def dag_doc_md(compiled: CompiledDocument, source_name: str = "") -> str:
+    """The workflow's name, description, notes and form, then the planned tasks."""
+    from invokeai_provider.params import workflow_doc_md
+    from invokeai_provider.workflow import Document
+
+    lines = []
+    if compiled.workflow_json is not None:
+        from invokeai_provider.workflow import parse_workflow
+
+        workflow = parse_workflow(compiled.workflow_json)
+        lines.append(workflow_doc_md(Document(workflow.graph, workflow), compiled.param_specs))
+    else:
+        lines.append(f"# {compiled.name or source_name or 'InvokeAI graph'}")
+    plan = compiled.plan
+    lines += ["", f"## Tasks ({plan.granularity} granularity)", "", "| task | queue | mapped over | nodes |",
+              "| --- | --- | --- | --- |"]
+    for task in plan.tasks:
+        mapped = ", ".join(plan.axis_labels.get(a, a) for a in task.scope) if task.mapped else ""
+        nodes = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
+        lines.append(f"| `{task.task_id}` | {task.queue} | {mapped} | {nodes} |")
+    return "\n".join(lines)
+
+
+def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", model_names: Any = None,
+                **dag_kwargs: Any) -> "DAG":
+    """Compiles a graph, workflow or batch document into a DAG.
+
+    :param source: a path, JSON text, a parsed dict or a Document
+    :param dag_id: the DAG's id
+    :param granularity: ``segment`` (default: connected nodes of one scope share a task) or ``node``
+    :param dag_kwargs: passed to ``DAG`` (schedule, tags, default_args, ...); ``schedule`` defaults to None
+    """
+    from airflow.sdk import DAG
+
+    compiled = load_compiled(source, granularity=granularity, model_names=model_names)
+    key = plan_key(dag_id, compiled)
+    from invokeai_provider.operator import register_compiled
+
+    register_compiled(key, compiled)
+    dag_kwargs.setdefault("schedule", None)
+    dag_kwargs.setdefault("tags", ["invokeai"])
+    dag_kwargs.setdefault("doc_md", dag_doc_md(compiled, dag_id))
+    dag_kwargs.setdefault("render_template_as_native_obj", False)
+    params = {**dag_params(compiled), **dict(dag_kwargs.pop("params", None) or {})}
+    with DAG(dag_id=dag_id, params=params, **dag_kwargs) as dag:
+        instantiate(task_calls(compiled), key)
+    return dag
+
+
+def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:
+    """Creates the operators of a compiled plan inside the current DAG context."""
+    from airflow.sdk import XComArg
+
+    from invokeai_provider.operator import gpu_queue, images_alias
+
+    tasks: dict[str, Any] = {}
+    for call in calls:
+        kwargs = dict(call.kwargs, plan_key=key)
+        if kwargs.get("queue") == "gpu":
+            kwargs["queue"] = gpu_queue()
+        if kwargs.get("outlets") == "images":
+            kwargs["outlets"] = [images_alias()]
+        cls = _operator_class(call.class_name)
+        if call.expand_from is not None:
+            op = cls.partial(**kwargs).expand(instance=tasks[call.expand_from].output)
+        else:
+            op = cls(**kwargs, upstream_outputs={u: XComArg(tasks[u], key=RECORDS_KEY) for u in call.upstream})
+        for upstream in call.task.upstream:
+            tasks[upstream] >> op
+        tasks[call.task.task_id] = op
+    return tasks
+
+
+def check_plan(compiled: CompiledDocument, expected_tasks: list[str]) -> None:
+    """A generated DAG file names its tasks; refuse to run if the workflow now plans different ones."""
+    planned = [t.task_id for t in compiled.plan.tasks]
+    if planned != expected_tasks:
+        raise InvokeAIProviderError(f"the workflow now compiles to tasks {planned}, but this DAG file was generated "
+                                    f"for {expected_tasks}; run `invokeai-airflow compile` again")
+
+
+__all__ = ["compile_dag", "load_compiled", "task_calls", "instantiate", "SEGMENT"]

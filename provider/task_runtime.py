@@ -1,0 +1,268 @@
+"""What a compiled task does when it runs: no Airflow import, so it is testable and reusable by a runtime.
+
+A task receives the compiled document (plan, params, workflow), its own task id, the run's Param values,
+and either its upstream tasks' outputs (unmapped) or its instance (mapped). It runs its nodes with the
+engine, publishes the boundary values other tasks read, and computes the instance lists of the mapped
+tasks it feeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.graph import Graph
+from invokeai_provider.instances import RecordIndex, build_instances, collect_groups
+from invokeai_provider.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSION_AXIS, SESSIONS, Plan, TaskPlan
+
+log = logging.getLogger(__name__)
+
+RECORDS_KEY = "invokeai_records"  # what other compiled tasks read; return_value is for people and mapping
+
+
+@dataclass
+class CompiledDocument:
+    """Everything a DAG's tasks need at run time, built once per DAG-file parse."""
+
+    plan: Plan
+    param_specs: list[Any] = field(default_factory=list)  # invokeai_provider.params.ParamSpec
+    workflow_json: Optional[dict[str, Any]] = None
+    batch: Optional[dict[str, Any]] = None  # the document's Batch as a dict
+    name: str = ""
+
+
+@dataclass
+class TaskEnvironment:
+    """The Airflow side of a task run, as plain values."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: Optional[int] = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("invokeai_provider.task"))
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    artifact_root: Optional[str] = None
+    model_root: Optional[str] = None
+    tenant: Optional[str] = None
+
+
+def graph_with_params(compiled: CompiledDocument, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's graph dict with the run's Param values written into the nodes they set."""
+    from invokeai_provider.params import to_node_value
+
+    graph = copy.deepcopy(compiled.plan.graph)
+    for spec in compiled.param_specs:
+        if spec.kind == "batch" or spec.node_id is None or spec.name not in params:
+            continue
+        node = graph["nodes"].get(spec.node_id)
+        if node is None:
+            continue
+        value = to_node_value(spec, params[spec.name])
+        if value is None:
+            node.pop(spec.field_name, None)
+        else:
+            node[spec.field_name] = value
+    return graph
+
+
+def literal_conditions(graph: dict[str, Any], task: TaskPlan) -> dict[str, Any]:
+    return {g.if_id: graph["nodes"][g.if_id].get("condition", False) for g in task.guards if g.condition is None}
+
+
+def emitted_instances(compiled: CompiledDocument, graph: dict[str, Any], task: TaskPlan,
+                      index: RecordIndex) -> dict[str, list[dict[str, Any]]]:
+    """Instance lists of the mapped tasks this task feeds (at most one: it becomes the return value)."""
+    plan = compiled.plan
+    result = {}
+    for target_id in task.emits_for:
+        target = plan.task(target_id)
+        result[target_id] = build_instances(
+            scope=target.scope, inputs=target.inputs, guards=target.guards, nodes=target.nodes,
+            literal_conditions=literal_conditions(graph, target), feeders=plan.axis_feeders,
+            axis_labels=plan.axis_labels, index=index)
+    return result
+
+
+def run_task(compiled: CompiledDocument, env: TaskEnvironment, *, upstream: Optional[Mapping[str, Any]] = None,
+             instance: Optional[Mapping[str, Any]] = None,
+             services: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs one compiled task. Returns (its output records, instance lists of the mapped tasks it feeds).
+
+    Raises SkipTask when the instance's branch guard is not selected.
+    """
+    plan = compiled.plan
+    task = plan.task(env.task_id)
+    graph = graph_with_params(compiled, env.params)
+    index = RecordIndex(upstream or {})
+    if task.kind == SESSIONS:
+        output = _run_sessions(compiled, env)
+        index.add(task.task_id, output)
+    elif task.kind == FANOUT:
+        output = {"scope": [], "records": []}
+    elif task.kind == COLLECT_TASK:
+        output = {"scope": task.scope, "records": collect_groups(
+            node_id=task.nodes[0], scope=task.scope, inputs=task.inputs, source_scopes=plan.scope_of,
+            feeders=plan.axis_feeders, index=index)}
+        index.add(task.task_id, output)
+    elif task.kind == SEGMENT:
+        if instance is None:
+            instances = build_instances(scope=task.scope, inputs=task.inputs, guards=task.guards, nodes=task.nodes,
+                                        literal_conditions=literal_conditions(graph, task),
+                                        feeders=plan.axis_feeders, axis_labels=plan.axis_labels, index=index)
+            if len(instances) != 1:
+                raise InvokeAIProviderError(f"task {task.task_id}: expected one instance, got {len(instances)}")
+            instance = instances[0]
+        if instance.get("skip"):
+            raise SkipTask(str(instance["skip"]))
+        output = run_segment(compiled, task, graph, instance, env, services or {})
+        index.add(task.task_id, output)
+    else:
+        raise InvokeAIProviderError(f"task {task.task_id}: unknown kind {task.kind!r}")
+    return output, emitted_instances(compiled, graph, task, index)
+
+
+class SkipTask(Exception):
+    """The task's lazy-if branch was not taken: the operator turns this into AirflowSkipException."""
+
+
+def _run_sessions(compiled: CompiledDocument, env: TaskEnvironment) -> dict[str, Any]:
+    """The batch's sessions (field values per session), with batch Params applied."""
+    from invokeai_provider.batch import Batch
+
+    raw = copy.deepcopy(compiled.batch or {})
+    for spec in compiled.param_specs:
+        if spec.kind == "batch" and spec.name in env.params and spec.batch_index is not None:
+            group, datum = spec.batch_index
+            raw["data"][group][datum]["items"] = list(env.params[spec.name] or [])
+    batch = Batch.model_validate(raw)
+    sessions = [[fv.model_dump(mode="json") for fv in values] for values in batch.sessions()]
+    env.logger.info("batch: %d sessions", len(sessions))
+    return {"scope": [], "records": [{"path": [], "values": {f"{SESSION_AXIS}.sessions": sessions}}]}
+
+
+def _model_services(graph: dict[str, Any], env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
+    from invokeai_provider.models.binding import graph_names_models
+
+    if "models" in services or not graph_names_models(graph):
+        return services
+    from invokeai_provider.models.manager import ModelManager
+    from invokeai_provider.models.registry import ModelRegistry
+
+    return {**services, "models": shared_model_manager(env.model_root, ModelManager, ModelRegistry)}
+
+
+_MANAGERS: dict[Optional[str], Any] = {}
+_MANAGERS_LOCK = threading.Lock()
+
+
+def shared_model_manager(model_root: Optional[str], manager_class: Callable[..., Any],
+                         registry_class: Callable[..., Any]) -> Any:
+    """One model manager per model root in this process (a task process, or a long-lived runtime)."""
+    with _MANAGERS_LOCK:
+        if model_root not in _MANAGERS:
+            _MANAGERS[model_root] = manager_class(registry_class(model_root))
+        return _MANAGERS[model_root]
+
+
+def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any], instance: Mapping[str, Any],
+                env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
+    """Runs a segment's nodes with the engine, boundary values and batch values written in as literals."""
+    from invokeai_provider.context import RunContext
+    from invokeai_provider.engine import Engine, ExecutionState
+    from invokeai_provider.storage import open_run_store
+
+    members = set(task.nodes)
+    nodes = {n: dict(graph["nodes"][n]) for n in task.nodes}
+    for fv in instance.get("field_values") or []:
+        nodes[fv["node_path"]][fv["field_name"]] = fv["value"]
+    for key, value in (instance.get("inputs") or {}).items():
+        node_id, _, field_name = key.rpartition(".")
+        nodes[node_id][field_name] = value
+    edges = [e for e in graph["edges"] if e["source"]["node_id"] in members and e["destination"]["node_id"] in members]
+    sub = {"id": graph.get("id"), "nodes": nodes, "edges": edges}
+    services = _model_services(sub, env, services)
+    if "models" in services:
+        from invokeai_provider.models.binding import bind_model_fields
+
+        sub = bind_model_fields(sub, services["models"].registry)
+    session_graph = _session_graph(graph, instance)
+    store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
+                           run_id=env.run_id)
+    mapped = env.map_index is not None and env.map_index >= 0
+    run = RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
+                     map_index=env.map_index if mapped else None, graph_json=session_graph,
+                     workflow_json=compiled.workflow_json, cancel_event=env.cancel_event, logger=env.logger,
+                     services=services)
+    subgraph = Graph.from_dict(sub)
+    subgraph.validate()
+    state = Engine(run).run(ExecutionState(subgraph))
+    values: dict[str, Any] = {}
+    for key in task.outputs:
+        node_id, _, field_name = key.rpartition(".")
+        produced = state.outputs_of(node_id)
+        if produced:
+            values[key] = getattr(produced[0], field_name)
+    values = _jsonable(values)
+    outputs = {n: state.outputs_of(n)[0].model_dump(mode="json") for n in task.nodes
+               if n in compiled.plan.leaves and state.outputs_of(n)}
+    images = [record for records in state.records.values() for record in records]
+    env.logger.info("task %s: ran %d nodes in %.2f s (%s)", env.task_id, len(state.history),
+                    sum(state.timings.values()),
+                    ", ".join(f"{k} {v:.2f}s" for k, v in sorted(state.timings.items(), key=lambda kv: -kv[1])[:5]))
+    return {"scope": task.scope, "records": [{"path": list(instance.get("path") or []), "values": values}],
+            "outputs": outputs, "images": images, "label": instance.get("label", "")}
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(values)
+
+
+def _session_graph(graph: dict[str, Any], instance: Mapping[str, Any]) -> dict[str, Any]:
+    """The graph embedded in PNGs: the run's graph with this session's batch values."""
+    if not instance.get("field_values"):
+        return graph
+    session = copy.deepcopy(graph)
+    for fv in instance["field_values"]:
+        session["nodes"][fv["node_path"]][fv["field_name"]] = fv["value"]
+    return session
+
+
+def _default_tenant() -> str:
+    from invokeai_provider.config import get_option
+
+    return get_option("default_tenant") or "default"
+
+
+def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], env: TaskEnvironment,
+                    services: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Runs one node from a hand-written DAG's operator; returns its output (JSON) and image records."""
+    from invokeai_provider.context import RunContext
+    from invokeai_provider.engine import Engine, ExecutionState
+    from invokeai_provider.storage import open_run_store
+
+    node = {"id": node_id, "type": node_class.get_type(), **_jsonable(dict(inputs))}
+    graph = {"id": f"{env.dag_id}.{node_id}", "nodes": {node_id: node}, "edges": []}
+    services = _model_services(graph, env, dict(services or {}))
+    if "models" in services:
+        from invokeai_provider.models.binding import bind_model_fields
+
+        graph = bind_model_fields(graph, services["models"].registry)
+    store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
+                           run_id=env.run_id)
+    mapped = env.map_index is not None and env.map_index >= 0
+    run = RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
+                     map_index=env.map_index if mapped else None, graph_json=graph, cancel_event=env.cancel_event,
+                     logger=env.logger, services=services)
+    parsed = Graph.from_dict(graph)
+    parsed.validate()
+    state = Engine(run).run(ExecutionState(parsed))
+    output = state.outputs_of(node_id)[0].model_dump(mode="json")
+    images = [record for records in state.records.values() for record in records]
+    return output, images

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSIONS, Plan, TaskPlan, build_plan
+from invokeai_provider.plan import COLLECT_TASK, FANOUT, SESSIONS, Plan, TaskPlan, build_plan
 from invokeai_provider.task_runtime import RECORDS_KEY, CompiledDocument
 
 if TYPE_CHECKING:
@@ -106,6 +107,14 @@ def _model_kinds(node_type: str, field_name: str) -> set[tuple[str, str]]:
     types = [types] if isinstance(types, str) else list(types)
     bases = [bases] if isinstance(bases, str) else list(bases)
     return {(t, b) for t in types for b in bases}
+
+
+_DAG_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def dag_id_for(path: Path, prefix: str = "") -> str:
+    """``sd15-text-to-image.json`` → ``sd15-text-to-image`` (characters Airflow refuses become ``_``)."""
+    return prefix + _DAG_ID.sub("_", path.stem)
 
 
 def plan_key(dag_id: str, compiled: CompiledDocument) -> str:
@@ -257,4 +266,75 @@ def check_plan(compiled: CompiledDocument, expected_tasks: list[str]) -> None:
                                     f"for {expected_tasks}; run `invokeai-airflow compile` again")
 
 
-__all__ = ["compile_dag", "load_compiled", "task_calls", "instantiate", "SEGMENT"]
+
+
+def _variable(task_id: str) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in task_id)
+    return name if name.isidentifier() and not name[0].isdigit() else f"task_{name}"
+
+
+def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment", source_name: str = "") -> str:
+    """A readable DAG file: the workflow embedded unchanged, then one operator call per planned task.
+
+    The file recompiles the embedded workflow when parsed (cheap, cached) and refuses to load if the
+    plan no longer matches the tasks written out, so it never runs a stale plan.
+    """
+    text, stem = _document_text(source)
+    compiled = load_compiled(text, granularity=granularity)
+    calls = task_calls(compiled)
+    plan = compiled.plan
+    names = {c.task.task_id: _variable(c.task.task_id) for c in calls}
+    classes = sorted({c.class_name for c in calls})
+    compiled_ops = [c for c in classes if c in ("BatchSessionsOperator", "CollectReduceOperator",
+                                                 "GraphSegmentOperator", "MapInstancesOperator")]
+    node_ops = [c for c in classes if c not in compiled_ops]
+    title = compiled.name or source_name or stem or dag_id
+    out = [f'"""{title}: an Airflow DAG compiled from {source_name or "an InvokeAI document"} by `invokeai-airflow compile`.',
+           "", f"Granularity: {granularity}. Tasks:", ""]
+    for call in calls:
+        task = call.task
+        what = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
+        mapped = f", mapped over {', '.join(plan.axis_labels.get(a, a) for a in task.scope)}" if task.mapped else ""
+        out.append(f"- {task.task_id} ({task.kind}, queue {task.queue}{mapped}): {what}")
+    out += ["", "Edit the workflow and compile again rather than editing the tasks: the file checks that the",
+            'embedded workflow still plans exactly these tasks."""', "",
+            "import json", "", "from airflow.sdk import DAG, XComArg", "",
+            "from invokeai_provider.compile import check_plan, dag_doc_md, dag_params, load_compiled, plan_key",
+            "from invokeai_provider.operator import " + ", ".join(compiled_ops + ["images_alias", "register_compiled"])]
+    if node_ops:
+        out.append("from invokeai_provider.operators import " + ", ".join(node_ops))
+    out += ["from invokeai_provider.task_runtime import RECORDS_KEY", "",
+            f"DAG_ID = {dag_id!r}", f"GRANULARITY = {granularity!r}",
+            "# The InvokeAI document, unchanged.",
+            f"DOCUMENT = json.loads({json.dumps(text)})", "",
+            "compiled = load_compiled(DOCUMENT, granularity=GRANULARITY)",
+            f"check_plan(compiled, {[c.task.task_id for c in calls]!r})",
+            "KEY = plan_key(DAG_ID, compiled)", "register_compiled(KEY, compiled)", "",
+            'with DAG(dag_id=DAG_ID, params=dag_params(compiled), doc_md=dag_doc_md(compiled), schedule=None,',
+            '         tags=["invokeai"]) as dag:']
+    for call in calls:
+        kwargs = dict(call.kwargs)
+        args = [f"task_id={kwargs.pop('task_id')!r}", "plan_key=KEY", f"plan_task={kwargs.pop('plan_task')!r}"]
+        if kwargs.pop("queue", None) == "gpu":
+            args.append("queue=" + repr(_gpu_queue_name()))
+        if kwargs.pop("outlets", None) == "images":
+            args.append("outlets=[images_alias()]")
+        args += [f"{k}={v!r}" for k, v in kwargs.items()]
+        var = names[call.task.task_id]
+        if call.expand_from is not None:
+            out.append(f"    {var} = {call.class_name}.partial({', '.join(args)}).expand(")
+            out.append(f"        instance={names[call.expand_from]}.output)")
+        else:
+            upstream = ", ".join(f"{u!r}: XComArg({names[u]}, key=RECORDS_KEY)" for u in call.upstream)
+            out.append(f"    {var} = {call.class_name}({', '.join(args)},")
+            out.append(f"        upstream_outputs={{{upstream}}})")
+        extra = [u for u in call.task.upstream if u not in call.upstream and u != call.expand_from]
+        for upstream_id in extra:
+            out.append(f"    {names[upstream_id]} >> {var}")
+    return "\n".join(out) + "\n"
+
+
+def _gpu_queue_name() -> str:
+    from invokeai_provider.config import get_option
+
+    return get_option("gpu_queue") or "gpu"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from invokeai_provider.errors import InvokeAIProviderError, NodeFieldNotFoundError, NodeNotFoundError
 
@@ -205,8 +207,6 @@ def _split_sets(assignments: Sequence[str]) -> tuple[dict[str, Any], list[tuple[
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Compiles the document into a DAG and runs it once through Airflow (SQLite, local artifact store)."""
-    import os
-
     from invokeai_provider.compile import load_compiled
     from invokeai_provider.compile import dag_id_for
     from invokeai_provider.local_airflow import (migrate_database, patch_document, prepare_home, run_dag,
@@ -234,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_dag_file(home, source, dag_id, args.granularity)
     migrate_database(home)
     print(f"running DAG {dag_id!r} through Airflow (home {home})", file=sys.stderr)
-    result = run_dag(home, dag_id, conf)
+    with _stdout_to_stderr():  # Airflow logs to stdout; stdout is for the result
+        result = run_dag(home, dag_id, conf)
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -247,6 +248,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         print(f"DAG run {result.run_id}: {result.state}, {len(result.images)} images", file=sys.stderr)
     return 0 if result.state == "success" else 1
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Sends everything written to file descriptor 1 (including by child loggers) to stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.plan import COLLECT_TASK, FANOUT, SESSIONS, Plan, TaskPlan, build_plan
-from invokeai_provider.task_runtime import RECORDS_KEY, CompiledDocument
+from invokeai_provider.task_runtime import CompiledDocument
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -236,8 +236,6 @@ def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", mo
 
 def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:
     """Creates the operators of a compiled plan inside the current DAG context."""
-    from airflow.sdk import XComArg
-
     from invokeai_provider.operator import gpu_queue, images_alias
 
     tasks: dict[str, Any] = {}
@@ -251,7 +249,7 @@ def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:
         if call.expand_from is not None:
             op = cls.partial(**kwargs).expand(instance=tasks[call.expand_from].output)
         else:
-            op = cls(**kwargs, upstream_outputs={u: XComArg(tasks[u], key=RECORDS_KEY) for u in call.upstream})
+            op = cls(**kwargs, upstream_tasks=list(call.upstream))
         for upstream in call.task.upstream:
             tasks[upstream] >> op
         tasks[call.task.task_id] = op
@@ -298,13 +296,12 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
         out.append(f"- {task.task_id} ({task.kind}, queue {task.queue}{mapped}): {what}")
     out += ["", "Edit the workflow and compile again rather than editing the tasks: the file checks that the",
             'embedded workflow still plans exactly these tasks."""', "",
-            "import json", "", "from airflow.sdk import DAG, XComArg", "",
+            "import json", "", "from airflow.sdk import DAG", "",
             "from invokeai_provider.compile import check_plan, dag_doc_md, dag_params, load_compiled, plan_key",
             "from invokeai_provider.operator import " + ", ".join(compiled_ops + ["images_alias", "register_compiled"])]
     if node_ops:
         out.append("from invokeai_provider.operators import " + ", ".join(node_ops))
-    out += ["from invokeai_provider.task_runtime import RECORDS_KEY", "",
-            f"DAG_ID = {dag_id!r}", f"GRANULARITY = {granularity!r}",
+    out += ["", f"DAG_ID = {dag_id!r}", f"GRANULARITY = {granularity!r}",
             "# The InvokeAI document, unchanged.",
             f"DOCUMENT = json.loads({json.dumps(text)})", "",
             "compiled = load_compiled(DOCUMENT, granularity=GRANULARITY)",
@@ -325,12 +322,11 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
             out.append(f"    {var} = {call.class_name}.partial({', '.join(args)}).expand(")
             out.append(f"        instance={names[call.expand_from]}.output)")
         else:
-            upstream = ", ".join(f"{u!r}: XComArg({names[u]}, key=RECORDS_KEY)" for u in call.upstream)
             out.append(f"    {var} = {call.class_name}({', '.join(args)},")
-            out.append(f"        upstream_outputs={{{upstream}}})")
-        extra = [u for u in call.task.upstream if u not in call.upstream and u != call.expand_from]
-        for upstream_id in extra:
-            out.append(f"    {names[upstream_id]} >> {var}")
+            out.append(f"        upstream_tasks={list(call.upstream)!r})")
+        others = [u for u in call.task.upstream if u != call.expand_from]
+        if others:
+            out.append(f"    [{', '.join(names[u] for u in others)}] >> {var}")
     return "\n".join(out) + "\n"
 
 

@@ -66,10 +66,12 @@ class RunResult:
     images: list[dict[str, Any]] = field(default_factory=list)
     asset_events: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, list[Any]] = field(default_factory=dict)  # task id -> invokeai_records by map index
 
     def to_dict(self) -> dict[str, Any]:
         return {"dag_id": self.dag_id, "run_id": self.run_id, "state": self.state, "tasks": self.tasks,
-                "images": self.images, "asset_events": self.asset_events, "outputs": self.outputs}
+                "images": self.images, "asset_events": self.asset_events, "outputs": self.outputs,
+                "records": self.records}
 
 
 def run_dag(home: Path, dag_id: str, conf: Optional[dict[str, Any]] = None) -> RunResult:
@@ -82,7 +84,15 @@ def run_dag(home: Path, dag_id: str, conf: Optional[dict[str, Any]] = None) -> R
     if dag is None:
         detail = "\n".join(f"{k}: {v.strip().splitlines()[-1]}" for k, v in errors.items())
         raise RuntimeError(f"DAG {dag_id!r} did not load from {home / 'dags'}" + (f":\n{detail}" if detail else ""))
-    dag_run = dag.test(run_conf=conf or {})
+    from airflow.sdk.exceptions import ParamValidationError
+
+    try:
+        dag_run = dag.test(run_conf=conf or {})
+    except ParamValidationError as exc:
+        from invokeai_provider.errors import InvokeAIProviderError
+
+        raise InvokeAIProviderError(f"DAG {dag_id!r}: the run conf does not fit the DAG's Params, no run was "
+                                    f"started: {exc}") from None
     return collect_run(dag_id, dag_run.run_id, str(dag_run.state))
 
 
@@ -94,6 +104,7 @@ def collect_run(dag_id: str, run_id: str, state: str) -> RunResult:
     from airflow.utils.session import create_session
 
     from invokeai_provider.operator import IMAGE_RECORDS_KEY
+    from invokeai_provider.task_runtime import RECORDS_KEY
 
     result = RunResult(dag_id, run_id, state)
     with create_session() as session:
@@ -104,7 +115,9 @@ def collect_run(dag_id: str, run_id: str, state: str) -> RunResult:
         xcoms = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
         for xcom in sorted(xcoms, key=lambda x: (x.task_id, x.map_index, x.key)):
             value = XComModel.deserialize_value(xcom)
-            if xcom.key == IMAGE_RECORDS_KEY:
+            if xcom.key == RECORDS_KEY:
+                result.records.setdefault(xcom.task_id, []).append(value)
+            elif xcom.key == IMAGE_RECORDS_KEY:
                 result.images.extend(value)
             elif xcom.key == "return_value" and isinstance(value, dict) and value.get("outputs"):
                 result.outputs[f"{xcom.task_id}[{xcom.map_index}]" if xcom.map_index >= 0 else xcom.task_id] = \

@@ -111,19 +111,20 @@ class CompiledTaskOperator(_InvokeAITask):
 
     :param plan_key: key of the compiled document in this process's registry (set by the compiler)
     :param plan_task: the task's id in the plan
-    :param upstream_outputs: task id -> XComArg of that task's output (unmapped tasks)
+    :param upstream_tasks: the tasks whose records this task reads (unmapped tasks); read at run time,
+        so a skipped upstream (a lazy-if branch not taken) reads as absent instead of failing the render
     :param instance: this mapped instance's inputs, built by the task that feeds it
     """
 
-    template_fields: Sequence[str] = ("upstream_outputs", "instance")
+    template_fields: Sequence[str] = ("instance",)
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, plan_key: str, plan_task: str, upstream_outputs: Optional[dict[str, Any]] = None,
+    def __init__(self, *, plan_key: str, plan_task: str, upstream_tasks: Sequence[str] = (),
                  instance: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan_key = plan_key
         self.plan_task = plan_task
-        self.upstream_outputs = upstream_outputs or {}
+        self.upstream_tasks = list(upstream_tasks)
         self.instance = instance
 
     def execute(self, context: "Context") -> Any:
@@ -134,7 +135,8 @@ class CompiledTaskOperator(_InvokeAITask):
         if self.instance is not None:
             context[LABEL_CONTEXT_KEY] = self.instance.get("label") or ""  # type: ignore[literal-required]
         try:
-            output, emitted = run_task(compiled, env, upstream=self.upstream_outputs, instance=self.instance)
+            output, emitted = run_task(compiled, env, upstream=_pull_records(context, self.upstream_tasks),
+                                       instance=self.instance)
         except SkipTask as exc:
             raise AirflowSkipException(str(exc)) from None
         images = output.pop("images", [])
@@ -147,6 +149,12 @@ class CompiledTaskOperator(_InvokeAITask):
             self.log.info("feeds %s with %d mapped instances", next(iter(emitted)), len(instances))
             return instances
         return summary
+
+
+def _pull_records(context: "Context", task_ids: Sequence[str]) -> dict[str, Any]:
+    """Each upstream task's records: one output (unmapped) or all its instances' (mapped); None if skipped."""
+    ti = context["ti"]
+    return {task_id: ti.xcom_pull(task_ids=task_id, key=RECORDS_KEY) for task_id in task_ids}
 
 
 class GraphSegmentOperator(CompiledTaskOperator):
@@ -184,7 +192,7 @@ class InvocationOperator(_InvokeAITask):
     input_attributes: ClassVar[dict[str, str]] = {}  # node field -> attribute holding it
 
     def __init__(self, *, plan_key: Optional[str] = None, plan_task: Optional[str] = None,
-                 upstream_outputs: Optional[dict[str, Any]] = None, instance: Optional[dict[str, Any]] = None,
+                 upstream_tasks: Sequence[str] = (), instance: Optional[dict[str, Any]] = None,
                  **kwargs: Any) -> None:
         node_inputs = {name: kwargs.pop(name) for name in list(kwargs) if name in self.input_attributes}
         for reserved in _RESERVED_INPUTS:
@@ -198,7 +206,7 @@ class InvocationOperator(_InvokeAITask):
         self._given_inputs = sorted(node_inputs)
         self.plan_key = plan_key
         self.plan_task = plan_task
-        self.upstream_outputs = upstream_outputs or {}
+        self.upstream_tasks = list(upstream_tasks)
         self.instance = instance
 
     def node_inputs(self) -> dict[str, Any]:
@@ -243,7 +251,7 @@ def make_operator_class(node_class: type["BaseInvocation"]) -> type[InvocationOp
         "__module__": "invokeai_provider.operators",
         "node_class": node_class,
         "input_attributes": attributes,
-        "template_fields": tuple(attributes.values()) + ("upstream_outputs", "instance"),
+        "template_fields": tuple(attributes.values()) + ("instance",),
         "ui_color": "#c8e6c9" if node_class.UIConfig.gpu else "#ffffff",
         "custom_operator_name": node_class.get_type(),
     }

@@ -20,6 +20,7 @@ A Plan is pure data (JSON round-trip, no Airflow import), so it is cheap to buil
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -374,6 +375,7 @@ def build_plan(graph: Graph, *, granularity: str = "segment", node_labels: Optio
                     producer.outputs.append(key)
         task.upstream = sorted(deps, key=[t.task_id for t in tasks].index)
     leaves = list(g.leaves())  # their whole outputs are published too, so results are readable in XCom
+    tasks = _dependency_order(tasks)
     # mapped tasks: who computes their instance list
     final: list[TaskPlan] = []
     for task in tasks:
@@ -397,6 +399,30 @@ def build_plan(graph: Graph, *, granularity: str = "segment", node_labels: Optio
                 axis_feeders=axis_feeders,
                 axis_labels={a: (display.get(a, a) if a != SESSION_AXIS else "batch") for a in axis_feeders},
                 node_labels={n: display[n] for n in planner.order}, leaves=leaves)
+
+
+def _dependency_order(tasks: list[TaskPlan]) -> list[TaskPlan]:
+    """Tasks with every upstream before its readers, otherwise in planning order (deterministic)."""
+    position = {t.task_id: i for i, t in enumerate(tasks)}
+    waiting = {t.task_id: len(t.upstream) for t in tasks}
+    readers: dict[str, list[str]] = {}
+    for t in tasks:
+        for u in t.upstream:
+            readers.setdefault(u, []).append(t.task_id)
+    ready = [position[t.task_id] for t in tasks if not t.upstream]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        task = tasks[heapq.heappop(ready)]
+        ordered.append(task)
+        for reader in readers.get(task.task_id, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, position[reader])
+    if len(ordered) != len(tasks):
+        stuck = sorted(set(position) - {t.task_id for t in ordered})
+        raise InvokeAIProviderError(f"planning made a cycle between tasks {stuck}; please report this graph")
+    return ordered
 
 
 def _source_for(g: Graph, node_id: str, field_name: str, owner: dict[str, str]) -> Source:

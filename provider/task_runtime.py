@@ -145,10 +145,19 @@ def _run_sessions(compiled: CompiledDocument, env: TaskEnvironment) -> dict[str,
     return {"scope": [], "records": [{"path": [], "values": {f"{SESSION_AXIS}.sessions": sessions}}]}
 
 
+def _mentions_model(value: Any) -> bool:
+    """A model identifier anywhere in a value (model fields, or UNet/CLIP/VAE fields from another task)."""
+    if isinstance(value, dict):
+        return {"key", "base", "type"} <= value.keys() or any(_mentions_model(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions_model(v) for v in value)
+    return False
+
+
 def _model_services(graph: dict[str, Any], env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
     from invokeai_provider.models.binding import graph_names_models
 
-    if "models" in services or not graph_names_models(graph):
+    if "models" in services or not (graph_names_models(graph) or _mentions_model(list(graph["nodes"].values()))):
         return services
     from invokeai_provider.models.manager import ModelManager
     from invokeai_provider.models.registry import ModelRegistry
@@ -191,12 +200,17 @@ def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any
 
         sub = bind_model_fields(sub, services["models"].registry)
     session_graph = _session_graph(graph, instance)
+    if "models" in services:
+        from invokeai_provider.models.binding import bind_model_fields
+
+        session_graph = bind_model_fields(session_graph, services["models"].registry)
+    workflow_json = workflow_with_values(compiled.workflow_json, session_graph)
     store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
                            run_id=env.run_id)
     mapped = env.map_index is not None and env.map_index >= 0
     run = RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
                      map_index=env.map_index if mapped else None, graph_json=session_graph,
-                     workflow_json=compiled.workflow_json, cancel_event=env.cancel_event, logger=env.logger,
+                     workflow_json=workflow_json, cancel_event=env.cancel_event, logger=env.logger,
                      services=services)
     subgraph = Graph.from_dict(sub)
     subgraph.validate()
@@ -232,6 +246,23 @@ def _session_graph(graph: dict[str, Any], instance: Mapping[str, Any]) -> dict[s
     for fv in instance["field_values"]:
         session["nodes"][fv["node_path"]][fv["field_name"]] = fv["value"]
     return session
+
+
+def workflow_with_values(workflow_json: Optional[dict[str, Any]], graph: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The workflow embedded in PNGs, with the values this run used (Params, batch values), so loading
+    it in InvokeAI reproduces the image."""
+    if workflow_json is None:
+        return None
+    workflow = copy.deepcopy(workflow_json)
+    for wf_node in workflow.get("nodes", []):
+        values = graph["nodes"].get(str(wf_node.get("id")))
+        inputs = (wf_node.get("data") or {}).get("inputs") if values else None
+        if not isinstance(inputs, dict):
+            continue
+        for name, spec in inputs.items():
+            if isinstance(spec, dict) and name in values and "value" in spec:
+                spec["value"] = values[name]
+    return workflow
 
 
 def _default_tenant() -> str:

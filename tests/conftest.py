@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
 import pytest
 
 from invokeai_provider.context import RunContext
@@ -14,6 +17,10 @@ def run_context(tmp_path: Path) -> RunContext:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Airflow reads its home when first imported: never let a test touch ~/airflow
+    if "AIRFLOW_HOME" not in os.environ:
+        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="invokeai-airflow-home-")
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     import nodes_for_tests  # noqa: F401 - registers the test_* node types
 
 
@@ -21,3 +28,24 @@ def pytest_configure(config: pytest.Config) -> None:
 def run(run_context: RunContext) -> RunContext:
     """The run context under the short name the node-family tests use."""
     return run_context
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
+    """A registry of tiny models: tiny-sd1, tiny-sd1-inpaint, tiny-sdxl, tiny-sdxl-vae, tiny-lora, tiny-embedding."""
+    from invokeai_provider.models.install import install_model
+    from invokeai_provider.models.registry import ModelRegistry
+    from invokeai_provider.models.tiny import build_embedding, build_lora, build_sd_model
+
+    root: Path = tmp_path_factory.mktemp("tiny-models")
+    registry = ModelRegistry((root / "registry").as_uri())
+    for name, base, variant in (("tiny-sd1", "sd-1", "normal"), ("tiny-sd1-inpaint", "sd-1", "inpaint"),
+                                ("tiny-sdxl", "sdxl", "normal")):
+        install_model(registry, str(build_sd_model(base, root / name, variant=variant)), name=name, inplace=True)
+    # the SDXL pipeline's VAE on its own, as a standalone VAE model (its name tells the prober it is SDXL's)
+    install_model(registry, str(root / "tiny-sdxl" / "vae"), name="tiny-sdxl-vae", inplace=True)
+    install_model(registry, str(build_lora("sd-1", root / "tiny-lora.safetensors", style="kohya")), name="tiny-lora",
+                  inplace=True)
+    install_model(registry, str(build_embedding("sd-1", root / "tiny-embedding.safetensors", tokens=2)),
+                  name="tiny-embedding", inplace=True)
+    return registry

@@ -43,3 +43,20 @@ def only_output(run: Any, node: dict[str, Any]) -> Any:
     """Runs one node alone and returns its single output."""
     [out] = run_nodes(run, {"n": node}).outputs_of("n")
     return out
+
+
+def task_states(run: dict[str, Any]) -> dict[tuple[str, int], str]:
+    return {(t["task_id"], t["map_index"]): t["state"] for t in run["tasks"]}
+
+
+def uri_path(uri: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(uri).path))
+
+
+def png_pixels(uri: str) -> bytes:
+    from PIL import Image
+
+    with Image.open(uri_path(uri)) as image:
+        return image.convert("RGB").tobytes()

@@ -181,9 +181,7 @@ def shared_model_manager(model_root: Optional[str], manager_class: Callable[...,
 def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any], instance: Mapping[str, Any],
                 env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
     """Runs a segment's nodes with the engine, boundary values and batch values written in as literals."""
-    from invokeai_provider.context import RunContext
     from invokeai_provider.engine import Engine, ExecutionState
-    from invokeai_provider.storage import open_run_store
 
     members = set(task.nodes)
     nodes = {n: dict(graph["nodes"][n]) for n in task.nodes}
@@ -205,13 +203,7 @@ def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any
 
         session_graph = bind_model_fields(session_graph, services["models"].registry)
     workflow_json = workflow_with_values(compiled.workflow_json, session_graph)
-    store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
-                           run_id=env.run_id)
-    mapped = env.map_index is not None and env.map_index >= 0
-    run = RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
-                     map_index=env.map_index if mapped else None, graph_json=session_graph,
-                     workflow_json=workflow_json, cancel_event=env.cancel_event, logger=env.logger,
-                     services=services)
+    run = _run_context(env, session_graph, workflow_json, services)
     subgraph = Graph.from_dict(sub)
     subgraph.validate()
     state = Engine(run).run(ExecutionState(subgraph))
@@ -230,6 +222,21 @@ def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any
                     ", ".join(f"{k} {v:.2f}s" for k, v in sorted(state.timings.items(), key=lambda kv: -kv[1])[:5]))
     return {"scope": task.scope, "records": [{"path": list(instance.get("path") or []), "values": values}],
             "outputs": outputs, "images": images, "label": instance.get("label", "")}
+
+
+def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json: Optional[dict[str, Any]],
+                 services: dict[str, Any]) -> Any:
+    """The engine's run context for a task: the run's store, and names unique per mapped instance."""
+    from invokeai_provider.context import RunContext
+    from invokeai_provider.storage import open_run_store
+
+    store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
+                           run_id=env.run_id)
+    mapped = env.map_index is not None and env.map_index >= 0
+    return RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
+                      map_index=env.map_index if mapped else None, graph_json=graph_json,
+                      workflow_json=workflow_json, cancel_event=env.cancel_event, logger=env.logger,
+                      services=services)
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -274,9 +281,7 @@ def _default_tenant() -> str:
 def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], env: TaskEnvironment,
                     services: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Runs one node from a hand-written DAG's operator; returns its output (JSON) and image records."""
-    from invokeai_provider.context import RunContext
     from invokeai_provider.engine import Engine, ExecutionState
-    from invokeai_provider.storage import open_run_store
 
     node = {"id": node_id, "type": node_class.get_type(), **_jsonable(dict(inputs))}
     graph = {"id": f"{env.dag_id}.{node_id}", "nodes": {node_id: node}, "edges": []}
@@ -285,12 +290,7 @@ def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], en
         from invokeai_provider.models.binding import bind_model_fields
 
         graph = bind_model_fields(graph, services["models"].registry)
-    store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
-                           run_id=env.run_id)
-    mapped = env.map_index is not None and env.map_index >= 0
-    run = RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
-                     map_index=env.map_index if mapped else None, graph_json=graph, cancel_event=env.cancel_event,
-                     logger=env.logger, services=services)
+    run = _run_context(env, graph, None, services)
     parsed = Graph.from_dict(graph)
     parsed.validate()
     state = Engine(run).run(ExecutionState(parsed))

@@ -224,7 +224,7 @@ def test_single_file_round_trips_through_diffusers_converters(build: Builder, ti
         assert expected.keys() == actual.keys(), name
         assert all(torch.equal(expected[k], actual[k]) for k in expected), name
 
-    # Same UNet output on a fixed input.
+    # Same UNet output on a fixed input (to float rounding: the two loaders may pick different kernels).
     generator = torch.Generator().manual_seed(1)
     sample = torch.randn(1, 4, 8, 8, generator=generator)
     context = torch.randn(1, 77, CROSS_ATTENTION_DIM[base], generator=generator)
@@ -235,7 +235,7 @@ def test_single_file_round_trips_through_diffusers_converters(build: Builder, ti
     with torch.no_grad():
         a = reference.unet(sample, 10, context, added_cond_kwargs=added).sample
         b = loaded.unet(sample, 10, context, added_cond_kwargs=added).sample
-    assert torch.isfinite(a).all() and torch.equal(a, b)
+    assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=0, atol=1e-5), (a - b).abs().max()
 
 
 def test_inpaint_variant(build: Builder, tiny_dir: Path) -> None:

@@ -242,6 +242,8 @@ class _Planner:
                     result.add(root)
             return result
 
+        if self.granularity == "node":  # nothing fuses, so no reachability to track
+            return {n: [n] for n in self.order if g.type_of(n) != ITERATE}
         for node in self.order:
             if node in folded:
                 continue
@@ -357,6 +359,7 @@ def build_plan(graph: Graph, *, granularity: str = "segment", node_labels: Optio
                               image_producing=any(_produces_images(g, n) for n in nodes)))
 
     by_id = {t.task_id: t for t in tasks}
+    task_position = {t.task_id: i for i, t in enumerate(tasks)}
     # outputs each task must publish, and upstream dependencies
     for task in tasks:
         sources = [i.source for i in task.inputs] + [gd.condition for gd in task.guards if gd.condition]
@@ -373,7 +376,7 @@ def build_plan(graph: Graph, *, granularity: str = "segment", node_labels: Optio
                 key = f"{src.node_id}.{src.field}"
                 if key not in producer.outputs:
                     producer.outputs.append(key)
-        task.upstream = sorted(deps, key=[t.task_id for t in tasks].index)
+        task.upstream = sorted(deps, key=task_position.__getitem__)
     leaves = list(g.leaves())  # their whole outputs are published too, so results are readable in XCom
     tasks = _dependency_order(tasks)
     # mapped tasks: who computes their instance list

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from helpers import REPO_ROOT
 
@@ -34,10 +35,12 @@ def test_main_command_runs_the_demo(tmp_path):
             "--size", "64", "--steps", "2"]
     result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    [image] = json.loads(result.stdout)["decode"]
+    [image] = json.loads(result.stdout)  # the image records of the DAG run
     assert (image["width"], image["height"]) == (64, 64)
-    saved = [line.split(" ", 1)[1] for line in result.stderr.splitlines() if line.startswith("saved file://")]
-    assert len(saved) == 1 and saved[0].endswith("/images/" + image["image"]["image_name"])
+    assert "task sd1_5_text_to_image: success (queue gpu)" in result.stderr  # it ran as an Airflow task
+    assert (tmp_path / ".airflow" / "airflow.db").is_file()  # on the embedded SQLite home
+    assert Path(unquote(urlparse(image["uri"]).path)).is_file()
+    assert image["uri"].startswith((tmp_path / "art").as_uri())
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "building the tiny" not in again.stderr  # the model is built once
 

@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from invokeai_provider.config import get_option
 from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.plan import node_class_produces_images
 from invokeai_provider.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
 
 if TYPE_CHECKING:
@@ -200,6 +201,8 @@ class InvocationOperator(_InvokeAITask):
                 raise InvokeAIProviderError(f"{type(self).__name__}: {reserved!r} is set from the task id and node type")
         if "queue" not in kwargs and self.node_class.UIConfig.gpu:
             kwargs["queue"] = gpu_queue()
+        if "outlets" not in kwargs and node_class_produces_images(self.node_class):
+            kwargs["outlets"] = [images_alias()]
         super().__init__(**kwargs)
         for name, attribute in self.input_attributes.items():
             setattr(self, attribute, node_inputs.get(name))

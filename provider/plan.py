@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.graph import COLLECT, COLLECTION_FIELD, IF, ITEM_FIELD, ITERATE, Graph
+from invokeai_provider.graph import COLLECT, COLLECTION_FIELD, IF, ITERATE, Graph
 
 SESSION_AXIS = "__batch__"
 SESSIONS_TASK = "batch_sessions"
@@ -170,11 +170,16 @@ def _is_gpu(graph: Graph, node_id: str) -> bool:
     return bool(type(graph.nodes[node_id]).UIConfig.gpu)
 
 
-def _produces_images(graph: Graph, node_id: str) -> bool:
+def node_class_produces_images(node_class: type) -> bool:
+    """Nodes whose output carries an image (they save it): their tasks record Asset events."""
     from invokeai_provider.fields import ImageField
 
-    output_class = type(graph.nodes[node_id]).get_output_annotation()
+    output_class = node_class.get_output_annotation()  # type: ignore[attr-defined]
     return any(info.annotation is ImageField for info in output_class.model_fields.values())
+
+
+def _produces_images(graph: Graph, node_id: str) -> bool:
+    return node_class_produces_images(type(graph.nodes[node_id]))
 
 
 class _Planner:

@@ -33,6 +33,11 @@ def test_inputs_are_templated_keyword_arguments_and_gpu_nodes_default_to_the_gpu
         denoise = DenoiseLatentsOperator(task_id="denoise", steps="{{ params.steps }}", unet=loader.output["unet"])
         label = MetadataToStringOperator(task_id="label", label="custom", default_value="x")
     assert denoise.queue == "gpu-a100" and loader.queue == "default"
+    from invokeai_provider.operators import LatentsToImageOperator
+
+    with DAG("operator_test_3", schedule=None):
+        decode = LatentsToImageOperator(task_id="decode")
+    assert [o.name for o in decode.outlets] == ["invokeai_images"] and denoise.outlets == []
     assert "steps" in DenoiseLatentsOperator.template_fields and "unet" in DenoiseLatentsOperator.template_fields
     assert denoise.steps == "{{ params.steps }}"
     assert loader in denoise.upstream_list  # the XComArg made the dependency

@@ -73,40 +73,28 @@ def _compile_document(document: "Document", granularity: str, model_names: Any, 
     name = (workflow.name if workflow else "") or stem
     plan = build_plan(document.graph, granularity=granularity, node_labels=labels,
                       has_batch=document.batch is not None, name=name)
-    specs = param_specs(document, model_names=model_names if model_names is not None else registry_model_names)
-    return CompiledDocument(plan=plan, param_specs=specs, workflow_json=workflow.raw if workflow else None,
-                            batch=document.batch.model_dump(mode="json") if document.batch else None, name=name)
+    specs = param_specs(document, model_names=model_names if model_names is not None else registry_model_names())
+    compiled = CompiledDocument(plan=plan, param_specs=specs, workflow_json=workflow.raw if workflow else None,
+                                batch=document.batch.model_dump(mode="json") if document.batch else None, name=name)
+    compiled.doc_md = _doc_md(compiled, document)
+    return compiled
 
 
-def registry_model_names(node_type: str, field_name: str) -> list[str]:
-    """Names of installed models for a model field's dropdown (empty when no model root is readable)."""
+def registry_model_names() -> Any:
+    """The model dropdowns' source: the ``[invokeai] model_root`` registry, read once per compile (None
+    when no model root is set or it cannot be read, so model fields stay free text)."""
     from invokeai_provider.config import get_option
+    from invokeai_provider.params import model_names_from_registry
 
     root = get_option("model_root")
     if not root:
-        return []
+        return None
     try:
         from invokeai_provider.models.registry import ModelRegistry
 
-        configs = list(ModelRegistry(root).all())
-    except Exception:  # an unreadable model root must not break DAG parsing; the field stays free text
-        return []
-    wanted = _model_kinds(node_type, field_name)
-    return sorted({c.name for c in configs if not wanted or (c.type.value, c.base.value) in wanted
-                   or (c.type.value, "*") in wanted})
-
-
-def _model_kinds(node_type: str, field_name: str) -> set[tuple[str, str]]:
-    """(model type, base) pairs a model field accepts, from the node's ui hints where it has them."""
-    from invokeai_provider.registry import InvocationRegistry
-
-    info = InvocationRegistry.get_invocation_class(node_type).model_fields.get(field_name)
-    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
-    types = extra.get("ui_model_type") or []
-    bases = extra.get("ui_model_base") or ["*"]
-    types = [types] if isinstance(types, str) else list(types)
-    bases = [bases] if isinstance(bases, str) else list(bases)
-    return {(t, b) for t in types for b in bases}
+        return model_names_from_registry(ModelRegistry(root))
+    except Exception:  # an unreadable model root must not break DAG parsing
+        return None
 
 
 _DAG_ID = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -185,19 +173,14 @@ def dag_params(compiled: CompiledDocument) -> dict[str, Any]:
     return airflow_params(compiled.param_specs)
 
 
-def dag_doc_md(compiled: CompiledDocument, source_name: str = "") -> str:
+def _doc_md(compiled: CompiledDocument, document: "Document") -> str:
     """The workflow's name, description, notes and form, then the planned tasks."""
     from invokeai_provider.params import workflow_doc_md
-    from invokeai_provider.workflow import Document
 
-    lines = []
-    if compiled.workflow_json is not None:
-        from invokeai_provider.workflow import parse_workflow
-
-        workflow = parse_workflow(compiled.workflow_json)
-        lines.append(workflow_doc_md(Document(workflow.graph, workflow), compiled.param_specs))
+    if document.workflow is not None:
+        lines = [workflow_doc_md(document, compiled.param_specs)]
     else:
-        lines.append(f"# {compiled.name or source_name or 'InvokeAI graph'}")
+        lines = [f"# {compiled.name or 'InvokeAI graph'}"]
     plan = compiled.plan
     lines += ["", f"## Tasks ({plan.granularity} granularity)", "", "| task | queue | mapped over | nodes |",
               "| --- | --- | --- | --- |"]
@@ -226,7 +209,7 @@ def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", mo
     register_compiled(key, compiled)
     dag_kwargs.setdefault("schedule", None)
     dag_kwargs.setdefault("tags", ["invokeai"])
-    dag_kwargs.setdefault("doc_md", dag_doc_md(compiled, dag_id))
+    dag_kwargs.setdefault("doc_md", compiled.doc_md)
     dag_kwargs.setdefault("render_template_as_native_obj", False)
     params = {**dag_params(compiled), **dict(dag_kwargs.pop("params", None) or {})}
     with DAG(dag_id=dag_id, params=params, **dag_kwargs) as dag:
@@ -297,7 +280,7 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
     out += ["", "Edit the workflow and compile again rather than editing the tasks: the file checks that the",
             'embedded workflow still plans exactly these tasks."""', "",
             "import json", "", "from airflow.sdk import DAG", "",
-            "from invokeai_provider.compile import check_plan, dag_doc_md, dag_params, load_compiled, plan_key",
+            "from invokeai_provider.compile import check_plan, dag_params, load_compiled, plan_key",
             "from invokeai_provider.operator import " + ", ".join(compiled_ops + ["images_alias", "register_compiled"])]
     if node_ops:
         out.append("from invokeai_provider.operators import " + ", ".join(node_ops))
@@ -307,7 +290,7 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
             "compiled = load_compiled(DOCUMENT, granularity=GRANULARITY)",
             f"check_plan(compiled, {[c.task.task_id for c in calls]!r})",
             "KEY = plan_key(DAG_ID, compiled)", "register_compiled(KEY, compiled)", "",
-            'with DAG(dag_id=DAG_ID, params=dag_params(compiled), doc_md=dag_doc_md(compiled), schedule=None,',
+            'with DAG(dag_id=DAG_ID, params=dag_params(compiled), doc_md=compiled.doc_md, schedule=None,',
             '         tags=["invokeai"]) as dag:']
     for call in calls:
         kwargs = dict(call.kwargs)

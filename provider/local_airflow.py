@@ -79,10 +79,9 @@ def run_dag(home: Path, dag_id: str, conf: Optional[dict[str, Any]] = None) -> R
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(str(home / "dags"))
-    errors = {k: v for k, v in bag.import_errors.items()}
     dag = bag.get_dag(dag_id)
     if dag is None:
-        detail = "\n".join(f"{k}: {v.strip().splitlines()[-1]}" for k, v in errors.items())
+        detail = "\n".join(f"{k}: {v.strip().splitlines()[-1]}" for k, v in bag.import_errors.items())
         raise RuntimeError(f"DAG {dag_id!r} did not load from {home / 'dags'}" + (f":\n{detail}" if detail else ""))
     from airflow.sdk.exceptions import ParamValidationError
 

@@ -69,6 +69,11 @@ class _InvokeAITask(BaseOperator):
     """What every InvokeAI task shares: the run's environment, publishing outputs, records and assets."""
 
     ui_fgcolor = "#000000"
+    # set by the compiled-task constructors (plan_key None: a hand-written node operator)
+    plan_key: Optional[str]
+    plan_task: Optional[str]
+    upstream_tasks: list[str]
+    instance: Optional[dict[str, Any]]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,6 +107,31 @@ class _InvokeAITask(BaseOperator):
                      "dag_id": context["ti"].dag_id, "run_id": context["ti"].run_id}
             outlet_events[images_alias()].add(board_asset(tenant, board), extra=extra)
 
+    def _execute_compiled(self, context: "Context") -> Any:
+        """Runs the planned task ``plan_task`` of the compiled document ``plan_key``.
+
+        Publishes the task's records (key ``invokeai_records``) for other compiled tasks; returns the
+        instance list of the mapped task it feeds, else a summary for people (leaf outputs, images)."""
+        compiled = get_compiled(self.plan_key)
+        env = self._environment(context, self.plan_task)
+        if self.instance is not None:
+            context[LABEL_CONTEXT_KEY] = self.instance.get("label") or ""  # type: ignore[literal-required]
+        try:
+            output, emitted = run_task(compiled, env, upstream=_pull_records(context, self.upstream_tasks),
+                                       instance=self.instance)
+        except SkipTask as exc:
+            raise AirflowSkipException(str(exc)) from None
+        images = output.pop("images", [])
+        summary = {"outputs": output.pop("outputs", {}), "images": [i["image_name"] for i in images],
+                   "label": output.pop("label", "")}
+        context["ti"].xcom_push(key=RECORDS_KEY, value=output)
+        self._publish_images(context, images, env.tenant or "default")
+        if emitted:
+            [instances] = emitted.values()
+            self.log.info("feeds %s with %d mapped instances", next(iter(emitted)), len(instances))
+            return instances
+        return summary
+
     def on_kill(self) -> None:
         """Stops the engine between nodes and at the next denoising step."""
         self._cancel.set()
@@ -129,27 +159,7 @@ class CompiledTaskOperator(_InvokeAITask):
         self.instance = instance
 
     def execute(self, context: "Context") -> Any:
-        """Publishes the task's records (key ``invokeai_records``) for other compiled tasks; returns the
-        instance list of the mapped task it feeds, else a summary for people (leaf outputs, images)."""
-        compiled = get_compiled(self.plan_key)
-        env = self._environment(context, self.plan_task)
-        if self.instance is not None:
-            context[LABEL_CONTEXT_KEY] = self.instance.get("label") or ""  # type: ignore[literal-required]
-        try:
-            output, emitted = run_task(compiled, env, upstream=_pull_records(context, self.upstream_tasks),
-                                       instance=self.instance)
-        except SkipTask as exc:
-            raise AirflowSkipException(str(exc)) from None
-        images = output.pop("images", [])
-        summary = {"outputs": output.pop("outputs", {}), "images": [i["image_name"] for i in images],
-                   "label": output.pop("label", "")}
-        context["ti"].xcom_push(key=RECORDS_KEY, value=output)
-        self._publish_images(context, images, env.tenant or "default")
-        if emitted:
-            [instances] = emitted.values()
-            self.log.info("feeds %s with %d mapped instances", next(iter(emitted)), len(instances))
-            return instances
-        return summary
+        return self._execute_compiled(context)
 
 
 def _pull_records(context: "Context", task_ids: Sequence[str]) -> dict[str, Any]:
@@ -218,7 +228,7 @@ class InvocationOperator(_InvokeAITask):
 
     def execute(self, context: "Context") -> Any:
         if self.plan_key is not None:
-            return CompiledTaskOperator.execute(self, context)  # type: ignore[arg-type]
+            return self._execute_compiled(context)
         from invokeai_provider.task_runtime import run_single_node
 
         env = self._environment(context, self.task_id)

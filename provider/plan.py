@@ -109,12 +109,6 @@ class Plan:
                 return task
         raise KeyError(task_id)
 
-    def task_of_node(self, node_id: str) -> str:
-        for task in self.tasks:
-            if task.kind in (SEGMENT, COLLECT_TASK) and node_id in task.nodes:
-                return task.task_id
-        raise KeyError(node_id)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -12,7 +12,7 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.graph import Graph
@@ -33,6 +33,7 @@ class CompiledDocument:
     workflow_json: Optional[dict[str, Any]] = None
     batch: Optional[dict[str, Any]] = None  # the document's Batch as a dict
     name: str = ""
+    doc_md: str = ""  # the DAG's docs, made once per compile
 
 
 @dataclass
@@ -159,30 +160,27 @@ def _model_services(graph: dict[str, Any], env: TaskEnvironment, services: dict[
 
     if "models" in services or not (graph_names_models(graph) or _mentions_model(list(graph["nodes"].values()))):
         return services
-    from invokeai_provider.models.manager import ModelManager
-    from invokeai_provider.models.registry import ModelRegistry
-
-    return {**services, "models": shared_model_manager(env.model_root, ModelManager, ModelRegistry)}
+    return {**services, "models": shared_model_manager(env.model_root)}
 
 
 _MANAGERS: dict[Optional[str], Any] = {}
 _MANAGERS_LOCK = threading.Lock()
 
 
-def shared_model_manager(model_root: Optional[str], manager_class: Callable[..., Any],
-                         registry_class: Callable[..., Any]) -> Any:
+def shared_model_manager(model_root: Optional[str]) -> Any:
     """One model manager per model root in this process (a task process, or a long-lived runtime)."""
+    from invokeai_provider.models.manager import ModelManager
+    from invokeai_provider.models.registry import ModelRegistry
+
     with _MANAGERS_LOCK:
         if model_root not in _MANAGERS:
-            _MANAGERS[model_root] = manager_class(registry_class(model_root))
+            _MANAGERS[model_root] = ModelManager(ModelRegistry(model_root))
         return _MANAGERS[model_root]
 
 
 def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any], instance: Mapping[str, Any],
                 env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
     """Runs a segment's nodes with the engine, boundary values and batch values written in as literals."""
-    from invokeai_provider.engine import Engine, ExecutionState
-
     members = set(task.nodes)
     nodes = {n: dict(graph["nodes"][n]) for n in task.nodes}
     for fv in instance.get("field_values") or []:
@@ -192,36 +190,47 @@ def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any
         nodes[node_id][field_name] = value
     edges = [e for e in graph["edges"] if e["source"]["node_id"] in members and e["destination"]["node_id"] in members]
     sub = {"id": graph.get("id"), "nodes": nodes, "edges": edges}
-    services = _model_services(sub, env, services)
-    if "models" in services:
-        from invokeai_provider.models.binding import bind_model_fields
-
-        sub = bind_model_fields(sub, services["models"].registry)
-    session_graph = _session_graph(graph, instance)
-    if "models" in services:
-        from invokeai_provider.models.binding import bind_model_fields
-
-        session_graph = bind_model_fields(session_graph, services["models"].registry)
-    workflow_json = workflow_with_values(compiled.workflow_json, session_graph)
-    run = _run_context(env, session_graph, workflow_json, services)
-    subgraph = Graph.from_dict(sub)
-    subgraph.validate()
-    state = Engine(run).run(ExecutionState(subgraph))
+    state = _run_graph(sub, env, services, embedded_graph=_session_graph(graph, instance),
+                       workflow_json=compiled.workflow_json)
     values: dict[str, Any] = {}
     for key in task.outputs:
         node_id, _, field_name = key.rpartition(".")
         produced = state.outputs_of(node_id)
         if produced:
             values[key] = getattr(produced[0], field_name)
-    values = _jsonable(values)
     outputs = {n: state.outputs_of(n)[0].model_dump(mode="json") for n in task.nodes
                if n in compiled.plan.leaves and state.outputs_of(n)}
-    images = [record for records in state.records.values() for record in records]
     env.logger.info("task %s: ran %d nodes in %.2f s (%s)", env.task_id, len(state.history),
                     sum(state.timings.values()),
                     ", ".join(f"{k} {v:.2f}s" for k, v in sorted(state.timings.items(), key=lambda kv: -kv[1])[:5]))
-    return {"scope": task.scope, "records": [{"path": list(instance.get("path") or []), "values": values}],
-            "outputs": outputs, "images": images, "label": instance.get("label", "")}
+    return {"scope": task.scope, "records": [{"path": list(instance.get("path") or []), "values": _jsonable(values)}],
+            "outputs": outputs, "images": _images(state), "label": instance.get("label", "")}
+
+
+def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
+               embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]]) -> Any:
+    """Binds model names, validates and runs a task's (sub)graph; PNGs embed ``embedded_graph``
+    (default: the graph itself)."""
+    from invokeai_provider.engine import Engine, ExecutionState
+
+    services = _model_services(sub, env, services)
+    if "models" in services:
+        from invokeai_provider.models.binding import bind_model_fields
+
+        registry = services["models"].registry
+        sub = bind_model_fields(sub, registry)
+        if embedded_graph is not None:
+            embedded_graph = bind_model_fields(embedded_graph, registry)
+    if embedded_graph is None:
+        embedded_graph = sub
+    run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services)
+    graph = Graph.from_dict(sub)
+    graph.validate()
+    return Engine(run).run(ExecutionState(graph))
+
+
+def _images(state: Any) -> list[dict[str, Any]]:
+    return [record for records in state.records.values() for record in records]
 
 
 def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json: Optional[dict[str, Any]],
@@ -281,19 +290,7 @@ def _default_tenant() -> str:
 def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], env: TaskEnvironment,
                     services: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Runs one node from a hand-written DAG's operator; returns its output (JSON) and image records."""
-    from invokeai_provider.engine import Engine, ExecutionState
-
     node = {"id": node_id, "type": node_class.get_type(), **_jsonable(dict(inputs))}
     graph = {"id": f"{env.dag_id}.{node_id}", "nodes": {node_id: node}, "edges": []}
-    services = _model_services(graph, env, dict(services or {}))
-    if "models" in services:
-        from invokeai_provider.models.binding import bind_model_fields
-
-        graph = bind_model_fields(graph, services["models"].registry)
-    run = _run_context(env, graph, None, services)
-    parsed = Graph.from_dict(graph)
-    parsed.validate()
-    state = Engine(run).run(ExecutionState(parsed))
-    output = state.outputs_of(node_id)[0].model_dump(mode="json")
-    images = [record for records in state.records.values() for record in records]
-    return output, images
+    state = _run_graph(graph, env, dict(services or {}), embedded_graph=None, workflow_json=None)
+    return state.outputs_of(node_id)[0].model_dump(mode="json"), _images(state)

@@ -49,3 +49,17 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
     install_model(registry, str(build_embedding("sd-1", root / "tiny-embedding.safetensors", tokens=2)),
                   name="tiny-embedding", inplace=True)
     return registry
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(tmp_path_factory: pytest.TempPathFactory):
+    """A SeaweedFS S3 server on loopback for the session, with bucket ``invokeai-test``; stopped afterwards."""
+    from invokeai_provider.seaweed import SeaweedPorts, SeaweedServer, stop_process
+
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"), SeaweedPorts.free())
+    process = server.start()
+    try:
+        server.ensure_bucket("invokeai-test")
+        yield server
+    finally:
+        stop_process(process)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import uuid
 from pathlib import Path
@@ -97,7 +98,10 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     graph.validate()
     sessions = expand_batch(graph, document.batch)[0] if document.batch else [graph]
     run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
-    store = open_run_store(args.artifacts, tenant=args.tenant, dag_id=Path(args.file).stem, run_id=run_id)
+    from invokeai_provider.tenants import check_tenant
+
+    store = open_run_store(args.artifacts, tenant=check_tenant(args.tenant, field="--tenant"),
+                           dag_id=Path(args.file).stem, run_id=run_id)
     workflow_json = document.workflow.raw if document.workflow else None
     results = []
     for index, session in enumerate(sessions):
@@ -167,6 +171,13 @@ def ensure_demo_model(model_root: Optional[str]) -> None:
         from invokeai_provider.models.install import install_model
         from invokeai_provider.models.tiny import build_sd_model
 
+        if registry.is_remote:  # built in a scratch folder and uploaded
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="invokeai-demo-model-") as scratch:
+                print(f"building the tiny random-weight SD1.5 model for {registry.location}", file=sys.stderr)
+                install_model(registry, str(build_sd_model("sd-1", Path(scratch) / DEMO_MODEL)), name=DEMO_MODEL)
+            return
         target = registry.root / "tiny" / DEMO_MODEL
         if not target.exists():
             print(f"building the tiny random-weight SD1.5 model in {target}", file=sys.stderr)
@@ -220,6 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = Path(args.file)
     dag_id = args.dag_id or dag_id_for(source)
     conf, node_sets = _split_sets(args.set or [])
+    if getattr(args, "tenant", None):
+        conf["tenant"] = args.tenant  # the DAG's tenant Param: Airflow validates it before the run exists
     if node_sets:
         patched = patch_document(json.loads(source.read_text()), node_sets)
         source = home / "documents" / f"{dag_id}.json"
@@ -279,6 +292,53 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """The local distributed cluster: up, down, status, env."""
+    from invokeai_provider import cluster
+
+    state_dir = Path(args.state_dir)
+    if args.action == "up":
+        settings = cluster.up(state_dir, Path(args.dags_folder), database=args.database, api_port=args.api_port,
+                              demo_model=not args.no_demo_model, timeout=args.timeout)
+        print(f"cluster up: {settings.api_url} (user {cluster.ADMIN_USER}, password {settings.admin_password})")
+        print(f"S3: {settings.seaweed.endpoint_url}; state, logs and credentials in {settings.state_dir}")
+        return 0
+    if args.action == "down":
+        cluster.down(state_dir, purge=args.purge)
+        print("cluster down" + (" (database and state removed)" if args.purge else ""))
+        return 0
+    if args.action == "env":
+        settings = cluster.ClusterSettings.load(state_dir.resolve())
+        for key, value in sorted(cluster.airflow_env(settings).items()):
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+    report = cluster.status(state_dir.resolve())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, service in report["services"].items():
+            print(f"{name:15} {'running' if service['alive'] else 'DOWN':8} pid {service['pid']}  "
+                  f"restarts {service['restarts']}")
+        print(f"api-server {report['api_url']}: {json.dumps(report['health'])}")
+    healthy = report["supervisor_alive"] and all(s["alive"] for s in report["services"].values())
+    return 0 if healthy else 3
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """A tenant's usage records, summed (see `invokeai_provider.usage`)."""
+    from invokeai_provider.storage import default_artifact_root
+    from invokeai_provider.usage import format_summary, usage_report
+
+    summary = usage_report(args.artifacts or default_artifact_root(), args.tenant, dag_id=args.dag_id,
+                           run_id=args.run_id, since=args.since)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invokeai-airflow", description="InvokeAI node graphs on Apache Airflow.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
     run_cmd.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     run_cmd.add_argument("--json", action="store_true", help="print the whole run (tasks, records, asset events)")
+    run_cmd.add_argument("--tenant", help="the run's tenant Param: its storage prefix (default: [invokeai] "
+                                          "default_tenant)")
     run_cmd.set_defaults(func=cmd_run)
 
     compile_cmd = sub.add_parser("compile", help="write a readable Airflow DAG file for a graph or workflow")
@@ -332,22 +394,48 @@ def build_parser() -> argparse.ArgumentParser:
     compile_cmd.add_argument("-o", "--output", metavar="OUT.py", help="output file (default: stdout)")
     compile_cmd.set_defaults(func=cmd_compile)
 
+    cluster_cmd = sub.add_parser("cluster", help="a local distributed cluster on loopback: Celery, PostgreSQL, S3")
+    cluster_cmd.add_argument("action", choices=("up", "down", "status", "env"),
+                             help="start (and wait until healthy), stop, report, or print the shell exports "
+                                  "that point the airflow CLI at it")
+    cluster_cmd.add_argument("--state-dir", default=".cluster", help="state, logs and credentials (default: .cluster)")
+    cluster_cmd.add_argument("--dags-folder", default="dags", help="the dags folder (default: ./dags)")
+    cluster_cmd.add_argument("--database", help="PostgreSQL database (default: invokeai_airflow)")
+    cluster_cmd.add_argument("--api-port", type=int, help="api-server port (default: 28080)")
+    cluster_cmd.add_argument("--no-demo-model", action="store_true", help="do not install the tiny demo model")
+    cluster_cmd.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default: 300)")
+    cluster_cmd.add_argument("--purge", action="store_true", help="with down: drop the database and the state dir")
+    cluster_cmd.add_argument("--json", action="store_true", help="with status: print JSON")
+    cluster_cmd.set_defaults(func=cmd_cluster)
+
+    usage = sub.add_parser("usage", help="sum a tenant's usage records: images, denoising steps, GPU seconds, models")
+    usage.add_argument("--tenant", required=True, help="the tenant whose <tenant>/usage/ records are read")
+    usage.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
+    usage.add_argument("--dag-id", help="only this DAG's runs")
+    usage.add_argument("--run-id", help="only this run")
+    usage.add_argument("--since", metavar="ISO", help="only tasks started at or after this date or time (UTC unless "
+                                                      "an offset is given)")
+    usage.add_argument("--json", action="store_true", help="print one JSON object: totals and one entry per run")
+    usage.set_defaults(func=cmd_usage)
+
     models = sub.add_parser("models", help="install and list models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     install = models_sub.add_parser("install", help="install a model from a path, an http(s) URL or a HF repo id")
     install.add_argument("source")
     install.add_argument("--name", help="name to register it under (default: the file or folder name)")
-    install.add_argument("--inplace", action="store_true", help="register a local path where it is instead of copying")
+    install.add_argument("--inplace", action="store_true",
+                         help="register a local path where it is instead of copying (local model roots only)")
     install.add_argument("--allow-pickle", action="store_true",
                          help="accept a pickled checkpoint (.ckpt/.pt/.bin); it is scanned before it is read")
     install.add_argument("--allow-private-urls", action="store_true", help="allow URLs that resolve to private hosts")
     install.add_argument("--config", metavar="DIR",
                          help="for a single-file checkpoint: a diffusers folder of the same architecture")
-    install.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
+    install.add_argument("--model-root", metavar="URI",
+                         help="model root, file:///path or s3://[CONN_ID@]bucket/prefix (default: [invokeai] model_root)")
     install.set_defaults(func=cmd_models_install)
     listing = models_sub.add_parser("list", help="list the registered models")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--model-root", metavar="URI")
+    listing.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     listing.set_defaults(func=cmd_models_list)
     return parser
 

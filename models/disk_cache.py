@@ -23,9 +23,20 @@ Fetch = Callable[[Path], None]
 
 
 def _tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes under ``path``; files another process removes meanwhile count as nothing."""
+    if not path.is_dir():
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return 0
+    total = 0
+    for folder, _, files in os.walk(path):  # os.walk skips folders that vanish while it runs
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
 
 
 class DiskCache:
@@ -37,6 +48,8 @@ class DiskCache:
         (self.root / "staging").mkdir(parents=True, exist_ok=True)
 
     def _entry(self, key: str) -> Path:
+        if "/" in key:
+            raise ValueError(f"disk cache key {key!r} must be a single path segment")
         return self.root / "entries" / check_key(key)
 
     @contextmanager
@@ -100,11 +113,16 @@ class DiskCache:
             with self._lock(path.name, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
                 if not free:
                     continue  # in use by another process
+                if not path.exists():  # another process evicted it first
+                    continue
                 size = _tree_bytes(path)
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
+                # renamed away first, so a removal that fails halfway never leaves a partial entry behind
+                trash = self.root / "staging" / f"evicted-{uuid.uuid4().hex}"
+                os.replace(path, trash)
+                if trash.is_dir():
+                    shutil.rmtree(trash, ignore_errors=True)
                 else:
-                    path.unlink(missing_ok=True)
+                    trash.unlink(missing_ok=True)
                 total -= size
 
     def keys(self) -> list[str]:

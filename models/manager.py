@@ -6,6 +6,10 @@ registry (``<model root>/converted/<key>``, written atomically), so every later 
 layout. The conversion needs a diffusers config folder of the checkpoint's architecture: the record's
 ``config_path`` (``--config``) when given, else the bundled one for its probed base/variant/prediction type
 (``arch_configs``), written once to ``<model root>/configs/<base>-<variant>-<prediction>``.
+
+A remote model root (S3) is read through the host's disk cache: the files are held in it while they are
+loaded, so eviction never removes them mid-read; the converted folder is a cache entry of its own (keyed by
+the model's hash) and the architecture configs go to ``<cache dir>/configs``: nothing is written back to S3.
 """
 
 from __future__ import annotations
@@ -115,11 +119,13 @@ class ModelManager:
             if config.type is ModelType.LoRA:
                 from invokeai_provider.models.lora import load_lora_file
 
-                return load_lora_file(self.registry.model_path(config))
+                with self.registry.local_model(config) as local:
+                    return load_lora_file(local.path)
             if config.type is ModelType.TextualInversion:
                 from safetensors.torch import load_file
 
-                return load_file(str(self.registry.model_path(config)))
+                with self.registry.local_model(config) as local:
+                    return load_file(str(local.path))
         except InvokeAIProviderError:
             raise
         except Exception as exc:
@@ -130,8 +136,10 @@ class ModelManager:
     def _load_main_part(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
         if part is None:
             raise ModelLoadError(f"model {config.name!r} is a main model: name the submodel to load")
-        folder = self.diffusers_folder(config)
-        sub = folder / part.value
+        with self._diffusers_files(config) as folder:
+            return self._load_submodel(config, part, folder / part.value)
+
+    def _load_submodel(self, config: ModelConfig, part: SubModelType, sub: Path) -> Any:
         if part is SubModelType.Scheduler:
             return json.loads((sub / "scheduler_config.json").read_text())
         if part in (SubModelType.Tokenizer, SubModelType.Tokenizer2):
@@ -159,45 +167,69 @@ class ModelManager:
     def _load_vae(self, config: ModelConfig) -> Any:
         from diffusers import AutoencoderKL
 
-        path = self.registry.model_path(config)
-        if config.format is ModelFormat.Diffusers:
-            return AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=self.dtype).eval()
-        if not config.config_path:
-            raise ModelLoadError(f"VAE {config.name!r} is a single file without a config_path to build it from")
-        return AutoencoderKL.from_single_file(str(path), config=config.config_path, local_files_only=True,
-                                              torch_dtype=self.dtype).eval()
+        with self.registry.local_model(config) as local:
+            if config.format is ModelFormat.Diffusers:
+                return AutoencoderKL.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
+            if local.config_path is None:
+                raise ModelLoadError(f"VAE {config.name!r} is a single file without a config_path to build it from")
+            return AutoencoderKL.from_single_file(str(local.path), config=str(local.config_path),
+                                                  local_files_only=True, torch_dtype=self.dtype).eval()
 
     def diffusers_folder(self, config: ModelConfig) -> Path:
-        """Where the model's diffusers layout is: its own folder, or its converted copy for a checkpoint."""
-        path = self.registry.model_path(config)
+        """Where the model's diffusers layout is: its own folder, or its converted copy for a checkpoint.
+
+        For a remote root the folder is in the host's disk cache and is not held once this returns; loaders
+        use ``_diffusers_files``, which holds it while they read.
+        """
+        with self._diffusers_files(config) as folder:
+            return folder
+
+    @contextmanager
+    def _diffusers_files(self, config: ModelConfig) -> Iterator[Path]:
+        """The model's diffusers folder on this host, kept (not evicted) for the duration of the block."""
         if config.format is ModelFormat.Diffusers:
-            return path
+            with self.registry.local_model(config) as local:
+                yield local.path
+            return
+        if config.base not in PIPELINE_CLASSES:
+            raise ModelLoadError(f"model {config.name!r}: single-file {config.base.value} checkpoints are not "
+                                 f"supported (supported bases: {', '.join(b.value for b in PIPELINE_CLASSES)})")
+        if self.registry.is_remote:
+            # its own cache entry, keyed by the model's hash; the cache's entry lock makes one process convert it
+            key = f"converted-{self.registry.cache_key(config)}"
+            with self.registry.disk_cache.use(key, lambda staging: self._convert(config, staging)) as folder:
+                yield folder
+            return
         target = self.registry.root / "converted" / config.key
         with self._convert_lock:
-            if (target / "model_index.json").is_file():
-                return target
-            import diffusers
+            if not (target / "model_index.json").is_file():
+                staging = target.with_name(f".{config.key}.{os.getpid()}.partial")
+                shutil.rmtree(staging, ignore_errors=True)
+                try:
+                    self._convert(config, staging)
+                    staging.rename(target)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+        yield target
 
-            if config.base not in PIPELINE_CLASSES:
-                raise ModelLoadError(f"model {config.name!r}: single-file {config.base.value} checkpoints are not "
-                                     f"supported (supported bases: {', '.join(b.value for b in PIPELINE_CLASSES)})")
-            pipeline_class = getattr(diffusers, PIPELINE_CLASSES[config.base])
-            pipeline = pipeline_class.from_single_file(str(path), config=str(self._architecture_config(config)),
+    def _convert(self, config: ModelConfig, destination: Path) -> None:
+        """Writes the diffusers folder of a single-file checkpoint at ``destination``."""
+        import diffusers
+
+        pipeline_class = getattr(diffusers, PIPELINE_CLASSES[config.base])
+        with self.registry.local_model(config) as local:
+            architecture = local.config_path or self._architecture_config(config)
+            pipeline = pipeline_class.from_single_file(str(local.path), config=str(architecture),
                                                        local_files_only=True)
-            staging = target.with_name(f".{config.key}.{os.getpid()}.partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            pipeline.save_pretrained(staging, safe_serialization=True)
-            staging.rename(target)
-        return target
+        pipeline.save_pretrained(destination, safe_serialization=True)
 
     def _architecture_config(self, config: ModelConfig) -> Path:
-        """The diffusers config folder to convert a checkpoint with: ``--config``, else the bundled one.
+        """The bundled diffusers config folder for a checkpoint installed without ``--config``.
 
-        The bundled folder is shared by every checkpoint of the same architecture, so it is written once, into a
-        temporary folder renamed into place: concurrent workers never read a half-written one.
+        The folder is shared by every checkpoint of the same architecture, so it is written once, into a temporary
+        folder renamed into place: concurrent workers never read a half-written one. It goes beside the registry
+        of a local root, and into the host's disk cache folder for a remote one.
         """
-        if config.config_path:
-            return Path(config.config_path)
         from invokeai_provider.models import arch_configs
 
         variant = config.variant or ModelVariantType.Normal
@@ -207,7 +239,7 @@ class ModelManager:
                 f"model {config.name!r} is a single-file {config.base.value} checkpoint ({variant.value}, "
                 f"{prediction.value}) with no bundled diffusers config for that architecture; install it with --config "
                 "pointing at a diffusers folder of the same architecture")
-        target = self.registry.root / "configs" / f"{config.base.value}-{variant.value}-{prediction.value}"
+        target = self.registry.work_dir / "configs" / f"{config.base.value}-{variant.value}-{prediction.value}"
         if (target / "model_index.json").is_file():
             return target
         staging = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")

@@ -157,7 +157,9 @@ def worker_hostname() -> str:
 
 
 def service_env(settings: ClusterSettings, name: str) -> dict[str, str]:
-    env = {**os.environ, **airflow_env(settings)}
+    """The cluster's configuration only: Airflow settings of the calling shell do not leak in."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env = {**inherited, **airflow_env(settings)}
     if name in WORKER_QUEUES:
         env["INVOKEAI_WORKER_NAME"] = name
         env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] = "invokeai_provider.cluster.worker_hostname"
@@ -419,10 +421,9 @@ def _wait_for_s3(settings: ClusterSettings, timeout: float) -> None:
 
 def install_demo_model(settings: ClusterSettings) -> None:
     """The tiny SD1.5 model of the demo, in the cluster's S3 model root (skipped when registered)."""
-    env = {k: v for k, v in airflow_env(settings).items() if k.startswith(("AIRFLOW__INVOKEAI__", "AIRFLOW_CONN_"))}
     result = subprocess.run([sys.executable, "-c", "from invokeai_provider.cli import ensure_demo_model; "
                              "ensure_demo_model(None)"],
-                            env={**os.environ, **env}, capture_output=True, text=True)
+                            env=service_env(settings, "cli"), capture_output=True, text=True)
     if result.returncode != 0:
         raise ClusterError(f"installing the demo model failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
 

@@ -168,9 +168,11 @@ def _operator_class(name: str) -> Any:
 
 
 def dag_params(compiled: CompiledDocument) -> dict[str, Any]:
-    from invokeai_provider.params import airflow_params
+    """The trigger form: the workflow's Params, then ``tenant`` (read from the config at every parse)."""
+    from invokeai_provider.params import airflow_params, tenant_param
+    from invokeai_provider.tenants import TENANT_PARAM
 
-    return airflow_params(compiled.param_specs)
+    return {**airflow_params(compiled.param_specs), TENANT_PARAM: tenant_param()}
 
 
 def _doc_md(compiled: CompiledDocument, document: "Document") -> str:
@@ -188,6 +190,8 @@ def _doc_md(compiled: CompiledDocument, document: "Document") -> str:
         mapped = ", ".join(plan.axis_labels.get(a, a) for a in task.scope) if task.mapped else ""
         nodes = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
         lines.append(f"| `{task.task_id}` | {task.queue} | {mapped} | {nodes} |")
+    lines += ["", "The `tenant` Param (section *Run*) is the storage prefix of the run's images and usage records: "
+              "`<tenant>/runs/...`, `<tenant>/usage/...`."]
     return "\n".join(lines)
 
 
@@ -211,10 +215,22 @@ def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", mo
     dag_kwargs.setdefault("tags", ["invokeai"])
     dag_kwargs.setdefault("doc_md", compiled.doc_md)
     dag_kwargs.setdefault("render_template_as_native_obj", False)
+    dag_kwargs["default_args"] = {**default_task_args(), **dict(dag_kwargs.get("default_args") or {})}
     params = {**dag_params(compiled), **dict(dag_kwargs.pop("params", None) or {})}
     with DAG(dag_id=dag_id, params=params, **dag_kwargs) as dag:
         instantiate(task_calls(compiled), key)
     return dag
+
+
+def default_task_args() -> dict[str, Any]:
+    """Retries for every compiled task (``[invokeai] task_retries`` / ``task_retry_delay_seconds``): a lost
+    worker or a storage outage fails a try, and deterministic artifact names make the retry overwrite it."""
+    from datetime import timedelta
+
+    from invokeai_provider.config import get_option
+
+    return {"retries": int(get_option("task_retries") or 0),
+            "retry_delay": timedelta(seconds=float(get_option("task_retry_delay_seconds") or 0))}
 
 
 def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:

@@ -15,14 +15,29 @@ SECTION = "invokeai"
 
 # option -> (default, description); also the source of get_provider_info()["config"].
 OPTIONS: dict[str, tuple[Optional[str], str]] = {
-    "artifact_root": (None, "Where images, tensors and run manifests are written: file:///path (default ./artifacts)."),
-    "model_root": (None, "Where model files and their registry records live: file:///path."),
-    "model_cache_dir": (None, "Host-local disk cache for model files from a remote model root."),
+    "artifact_root": (None, "Where images, tensors and run manifests are written: file:///path (default ./artifacts) "
+                            "or s3://[CONN_ID@]bucket/prefix."),
+    "model_root": (None, "Where model files and their registry records live: file:///path or s3://bucket/prefix."),
+    "model_cache_dir": (None, "Host-local disk cache for model files from a remote model root "
+                              "(default ~/.cache/invokeai-airflow/models); shared by the workers of a host."),
+    "model_cache_gb": ("200", "Byte budget of the model disk cache, in GiB; least recently used models go first."),
     "gpu_queue": ("gpu", "Celery queue that GPU nodes are routed to."),
     "default_tenant": ("default", "Tenant used for storage prefixes when a run names none."),
     "ram_cache_gb": ("8", "RAM budget of the in-process model cache, in GiB."),
     "vram_cache_gb": ("0", "VRAM budget of the model cache, in GiB (0: as much as the device allows)."),
+    "task_retries": ("2", "Retries of every compiled workflow task (a DAG's default_args may override it)."),
+    "task_retry_delay_seconds": ("10", "Seconds between a failed try of a compiled task and its retry."),
     "runtime_socket": (None, "Unix socket of the per-GPU runtime; unset means tasks run in-process."),
+    "s3_conn_id": ("invokeai_s3", "Airflow connection (type invokeai_s3 or aws) holding the key id (login), secret "
+                                  "(password) and extras endpoint_url / region_name for s3:// roots that name no "
+                                  "connection; when it does not exist boto3's default credential chain (AWS_* "
+                                  "environment, config files, instance role) is used."),
+    "presign_expiry_seconds": ("604800", "Lifetime of the presigned GET URLs put in image records for s3:// roots, in "
+                                         "seconds (at most 604800, the SigV4 maximum of 7 days)."),
+    "s3_multipart_threshold_mb": ("64", "Files at least this large (MiB) are uploaded to S3 in parts of this size "
+                                        "(at least 5, S3's smallest part)."),
+    "s3_retry_seconds": ("120", "How long an S3 operation keeps retrying connection errors, 5xx and SlowDown "
+                                "answers (exponential backoff with jitter) before failing, in seconds."),
 }
 
 

@@ -111,6 +111,7 @@ class ImagesInterface:
             "updated_at": now,
             "board_id": board_id,
             "uri": run.store.uri("images", name),
+            "url": run.store.url("images", name),
             "tenant": run.store.tenant,
             "task_id": run.task_id,
             "map_index": run.map_index,

@@ -125,3 +125,7 @@ class ArtifactNotFoundError(InvokeAIProviderError):
 
 class InvalidArtifactKeyError(InvokeAIProviderError):
     """A name or prefix that would escape its place in the store."""
+
+
+class ArtifactStoreUnavailableError(InvokeAIProviderError):
+    """The artifact store kept failing transiently (unreachable, 5xx, SlowDown) for its whole retry window."""

@@ -17,6 +17,23 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "integrations": [{"integration-name": "InvokeAI", "external-doc-url": "https://github.com/invoke-ai/InvokeAI",
                           "tags": ["software"]}],
+        "connection-types": [{
+            "connection-type": "invokeai_s3",
+            "hook-class-name": "invokeai_provider.s3.InvokeAIS3Hook",
+            "hook-name": "InvokeAI S3 storage",
+            "conn-fields": {
+                "endpoint_url": {"label": "Endpoint URL",
+                                 "description": "S3-compatible endpoint (MinIO, SeaweedFS...); empty for AWS S3.",
+                                 "schema": {"type": ["string", "null"]}},
+                "region_name": {"label": "Region", "description": "Signing region, e.g. us-east-1.",
+                                "schema": {"type": ["string", "null"]}},
+            },
+            "ui-field-behaviour": {
+                "hidden-fields": ["schema", "port", "host"],
+                "relabeling": {"login": "Access key id", "password": "Secret access key"},
+                "placeholders": {"endpoint_url": "http://127.0.0.1:8333", "region_name": "us-east-1"},
+            },
+        }],
         "config": {
             SECTION: {
                 "description": "Settings of the InvokeAI provider: storage, models, GPU routing and caches.",

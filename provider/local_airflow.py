@@ -33,6 +33,8 @@ def prepare_home(home: Path) -> Path:
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
     os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+    # one dag.test() run in this process: a failed task fails the run at once instead of waiting to retry
+    os.environ.setdefault("AIRFLOW__INVOKEAI__TASK_RETRIES", "0")
     if "airflow.configuration" in sys.modules:
         raise RuntimeError("Airflow was imported before its home was prepared")
     return home

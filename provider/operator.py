@@ -12,16 +12,20 @@ registry that compiling the DAG file fills, so the DAG's serialised form stays s
 
 from __future__ import annotations
 
+import socket
 import threading
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from invokeai_provider.config import get_option
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.plan import node_class_produces_images
 from invokeai_provider.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
+from invokeai_provider.tenants import InvalidTenantError, resolve_tenant
+from invokeai_provider.usage import USAGE_XCOM_KEY, UsageMeter, store_usage
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -83,12 +87,30 @@ class _InvokeAITask(BaseOperator):
         params = dict(context.get("params") or {})
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
+        dag_run = context.get("dag_run")
+        try:  # compiled DAGs have a validated tenant Param; hand-written ones are checked here, before any work
+            tenant = resolve_tenant(params, getattr(dag_run, "conf", None), get_option("default_tenant"))
+        except InvalidTenantError as exc:
+            raise AirflowFailException(str(exc)) from None  # no retry can fix it
+        self._started = datetime.now(timezone.utc)
         return TaskEnvironment(
             dag_id=ti.dag_id, run_id=ti.run_id, task_id=task_id,
             map_index=map_index if map_index is not None and map_index >= 0 else None,
             params=params, logger=self.log, cancel_event=self._cancel,
             artifact_root=get_option("artifact_root"), model_root=get_option("model_root"),
-            tenant=params.get("tenant") or get_option("default_tenant") or "default")
+            tenant=tenant, usage=UsageMeter())
+
+    def _record_usage(self, context: "Context", env: TaskEnvironment) -> None:
+        """The task's usage (see `invokeai_provider.usage`) to XCom ``invokeai_usage`` and the artifact store."""
+        ti = context["ti"]
+        record = store_usage(env.usage, env.artifact_root, tenant=env.tenant or "default", dag_id=env.dag_id,
+                             run_id=env.run_id, task_id=env.task_id, map_index=env.map_index,
+                             try_number=getattr(ti, "try_number", None),
+                             hostname=getattr(ti, "hostname", None) or socket.gethostname(),
+                             started=getattr(self, "_started", None) or datetime.now(timezone.utc),
+                             ended=datetime.now(timezone.utc))
+        if record is not None:
+            ti.xcom_push(key=USAGE_XCOM_KEY, value=record)
 
     def _publish_images(self, context: "Context", images: list[dict[str, Any]], tenant: str) -> None:
         """Image records go to XCom; the non-intermediate ones also become Asset events, one per board."""
@@ -126,6 +148,7 @@ class _InvokeAITask(BaseOperator):
                    "label": output.pop("label", "")}
         context["ti"].xcom_push(key=RECORDS_KEY, value=output)
         self._publish_images(context, images, env.tenant or "default")
+        self._record_usage(context, env)
         if emitted:
             [instances] = emitted.values()
             self.log.info("feeds %s with %d mapped instances", next(iter(emitted)), len(instances))
@@ -238,6 +261,7 @@ class InvocationOperator(_InvokeAITask):
             if name != "type":
                 ti.xcom_push(key=name, value=value)
         self._publish_images(context, images, env.tenant or "default")
+        self._record_usage(context, env)
         return output
 
 

@@ -3,7 +3,9 @@
 Each exposed field of a saved workflow becomes one Param whose JSON schema uses the keys Airflow 3.3's
 trigger form renders (type, enum + values_display, format, minimum/maximum, section, ...). The schema is
 derived from the node field's annotation and constraints, the workflow's 4.0 form settings and the
-workflow's literal value. Each batch datum becomes an array Param in the "Batch" section.
+workflow's literal value. Each batch datum becomes an array Param in the "Batch" section. Every compiled
+DAG also gets the ``tenant`` Param (section "Run"): its storage prefix, validated by Airflow before a run
+exists; an exposed field that would be named ``tenant`` is named ``tenant_2`` instead.
 
 Nothing heavy is imported here; Airflow is imported only inside :func:`airflow_params`.
 """
@@ -25,6 +27,7 @@ from pydantic_core import to_jsonable_python
 
 from invokeai_provider.errors import BatchItemsTypeError, NodeFieldNotFoundError, NodeNotFoundError, WorkflowError
 from invokeai_provider.fields import BoardField, ImageField, ModelIdentifierField
+from invokeai_provider.tenants import ARTIFACT_NAME_PATTERN, TENANT_PARAM, TENANT_PATTERN, TENANT_RULE, check_tenant
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
@@ -34,16 +37,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_SECTION",
+    "RUN_SECTION",
     "ParamSpec",
     "airflow_params",
     "model_names_from_registry",
     "param_specs",
     "scheduler_label",
+    "tenant_param",
+    "tenant_schema",
     "to_node_value",
     "workflow_doc_md",
 ]
 
 BATCH_SECTION = "Batch"
+RUN_SECTION = "Run"
 KINDS = ("value", "model", "image", "board", "batch")
 _BOARD_NONE = (None, "", "none", "auto")
 
@@ -102,8 +109,8 @@ def scheduler_label(name: str) -> str:
 class _Namer:
     """Hands out unique names: the first use of a base keeps it, later ones get _2, _3, ..."""
 
-    def __init__(self) -> None:
-        self.used: set[str] = set()
+    def __init__(self, reserved: tuple[str, ...] = ()) -> None:
+        self.used: set[str] = set(reserved)
 
     def __call__(self, base: str) -> str:
         base = base or "param"
@@ -213,8 +220,10 @@ def _base_schema(annotation: Any, info: Optional[FieldInfo], node_id: str, field
         return {"type": "number"}
     if annotation is str:
         return {"type": "string"}
-    if _is_subclass(annotation, (ModelIdentifierField, ImageField)):
+    if _is_subclass(annotation, ModelIdentifierField):
         return {"type": "string"}
+    if _is_subclass(annotation, ImageField):  # a name in the run's store: never a path, URI or other tenant's key
+        return {"type": "string", "pattern": ARTIFACT_NAME_PATTERN}
     if _is_subclass(annotation, BoardField):
         return {"type": "string"}
     if origin in (list, tuple, set, frozenset):
@@ -598,7 +607,7 @@ def param_specs(document: "Document", *, model_names: Optional[ModelNames] = Non
     list becomes the field's dropdown. Exposed fields that an edge feeds, and repeats of a field already
     exposed, are left out (a value there would be ignored).
     """
-    namer = _Namer()
+    namer = _Namer(reserved=(TENANT_PARAM,))
     specs: list[ParamSpec] = []
     if document.workflow is not None:
         legacy = _is_legacy(document)
@@ -657,6 +666,34 @@ def airflow_params(specs: list[ParamSpec]) -> dict[str, "Param"]:
         else:
             params[spec.name] = Param(description=description, **schema)
     return params
+
+
+def tenant_schema(default: str) -> dict[str, Any]:
+    """The ``tenant`` Param's JSON schema (with its default), so the form and REST conf are checked by
+    Airflow before a run exists. The default is checked too: a bad ``[invokeai] default_tenant`` fails
+    DAG parsing with a message naming the option, not every run."""
+    return {
+        "default": check_tenant(default, field="[invokeai] default_tenant"),
+        "type": "string",
+        "pattern": TENANT_PATTERN,
+        "minLength": 1,
+        "maxLength": 63,
+        "title": "Tenant",
+        "description": f"Storage prefix of this run's images, tensors and usage records (<tenant>/...): {TENANT_RULE}.",
+        "section": RUN_SECTION,
+    }
+
+
+def tenant_param(default: Optional[str] = None) -> "Param":
+    """The ``tenant`` Param of a compiled DAG; ``default`` falls back to ``[invokeai] default_tenant``."""
+    from airflow.sdk import Param
+
+    if default is None:
+        from invokeai_provider.config import get_option
+
+        default = get_option("default_tenant") or "default"
+    schema = tenant_schema(default)
+    return Param(schema.pop("default"), description=schema.pop("description"), **schema)
 
 
 # --- documentation ----------------------------------------------------------------------------------

@@ -90,6 +90,9 @@ class SeaweedServer:
             "-filer", f"-filer.port={self.ports.filer}",
             "-s3", f"-s3.port={self.ports.s3}", f"-s3.config={self.data_dir / 's3.json'}",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
+            # the gateway's Iceberg and Lance endpoints default to fixed ports (8181, 9101): off, so that
+            # several servers can run on one machine
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
 
     def write_config(self) -> None:

@@ -1,9 +1,10 @@
 """Artifact store: where images, tensors and conditioning live between nodes and after a run.
 
 Layout (ARCHITECTURE §3): ``<root>/<tenant>/runs/<dag_id>/<run_id>/{images,tensors,conditioning}/<name>``
-plus ``manifest.jsonl`` per run. Writes are atomic (a reader never sees half an object under its final key)
-and names are deterministic, so a retried task overwrites what its first try wrote instead of adding to it.
-The backend interface is byte-oriented so an S3 backend can implement it with the same semantics.
+plus ``manifest/<kind>-<name>.json`` per run (one small object per entry: S3 has no append). Writes are
+atomic (a reader never sees half an object under its final key) and names are deterministic, so a retried
+task overwrites what its first try wrote instead of adding to it. Backends: a local directory here, S3 in
+`invokeai_provider.s3`, both with the same contract.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
-import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -40,30 +41,57 @@ def check_key(key: str) -> str:
 
 
 class ArtifactBackend(ABC):
-    """Bytes under keys. Implementations: a local directory now; S3 comes later with the same contract."""
+    """Bytes and files under keys (``check_key``-safe relative paths below the backend's root)."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
         """Writes atomically: the object appears under ``key`` whole or not at all."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; ArtifactNotFoundError (naming its URI) when there is none."""
+
+    @abstractmethod
+    def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Stores a (possibly large) local file under ``key``, streamed; atomic like `write_bytes`."""
+
+    @abstractmethod
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Copies the object to ``local_path``, streamed; the file appears there whole or not at all."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Removes the object; deleting a missing key is not an error."""
 
     @abstractmethod
-    def list(self, prefix: str) -> Iterator[str]: ...
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys below the folder ``prefix`` ('' for all), relative to the backend's root, sorted."""
 
     @abstractmethod
-    def append_line(self, key: str, line: str) -> None:
-        """Appends one line (the run manifest); each line lands whole."""
+    def uri(self, key: str) -> str:
+        """The object's identity (``file:///...`` or ``s3://bucket/...``), for records and messages."""
 
     @abstractmethod
-    def uri(self, key: str) -> str: ...
+    def url(self, key: str, expires_in: Optional[int] = None) -> str:
+        """A URL a client can fetch the object from: the file URI locally, a presigned GET on S3."""
+
+
+def _atomic_copy(source: Path, destination: Path) -> None:
+    """Copies through a temporary file beside ``destination``, then renames it into place."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 8 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class LocalArtifactBackend(ArtifactBackend):
@@ -71,7 +99,6 @@ class LocalArtifactBackend(ArtifactBackend):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
-        self._append_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -97,6 +124,15 @@ class LocalArtifactBackend(ArtifactBackend):
         except FileNotFoundError:
             raise ArtifactNotFoundError(f"no artifact at {self.uri(key)}") from None
 
+    def upload_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        _atomic_copy(Path(local_path), self._path(key))
+
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise ArtifactNotFoundError(f"no artifact at {self.uri(key)}")
+        _atomic_copy(source, Path(local_path))
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -111,28 +147,26 @@ class LocalArtifactBackend(ArtifactBackend):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 yield path.relative_to(self.root).as_posix()
 
-    def append_line(self, key: str, line: str) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = (line.rstrip("\n") + "\n").encode()
-        with self._append_lock:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, payload)
-            finally:
-                os.close(fd)
-
     def uri(self, key: str) -> str:
         return (self.root / key).as_uri()
 
+    def url(self, key: str, expires_in: Optional[int] = None) -> str:
+        """The file URI: a local store has nothing to sign and nothing expires."""
+        return self._path(key).as_uri()
+
 
 def backend_for_uri(uri: str) -> ArtifactBackend:
-    """``file:///abs/path`` or a plain path; other schemes belong to backends added later."""
+    """``file:///abs/path``, a plain path, or ``s3://[CONN_ID@]bucket/prefix`` (credentials from an Airflow
+    connection, `invokeai_provider.s3`)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = unquote(parsed.path) if parsed.scheme == "file" else uri
         return LocalArtifactBackend(path)
-    raise ValueError(f"artifact root {uri!r}: unsupported scheme {parsed.scheme!r} (expected file://)")
+    if parsed.scheme == "s3":
+        from invokeai_provider.s3 import S3ArtifactBackend  # boto3 and Airflow's SDK only when S3 is used
+
+        return S3ArtifactBackend.from_uri(uri)
+    raise ValueError(f"artifact root {uri!r}: unsupported scheme {parsed.scheme!r} (expected file:// or s3://)")
 
 
 class RunStore:
@@ -169,15 +203,28 @@ class RunStore:
     def uri(self, kind: str, name: str) -> str:
         return self.backend.uri(self.key(kind, name))
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """Adds one line to the run's manifest.jsonl."""
-        self.backend.append_line(f"{self.prefix}/manifest.jsonl", json.dumps(entry, sort_keys=True, default=str))
+    def url(self, kind: str, name: str, expires_in: Optional[int] = None) -> str:
+        return self.backend.url(self.key(kind, name), expires_in)
+
+    def manifest_key(self, entry: dict[str, Any]) -> str:
+        """``<run>/manifest/<kind>-<name>.json``: named by what the entry is about, so a retried task
+        overwrites its own entry instead of adding a second one."""
+        kind, name = entry.get("kind"), entry.get("image_name") or entry.get("name")
+        if not isinstance(kind, str) or not kind or not isinstance(name, str) or not name:
+            raise ValueError(f"manifest entry needs string 'kind' and 'image_name' (or 'name') fields, got keys "
+                             f"{sorted(entry)}")
+        return check_key(f"{self.prefix}/manifest/{safe_segment(kind)}-{safe_segment(name)}.json")
+
+    def record(self, entry: dict[str, Any]) -> str:
+        """Writes one manifest entry (one small JSON object); returns its key."""
+        key = self.manifest_key(entry)
+        self.backend.write_bytes(key, json.dumps(entry, sort_keys=True, default=str).encode())
+        return key
 
     def manifest(self) -> list[dict[str, Any]]:
-        key = f"{self.prefix}/manifest.jsonl"
-        if not self.backend.exists(key):
-            return []
-        return [json.loads(line) for line in self.backend.read_bytes(key).decode().splitlines() if line.strip()]
+        """The run's entries, ordered by their keys (kind, then name): the same order on every read."""
+        return [json.loads(self.backend.read_bytes(key)) for key in self.backend.list(f"{self.prefix}/manifest")
+                if key.endswith(".json")]
 
 
 def default_artifact_root() -> str:

@@ -50,6 +50,7 @@ class TaskEnvironment:
     artifact_root: Optional[str] = None
     model_root: Optional[str] = None
     tenant: Optional[str] = None
+    usage: Optional[Any] = None  # invokeai_provider.usage.UsageMeter: what the task's nodes use
 
 
 def graph_with_params(compiled: CompiledDocument, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,6 +215,8 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
     from invokeai_provider.engine import Engine, ExecutionState
 
     services = _model_services(sub, env, services)
+    if env.usage is not None and "models" in services:
+        services = {**services, "models": env.usage.models_service(services["models"])}
     if "models" in services:
         from invokeai_provider.models.binding import bind_model_fields
 
@@ -224,9 +227,15 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
     if embedded_graph is None:
         embedded_graph = sub
     run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services)
+    from invokeai_provider.tenants import check_references
+
+    check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
     graph = Graph.from_dict(sub)
     graph.validate()
-    return Engine(run).run(ExecutionState(graph))
+    state = Engine(run).run(ExecutionState(graph))
+    if env.usage is not None:
+        env.usage.add_state(state)
+    return state
 
 
 def _images(state: Any) -> list[dict[str, Any]]:
@@ -238,14 +247,16 @@ def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json
     """The engine's run context for a task: the run's store, and names unique per mapped instance."""
     from invokeai_provider.context import RunContext
     from invokeai_provider.storage import open_run_store
+    from invokeai_provider.tenants import check_tenant
 
-    store = open_run_store(env.artifact_root, tenant=env.tenant or _default_tenant(), dag_id=env.dag_id,
-                           run_id=env.run_id)
+    store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or _default_tenant()),
+                           dag_id=env.dag_id, run_id=env.run_id)
     mapped = env.map_index is not None and env.map_index >= 0
+    on_progress = env.usage.progress_callback(env.logger) if env.usage is not None else None
     return RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
                       map_index=env.map_index if mapped else None, graph_json=graph_json,
                       workflow_json=workflow_json, cancel_event=env.cancel_event, logger=env.logger,
-                      services=services)
+                      services=services, on_progress=on_progress)
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if "AIRFLOW_HOME" not in os.environ:
         os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="invokeai-airflow-home-")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__INVOKEAI__TASK_RETRIES", "0")  # dag.test runs: failures fail at once
     import nodes_for_tests  # noqa: F401 - registers the test_* node types
 
 
@@ -62,4 +63,4 @@ def seaweed_s3(tmp_path_factory: pytest.TempPathFactory):
         server.ensure_bucket("invokeai-test")
         yield server
     finally:
-        stop_process(process)
+        stop_process(process, timeout=3)

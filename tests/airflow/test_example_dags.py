@@ -199,8 +199,8 @@ def test_dags_folder_loads_the_example_dags(handwritten: dict[str, Any]) -> None
     assert {"handwritten_text_to_image", "sdxl-text-to-image", "prompt-list-batch"} <= set(dags)
     for dag_id in ("sdxl-text-to-image", "prompt-list-batch"):
         assert "invokeai-broken" not in dags[dag_id]["tags"], dag_id
-    assert dags["sdxl-text-to-image"]["params"] == SDXL_PARAMS
-    assert dags["prompt-list-batch"]["params"] == PROMPT_LIST_PARAMS
+    assert dags["sdxl-text-to-image"]["params"] == SDXL_PARAMS + ["tenant"]  # compiled DAGs add the tenant Param
+    assert dags["prompt-list-batch"]["params"] == PROMPT_LIST_PARAMS + ["tenant"]
     assert len(dags["prompt-list-batch"]["defaults"]["positive_prompt_value_batch"]) == 8
     assert dags["handwritten_text_to_image"]["params"] == HANDWRITTEN_PARAMS
     assert dags["handwritten_text_to_image"]["defaults"]["model"] == "tiny-sd15"

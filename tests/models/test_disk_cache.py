@@ -88,3 +88,22 @@ def test_folders_are_cached_whole(tmp_path):
     cache = DiskCache(tmp_path, budget_bytes=1000)
     with cache.use("pipe", folder) as path:
         assert (path / "unet" / "w.safetensors").read_bytes() == b"w" * 50
+
+
+def test_an_evicted_folder_goes_whole_and_keys_are_single_segments(tmp_path):
+    def folder(destination: Path) -> None:
+        (destination / "unet").mkdir(parents=True)
+        for name in ("a.safetensors", "b.safetensors"):
+            (destination / "unet" / name).write_bytes(b"w" * 50)
+
+    cache = DiskCache(tmp_path, budget_bytes=150)
+    with cache.use("old", folder):
+        pass
+    time.sleep(0.02)
+    with cache.use("new", folder) as path:
+        assert (path / "unet" / "b.safetensors").read_bytes() == b"w" * 50
+    assert cache.keys() == ["new"]
+    assert list((tmp_path / "staging").iterdir()) == []  # moved aside, then removed: nothing left over
+    with pytest.raises(ValueError, match="single path segment"):
+        with cache.use("models/new", folder):
+            pass

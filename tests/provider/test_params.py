@@ -22,6 +22,7 @@ from invokeai_provider.params import (
     to_node_value,
     workflow_doc_md,
 )
+from invokeai_provider.tenants import ARTIFACT_NAME_PATTERN
 from invokeai_provider.workflow import Document, load_document
 
 SD15_DAG_WORKFLOW = REPO_ROOT / "dags" / "workflows" / "sd15-text-to-image.json"
@@ -249,7 +250,7 @@ def test_boolean_list_image_and_object_fields():
     assert words.schema["default"] == ["a", "b"]
     assert img.kind == "image" and img.schema["type"] == "string" and "default" not in img.schema
     assert imgs.kind == "image" and imgs.schema["type"] == ["array", "null"] and imgs.schema["default"] is None
-    assert imgs.schema["items"] == {"type": "string"}
+    assert imgs.schema["items"] == {"type": "string", "pattern": ARTIFACT_NAME_PATTERN}  # a name in the run's store
     assert col.kind == "value" and col.schema["type"] == "object"
     assert col.schema["default"] == {"r": 1, "g": 2, "b": 3, "a": 255}
     assert col.schema["properties"]["r"]["maximum"] == 255
@@ -339,7 +340,8 @@ def test_batch_of_images_from_an_invokeai_batch_body():
     doc = load_document(json.dumps(body))
     [spec] = param_specs(doc)
     assert spec.kind == "batch" and spec.item_kind == "image" and spec.name == "image_image_batch"
-    assert spec.schema["items"] == {"type": "string"} and spec.schema["default"] == ["a.png", "b.png"]
+    assert spec.schema["items"] == {"type": "string", "pattern": ARTIFACT_NAME_PATTERN}
+    assert spec.schema["default"] == ["a.png", "b.png"]
     assert spec.schema["title"] == "img.image (batch)"
     assert to_node_value(spec, ["c.png"]) == [{"image_name": "c.png"}]
 

@@ -19,6 +19,7 @@ def test_run_layout_and_uris(tmp_path):
     assert key == "acme/runs/t2i/manual__2026-01-01/images/x.png"
     assert (tmp_path / key).read_bytes() == b"png"
     assert store.uri("images", "x.png") == (tmp_path / key).as_uri()
+    assert store.url("images", "x.png") == store.uri("images", "x.png")  # nothing to sign locally
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/../../b", "", "a\\b", "a/./b"])
@@ -56,12 +57,49 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_missing_artifact_error_names_the_uri(tmp_path):
     with pytest.raises(ArtifactNotFoundError, match="no artifact at file://"):
         LocalArtifactBackend(tmp_path).read_bytes("t/none")
+    with pytest.raises(ArtifactNotFoundError, match="no artifact at file://"):
+        LocalArtifactBackend(tmp_path).download_file("t/none", tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_upload_and_download_files(tmp_path):
+    backend = LocalArtifactBackend(tmp_path / "root")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(bytes(range(256)) * 4096)
+    backend.upload_file("models/m/weights.bin", source)
+    assert list(backend.list("models")) == ["models/m/weights.bin"]
+    target = tmp_path / "cache" / "deep" / "weights.bin"
+    backend.download_file("models/m/weights.bin", target)
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["weights.bin"]
+    with pytest.raises(InvalidArtifactKeyError):
+        backend.upload_file("../escape.bin", source)
+
+
+def test_failed_download_leaves_the_previous_file(tmp_path, monkeypatch):
+    backend = LocalArtifactBackend(tmp_path / "root")
+    backend.write_bytes("m.bin", b"new")
+    target = tmp_path / "m.bin"
+    target.write_bytes(b"old")
+
+    def broken_copy(src, dst, length=0):
+        dst.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("shutil.copyfileobj", broken_copy)
+    with pytest.raises(OSError, match="disk full"):
+        backend.download_file("m.bin", target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["m.bin"]
 
 
 def test_backend_for_uri(tmp_path):
     assert isinstance(backend_for_uri(tmp_path.as_uri()), LocalArtifactBackend)
     with pytest.raises(ValueError, match="unsupported scheme 'gs'"):
         backend_for_uri("gs://bucket/x")
+    s3 = backend_for_uri("s3://my-conn@my-bucket/some/prefix")  # no connection is looked up until used
+    assert (s3.conn_id, s3.bucket, s3.prefix) == ("my-conn", "my-bucket", "some/prefix")
+    assert s3.uri("a/b.png") == "s3://my-bucket/some/prefix/a/b.png"
 
 
 def _context(run: RunContext, exec_id: str = "node#0") -> InvocationContext:
@@ -86,7 +124,25 @@ def test_images_carry_invokeai_chunks_and_names_repeat_on_retry(tmp_path):
         assert json.loads(png.info[WORKFLOW_CHUNK]) == workflow
         assert png.getpixel((0, 0)) == (0, 0, 255)  # the retry overwrote the first try
     assert _context(run).images.get_metadata(first["image_name"]).root == {"seed": 7}
-    assert [e["kind"] for e in run.store.manifest()] == ["image", "image"]
+    assert first["url"] == first["uri"] == (tmp_path / "default/runs/d/r/images/task.0.node_0-0.png").as_uri()
+    [entry] = run.store.manifest()  # the retry overwrote its manifest entry
+    assert (entry["kind"], entry["image_name"], entry["url"]) == ("image", "task.0.node_0-0.png", first["url"])
+    assert "metadata" not in entry
+    assert [p.name for p in (tmp_path / "default/runs/d/r/manifest").iterdir()] == ["image-task.0.node_0-0.png.json"]
+
+
+def test_manifest_entries_are_one_object_each_in_a_stable_order(tmp_path):
+    store = RunStore(LocalArtifactBackend(tmp_path), dag_id="d", run_id="r")
+    assert store.manifest() == []
+    for name in ("b.png", "a.png", "c.png"):
+        store.record({"kind": "image", "image_name": name, "n": 1})
+    store.record({"kind": "image", "image_name": "a.png", "n": 2})  # a retry rewrites its entry
+    store.record({"kind": "note", "name": "a"})
+    assert [(e["kind"], e.get("image_name") or e["name"]) for e in store.manifest()] == [
+        ("image", "a.png"), ("image", "b.png"), ("image", "c.png"), ("note", "a")]
+    assert store.manifest()[0]["n"] == 2
+    with pytest.raises(ValueError, match="'kind' and 'image_name'"):
+        store.record({"kind": "image"})
 
 
 def test_tensors_round_trip_as_safetensors(tmp_path):

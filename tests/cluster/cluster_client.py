@@ -1,0 +1,114 @@
+"""What the end-to-end tests do with the cluster, through Airflow's official REST client and boto3."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.request
+from typing import Any, Optional
+
+import airflow_client.client as af
+
+from invokeai_provider.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings
+
+FINISHED = {"success", "failed"}
+
+
+def _value(enum_or_str: Any) -> str:
+    return getattr(enum_or_str, "value", enum_or_str)
+
+
+class ClusterClient:
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.host = settings.api_url
+        self.api = af.ApiClient(af.Configuration(host=self.host, access_token=self.token()))
+        self.s3 = settings.seaweed.client()
+
+    def token(self) -> str:
+        """A JWT from the simple auth manager (``POST /auth/token``)."""
+        body = json.dumps({"username": ADMIN_USER, "password": self.settings.admin_password}).encode()
+        request = urllib.request.Request(f"{self.host}/auth/token", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["access_token"]
+
+    # --- DAGs and runs ----------------------------------------------------------------------------
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Until the dag processor has stored the DAG; then unpauses it."""
+        dags = af.DAGApi(self.api)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                dags.get_dag(dag_id)
+                break
+            except af.ApiException as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=False))
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        run = af.DagRunApi(self.api).trigger_dag_run(dag_id, af.TriggerDAGRunPostBody(logical_date=None, conf=conf))
+        return run.dag_run_id
+
+    def run_ids(self, dag_id: str) -> list[str]:
+        return [r.dag_run_id for r in af.DagRunApi(self.api).get_dag_runs(dag_id, limit=100).dag_runs]
+
+    def state(self, dag_id: str, run_id: str) -> str:
+        return _value(af.DagRunApi(self.api).get_dag_run(dag_id, run_id).state)
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(dag_id, run_id)
+            if state in FINISHED:
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} of {dag_id} still {state} after {timeout:.0f} s: "
+                                   f"{self.task_instances(dag_id, run_id)}")
+            time.sleep(1.0)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[Any]:
+        return af.TaskInstanceApi(self.api).get_task_instances(dag_id, run_id, limit=1000).task_instances
+
+    def task_tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[Any]:
+        api = af.TaskInstanceApi(self.api)
+        return api.get_mapped_task_instance_tries(dag_id, run_id, task_id, map_index).task_instances
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:
+        entry = af.XComApi(self.api).get_xcom_entry(dag_id, task_id, run_id, key, map_index=map_index,
+                                                    deserialize=True)
+        value = getattr(entry, "actual_instance", entry).value  # a oneOf wrapper around the entry
+        return json.loads(value) if isinstance(value, str) else value
+
+    def asset_events(self, dag_id: str, run_id: str) -> list[Any]:
+        events = af.AssetApi(self.api).get_asset_events(source_dag_id=dag_id, source_run_id=run_id, limit=1000)
+        return events.asset_events
+
+    # --- objects ----------------------------------------------------------------------------------
+
+    def keys(self, prefix: str, bucket: str = ARTIFACT_BUCKET) -> list[str]:
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return sorted(keys)
+
+    def png_text(self, key: str, bucket: str = ARTIFACT_BUCKET) -> dict[str, str]:
+        from PIL import Image
+
+        data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with Image.open(io.BytesIO(data)) as image:
+            return dict(image.text)
+
+    def run_prefix(self, tenant: str, dag_id: str, run_id: str) -> str:
+        from invokeai_provider.storage import safe_segment
+
+        return f"{tenant}/runs/{safe_segment(dag_id)}/{safe_segment(run_id)}/"
+
+
+def worker_of(hostname: Optional[str]) -> str:
+    """``worker-gpu.<host>`` -> ``worker-gpu`` (the cluster's hostname_callable)."""
+    return (hostname or "").split(".", 1)[0]

@@ -81,8 +81,9 @@ class UsageMeter:
         key = str(getattr(identifier, "key", "") or getattr(identifier, "name", ""))
         with self._lock:
             entry = self.models.setdefault(key, {
-                "key": key, "name": getattr(identifier, "name", None), "base": _value(getattr(identifier, "base", None)),
-                "type": _value(getattr(identifier, "type", None)), "submodels": []})
+                "key": key, "name": getattr(identifier, "name", None),
+                "base": _value(getattr(identifier, "base", None)), "type": _value(getattr(identifier, "type", None)),
+                "submodels": []})
             part = _value(submodel)
             if part and part not in entry["submodels"]:
                 entry["submodels"] = sorted([*entry["submodels"], part])

@@ -112,3 +112,27 @@ class ClusterClient:
 def worker_of(hostname: Optional[str]) -> str:
     """``worker-gpu.<host>`` -> ``worker-gpu`` (the cluster's hostname_callable)."""
     return (hostname or "").split(".", 1)[0]
+
+
+def service_pid(settings: ClusterSettings, name: str) -> int:
+    from pathlib import Path
+
+    from invokeai_provider.cluster import read_pids
+
+    return int(read_pids(Path(settings.state_dir))["services"][name])
+
+
+def wait_for_task_log(settings: ClusterSettings, dag_id: str, run_id: str, needle: str, *, attempt: int = 1,
+                      timeout: float = 300) -> str:
+    """Until some task's log of this run and attempt contains ``needle`` (the cluster's workers write
+    task logs to the shared log folder); returns that log's path."""
+    from pathlib import Path
+
+    base = Path(settings.home) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for log in base.glob(f"**/attempt={attempt}.log"):
+            if needle in log.read_text(errors="replace"):
+                return str(log)
+        time.sleep(0.2)
+    raise TimeoutError(f"no attempt={attempt} log of {dag_id}/{run_id} mentions {needle!r} after {timeout:.0f} s")

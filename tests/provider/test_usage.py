@@ -85,7 +85,8 @@ def _exposing_workflow(label: str) -> dict[str, Any]:
                          "inputs": {k: {"name": k, "label": "", "value": v} for k, v in inputs.items()}}}
 
     return {"name": "collision", "meta": {"version": "3.0.0"}, "nodes": [
-        wf_node("t", "string", label, value="x"), wf_node("img", "image", "Input image", image={"image_name": "a.png"})],
+        wf_node("t", "string", label, value="x"),
+        wf_node("img", "image", "Input image", image={"image_name": "a.png"})],
         "edges": [], "exposedFields": [{"nodeId": "t", "fieldName": "value"}, {"nodeId": "img", "fieldName": "image"}]}
 
 
@@ -336,7 +337,9 @@ def test_usage_objects_on_an_s3_root(seaweed_s3, monkeypatch: pytest.MonkeyPatch
     from invokeai_provider.storage import backend_for_uri
     from invokeai_provider.usage import usage_report
 
-    for name in [n for n in __import__("os").environ if n.startswith("AWS_")]:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))

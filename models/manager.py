@@ -106,7 +106,8 @@ class ModelManager:
         """The submodel on the execution device for the duration of the block (cached across calls)."""
         config = self.get_config(identifier)
         part = submodel or identifier.submodel_type
-        cache_key = f"{config.key}:{part.value if part else 'model'}"
+        # the hash too: a model re-installed under the same key must not be served from RAM/VRAM stale
+        cache_key = f"{config.key}:{config.hash}:{part.value if part else 'model'}"
         with self.cache.use(cache_key, lambda: self._build(config, part)) as model:
             yield model
 

@@ -129,7 +129,12 @@ class ModelRegistry:
         return config
 
     def remove(self, key: str) -> None:
-        self.backend.delete(f"{RECORDS}/{self.get(key).key}.json")
+        """Unlists the model (record first, so it is never listed without its files), then deletes the
+        files it was installed with; an in-place model's files are the user's and stay."""
+        config = self.get(key)
+        self.backend.delete(f"{RECORDS}/{config.key}.json")
+        for stored in list(self.backend.list(f"{FILES}/{config.key}/")):
+            self.backend.delete(stored)
 
     def all(self) -> Iterator[ModelConfig]:
         for key in self.backend.list(f"{RECORDS}/"):

@@ -80,6 +80,9 @@ def _compile_document(document: "Document", granularity: str, model_names: Any, 
     return compiled
 
 
+PARSE_RETRY_SECONDS = 5.0
+
+
 def registry_model_names() -> Any:
     """The model dropdowns' source: the ``[invokeai] model_root`` registry, read once per compile (None
     when no model root is set or it cannot be read, so model fields stay free text)."""
@@ -91,8 +94,12 @@ def registry_model_names() -> Any:
         return None
     try:
         from invokeai_provider.models.registry import ModelRegistry
+        from invokeai_provider.storage import backend_for_uri
 
-        return model_names_from_registry(ModelRegistry(root))
+        backend = backend_for_uri(root)
+        if hasattr(backend, "retry_seconds"):  # a remote root that is down: give up within the parse's time budget
+            backend.retry_seconds = PARSE_RETRY_SECONDS
+        return model_names_from_registry(ModelRegistry(backend))
     except Exception:  # an unreadable model root must not break DAG parsing
         return None
 

@@ -260,6 +260,10 @@ class S3ArtifactBackend(ArtifactBackend):
             try:
                 return operation()
             except Exception as exc:
+                if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+                    raise ArtifactStoreUnavailableError(
+                        f"S3 {action} of {self.uri(key)}: no credentials; define the Airflow connection "
+                        f"{self.conn_id!r} (e.g. AIRFLOW_CONN_{self.conn_id.upper()}) or AWS_* variables") from exc
                 if not is_transient(exc):
                     raise
                 attempt += 1

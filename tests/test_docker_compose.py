@@ -366,9 +366,9 @@ def check_environment(compose: dict[str, Any], settings: ClusterSettings) -> Pro
         for key in MUST_AGREE:
             if key in env and env[key] != local[key]:
                 problems.append(f"{name}: {key}={env[key]!r}, the local cluster's {local[key]!r}")
-        for key in WORKER_HOST_ONLY_KEYS:
+        for key, reason in WORKER_HOST_ONLY_KEYS.items():
             if key in env:
-                problems.append(f"{name} sets {key}: {WORKER_HOST_ONLY_KEYS[key]}")
+                problems.append(f"{name} sets {key}: {reason}")
         shared = {key: value for key, value in env.items() if key in shared_keys}
         if reference is None:
             reference = shared
@@ -440,12 +440,14 @@ def check_secrets(raw: str, default: dict[str, Any], custom: dict[str, Any]) -> 
     """Secrets and settings come from variables (documented at the top) with defaults for a local trial."""
     problems = []
     header = "\n".join(line for line in raw.splitlines() if line.startswith("#"))
-    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", raw))
+    references = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}", raw)
+    used = {name for name, _ in references}
     for name in sorted(used):
         if not re.search(rf"(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])", header):
             problems.append(f"variable {name} is not documented in the comment at the top")
-        if not re.search(rf"\$\{{{name}:-[^}}]+\}}", raw):
-            problems.append(f"variable {name} has no default for a local trial (${{{name}:-...}})")
+    for name, rest in references:
+        if not re.fullmatch(r":-.+", rest):
+            problems.append(f"${{{name}{rest}}} has no default for a local trial (${{{name}:-...}})")
     missing = set(CUSTOM_ENV) - used
     if missing:
         problems.append(f"variables {sorted(missing)} are not used")
@@ -695,9 +697,10 @@ def test_every_airflow_service_has_the_local_clusters_configuration(compose, com
 
 
 def test_only_the_listed_keys_are_host_only(settings):
-    worker_env = service_env(settings, "worker-gpu")
-    added = set(worker_env) - set(airflow_env(settings)) - {key for key in os.environ if key in worker_env
-                                                            and worker_env[key] == os.environ[key]}
+    """What the local cluster gives its workers beyond airflow_env() (not inherited from this process) is
+    exactly WORKER_HOST_ONLY_KEYS: a new host-only key needs a decision here."""
+    worker_env, shared = service_env(settings, "worker-gpu"), airflow_env(settings)
+    added = {key for key, value in worker_env.items() if key not in shared and os.environ.get(key) != value}
     assert added == set(WORKER_HOST_ONLY_KEYS)
     assert set(HOST_ONLY_KEYS) <= set(airflow_env(settings))
 
@@ -758,7 +761,7 @@ def _break(path: list[Any], value: Any = None, *, delete: bool = False) -> Calla
 
 
 def _env(service: str, key: str, value: Optional[str] = None) -> Callable[[dict[str, Any]], None]:
-    """Changes (or, with None, removes) one key of one service's environment, which YAML anchors share."""
+    """Changes (or, with None, removes) one key of one service's environment, not the others'."""
     def mutate(document: dict[str, Any]) -> None:
         env = dict(document["services"][service]["environment"])
         if value is None:
@@ -910,7 +913,7 @@ def test_the_secrets_check_catches_a_literal_secret(compose, compose_custom):
     assert check_secrets(literal, compose, compose_custom)
     undocumented = raw.replace("${INVOKEAI_API_PORT:-8080}:8080", "${API_PORT:-8080}:8080")
     assert check_secrets(undocumented, compose, compose_custom)
-    no_default = raw.replace("${INVOKEAI_S3_SECRET:-invokeai-local-secret}", "${INVOKEAI_S3_SECRET}")
+    no_default = raw.replace("${INVOKEAI_S3_SECRET:-invokeai-local-secret}", "${INVOKEAI_S3_SECRET}", 1)
     assert check_secrets(no_default, compose, compose_custom)
     broken = copy.deepcopy(compose_custom)
     _env("worker-gpu", "AIRFLOW__API_AUTH__JWT_SECRET", "hard-coded")(broken)

@@ -50,6 +50,19 @@ def test_install_in_place_keeps_the_path(registry, tmp_path):
     assert registry.model_path(config) == source.resolve() and config.installed_in_place
 
 
+def test_remove_deletes_installed_files_but_not_in_place_ones(registry, tmp_path):
+    copied = install_model(registry, str(checkpoint(tmp_path / "copied.safetensors")))
+    in_place_source = checkpoint(tmp_path / "mine.safetensors", fill=1.0)
+    in_place = install_model(registry, str(in_place_source), inplace=True)
+    stored = registry.model_path(copied)
+    registry.remove(copied.key)
+    registry.remove(in_place.key)
+    assert not stored.exists() and list(registry.all()) == []
+    assert in_place_source.is_file()
+    with pytest.raises(UnknownModelError):
+        registry.get(copied.key)
+
+
 def test_same_model_twice_is_refused(registry, tmp_path):
     source = checkpoint(tmp_path / "a.safetensors")
     install_model(registry, str(source))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -105,6 +106,8 @@ class ClusterSettings:
                        s3_ports=asdict(ports), admin_password=secrets.token_urlsafe(12),
                        jwt_secret=secrets.token_urlsafe(32), s3_secret_key=secrets.token_urlsafe(24))
         if database:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
+                raise ClusterError(f"database name {database!r}: expected lowercase letters, digits and '_'")
             settings.database = database
         if api_port:
             settings.api_port = api_port
@@ -177,7 +180,8 @@ def service_command(name: str) -> list[str]:
 # --- preparing ------------------------------------------------------------------------------------
 
 
-def ensure_database(settings: ClusterSettings) -> None:
+def _admin_sql(settings: ClusterSettings, statement: str, *args: Any) -> Optional[tuple]:
+    """One statement on the server's ``postgres`` database, outside a transaction (CREATE/DROP DATABASE)."""
     import psycopg2
 
     dsn = settings.postgres_url.replace("postgresql+psycopg2://", "postgresql://") + "/postgres"
@@ -185,24 +189,19 @@ def ensure_database(settings: ClusterSettings) -> None:
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,))
-            if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{settings.database}"')
+            cursor.execute(statement, args or None)
+            return cursor.fetchone() if cursor.description else None
     finally:
         connection.close()
+
+
+def ensure_database(settings: ClusterSettings) -> None:
+    if _admin_sql(settings, "SELECT 1 FROM pg_database WHERE datname = %s", settings.database) is None:
+        _admin_sql(settings, f'CREATE DATABASE "{settings.database}"')
 
 
 def drop_database(settings: ClusterSettings) -> None:
-    import psycopg2
-
-    dsn = settings.postgres_url.replace("postgresql+psycopg2://", "postgresql://") + "/postgres"
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{settings.database}" WITH (FORCE)')
-    finally:
-        connection.close()
+    _admin_sql(settings, f'DROP DATABASE IF EXISTS "{settings.database}" WITH (FORCE)')
 
 
 def flush_broker(settings: ClusterSettings) -> None:

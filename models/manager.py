@@ -106,10 +106,15 @@ class ModelManager:
         """The submodel on the execution device for the duration of the block (cached across calls)."""
         config = self.get_config(identifier)
         part = submodel or identifier.submodel_type
-        # the hash too: a model re-installed under the same key must not be served from RAM/VRAM stale
-        cache_key = f"{config.key}:{config.hash}:{part.value if part else 'model'}"
+        cache_key = self.cache_key(config, part)
         with self.cache.use(cache_key, lambda: self._build(config, part)) as model:
             yield model
+
+    @staticmethod
+    def cache_key(config: ModelConfig, part: Optional[SubModelType] = None) -> str:
+        """The RAM/VRAM cache's key; with the hash, so a model re-installed under the same key is not served
+        stale."""
+        return f"{config.key}:{config.hash}:{part.value if part else 'model'}"
 
     def _build(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
         try:

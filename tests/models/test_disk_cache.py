@@ -29,14 +29,16 @@ def _worker(root: str, log: str, results: "multiprocessing.Queue[str]") -> None:
 
 
 def test_concurrent_processes_fetch_once(tmp_path):
+    # spawned, not forked: a fork of this many-threaded test process (torch, Airflow, boto3) can inherit a
+    # held lock and hang, which is not what this test is about
+    spawn = multiprocessing.get_context("spawn")
     log = tmp_path / "fetches.log"
-    results: "multiprocessing.Queue[str]" = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=_worker, args=(str(tmp_path / "cache"), str(log), results))
-               for _ in range(4)]
+    results: "multiprocessing.Queue[str]" = spawn.Queue()
+    workers = [spawn.Process(target=_worker, args=(str(tmp_path / "cache"), str(log), results)) for _ in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=30)
+        worker.join(timeout=120)
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
     assert len(log.read_text().splitlines()) == 1
     assert sorted(results.get() for _ in range(4)) == ["xxx"] * 4

@@ -17,6 +17,7 @@ from invokeai_provider.engine import run_graph
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.graph import Graph
 from invokeai_provider.models.binding import bind_model_fields
+from invokeai_provider.models.taxonomy import SubModelType
 from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -299,7 +300,7 @@ def lora_graph(weight: float) -> dict:
 
 def test_a_lora_changes_the_image_and_leaves_cached_weights_alone(model_run, tiny_registry, model_manager):
     plain = png_of(model_run, run(sd1_graph(), model_run, tiny_registry))
-    unet_key = f"{tiny_registry.find('tiny-sd1').key}:unet"
+    unet_key = model_manager.cache_key(tiny_registry.find("tiny-sd1"), SubModelType.UNet)
     before = {k: v.clone() for k, v in model_manager.cache.get(unet_key, lambda: None).state_dict().items()}
     with_lora = png_of(model_run, run(lora_graph(1.0), model_run, tiny_registry))
     assert np.abs(pixels(plain) - pixels(with_lora)).mean() > 0.5

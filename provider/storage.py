@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
 from invokeai_provider.errors import ArtifactNotFoundError, InvalidArtifactKeyError
@@ -79,19 +79,27 @@ class ArtifactBackend(ABC):
         """A URL a client can fetch the object from: the file URI locally, a presigned GET on S3."""
 
 
-def _atomic_copy(source: Path, destination: Path) -> None:
-    """Copies through a temporary file beside ``destination``, then renames it into place."""
+def _atomic_write(destination: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` fills a temporary file beside ``destination``, which is then renamed into place."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 8 << 20)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, destination)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic_copy(source: Path, destination: Path) -> None:
+    def copy(out: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 8 << 20)
+
+    _atomic_write(destination, copy)
 
 
 class LocalArtifactBackend(ArtifactBackend):
@@ -104,18 +112,7 @@ class LocalArtifactBackend(ArtifactBackend):
         return self.root / check_key(key)
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _atomic_write(self._path(key), lambda out: out.write(data))
 
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)

@@ -25,6 +25,28 @@ def graph(*nodes: dict[str, Any], edges: tuple[dict[str, Any], ...] | list[dict[
     return {"id": "g", "nodes": {n["id"]: n for n in nodes}, "edges": list(edges)}
 
 
+def sd1_graph(model: str = "tiny-sd1", *, prompt: str = "a (red)++ cat", seed: int = 7, steps: int = 3,
+              scheduler: str = "euler", size: int = 64, extra_nodes: dict | None = None,
+              extra_edges: list | None = None, denoise: dict | None = None) -> dict:
+    """A text-to-image graph (loader, two compel prompts, noise, denoise, l2i) for an SD model."""
+    nodes = {
+        "model": {"type": "main_model_loader", "model": model},
+        "pos": {"type": "compel", "prompt": prompt},
+        "neg": {"type": "compel", "prompt": ""},
+        "noise": {"type": "noise", "seed": seed, "width": size, "height": size},
+        "denoise": {"type": "denoise_latents", "steps": steps, "cfg_scale": 7.5, "scheduler": scheduler,
+                    **(denoise or {})},
+        "decode": {"type": "l2i"},
+        **(extra_nodes or {}),
+    }
+    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip", "neg", "clip"),
+             edge("model", "unet", "denoise", "unet"), edge("pos", "conditioning", "denoise", "positive_conditioning"),
+             edge("neg", "conditioning", "denoise", "negative_conditioning"), edge("noise", "noise", "denoise", "noise"),
+             edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae"),
+             *(extra_edges or [])]
+    return {"id": "t2i", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
+
+
 def graph_of(nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]] | None = None) -> "Graph":
     """A parsed graph from nodes keyed by id (their dicts without the id)."""
     from invokeai_provider.graph import Graph

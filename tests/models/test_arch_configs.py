@@ -15,6 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 from accelerate import init_empty_weights
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from helpers import sd1_graph
 from invokeai_provider.models import arch_configs, tiny
 from invokeai_provider.models.taxonomy import BaseModelType, ModelVariantType, SchedulerPredictionType
 
@@ -222,22 +223,6 @@ def test_from_single_file_converts_with_the_bundled_folder_offline(written: dict
 # --- (b) the manager converts a checkpoint installed without --config ------------------------------------------------
 
 
-def _t2i(model: str) -> dict[str, Any]:
-    def edge(src: str, out: str, dst: str, field: str) -> dict[str, Any]:
-        return {"source": {"node_id": src, "field": out}, "destination": {"node_id": dst, "field": field}}
-
-    nodes = {"model": {"type": "main_model_loader", "model": model}, "pos": {"type": "compel", "prompt": "a cat"},
-             "neg": {"type": "compel", "prompt": ""}, "noise": {"type": "noise", "seed": 1, "width": 64, "height": 64},
-             "denoise": {"type": "denoise_latents", "steps": 2, "cfg_scale": 7.5, "scheduler": "euler"},
-             "decode": {"type": "l2i"}}
-    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip", "neg", "clip"),
-             edge("model", "unet", "denoise", "unet"), edge("model", "vae", "decode", "vae"),
-             edge("pos", "conditioning", "denoise", "positive_conditioning"),
-             edge("neg", "conditioning", "denoise", "negative_conditioning"),
-             edge("noise", "noise", "denoise", "noise"), edge("denoise", "latents", "decode", "latents")]
-    return {"id": "t2i", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
-
-
 @pytest.fixture
 def tiny_writer(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """The bundled writer, swapped for the tiny builder's config (the tiny checkpoint is not full-size)."""
@@ -288,7 +273,7 @@ def test_manager_converts_a_checkpoint_installed_without_config(tmp_path: Path, 
 
     run = RunContext(store=RunStore(LocalArtifactBackend(tmp_path / "artifacts"), dag_id="t", run_id="r"),
                      services={"models": manager})
-    state = run_graph(Graph.from_dict(bind_model_fields(_t2i("civitai-model"), registry)), run)
+    state = run_graph(Graph.from_dict(bind_model_fields(sd1_graph("civitai-model", prompt="a cat", seed=1, steps=2), registry)), run)
     [image] = state.outputs_of("decode")
     assert (image.width, image.height) == (64, 64) and run.store.read("images", image.image.image_name)
 

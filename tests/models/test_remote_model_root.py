@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from helpers import sd1_graph
 from invokeai_provider.models.registry import ModelRegistry
 
 BUCKET = "invokeai-test"
@@ -120,22 +121,6 @@ def s3_checkpoint(s3_env: Any, tiny_checkpoint: Path) -> tuple[str, Any]:
     return root, install_model(ModelRegistry(root), str(tiny_checkpoint), name="tiny-ckpt")
 
 
-def t2i_graph(model: str) -> dict[str, Any]:
-    from helpers import edge
-
-    nodes = {"model": {"type": "main_model_loader", "model": model},
-             "pos": {"type": "compel", "prompt": "a lighthouse at dusk"}, "neg": {"type": "compel", "prompt": ""},
-             "noise": {"type": "noise", "seed": 5, "width": 64, "height": 64},
-             "denoise": {"type": "denoise_latents", "steps": 2, "cfg_scale": 7.5, "scheduler": "euler"},
-             "decode": {"type": "l2i"}}
-    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip", "neg", "clip"),
-             edge("model", "unet", "denoise", "unet"), edge("model", "vae", "decode", "vae"),
-             edge("pos", "conditioning", "denoise", "positive_conditioning"),
-             edge("neg", "conditioning", "denoise", "negative_conditioning"),
-             edge("noise", "noise", "denoise", "noise"), edge("denoise", "latents", "decode", "latents")]
-    return {"id": "t2i", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
-
-
 def generate(registry: ModelRegistry, model: str, artifacts: Path) -> bytes:
     """RGB pixels of a 64x64 text-to-image run in this process with ``registry``'s models."""
     from PIL import Image
@@ -149,7 +134,7 @@ def generate(registry: ModelRegistry, model: str, artifacts: Path) -> bytes:
 
     run = RunContext(store=RunStore(LocalArtifactBackend(artifacts), dag_id="t2i", run_id="r"),
                      services={"models": ModelManager(registry, device="cpu")})
-    state = run_graph(Graph.from_dict(bind_model_fields(t2i_graph(model), registry)), run)
+    state = run_graph(Graph.from_dict(bind_model_fields(sd1_graph(model, prompt="a lighthouse at dusk", seed=5, steps=2), registry)), run)
     [image] = state.outputs_of("decode")
     with Image.open(io.BytesIO(run.store.read("images", image.image.image_name))) as png:
         assert png.size == (64, 64)
@@ -448,7 +433,7 @@ def test_a_big_file_uploads_in_parts_and_a_failed_upload_is_never_listed(
 
 def test_model_names_at_parse_time_read_records_only(s3_sd: tuple[str, Any], tmp_path: Path) -> None:
     root, _ = s3_sd
-    code = f"""
+    code = """
 import sys
 from invokeai_provider import s3
 def refuse(*args, **kwargs):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import SHARED_WORKFLOWS, edge
+from helpers import SHARED_WORKFLOWS, edge, sd1_graph
 from PIL import Image
 
 from invokeai_provider import __version__
@@ -21,27 +21,6 @@ from invokeai_provider.models.taxonomy import SubModelType
 from invokeai_provider.operators.model_outputs import SCHEDULER_NAME_VALUES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
-
-def sd1_graph(model: str = "tiny-sd1", *, seed: int = 7, steps: int = 3, scheduler: str = "euler",
-              size: int = 64, extra_nodes: dict | None = None, extra_edges: list | None = None,
-              denoise: dict | None = None) -> dict:
-    nodes = {
-        "model": {"type": "main_model_loader", "model": model},
-        "pos": {"type": "compel", "prompt": "a (red)++ cat"},
-        "neg": {"type": "compel", "prompt": ""},
-        "noise": {"type": "noise", "seed": seed, "width": size, "height": size},
-        "denoise": {"type": "denoise_latents", "steps": steps, "cfg_scale": 7.5, "scheduler": scheduler,
-                    **(denoise or {})},
-        "decode": {"type": "l2i"},
-        **(extra_nodes or {}),
-    }
-    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip", "neg", "clip"),
-             edge("model", "unet", "denoise", "unet"), edge("pos", "conditioning", "denoise", "positive_conditioning"),
-             edge("neg", "conditioning", "denoise", "negative_conditioning"), edge("noise", "noise", "denoise", "noise"),
-             edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae"),
-             *(extra_edges or [])]
-    return {"id": "t2i", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
 
 
 def run(doc: dict, model_run, registry):

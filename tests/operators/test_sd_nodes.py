@@ -98,16 +98,8 @@ def test_image_to_image_changes_the_latents_partly(model_run, tiny_registry):
 def test_inpainting_keeps_the_unmasked_region(model_run, tiny_registry):
     source = run(sd1_graph(seed=3), model_run, tiny_registry)
     image_name = source.outputs_of("decode")[0].image.image_name
-    mask = Image.new("L", (64, 64), 255)  # white: keep
-    mask.paste(0, (0, 0, 32, 64))  # black left half: repaint
-    buffer = io.BytesIO()
-    mask.save(buffer, format="PNG")
-    model_run.store.write("images", "mask.png", buffer.getvalue())
-    doc = sd1_graph(seed=11, extra_nodes={
-        "encode": {"type": "i2l", "image": {"image_name": image_name}},
-        "mask": {"type": "create_denoise_mask", "mask": {"image_name": "mask.png"}},
-    }, extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae"),
-                    edge("model", "vae", "mask", "vae"), edge("mask", "denoise_mask", "denoise", "denoise_mask")])
+    model_run.store.write("images", "mask.png", _mask_png((0, 0, 32, 64)))  # black left half: repaint
+    doc = _inpaint_graph("tiny-sd1", 11, image_name, "mask.png")
     state = run(doc, model_run, tiny_registry)
     encoded = latents_of(model_run, state.outputs_of("encode")[0].latents.latents_name)
     result = latents_of(model_run, state.outputs_of("denoise")[0].latents.latents_name)
@@ -118,23 +110,31 @@ def test_inpainting_keeps_the_unmasked_region(model_run, tiny_registry):
 def test_inpainting_model_runs_with_a_mask(model_run, tiny_registry):
     source = run(sd1_graph(seed=3), model_run, tiny_registry)
     image_name = source.outputs_of("decode")[0].image.image_name
-    model_run.store.write("images", "m.png", _mask_png())
-    doc = sd1_graph("tiny-sd1-inpaint", extra_nodes={
-        "encode": {"type": "i2l", "image": {"image_name": image_name}},
-        "mask": {"type": "create_denoise_mask", "mask": {"image_name": "m.png"}, "image": {"image_name": image_name}},
-    }, extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae"),
-                    edge("model", "vae", "mask", "vae"), edge("mask", "denoise_mask", "denoise", "denoise_mask")])
+    model_run.store.write("images", "m.png", _mask_png((16, 16, 48, 48)))
+    doc = _inpaint_graph("tiny-sd1-inpaint", 7, image_name, "m.png", masked_image=True)
     state = run(doc, model_run, tiny_registry)
     assert state.outputs_of("mask")[0].denoise_mask.masked_latents_name is not None
     assert state.outputs_of("decode")[0].width == 64
 
 
-def _mask_png() -> bytes:
+def _mask_png(repaint: tuple[int, int, int, int]) -> bytes:
+    """A 64x64 mask: white keeps, the black ``repaint`` box is repainted."""
     mask = Image.new("L", (64, 64), 255)
-    mask.paste(0, (16, 16, 48, 48))
+    mask.paste(0, repaint)
     buffer = io.BytesIO()
     mask.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _inpaint_graph(model: str, seed: int, image_name: str, mask_name: str, *, masked_image: bool = False) -> dict:
+    """Text-to-image over the encoded ``image_name``, denoised only where the mask is black."""
+    mask = {"type": "create_denoise_mask", "mask": {"image_name": mask_name}}
+    if masked_image:  # an inpainting model also takes the masked image's latents
+        mask["image"] = {"image_name": image_name}
+    return sd1_graph(model, seed=seed, extra_nodes={
+        "encode": {"type": "i2l", "image": {"image_name": image_name}}, "mask": mask,
+    }, extra_edges=[edge("encode", "latents", "denoise", "latents"), edge("model", "vae", "encode", "vae"),
+                    edge("model", "vae", "mask", "vae"), edge("mask", "denoise_mask", "denoise", "denoise_mask")])
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULER_NAME_VALUES.__args__))

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -446,8 +447,6 @@ def down(state_dir: Path, *, purge: bool = False, timeout: float = 60) -> None:
         settings = ClusterSettings.load(state_dir)
         drop_database(settings)
         flush_broker(settings)
-        import shutil
-
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

@@ -503,30 +503,27 @@ def check_gpu(compose: dict[str, Any]) -> Problems:
 
 def check_model_cache(compose: dict[str, Any]) -> Problems:
     """(e) the workers mount one named volume at MODEL_CACHE_DIR."""
-    problems, sources = [], set()
-    for name in worker_services(compose):
-        service = services(compose)[name]
-        cache_dir = environment(service).get("AIRFLOW__INVOKEAI__MODEL_CACHE_DIR", "")
-        source, found = named_volume_at(compose, service, cache_dir)
-        problems += [f"{name}: {problem}" for problem in found]
-        sources.add(source)
-    if len(sources) != 1 or None in sources:
-        problems.append(f"the workers do not share one model-cache volume: {sources}")
-    return problems
+    return shared_volume(compose, worker_services(compose), "AIRFLOW__INVOKEAI__MODEL_CACHE_DIR",
+                         "the workers do not share one model-cache volume")
 
 
 def check_logs(compose: dict[str, Any]) -> Problems:
     """Task logs reach the UI: the workers write them to a volume the api-server reads (so they need no
     log server), as the local cluster's workers share one log folder."""
+    return shared_volume(compose, AIRFLOW_SERVICES, "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
+                         "the Airflow services do not share one logs volume")
+
+
+def shared_volume(compose: dict[str, Any], names: Any, env_key: str, unshared: str) -> Problems:
+    """Each named service mounts a named volume at the folder its ``env_key`` names, and it is one volume."""
     problems, sources = [], set()
-    for name in AIRFLOW_SERVICES:
+    for name in names:
         service = services(compose).get(name, {})
-        log_dir = environment(service).get("AIRFLOW__LOGGING__BASE_LOG_FOLDER", "")
-        source, found = named_volume_at(compose, service, log_dir)
+        source, found = named_volume_at(compose, service, environment(service).get(env_key, ""))
         problems += [f"{name}: {problem}" for problem in found]
         sources.add(source)
     if len(sources) != 1 or None in sources:
-        problems.append(f"the Airflow services do not share one logs volume: {sources}")
+        problems.append(f"{unshared}: {sources}")
     return problems
 
 

@@ -6,11 +6,12 @@ import io
 import json
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Optional
 
 import airflow_client.client as af
 
-from invokeai_provider.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings
+from invokeai_provider.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings, read_pids
 
 FINISHED = {"success", "failed"}
 
@@ -115,10 +116,6 @@ def worker_of(hostname: Optional[str]) -> str:
 
 
 def service_pid(settings: ClusterSettings, name: str) -> int:
-    from pathlib import Path
-
-    from invokeai_provider.cluster import read_pids
-
     return int(read_pids(Path(settings.state_dir))["services"][name])
 
 
@@ -126,8 +123,6 @@ def wait_for_task_log(settings: ClusterSettings, dag_id: str, run_id: str, needl
                       timeout: float = 300) -> str:
     """Until some task's log of this run and attempt contains ``needle`` (the cluster's workers write
     task logs to the shared log folder); returns that log's path."""
-    from pathlib import Path
-
     base = Path(settings.home) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

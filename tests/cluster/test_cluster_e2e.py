@@ -75,8 +75,8 @@ def test_ten_prompt_batch_makes_ten_images(cluster: ClusterClient) -> None:
 
     images = image_keys(cluster, cluster.run_prefix("default", BATCH, run_id))
     assert len(images) == 10
-    made = sorted((json.loads(cluster.png_text(k)["invokeai_metadata"])["positive_prompt"],
-                   json.loads(cluster.png_text(k)["invokeai_metadata"])["seed"]) for k in images)
+    metadata = [json.loads(cluster.png_text(k)["invokeai_metadata"]) for k in images]
+    made = sorted((m["positive_prompt"], m["seed"]) for m in metadata)
     assert made == sorted(zip(prompts, range(100, 110)))
     events = cluster.asset_events(BATCH, run_id)
     assert sum(len(e.extra["images"]) for e in events) == 10

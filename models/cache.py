@@ -45,6 +45,15 @@ class CacheStats:
         return {"hits": self.hits, "misses": self.misses, "load_seconds": round(self.load_seconds, 4),
                 "evictions": self.evictions}
 
+    def snapshot(self) -> "CacheStats":
+        return CacheStats(self.hits, self.misses, self.load_seconds, self.evictions, list(self.loaded))
+
+    def since(self, earlier: "CacheStats") -> dict[str, Any]:
+        """What happened between ``earlier`` (a snapshot) and now: the model cache figures of one task."""
+        return {"hits": self.hits - earlier.hits, "misses": self.misses - earlier.misses,
+                "load_seconds": round(self.load_seconds - earlier.load_seconds, 4),
+                "evictions": self.evictions - earlier.evictions, "loaded": self.loaded[len(earlier.loaded):]}
+
 
 @dataclass
 class _Entry:

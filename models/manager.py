@@ -44,6 +44,18 @@ PIPELINE_CLASSES = {
 }
 
 
+def main_submodels(base: BaseModelType) -> tuple[SubModelType, ...]:
+    """The submodels a text-to-image run of a main model of this base loads."""
+    parts = (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.UNet, SubModelType.VAE,
+             SubModelType.Scheduler)
+    if base is BaseModelType.StableDiffusionXL:
+        return (*parts, SubModelType.Tokenizer2, SubModelType.TextEncoder2)
+    if base is BaseModelType.StableDiffusionXLRefiner:  # the refiner has only the second text encoder
+        return (SubModelType.Tokenizer2, SubModelType.TextEncoder2, SubModelType.UNet, SubModelType.VAE,
+                SubModelType.Scheduler)
+    return parts
+
+
 class ModelLoadError(InvokeAIProviderError):
     """A registered model could not be loaded; the message names the model and submodel."""
 
@@ -109,6 +121,19 @@ class ModelManager:
         cache_key = self.cache_key(config, part)
         with self.cache.use(cache_key, lambda: self._build(config, part)) as model:
             yield model
+
+    def preload(self, ref: str | Mapping[str, Any]) -> list[str]:
+        """Loads a model (every submodel of a main model) into the cache and onto the execution device, so the
+        first task using it finds it warm. Returns the cache keys it holds."""
+        config = self.get_config(ref)
+        parts: list[Optional[SubModelType]] = list(main_submodels(config.base)) if config.type is ModelType.Main \
+            else [None]
+        keys = []
+        for part in parts:
+            key = self.cache_key(config, part)
+            with self.cache.use(key, lambda part=part: self._build(config, part)):
+                keys.append(key)
+        return keys
 
     @staticmethod
     def cache_key(config: ModelConfig, part: Optional[SubModelType] = None) -> str:

@@ -27,7 +27,11 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
     "vram_cache_gb": ("0", "VRAM budget of the model cache, in GiB (0: as much as the device allows)."),
     "task_retries": ("2", "Retries of every compiled workflow task (a DAG's default_args may override it)."),
     "task_retry_delay_seconds": ("10", "Seconds between a failed try of a compiled task and its retry."),
-    "runtime_socket": (None, "Unix socket of the per-GPU runtime; unset means tasks run in-process."),
+    "runtime_socket": (None, "Unix socket of this worker's GPU runtime (`invokeai-airflow runtime serve`); GPU segments "
+                             "run there with warm models. Unset: tasks run their nodes in-process."),
+    "runtime_connect_seconds": ("10", "How long a task waits for a configured runtime that does not answer (it may be "
+                                      "restarting) before it runs its nodes in-process."),
+    "runtime_preload": (None, "Comma-separated model names or keys the runtime loads at start and keeps warm."),
     "s3_conn_id": ("invokeai_s3", "Airflow connection (type invokeai_s3 or aws) holding the key id (login), secret "
                                   "(password) and extras endpoint_url / region_name for s3:// roots that name no "
                                   "connection; when it does not exist boto3's default credential chain (AWS_* "

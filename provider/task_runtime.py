@@ -210,11 +210,78 @@ def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any
 
 def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
                embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]]) -> Any:
-    """Binds model names, validates and runs a task's (sub)graph; PNGs embed ``embedded_graph``
+    """Runs a task's (sub)graph: in the host's GPU runtime when one is configured, answering and the graph has
+    GPU nodes (models stay warm there across tasks), else in this process. PNGs embed ``embedded_graph``
     (default: the graph itself)."""
+    client = None if services else runtime_client_for(sub, env.logger)
+    if client is not None:
+        from invokeai_provider.engine import ExecutionState
+
+        result = client.run_graph(
+            {"graph": sub, "embedded_graph": embedded_graph, "workflow_json": workflow_json,
+             "env": {"dag_id": env.dag_id, "run_id": env.run_id, "task_id": env.task_id, "map_index": env.map_index,
+                     "tenant": env.tenant, "artifact_root": env.artifact_root, "model_root": env.model_root}},
+            logger=env.logger, cancel_event=env.cancel_event,
+            on_progress=env.usage.progress_callback(env.logger) if env.usage is not None else None)
+        state = ExecutionState.from_dict(result["state"])
+        if env.usage is not None:
+            env.usage.add_state(state)
+            env.usage.add_models(result.get("models") or {})
+            env.usage.add_model_cache(result.get("cache") or {}, runtime=result.get("runtime"))
+        _log_model_cache(env.logger, result.get("cache") or {}, result.get("runtime"))
+        return state
+    return run_graph_in_process(sub, env, services, embedded_graph=embedded_graph, workflow_json=workflow_json)
+
+
+def runtime_client_for(graph: dict[str, Any], logger: logging.Logger) -> Any:
+    """The GPU runtime's client when ``[invokeai] runtime_socket`` is set, the graph has a GPU node and the
+    runtime answers; None means: run in this process."""
+    from invokeai_provider.config import get_option
+
+    path = get_option("runtime_socket")
+    if not path or not _has_gpu_node(graph):
+        return None
+    from invokeai_provider.models.runtime_client import RuntimeClient
+
+    client = RuntimeClient(path)
+    if client.wait_until_answering(float(get_option("runtime_connect_seconds") or 0)):
+        return client
+    logger.warning("GPU runtime at %s is not answering; running this task's nodes in-process (cold model cache)",
+                   path)
+    return None
+
+
+def _has_gpu_node(graph: dict[str, Any]) -> bool:
+    from invokeai_provider.registry import InvocationRegistry
+
+    for node in graph["nodes"].values():
+        try:
+            if InvocationRegistry.get_invocation_class(node.get("type")).UIConfig.gpu:
+                return True
+        except InvokeAIProviderError:
+            continue  # an unknown type fails with its own error in whichever process runs it
+    return False
+
+
+def _log_model_cache(logger: logging.Logger, cache: dict[str, Any], runtime: Optional[dict[str, Any]]) -> None:
+    if not cache:
+        return
+    where = f"GPU runtime {runtime.get('device')} (pid {runtime.get('pid')})" if runtime else "this process"
+    logger.info("model cache in %s: %d hits, %d misses, %.2f s loading%s", where, cache.get("hits", 0),
+                cache.get("misses", 0), cache.get("load_seconds", 0.0),
+                f" ({', '.join(cache['loaded'])})" if cache.get("loaded") else "")
+
+
+def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
+                         embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]],
+                         runtime: Optional[dict[str, Any]] = None) -> Any:
+    """Binds model names, validates and runs a (sub)graph here: in a task process, or in the GPU runtime
+    (``runtime`` describes it, for the usage record)."""
     from invokeai_provider.engine import Engine, ExecutionState
 
     services = _model_services(sub, env, services)
+    manager = services.get("models")
+    stats_before = manager.cache.stats.snapshot() if hasattr(manager, "cache") else None
     if env.usage is not None and "models" in services:
         services = {**services, "models": env.usage.models_service(services["models"])}
     if "models" in services:
@@ -232,7 +299,15 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
     check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
     graph = Graph.from_dict(sub)
     graph.validate()
-    state = Engine(run).run(ExecutionState(graph))
+    try:
+        state = Engine(run).run(ExecutionState(graph))
+    finally:
+        if stats_before is not None:
+            cache = manager.cache.stats.since(stats_before)
+            if env.usage is not None:
+                env.usage.add_model_cache(cache, runtime=runtime)
+            if runtime is None:
+                _log_model_cache(env.logger, cache, None)
     if env.usage is not None:
         env.usage.add_state(state)
     return state

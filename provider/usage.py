@@ -14,7 +14,9 @@ What is counted, and how:
   and second-order schedulers make the number of UNet steps differ from it;
 - ``gpu_seconds``: wall seconds of the nodes whose class is marked ``gpu`` (the ones the plan routes to
   the GPU queue), as the engine times them around ``invoke``; ``node_seconds`` covers every node;
-- ``models``: each model loaded through the model service (key, name, base, type, submodels).
+- ``models``: each model loaded through the model service (key, name, base, type, submodels);
+- ``model_cache``: the model cache's hits, misses and load seconds during the task, and what it loaded;
+  ``runtime`` names the GPU runtime that ran the task's nodes (device, pid, socket), None in-process.
 
 Nothing heavy (nor Airflow) is imported here.
 """
@@ -58,6 +60,8 @@ class UsageMeter:
         self.gpu_seconds = 0.0
         self.node_seconds = 0.0
         self.models: dict[str, dict[str, Any]] = {}
+        self.model_cache: dict[str, Any] = {"hits": 0, "misses": 0, "load_seconds": 0.0, "loaded": []}
+        self.runtime: Optional[dict[str, Any]] = None
         self._lock = threading.Lock()
 
     def progress_callback(self, logger: logging.Logger) -> Callable[[dict[str, Any]], None]:
@@ -87,6 +91,23 @@ class UsageMeter:
             part = _value(submodel)
             if part and part not in entry["submodels"]:
                 entry["submodels"] = sorted([*entry["submodels"], part])
+
+    def add_models(self, models: dict[str, dict[str, Any]]) -> None:
+        """Models another process (the GPU runtime) loaded for this task, as its meter recorded them."""
+        with self._lock:
+            for key, entry in models.items():
+                mine = self.models.setdefault(key, {**entry, "submodels": []})
+                mine["submodels"] = sorted(set(mine["submodels"]) | set(entry.get("submodels") or []))
+
+    def add_model_cache(self, cache: dict[str, Any], runtime: Optional[dict[str, Any]] = None) -> None:
+        with self._lock:
+            for name in ("hits", "misses"):
+                self.model_cache[name] += int(cache.get(name, 0))
+            self.model_cache["load_seconds"] = round(self.model_cache["load_seconds"]
+                                                     + float(cache.get("load_seconds", 0.0)), 4)
+            self.model_cache["loaded"] += list(cache.get("loaded") or [])
+            if runtime is not None:
+                self.runtime = dict(runtime)
 
     def add_state(self, state: Any) -> None:
         """Adds an engine run's executed nodes, their timings and the images they saved."""
@@ -129,6 +150,8 @@ class UsageMeter:
             "nodes": self.nodes,
             "node_types": dict(sorted(self.node_types.items())),
             "models": [self.models[k] for k in sorted(self.models)],
+            "model_cache": dict(self.model_cache),
+            "runtime": self.runtime,
         }
 
 

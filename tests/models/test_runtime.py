@@ -1,0 +1,273 @@
+"""The per-GPU runtime on CPU: tasks hand it their segments, models stay warm, cancel and crashes behave."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from helpers import sd1_graph
+from invokeai_provider.errors import CanceledError, NodeExecutionError
+from invokeai_provider.models.runtime_client import RuntimeClient, RuntimeCrashedError
+from invokeai_provider.models.runtime_server import RuntimeServer, RuntimeStartError
+from invokeai_provider.task_runtime import TaskEnvironment, run_task
+from invokeai_provider.usage import UsageMeter
+
+
+TINY_SD1: Any = {"key": "tiny-sd1", "hash": "", "name": "tiny-sd1", "base": "sd-1", "type": "main"}
+
+
+def short_socket(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A socket path under the 107-byte limit of AF_UNIX (pytest's tmp paths can be longer)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="rt-")) / "gpu0.sock"
+
+
+@pytest.fixture
+def runtime(tmp_path_factory: pytest.TempPathFactory, tiny_registry, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[RuntimeServer]:
+    """A runtime in a thread of this process, serving the CPU; tasks are pointed at it."""
+    server = RuntimeServer(short_socket(tmp_path_factory), "cpu", model_root=tiny_registry.root.as_uri())
+    server.start()
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET", str(server.socket_path))
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def task_env(tmp_path: Path, tiny_registry, task_id: str, *, run_id: str = "r1") -> tuple[TaskEnvironment, Lines]:
+    logger = logging.Logger(f"task-{task_id}-{run_id}", logging.INFO)
+    lines = Lines()
+    logger.addHandler(lines)
+    env = TaskEnvironment(dag_id="sd", run_id=run_id, task_id=task_id, artifact_root=(tmp_path / "a").as_uri(),
+                          model_root=tiny_registry.root.as_uri(), tenant="acme", usage=UsageMeter(), logger=logger)
+    return env, lines
+
+
+def compiled_t2i(**kwargs: Any) -> Any:
+    from invokeai_provider.compile import load_compiled
+
+    graph = sd1_graph(TINY_SD1, **kwargs)
+    graph["nodes"]["decode"]["is_intermediate"] = False
+    return load_compiled(graph, model_names=None)
+
+
+def test_segment_runs_in_the_runtime_and_second_task_finds_the_models_warm(
+        tmp_path: Path, tiny_registry, runtime: RuntimeServer) -> None:
+    compiled = compiled_t2i(steps=3)
+    [task] = compiled.plan.tasks
+    first, first_lines = task_env(tmp_path, tiny_registry, task.task_id, run_id="r1")
+    output, _ = run_task(compiled, first)
+    [image] = output["images"]
+    assert Path(image["uri"].removeprefix("file://")).is_file()
+    # the runtime ran it: progress and the runtime's own lines reached the task's log
+    assert any("running" in line and "runtime pid" in line for line in first_lines.lines)
+    assert sum("Denoising step" in line for line in first_lines.lines) == 3
+    assert first.usage.steps == 3 and first.usage.images == 1
+    assert first.usage.runtime["pid"] == os.getpid() and first.usage.runtime["device"] == "cpu"
+    cold = first.usage.model_cache
+    assert cold["misses"] >= 4 and cold["load_seconds"] > 0  # unet, vae, text encoder, tokenizer, scheduler
+    assert any(key.endswith(":unet") for key in cold["loaded"])
+
+    second, second_lines = task_env(tmp_path, tiny_registry, task.task_id, run_id="r2")
+    run_task(compiled, second)
+    warm = second.usage.model_cache
+    assert warm["misses"] == 0 and warm["loaded"] == [] and warm["load_seconds"] == 0
+    assert warm["hits"] >= cold["misses"]
+    assert any("0 misses" in line for line in second_lines.lines)
+    record = second.usage.record(tenant="acme", dag_id="sd", run_id="r2", task_id=task.task_id, map_index=None,
+                                 try_number=1, hostname="h", started=_now(), ended=_now())
+    assert record["model_cache"]["misses"] == 0 and record["runtime"]["device"] == "cpu"
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["jobs_run"] == 2 and not status["busy"]
+
+
+def test_runtime_images_equal_in_process_images(tmp_path: Path, tiny_registry, monkeypatch: pytest.MonkeyPatch,
+                                                runtime: RuntimeServer) -> None:
+    from PIL import Image
+
+    compiled = compiled_t2i(steps=2, seed=11)
+    [task] = compiled.plan.tasks
+    env, _ = task_env(tmp_path, tiny_registry, task.task_id, run_id="remote")
+    remote, _ = run_task(compiled, env)
+    monkeypatch.delenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET")
+    env, _ = task_env(tmp_path, tiny_registry, task.task_id, run_id="local")
+    local, _ = run_task(compiled, env)
+    assert env.usage.runtime is None
+    [a], [b] = remote["images"], local["images"]
+    pixels = [Image.open(r["uri"].removeprefix("file://")).tobytes() for r in (a, b)]
+    assert pixels[0] == pixels[1]
+
+
+def test_node_error_in_the_runtime_fails_the_task_with_the_same_error(
+        tmp_path: Path, tiny_registry, runtime: RuntimeServer) -> None:
+    from invokeai_provider.registry import InvocationRegistry
+    from invokeai_provider.task_runtime import run_single_node
+
+    l2i = InvocationRegistry.get_invocation_class("l2i")
+    env, _ = task_env(tmp_path, tiny_registry, "decode")
+    vae = {"vae": {**TINY_SD1, "submodel_type": "vae"}}
+    with pytest.raises(NodeExecutionError, match=r"decode \(l2i\) failed: .*no-such-latents") as raised:
+        run_single_node(l2i, "decode", {"latents": {"latents_name": "no-such-latents"}, "vae": vae}, env)
+    assert raised.value.node_id == "decode"
+    # the runtime ran it, and carries on
+    assert RuntimeClient(str(runtime.socket_path)).status()["jobs_failed"] == 1
+    compiled = compiled_t2i(steps=1)
+    env, _ = task_env(tmp_path, tiny_registry, compiled.plan.tasks[0].task_id, run_id="r2")
+    run_task(compiled, env)
+    assert env.usage.runtime is not None
+
+
+def test_cancel_stops_the_segment_at_the_next_denoising_step(tmp_path: Path, tiny_registry,
+                                                             runtime: RuntimeServer) -> None:
+    compiled = compiled_t2i(steps=200)
+    [task] = compiled.plan.tasks
+    env, lines = task_env(tmp_path, tiny_registry, task.task_id)
+
+    def cancel_after_a_few_steps() -> None:
+        while sum("Denoising step" in line for line in list(lines.lines)) < 3:
+            time.sleep(0.01)
+        env.cancel_event.set()
+
+    threading.Thread(target=cancel_after_a_few_steps, daemon=True).start()
+    with pytest.raises(CanceledError):
+        run_task(compiled, env)
+    assert env.usage.steps < 50
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["jobs_canceled"] == 1 and not status["busy"]
+    assert not list((tmp_path / "a").rglob("*.png"))  # nothing half-written
+
+
+def test_a_closed_connection_cancels_the_job(tmp_path: Path, tiny_registry, runtime: RuntimeServer) -> None:
+    """What happens when the task process is killed: its socket closes, the runtime stops at the next step."""
+    import socket as sockets
+
+    from invokeai_provider.models.runtime_protocol import recv_message, send_message
+
+    graph = sd1_graph(steps=500)
+    sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    sock.connect(str(runtime.socket_path))
+    send_message(sock, {"op": "run", "graph": graph, "env": {
+        "dag_id": "sd", "run_id": "killed", "task_id": "t", "tenant": "acme",
+        "artifact_root": (tmp_path / "a").as_uri(), "model_root": tiny_registry.root.as_uri()}})
+    while (message := recv_message(sock)) is not None and message.get("type") != "progress":
+        pass
+    sock.close()
+    client = RuntimeClient(str(runtime.socket_path))
+    deadline = time.monotonic() + 60
+    while client.status()["jobs_canceled"] < 1:
+        assert time.monotonic() < deadline, "the runtime kept running a job nobody waits for"
+        time.sleep(0.1)
+    assert not client.status()["busy"]
+
+
+def test_preload_makes_the_first_task_a_cache_hit(tmp_path: Path, tiny_registry, runtime: RuntimeServer) -> None:
+    client = RuntimeClient(str(runtime.socket_path))
+    answer = client.preload(["tiny-sd1"], tiny_registry.root.as_uri())
+    assert len(answer["keys"]) == 5 and answer["cache"]["misses"] == 5
+    assert client.preload(["tiny-sd1"], tiny_registry.root.as_uri())["cache"]["hits"] == 5
+    compiled = compiled_t2i(steps=1)
+    [task] = compiled.plan.tasks
+    env, _ = task_env(tmp_path, tiny_registry, task.task_id)
+    run_task(compiled, env)
+    assert env.usage.model_cache["misses"] == 0
+    status = client.status()
+    [cache] = status["model_caches"].values()
+    assert any(key.endswith(":unet") for key in cache["models"]) and status["preloaded"]
+
+
+def test_tasks_run_in_process_when_the_runtime_does_not_answer(tmp_path: Path, tiny_registry,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET", str(tmp_path / "nobody.sock"))
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_CONNECT_SECONDS", "0")
+    compiled = compiled_t2i(steps=1)
+    [task] = compiled.plan.tasks
+    env, lines = task_env(tmp_path, tiny_registry, task.task_id)
+    output, _ = run_task(compiled, env)
+    assert output["images"] and env.usage.runtime is None
+    assert any("not answering" in line for line in lines.lines)
+
+
+def test_a_second_runtime_on_the_same_socket_is_refused(runtime: RuntimeServer) -> None:
+    with pytest.raises(RuntimeStartError, match="already serving"):
+        RuntimeServer(runtime.socket_path, "cpu").start()
+
+
+def test_unknown_device_is_refused(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with pytest.raises(RuntimeStartError, match="cuda:7|expected cpu"):
+        RuntimeServer(short_socket(tmp_path_factory), "cuda:7").start()
+
+
+# --- a runtime process: the CLI, and a crash ----------------------------------------------------------------
+
+
+def start_cli_runtime(socket_path: Path, model_root: str, *extra: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "invokeai_provider.cli", "runtime", "serve", "--device", "cpu",
+                                "--socket", str(socket_path), "--model-root", model_root, *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = RuntimeClient(str(socket_path))
+    deadline = time.monotonic() + 120
+    while client.ping() is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"runtime did not start:\n{process.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def test_runtime_crash_fails_the_task_cleanly(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                             tiny_registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    socket_path = short_socket(tmp_path_factory)
+    process = start_cli_runtime(socket_path, tiny_registry.root.as_uri(), "--preload", "tiny-sd1")
+    try:
+        monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET", str(socket_path))
+        compiled = compiled_t2i(steps=400)
+        [task] = compiled.plan.tasks
+        env, lines = task_env(tmp_path, tiny_registry, task.task_id)
+
+        def kill_during_denoising() -> None:
+            while not any("Denoising step 2/" in line for line in list(lines.lines)):
+                time.sleep(0.01)
+            os.kill(process.pid, signal.SIGKILL)
+
+        threading.Thread(target=kill_during_denoising, daemon=True).start()
+        with pytest.raises(RuntimeCrashedError, match="exited while it ran"):
+            run_task(compiled, env)
+        assert not list((tmp_path / "a").rglob("*.png"))
+        # a new runtime takes over the stale socket file the dead one left
+        process.wait(10)
+        process = start_cli_runtime(socket_path, tiny_registry.root.as_uri())
+        out = subprocess.run([sys.executable, "-m", "invokeai_provider.cli", "runtime", "status", "--socket",
+                              str(socket_path), "--json"], capture_output=True, text=True, check=True)
+        report = json.loads(out.stdout)
+        assert report["pid"] == process.pid and report["jobs_run"] == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert not socket_path.exists()  # removed on SIGTERM
+
+
+def _now() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

@@ -300,7 +300,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     if args.action == "up":
         settings = cluster.up(state_dir, Path(args.dags_folder), database=args.database, api_port=args.api_port,
-                              demo_model=not args.no_demo_model, timeout=args.timeout)
+                              demo_model=not args.no_demo_model, runtime=not args.no_runtime, timeout=args.timeout)
         print(f"cluster up: {settings.api_url} (user {cluster.ADMIN_USER}, password {settings.admin_password})")
         print(f"S3: {settings.seaweed.endpoint_url}; state, logs and credentials in {settings.state_dir}")
         return 0
@@ -321,6 +321,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             print(f"{name:15} {'running' if service['alive'] else 'DOWN':8} pid {service['pid']}  "
                   f"restarts {service['restarts']}")
         print(f"api-server {report['api_url']}: {json.dumps(report['health'])}")
+        runtime = report.get("runtime")
+        if runtime:
+            print(f"GPU runtime on {runtime['device']}: jobs run {runtime['jobs_run']}; " + "; ".join(
+                f"model cache {c['hits']} hits, {c['misses']} misses, {c['load_seconds']:.2f} s loading"
+                for c in runtime["model_caches"].values()))
+        elif runtime is None:
+            print("GPU runtime: not answering")
     healthy = report["supervisor_alive"] and all(s["alive"] for s in report["services"].values())
     return 0 if healthy else 3
 
@@ -450,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_cmd.add_argument("--database", help="PostgreSQL database (default: invokeai_airflow)")
     cluster_cmd.add_argument("--api-port", type=int, help="api-server port (default: 28080)")
     cluster_cmd.add_argument("--no-demo-model", action="store_true", help="do not install the tiny demo model")
+    cluster_cmd.add_argument("--no-runtime", action="store_true",
+                             help="with a new cluster: no GPU runtime; gpu tasks load their models in-process, one "
+                                  "at a time")
     cluster_cmd.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default: 300)")
     cluster_cmd.add_argument("--purge", action="store_true", help="with down: drop the database and the state dir")
     cluster_cmd.add_argument("--json", action="store_true", help="with status: print JSON")

@@ -2,13 +2,15 @@
 
 `invokeai-airflow cluster up` starts, on 127.0.0.1 only: Airflow on the machine's PostgreSQL server (a
 database of its own), the CeleryExecutor on Redis, a SeaweedFS S3 server for artifacts and models, and the
-api-server, scheduler, dag-processor, triggerer and two Celery workers (queue ``default`` and queue
-``gpu``). A supervisor process owns them and restarts any that dies, as a container runtime would; ``down``
+api-server, scheduler, dag-processor, triggerer, two Celery workers (queue ``default`` and queue ``gpu``)
+and the GPU runtime the gpu worker's tasks hand their segments to (on cuda:0, or the CPU on a host without
+a GPU; ``--no-runtime`` leaves it out). A supervisor process owns them and restarts any that dies, as a container runtime would; ``down``
 stops the supervisor, which stops them all. Everything lives in one state directory (``./.cluster``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +36,10 @@ MODEL_BUCKET = "invokeai-models"
 S3_CONN_ID = "invokeai_s3"
 ADMIN_USER = "admin"
 
+GPU_WORKER_CONCURRENCY = 4  # with the runtime; 1 without (each task process would load its own models)
+RUNTIME_SERVICE = "runtime"  # the per-GPU runtime the gpu worker's tasks hand their segments to
+RUNTIME_SOCKET_NAME = "gpu0.sock"
+
 # The topology both this module and docker-compose.yml implement (a test checks they agree).
 AIRFLOW_SERVICES: dict[str, list[str]] = {
     "api-server": ["api-server"],
@@ -40,7 +47,9 @@ AIRFLOW_SERVICES: dict[str, list[str]] = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer"],
     "worker-default": ["celery", "worker", "--queues", "default", "--concurrency", "4"],
-    "worker-gpu": ["celery", "worker", "--queues", "gpu", "--concurrency", "1"],
+    # several task processes, one GPU runtime: while one task's segment runs on the device, the next tasks are
+    # started, parse their DAG and queue at the runtime, so Airflow's per-task cost overlaps the GPU work
+    "worker-gpu": ["celery", "worker", "--queues", "gpu", "--concurrency", str(GPU_WORKER_CONCURRENCY)],
 }
 WORKER_QUEUES: dict[str, tuple[str, ...]] = {"worker-default": ("default",), "worker-gpu": ("gpu",)}
 
@@ -67,6 +76,19 @@ class ClusterSettings:
     heartbeat_timeout: int = 30
     artifact_root: str = f"s3://{ARTIFACT_BUCKET}/"
     model_root: str = f"s3://{MODEL_BUCKET}/"
+    runtime_device: Optional[str] = "cpu"  # cuda:0 when the host has a GPU; None: no runtime, tasks load in-process
+    gpu_worker_concurrency: int = GPU_WORKER_CONCURRENCY  # task processes of the gpu worker (1 without runtime)
+
+    @property
+    def runtime_socket(self) -> Optional[str]:
+        """In the state dir; in a per-cluster folder of /tmp when that path is too long for AF_UNIX."""
+        if not self.runtime_device:
+            return None
+        path = Path(self.state_dir) / "runtime" / RUNTIME_SOCKET_NAME
+        if len(str(path)) > 100:
+            digest = hashlib.sha256(self.state_dir.encode()).hexdigest()[:12]
+            path = Path(tempfile.gettempdir()) / f"invokeai-runtime-{digest}" / RUNTIME_SOCKET_NAME
+        return str(path)
 
     @property
     def home(self) -> Path:
@@ -100,7 +122,8 @@ class ClusterSettings:
 
     @classmethod
     def new(cls, state_dir: Path, dags_folder: Path, *, database: Optional[str] = None,
-            api_port: Optional[int] = None, redis_db: Optional[int] = None) -> "ClusterSettings":
+            api_port: Optional[int] = None, redis_db: Optional[int] = None,
+            runtime: bool = True) -> "ClusterSettings":
         ports = SeaweedPorts(s3=free_weed_port(), master=free_weed_port(), volume=free_weed_port(),
                              filer=free_weed_port())
         settings = cls(state_dir=str(state_dir.resolve()), dags_folder=str(dags_folder.resolve()),
@@ -114,7 +137,17 @@ class ClusterSettings:
             settings.api_port = api_port
         if redis_db is not None:
             settings.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+        settings.runtime_device = default_runtime_device() if runtime else None
         return settings
+
+
+def default_runtime_device() -> str:
+    """cuda:0 when ``nvidia-smi`` lists a GPU, else cpu (without importing torch into the CLI)."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "cpu"
+    return "cuda:0" if listed.returncode == 0 and "GPU 0" in listed.stdout else "cpu"
 
 
 def airflow_env(settings: ClusterSettings) -> dict[str, str]:
@@ -167,11 +200,19 @@ def service_env(settings: ClusterSettings, name: str) -> dict[str, str]:
     if name in WORKER_QUEUES:
         env["INVOKEAI_WORKER_NAME"] = name
         env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] = "invokeai_provider.cluster.worker_hostname"
+    if name == "worker-gpu" and settings.runtime_socket:
+        env["AIRFLOW__INVOKEAI__RUNTIME_SOCKET"] = settings.runtime_socket
     return env
 
 
-def service_command(name: str) -> list[str]:
+def service_command(name: str, settings: Optional[ClusterSettings] = None) -> list[str]:
+    if name == RUNTIME_SERVICE:
+        assert settings is not None and settings.runtime_device and settings.runtime_socket
+        return [sys.executable, "-m", "invokeai_provider.cli", "runtime", "serve", "--device", settings.runtime_device,
+                "--socket", settings.runtime_socket]
     args = list(AIRFLOW_SERVICES[name])
+    if name == "worker-gpu" and settings is not None:
+        args[args.index("--concurrency") + 1] = str(settings.gpu_worker_concurrency if settings.runtime_device else 1)
     if name in WORKER_QUEUES:
         # one log folder on one host: the api-server reads task logs from it, no log server needed
         args += ["--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
@@ -248,7 +289,7 @@ class Supervisor:
             command = self.settings.seaweed.command()
             env = dict(os.environ)
         else:
-            command, env = service_command(name), service_env(self.settings, name)
+            command, env = service_command(name, self.settings), service_env(self.settings, name)
         self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                                 cwd=self.state)
@@ -266,7 +307,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
-        for name in ["s3", *AIRFLOW_SERVICES]:
+        for name in ["s3", *([RUNTIME_SERVICE] if self.settings.runtime_device else []), *AIRFLOW_SERVICES]:
             self._start(name)
         while not self.stopping:
             for name, process in list(self.processes.items()):
@@ -327,6 +368,18 @@ def health(settings: ClusterSettings) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def runtime_report(settings: ClusterSettings) -> Optional[dict[str, Any]]:
+    """The GPU runtime's status (model cache, jobs), None while it does not answer; {} without a runtime."""
+    if not settings.runtime_socket:
+        return {}
+    from invokeai_provider.models.runtime_client import RuntimeClient
+
+    try:
+        return RuntimeClient(settings.runtime_socket).status(timeout=5)
+    except InvokeAIProviderError:
+        return None
+
+
 def status(state_dir: Path) -> dict[str, Any]:
     settings = ClusterSettings.load(state_dir)
     pids = read_pids(state_dir)
@@ -335,6 +388,7 @@ def status(state_dir: Path) -> dict[str, Any]:
     return {"state_dir": str(state_dir), "api_url": settings.api_url, "supervisor": pids.get("supervisor"),
             "supervisor_alive": _alive(pids.get("supervisor")), "services": services,
             "health": health(settings) if services else {}, "s3_endpoint": settings.seaweed.endpoint_url,
+            "runtime": runtime_report(settings) if services else {},
             "artifact_root": settings.artifact_root, "model_root": settings.model_root}
 
 
@@ -353,7 +407,8 @@ def wait_healthy(settings: ClusterSettings, timeout: float = 240) -> dict[str, A
         report = health(settings)
         components = [report.get(k, {}).get("status") for k in ("metadatabase", "scheduler", "triggerer",
                                                                  "dag_processor")]
-        if components and all(s == "healthy" for s in components) and set(WORKER_QUEUES) <= ping_workers(settings):
+        if components and all(s == "healthy" for s in components) and set(WORKER_QUEUES) <= ping_workers(settings) \
+                and runtime_report(settings) is not None:
             return report
         time.sleep(2)
     raise ClusterError(f"cluster not healthy after {timeout:.0f} s: {report}; logs in {settings.state_dir}/logs")
@@ -379,7 +434,8 @@ def ping_workers(settings: ClusterSettings) -> set[str]:
 
 
 def up(state_dir: Path, dags_folder: Path, *, database: Optional[str] = None, api_port: Optional[int] = None,
-       redis_db: Optional[int] = None, demo_model: bool = True, timeout: float = 300) -> ClusterSettings:
+       redis_db: Optional[int] = None, demo_model: bool = True, runtime: bool = True,
+       timeout: float = 300) -> ClusterSettings:
     """Starts the cluster (or finds it running) and waits until it is healthy."""
     state_dir = state_dir.resolve()
     if (state_dir / "settings.json").is_file():
@@ -389,7 +445,7 @@ def up(state_dir: Path, dags_folder: Path, *, database: Optional[str] = None, ap
             return settings
     else:
         settings = ClusterSettings.new(state_dir, dags_folder, database=database, api_port=api_port,
-                                       redis_db=redis_db)
+                                       redis_db=redis_db, runtime=runtime)
         settings.save()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     ensure_database(settings)

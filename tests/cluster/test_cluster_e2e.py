@@ -12,7 +12,8 @@ import urllib.request
 import airflow_client.client as af
 import pytest
 
-from cluster_client import ClusterClient, worker_of
+from cluster_client import ClusterClient, wait_for_task_log, worker_of
+from invokeai_provider.models.runtime_client import RuntimeClient
 
 SD15 = "sd15-text-to-image"
 BATCH = "prompt-list-batch"
@@ -32,6 +33,33 @@ def assert_ran_on_their_queues(cluster: ClusterClient, dag_id: str, run_id: str)
 
 def image_keys(cluster: ClusterClient, prefix: str) -> list[str]:
     return [k for k in cluster.keys(prefix) if "/images/" in k]
+
+
+def test_second_gpu_task_with_the_same_model_finds_it_warm_in_the_runtime(cluster: ClusterClient) -> None:
+    """First in this file, so on a fresh cluster the first run is the cold one."""
+    cluster.wait_for_dag(SD15)
+    runtime = RuntimeClient(cluster.settings.runtime_socket)
+    was_cold = not any(c["models"] for c in runtime.status()["model_caches"].values())
+    usages = []
+    for seed in (21, 22):
+        run_id = cluster.trigger(SD15, {"positive_prompt": "a glass teapot", "seed": seed, "tenant": "acme", **TINY})
+        assert cluster.wait(SD15, run_id) == "success"
+        [ti] = assert_ran_on_their_queues(cluster, SD15, run_id)
+        assert ti.queue == "gpu"
+        usages.append((run_id, cluster.xcom(SD15, run_id, SD15_TASK, "invokeai_usage")))
+    (_, first), (second_run, second) = usages
+    for usage in (first, second):  # the gpu worker's task processes handed their segment to the one runtime
+        assert usage["runtime"]["device"] == cluster.settings.runtime_device
+        assert usage["runtime"]["socket"] == cluster.settings.runtime_socket
+        assert worker_of(usage["hostname"]) == "worker-gpu"
+    assert first["runtime"]["pid"] == second["runtime"]["pid"]
+    if was_cold:
+        assert first["model_cache"]["misses"] >= 5 and first["model_cache"]["load_seconds"] > 0
+    warm = second["model_cache"]
+    assert warm["misses"] == 0 and warm["loaded"] == [] and warm["load_seconds"] == 0
+    assert warm["hits"] >= 5  # tokenizer, text encoder, unet, vae, scheduler config
+    log = wait_for_task_log(cluster.settings, SD15, second_run, "model cache in GPU runtime", timeout=30)
+    assert "0 misses, 0.00 s loading" in open(log).read()
 
 
 def test_text_to_image_triggered_over_rest(cluster: ClusterClient) -> None:

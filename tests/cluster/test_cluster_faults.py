@@ -1,4 +1,5 @@
-"""Faults on the local cluster: a GPU worker killed mid-denoise, and the S3 server stopped during a run.
+"""Faults on the local cluster: a GPU worker or the GPU runtime killed mid-denoise, and the S3 server stopped
+during a run.
 
 Compiled tasks retry (``[invokeai] task_retries``), and artifact names are deterministic in (run, task,
 map index, node), so a retried try overwrites what a killed one may have written: one image per prompt,
@@ -15,6 +16,7 @@ from cluster_client import ClusterClient, service_pid, wait_for_task_log, worker
 
 BATCH = "prompt-list-batch"
 SD15 = "sd15-text-to-image"
+SD15_TASK = "sd1_5_text_to_image"
 
 
 def _objects_by_kind(cluster: ClusterClient, prefix: str) -> dict[str, list[str]]:
@@ -55,6 +57,27 @@ def test_gpu_worker_killed_during_denoise_is_retried_without_duplicates(cluster:
     recorded = sorted(r["uri"] for ti in gpu_tis
                       for r in cluster.xcom(BATCH, run_id, ti.task_id, "image_records", map_index=ti.map_index))
     assert recorded == sorted(f"s3://invokeai-artifacts/{k}" for k in images)  # no orphan, no duplicate
+
+
+def test_runtime_killed_during_denoise_fails_the_try_and_the_retry_runs_in_the_restarted_runtime(
+        cluster: ClusterClient) -> None:
+    cluster.wait_for_dag(SD15)
+    conf = {"positive_prompt": "a copper kettle", "seed": 5, "tenant": "acme", "model": "tiny-sd15",
+            "denoise_steps": 80, "noise_width": 128, "noise_height": 128}
+    run_id = cluster.trigger(SD15, conf)
+    first_log = wait_for_task_log(cluster.settings, SD15, run_id, "Denoising step 2/")  # streamed from the runtime
+    runtime = service_pid(cluster.settings, "runtime")
+    os.killpg(runtime, signal.SIGKILL)
+
+    assert cluster.wait(SD15, run_id, timeout=900) == "success"
+    assert service_pid(cluster.settings, "runtime") != runtime  # the supervisor started a new one
+    tries = cluster.task_tries(SD15, run_id, SD15_TASK)
+    assert [str(getattr(t.state, "value", t.state)) for t in tries] == ["failed", "success"]
+    assert "exited while it ran this task's nodes" in open(first_log).read()
+    usage = cluster.xcom(SD15, run_id, SD15_TASK, "invokeai_usage")
+    assert usage["runtime"]["pid"] == service_pid(cluster.settings, "runtime")
+    images = [k for k in cluster.keys(cluster.run_prefix("acme", SD15, run_id)) if "/images/" in k]
+    assert len(images) == 1
 
 
 def test_run_completes_when_s3_stops_for_a_few_seconds(cluster: ClusterClient) -> None:

@@ -54,7 +54,34 @@ def test_workers_serve_their_queue_and_name_themselves(tmp_path: Path, monkeypat
         assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "invokeai_provider.cluster.worker_hostname"
         monkeypatch.setenv("INVOKEAI_WORKER_NAME", env["INVOKEAI_WORKER_NAME"])
         assert cluster.worker_hostname().split(".", 1)[0] == name
-    assert cluster.service_command("worker-gpu")[cluster.service_command("worker-gpu").index("--concurrency") + 1] == "1"
+
+
+def concurrency(command: list[str]) -> str:
+    return command[command.index("--concurrency") + 1]
+
+
+def test_the_gpu_worker_hands_segments_to_the_runtime(tmp_path: Path) -> None:
+    settings = cluster.ClusterSettings.new(tmp_path / "state", tmp_path / "dags")
+    assert settings.runtime_device in ("cpu", "cuda:0")
+    socket_path = settings.runtime_socket
+    assert socket_path and len(socket_path) <= 100
+    runtime = cluster.service_command(cluster.RUNTIME_SERVICE, settings)
+    assert runtime[1:5] == ["-m", "invokeai_provider.cli", "runtime", "serve"]
+    assert runtime[runtime.index("--socket") + 1] == socket_path
+    assert runtime[runtime.index("--device") + 1] == settings.runtime_device
+    assert cluster.service_env(settings, "worker-gpu")["AIRFLOW__INVOKEAI__RUNTIME_SOCKET"] == socket_path
+    assert "AIRFLOW__INVOKEAI__RUNTIME_SOCKET" not in cluster.service_env(settings, "worker-default")
+    # several task processes queue at the one runtime; without it, one task at a time loads its own models
+    assert concurrency(cluster.service_command("worker-gpu", settings)) == str(cluster.GPU_WORKER_CONCURRENCY) != "1"
+    plain = cluster.ClusterSettings.new(tmp_path / "plain", tmp_path / "dags", runtime=False)
+    assert plain.runtime_socket is None and concurrency(cluster.service_command("worker-gpu", plain)) == "1"
+    assert "AIRFLOW__INVOKEAI__RUNTIME_SOCKET" not in cluster.service_env(plain, "worker-gpu")
+
+
+def test_a_long_state_dir_puts_the_socket_where_af_unix_can_reach(tmp_path: Path) -> None:
+    settings = cluster.ClusterSettings.new(tmp_path / ("x" * 120), tmp_path / "dags")
+    assert len(settings.runtime_socket) <= 100
+    assert settings.runtime_socket != cluster.ClusterSettings.new(tmp_path / ("y" * 120), tmp_path).runtime_socket
 
 
 def test_status_without_a_cluster_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -271,3 +271,37 @@ def _now() -> Any:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc)
+
+
+TASK_PROCESS = """
+import json, logging, sys
+from invokeai_provider.compile import load_compiled
+from invokeai_provider.task_runtime import TaskEnvironment, run_task
+from invokeai_provider.usage import UsageMeter
+graph, artifacts, model_root = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+compiled = load_compiled(graph, model_names=None)
+env = TaskEnvironment(dag_id="sd", run_id="light", task_id=compiled.plan.tasks[0].task_id, artifact_root=artifacts,
+                      model_root=model_root, tenant="acme", usage=UsageMeter())
+output, _ = run_task(compiled, env)
+print(json.dumps({"images": len(output["images"]), "runtime": env.usage.runtime,
+                  "heavy": sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)}))
+"""
+
+
+def test_a_task_that_uses_the_runtime_does_not_import_torch(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                            tiny_registry) -> None:
+    socket_path = short_socket(tmp_path_factory)
+    runtime = start_cli_runtime(socket_path, tiny_registry.root.as_uri())
+    try:
+        graph = sd1_graph(TINY_SD1, steps=1)
+        graph["nodes"]["decode"]["is_intermediate"] = False
+        done = subprocess.run([sys.executable, "-c", TASK_PROCESS, json.dumps(graph), (tmp_path / "a").as_uri(),
+                               tiny_registry.root.as_uri()], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "AIRFLOW__INVOKEAI__RUNTIME_SOCKET": str(socket_path)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["images"] == 1 and result["runtime"]["pid"] == runtime.pid
+        assert result["heavy"] == []
+    finally:
+        runtime.send_signal(signal.SIGTERM)
+        runtime.wait(30)

@@ -18,6 +18,8 @@ import shlex
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlparse
@@ -26,7 +28,8 @@ import pytest
 import yaml
 
 from helpers import REPO_ROOT
-from invokeai_provider.cluster import AIRFLOW_SERVICES, WORKER_QUEUES, ClusterSettings, airflow_env, service_env
+from invokeai_provider.cluster import (AIRFLOW_SERVICES, RUNTIME_SERVICE, WORKER_QUEUES, ClusterSettings, airflow_env,
+                                       service_command, service_env)
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CPU_OVERRIDE_FILE = REPO_ROOT / "docker" / "compose.cpu.yml"
@@ -36,6 +39,8 @@ ENTRYPOINT = REPO_ROOT / "docker" / "entrypoint.sh"
 S3_INIT = REPO_ROOT / "docker" / "s3_init.py"
 
 INIT_SERVICES = ("airflow-init", "s3-init")  # one-shot services built from the project image
+# The long-running services built from the project image: the Airflow components and the GPU runtime.
+LONG_RUNNING_SERVICES = (*AIRFLOW_SERVICES, RUNTIME_SERVICE)
 BACKING_SERVICES = ("postgres", "redis", "s3")
 LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
 
@@ -48,6 +53,14 @@ HOST_ONLY_KEYS: dict[str, str] = {}
 WORKER_HOST_ONLY_KEYS: dict[str, str] = {
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "both workers share one host name on loopback; each container has its own",
     "INVOKEAI_WORKER_NAME": "read by that hostname callable only",
+}
+
+RUNTIME_SOCKET_KEY = "AIRFLOW__INVOKEAI__RUNTIME_SOCKET"
+
+# service_env() gives these services these keys on top of airflow_env(), and their compose services set them
+# too (with their own values); no other service may.
+SERVICE_KEYS: dict[str, dict[str, str]] = {
+    "worker-gpu": {RUNTIME_SOCKET_KEY: "its tasks hand their GPU work to the runtime on this socket"},
 }
 
 # Keys a compose service has beyond the shared configuration, with the reason.
@@ -151,6 +164,38 @@ def airflow_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
             value = args.pop(0)
         options[name] = value
     return words, options
+
+
+CLI_PREFIXES = (["invokeai-airflow"], ["python", "-m", "invokeai_provider.cli"])
+
+
+def cli_command(args: list[str]) -> Optional[tuple[list[str], dict[str, str]]]:
+    """``invokeai-airflow ARGS...`` (docker/entrypoint.sh runs it as the next form) or ``python -m
+    invokeai_provider.cli ARGS...`` as (subcommand words, options); None for any other command."""
+    for prefix in CLI_PREFIXES:
+        if args[:len(prefix)] == prefix and len(args) > len(prefix):
+            return airflow_command(args[len(prefix):])
+    return None
+
+
+def local_runtime_command(settings: ClusterSettings) -> Optional[tuple[list[str], dict[str, str]]]:
+    """The local cluster's runtime command, its Python executable read as ``python``."""
+    return cli_command(["python", *service_command(RUNTIME_SERVICE, settings)[1:]])
+
+
+def nvidia_reservations(service: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The service's NVIDIA GPU device reservations, and whether it asks for any device at all."""
+    reservations = ((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}
+    devices = reservations.get("devices") or []
+    nvidia = [device for device in devices
+              if device.get("driver") == "nvidia" and "gpu" in (device.get("capabilities") or [])]
+    return nvidia, bool(devices or service.get("gpus") or service.get("runtime") == "nvidia")
+
+
+def gpu_workers(compose: dict[str, Any]) -> list[str]:
+    """The workers serving the gpu queue."""
+    gpu_queue = environment(services(compose).get("api-server", {})).get("AIRFLOW__INVOKEAI__GPU_QUEUE", "gpu")
+    return [name for name, options in worker_services(compose).items() if gpu_queue in queues(options)]
 
 
 def queues(options: dict[str, str]) -> set[str]:
@@ -316,7 +361,7 @@ def check_services(compose: dict[str, Any]) -> Problems:
     """(a) the local cluster's Airflow services, with the same airflow arguments, and the others."""
     problems = []
     found = services(compose)
-    for name in [*BACKING_SERVICES, *INIT_SERVICES, *AIRFLOW_SERVICES]:
+    for name in [*BACKING_SERVICES, *INIT_SERVICES, *LONG_RUNNING_SERVICES]:
         if name not in found:
             problems.append(f"service {name} is missing")
     for name, expected in AIRFLOW_SERVICES.items():
@@ -336,7 +381,7 @@ def check_services(compose: dict[str, Any]) -> Problems:
         problems.append("airflow-init does not run airflow db migrate")
     if "s3-init" in found and "/opt/invokeai/s3_init.py" not in command_args(found["s3-init"]):
         problems.append("s3-init does not run docker/s3_init.py (/opt/invokeai/s3_init.py in the image)")
-    expected_image_services = {*AIRFLOW_SERVICES, *INIT_SERVICES}
+    expected_image_services = {*LONG_RUNNING_SERVICES, *INIT_SERVICES}
     if set(project_image_services(compose)) != expected_image_services:
         problems.append(f"services built from docker/Dockerfile: {sorted(project_image_services(compose))}, "
                         f"expected {sorted(expected_image_services)}")
@@ -351,15 +396,16 @@ def check_queues(compose: dict[str, Any]) -> Problems:
 
 
 def check_environment(compose: dict[str, Any], settings: ClusterSettings) -> Problems:
-    """(c) every service of the project image has airflow_env()'s keys (and only the listed extras); the
-    values that mean the same on loopback agree; all services share one configuration."""
+    """(c) every service of the project image (the runtime too) has airflow_env()'s keys (and only the listed
+    extras: COMPOSE_ONLY_KEYS, SERVICE_KEYS); the values that mean the same on loopback agree; all services
+    share one configuration."""
     problems = []
     local = airflow_env(settings)
     shared_keys = set(local) - set(HOST_ONLY_KEYS)
     reference: Optional[dict[str, str]] = None
     for name in project_image_services(compose):
         env = environment(services(compose)[name])
-        extras = set(COMPOSE_ONLY_KEYS.get(name, {}))
+        extras = set(COMPOSE_ONLY_KEYS.get(name, {})) | set(SERVICE_KEYS.get(name, {}))
         if set(env) != shared_keys | extras:
             problems.append(f"{name}: missing {sorted(shared_keys | extras - set(env))}, "
                             f"unexpected {sorted(set(env) - shared_keys - extras)}")
@@ -482,29 +528,82 @@ def check_secrets(raw: str, default: dict[str, Any], custom: dict[str, Any]) -> 
 
 
 def check_gpu(compose: dict[str, Any]) -> Problems:
-    """(d) the workers of the gpu queue reserve an NVIDIA GPU; the others reserve none."""
+    """(d) the workers of the gpu queue and the GPU runtime reserve an NVIDIA GPU, the same one (the tasks
+    fall back to running in-process while the runtime does not answer); the others reserve no device."""
     problems = []
-    gpu_queue = environment(services(compose).get("api-server", {})).get("AIRFLOW__INVOKEAI__GPU_QUEUE", "gpu")
-    for name, options in worker_services(compose).items():
-        service = services(compose)[name]
-        reservations = ((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}
-        devices = reservations.get("devices") or []
-        nvidia = [device for device in devices
-                  if device.get("driver") == "nvidia" and "gpu" in (device.get("capabilities") or [])]
-        if gpu_queue in queues(options):
+    found = services(compose)
+    expected = [*gpu_workers(compose), RUNTIME_SERVICE]
+    for name, service in found.items():
+        nvidia, any_device = nvidia_reservations(service)
+        if name in expected:
             if not nvidia:
-                problems.append(f"{name} serves queue {gpu_queue} but reserves no NVIDIA GPU")
+                problems.append(f"{name} reserves no NVIDIA GPU")
             elif any(str(device.get("count", "1")) in ("0", "") for device in nvidia):
                 problems.append(f"{name} reserves zero GPUs")
-        elif devices or service.get("gpus") or service.get("runtime") == "nvidia":
-            problems.append(f"{name} serves {sorted(queues(options))}, not {gpu_queue}, yet reserves a device")
+        elif any_device:
+            problems.append(f"{name} is neither a worker of the gpu queue nor the runtime, yet reserves a device")
+    reserved = [nvidia_reservations(found[name])[0] for name in expected if name in found]
+    if any(reservation != reserved[0] for reservation in reserved):
+        problems.append(f"{expected} do not reserve the same GPU: {reserved}")
+    if not gpu_workers(compose):
+        problems.append("no worker serves the gpu queue")
     return problems
 
 
 def check_model_cache(compose: dict[str, Any]) -> Problems:
-    """(e) the workers mount one named volume at MODEL_CACHE_DIR."""
-    return shared_volume(compose, worker_services(compose), "AIRFLOW__INVOKEAI__MODEL_CACHE_DIR",
-                         "the workers do not share one model-cache volume")
+    """(e) the workers and the GPU runtime mount one named volume at MODEL_CACHE_DIR."""
+    return shared_volume(compose, [*worker_services(compose), RUNTIME_SERVICE], "AIRFLOW__INVOKEAI__MODEL_CACHE_DIR",
+                         "the workers and the runtime do not share one model-cache volume")
+
+
+def check_runtime(compose: dict[str, Any], settings: ClusterSettings) -> Problems:
+    """The GPU runtime: `runtime serve` as the local cluster runs it (the same options; on cuda:0, the GPU it
+    reserves), on the socket the gpu workers are given, in a named volume they share with it; its
+    healthcheck asks that socket; no other service is given the socket."""
+    found = services(compose)
+    if RUNTIME_SERVICE not in found:
+        return [f"no {RUNTIME_SERVICE} service"]
+    runtime = found[RUNTIME_SERVICE]
+    problems = []
+    command, local = cli_command(command_args(runtime)), local_runtime_command(settings)
+    assert local is not None, service_command(RUNTIME_SERVICE, settings)
+    if command is None:
+        return [f"{RUNTIME_SERVICE} does not run the invokeai-airflow CLI: {command_args(runtime)}"]
+    (words, options), (want_words, want_options) = command, local
+    if words != want_words:
+        problems.append(f"{RUNTIME_SERVICE} runs {' '.join(words)}, the local cluster {' '.join(want_words)}")
+    if set(options) != set(want_options):
+        problems.append(f"{RUNTIME_SERVICE}'s options {sorted(options)}, the local cluster's {sorted(want_options)}")
+    for option in set(options) & set(want_options) - {"--device", "--socket"}:
+        if options[option] != want_options[option]:
+            problems.append(f"{RUNTIME_SERVICE}: {option} is {options[option]!r}, the local cluster's "
+                            f"{want_options[option]!r}")
+    if options.get("--device") != "cuda:0":
+        problems.append(f"{RUNTIME_SERVICE} serves --device {options.get('--device')!r}, not the GPU it reserves "
+                        "(cuda:0; docker/compose.cpu.yml makes it cpu)")
+    socket = options.get("--socket", "")
+    if not socket.startswith("/"):
+        return problems + [f"{RUNTIME_SERVICE}'s --socket {socket!r} is not an absolute path"]
+    folder = str(Path(socket).parent)
+    volume, found_problems = named_volume_at(compose, runtime, folder)
+    problems += [f"{RUNTIME_SERVICE}: {problem}" for problem in found_problems]
+    workers = gpu_workers(compose)
+    for name in workers:
+        have = environment(found[name]).get(RUNTIME_SOCKET_KEY)
+        if have != socket:
+            problems.append(f"{name}: {RUNTIME_SOCKET_KEY} is {have!r}, the runtime serves {socket!r}")
+        worker_volume, found_problems = named_volume_at(compose, found[name], folder)
+        problems += [f"{name}: {problem}" for problem in found_problems]
+        if volume and worker_volume and worker_volume != volume:
+            problems.append(f"{name} mounts {worker_volume} at {folder}, the runtime {volume}")
+    for name, service in found.items():
+        if name not in workers and RUNTIME_SOCKET_KEY in environment(service):
+            problems.append(f"{name} is given {RUNTIME_SOCKET_KEY}, yet serves no gpu queue")
+    test = [str(arg) for arg in (runtime.get("healthcheck") or {}).get("test") or []]
+    status = cli_command(test[1:]) if test[:1] == ["CMD"] else None
+    if status is None or status[0] != ["runtime", "status"] or status[1].get("--socket") != socket:
+        problems.append(f"{RUNTIME_SERVICE}'s healthcheck is not `runtime status --socket {socket}` as a CMD: {test}")
+    return problems
 
 
 def check_logs(compose: dict[str, Any]) -> Problems:
@@ -541,11 +640,11 @@ def check_ports(compose: dict[str, Any]) -> Problems:
 
 
 def check_startup(compose: dict[str, Any]) -> Problems:
-    """Airflow services wait for healthy PostgreSQL, Redis and S3 and for both inits; the one-shots do not
-    restart, the others do; every service waited on as healthy has a healthcheck."""
+    """Airflow services and the GPU runtime wait for healthy PostgreSQL, Redis and S3 and for both inits; the
+    one-shots do not restart, the others do; every service waited on as healthy has a healthcheck."""
     problems = []
     found = services(compose)
-    for name in AIRFLOW_SERVICES:
+    for name in LONG_RUNNING_SERVICES:
         depends = found.get(name, {}).get("depends_on") or {}
         if not isinstance(depends, dict):
             problems.append(f"{name}: depends_on has no conditions")
@@ -610,7 +709,8 @@ def check_s3(compose: dict[str, Any]) -> Problems:
 
 def check_dockerfile(text: str, compose: dict[str, Any]) -> Problems:
     """(g) the image: Airflow 3.3.x, this project with [cluster], the dags where DAGS_FOLDER says, the
-    entry point and init script the compose file uses."""
+    entry point and init script the compose file uses, and the folders its services mount volumes on (the
+    runtime's socket folder among them), so that new volumes take the airflow user as their owner."""
     problems = []
     instructions = dockerfile_instructions(text)
     froms = [arguments.split()[0] for instruction, arguments in instructions if instruction == "FROM"]
@@ -639,6 +739,17 @@ def check_dockerfile(text: str, compose: dict[str, Any]) -> Problems:
         if (REPO_ROOT / build.get("context", ".")).resolve() != REPO_ROOT or \
                 not (REPO_ROOT / build["dockerfile"]).is_file():
             problems.append(f"{name} is not built from the repository root with docker/Dockerfile")
+    created = set(copies.values())
+    for instruction, arguments in instructions:
+        if instruction == "RUN":
+            for match in re.finditer(r"\bmkdir\s+((?:-\S+\s+)*)([^;&|]+)", arguments):
+                created |= {path.rstrip("/") for path in shlex.split(match.group(2))}
+    uncreated = {(mount["target"], mount["source"]) for name in project_image_services(compose)
+                 for mount in mounts(services(compose)[name])
+                 if mount["type"] == "volume" and mount["target"].rstrip("/") not in created}
+    for target, source in sorted(uncreated):
+        problems.append(f"volume {source} is mounted at {target}, a folder the image does not create: the new "
+                        "volume would be root's, and the airflow user could not write to it")
     return problems
 
 
@@ -694,11 +805,16 @@ def test_every_airflow_service_has_the_local_clusters_configuration(compose, com
 
 
 def test_only_the_listed_keys_are_host_only(settings):
-    """What the local cluster gives its workers beyond airflow_env() (not inherited from this process) is
-    exactly WORKER_HOST_ONLY_KEYS: a new host-only key needs a decision here."""
-    worker_env, shared = service_env(settings, "worker-gpu"), airflow_env(settings)
-    added = {key for key, value in worker_env.items() if key not in shared and os.environ.get(key) != value}
-    assert added == set(WORKER_HOST_ONLY_KEYS)
+    """What the local cluster gives a service beyond airflow_env() (not inherited from this process) is
+    exactly WORKER_HOST_ONLY_KEYS for its workers plus that service's SERVICE_KEYS: a new key needs a
+    decision here (host-only, or one the compose service sets too)."""
+    shared = airflow_env(settings)
+    for name in LONG_RUNNING_SERVICES:
+        added = {key for key, value in service_env(settings, name).items()
+                 if key not in shared and os.environ.get(key) != value}
+        listed = set(WORKER_HOST_ONLY_KEYS if name in WORKER_QUEUES else {}) | set(SERVICE_KEYS.get(name, {}))
+        assert added == listed, name
+    assert set(SERVICE_KEYS) <= set(LONG_RUNNING_SERVICES)
     assert set(HOST_ONLY_KEYS) <= set(airflow_env(settings))
 
 
@@ -711,13 +827,18 @@ def test_secrets_come_from_documented_variables_with_trial_defaults(compose, com
     _assert_none(check_secrets(COMPOSE_FILE.read_text(), compose, compose_custom))
 
 
-def test_only_the_gpu_worker_reserves_a_gpu(compose):
+def test_only_the_gpu_worker_and_the_runtime_reserve_a_gpu(compose):
     _assert_none(check_gpu(compose))
     assert worker_services(compose), "no workers"
 
 
-def test_both_workers_share_the_model_cache_volume(compose):
+def test_both_workers_and_the_runtime_share_the_model_cache_volume(compose):
     _assert_none(check_model_cache(compose))
+
+
+def test_the_gpu_runtime_serves_the_gpu_workers_socket(compose, compose_custom, settings):
+    _assert_none(check_runtime(compose, settings))
+    _assert_none(check_runtime(compose_custom, settings))
 
 
 def test_task_logs_are_on_a_volume_the_api_server_reads(compose):
@@ -796,7 +917,9 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "a service is missing": ("services", _break(["services", "triggerer"], delete=True)),
     "airflow-init is missing": ("services", _break(["services", "airflow-init"], delete=True)),
     "another subcommand": ("services", _break(["services", "dag-processor", "command"], ["airflow", "scheduler"])),
-    "another concurrency": ("services", _command("worker-gpu", "1", "2")),
+    "another concurrency": ("services", _command("worker-gpu", "4", "1")),
+    "no runtime": ("services", _break(["services", RUNTIME_SERVICE], delete=True)),
+    "runtime from another image": ("services", _break(["services", RUNTIME_SERVICE, "build"], delete=True)),
     "no concurrency": ("services", _sequence(_command("worker-default", "--concurrency", None),
                                              _command("worker-default", "4", None))),
     "init does not migrate": ("services", _break(["services", "airflow-init", "command"], ["airflow", "version"])),
@@ -811,6 +934,14 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "gpu queue differs": ("environment", _env("worker-gpu", "AIRFLOW__INVOKEAI__GPU_QUEUE", "cuda")),
     "services disagree": ("environment", _env("dag-processor", "AIRFLOW__API_AUTH__JWT_SECRET", "another")),
     "connection type": ("environment", _env("s3-init", CONNECTION_KEY, '{"conn_type": "s3", "extra": {}}')),
+    "runtime without the connection": ("environment", _env(RUNTIME_SERVICE, CONNECTION_KEY)),
+    "runtime's model root differs": ("environment", _env(RUNTIME_SERVICE, "AIRFLOW__INVOKEAI__MODEL_ROOT",
+                                                         "s3://other/")),
+    "runtime's cache dir differs": ("environment", _env(RUNTIME_SERVICE, "AIRFLOW__INVOKEAI__MODEL_CACHE_DIR",
+                                                        "/tmp/cache")),
+    "gpu worker without the socket": ("environment", _env("worker-gpu", RUNTIME_SOCKET_KEY)),
+    "cpu worker given the socket": ("environment", _env("worker-default", RUNTIME_SOCKET_KEY,
+                                                        "/opt/airflow/runtime/gpu0.sock")),
     "database host": ("wiring", _env("api-server", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
                                      "postgresql+psycopg2://airflow:airflow@localhost/airflow")),
     "result backend": ("wiring", _env("api-server", "AIRFLOW__CELERY__RESULT_BACKEND", "redis://redis:6379/1")),
@@ -827,6 +958,11 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
         ["services", "worker-gpu", "deploy", "resources", "reservations", "devices", 0, "driver"], "amd")),
     "cpu worker reserves a gpu": ("gpu", lambda d: d["services"]["worker-default"].__setitem__(
         "deploy", d["services"]["worker-gpu"]["deploy"])),
+    "runtime reserves nothing": ("gpu", _break(["services", RUNTIME_SERVICE, "deploy"], delete=True)),
+    "runtime reserves another gpu": ("gpu", _break(
+        ["services", RUNTIME_SERVICE, "deploy", "resources", "reservations", "devices", 0], {
+            "driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]})),
+    "scheduler reserves a gpu": ("gpu", _break(["services", "scheduler", "gpus"], "all")),
     "cache not mounted": ("model_cache", _break(["services", "worker-gpu", "volumes"],
                                                 ["airflow-logs:/opt/airflow/logs"])),
     "caches differ": ("model_cache", _break(["services", "worker-gpu", "volumes"], [
@@ -835,6 +971,37 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
         "airflow-logs:/opt/airflow/logs", "./cache:/opt/airflow/model-cache"])),
     "cache read-only": ("model_cache", _break(["services", "worker-default", "volumes"], [
         "airflow-logs:/opt/airflow/logs", "model-cache:/opt/airflow/model-cache:ro"])),
+    "runtime has no cache": ("model_cache", _break(["services", RUNTIME_SERVICE, "volumes"], [
+        "runtime-socket:/opt/airflow/runtime"])),
+    "runtime's cache differs": ("model_cache", _break(["services", RUNTIME_SERVICE, "volumes"], [
+        "runtime-cache:/opt/airflow/model-cache", "runtime-socket:/opt/airflow/runtime"])),
+    "runtime missing": ("runtime", _break(["services", RUNTIME_SERVICE], delete=True)),
+    "runtime runs airflow": ("runtime", _break(["services", RUNTIME_SERVICE, "command"], ["airflow", "scheduler"])),
+    "runtime status, not serve": ("runtime", _command(RUNTIME_SERVICE, "serve", "status")),
+    "runtime on the cpu": ("runtime", _command(RUNTIME_SERVICE, "cuda:0", "cpu")),
+    "runtime without a device": ("runtime", _sequence(_command(RUNTIME_SERVICE, "--device", None),
+                                                      _command(RUNTIME_SERVICE, "cuda:0", None))),
+    "runtime with another option": ("runtime", lambda d: d["services"][RUNTIME_SERVICE].__setitem__(
+        "command", [*command_args(d["services"][RUNTIME_SERVICE]), "--ram-cache-gb", "8"])),
+    "runtime on another socket": ("runtime", _command(RUNTIME_SERVICE, "/opt/airflow/runtime/gpu0.sock",
+                                                      "/opt/airflow/runtime/gpu1.sock")),
+    "gpu worker on another socket": ("runtime", _env("worker-gpu", RUNTIME_SOCKET_KEY, "/opt/airflow/runtime/x.sock")),
+    "socket in the container": ("runtime", _break(["services", RUNTIME_SERVICE, "volumes"], [
+        "model-cache:/opt/airflow/model-cache"])),
+    "socket folder not shared": ("runtime", _break(["services", "worker-gpu", "volumes"], [
+        "airflow-logs:/opt/airflow/logs", "model-cache:/opt/airflow/model-cache", "other:/opt/airflow/runtime"])),
+    "socket folder read-only": ("runtime", _break(["services", "worker-gpu", "volumes"], [
+        "airflow-logs:/opt/airflow/logs", "model-cache:/opt/airflow/model-cache",
+        "runtime-socket:/opt/airflow/runtime:ro"])),
+    "socket folder a bind mount": ("runtime", _break(["services", RUNTIME_SERVICE, "volumes"], [
+        "model-cache:/opt/airflow/model-cache", "/tmp/runtime:/opt/airflow/runtime"])),
+    "socket volume undeclared": ("runtime", _break(["volumes", "runtime-socket"], delete=True)),
+    "default worker given the socket": ("runtime", _env("worker-default", RUNTIME_SOCKET_KEY,
+                                                        "/opt/airflow/runtime/gpu0.sock")),
+    "runtime healthcheck elsewhere": ("runtime", _break(["services", RUNTIME_SERVICE, "healthcheck", "test"], [
+        "CMD", "python", "-m", "invokeai_provider.cli", "runtime", "status", "--socket", "/tmp/gpu0.sock"])),
+    "runtime healthcheck in a shell": ("runtime", _break(["services", RUNTIME_SERVICE, "healthcheck", "test"], [
+        "CMD-SHELL", "true"])),
     "logs not shared": ("logs", _break(["services", "api-server", "volumes"], [])),
     "published on every interface": ("ports", _break(["services", "api-server", "ports"], ["8080:8080"])),
     "published on 0.0.0.0": ("ports", _break(["services", "s3", "ports"], ["0.0.0.0:8333:8333"])),
@@ -849,6 +1016,9 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "no redis healthcheck": ("startup", _break(["services", "redis", "healthcheck"], delete=True)),
     "init restarts": ("startup", _break(["services", "airflow-init", "restart"], "unless-stopped")),
     "scheduler not restarted": ("startup", _break(["services", "scheduler", "restart"], "no")),
+    "runtime not restarted": ("startup", _break(["services", RUNTIME_SERVICE, "restart"], "no")),
+    "runtime does not wait for s3-init": ("startup", _break(
+        ["services", RUNTIME_SERVICE, "depends_on", "s3-init"], delete=True)),
     "another s3 image": ("s3", _break(["services", "s3", "image"], "minio/minio")),
     "volume server on 8080": ("s3", _s3_script("-volume.port=8081", "-volume.port=8080")),
     "implicit filer port": ("s3", _s3_script(" -filer.port=8888", "")),
@@ -871,6 +1041,8 @@ DOCKERFILE_BREAKAGES: dict[str, Callable[[str], str]] = {
     "no cluster extra": _dockerfile_breakage("[cluster]", ""),
     "dags elsewhere": _dockerfile_breakage("/opt/airflow/dags/\n", "/opt/dags/\n"),
     "airflow's entrypoint": _dockerfile_breakage('"/opt/invokeai/entrypoint.sh"', '"/entrypoint"'),
+    "no socket folder": _dockerfile_breakage(" /opt/airflow/runtime\n", "\n"),
+    "no model-cache folder": _dockerfile_breakage(" /opt/airflow/model-cache ", " "),
 }
 
 DOCKERIGNORE_BREAKAGES: dict[str, Callable[[str], str]] = {
@@ -889,6 +1061,7 @@ def test_each_check_catches_a_broken_file(breakage, compose, compose_custom, set
         "services": check_services, "queues": check_queues, "wiring": check_wiring, "gpu": check_gpu,
         "model_cache": check_model_cache, "logs": check_logs, "ports": check_ports, "startup": check_startup,
         "s3": check_s3, "environment": lambda document: check_environment(document, settings),
+        "runtime": lambda document: check_runtime(document, settings),
     }
     assert checks[check_name](copy.deepcopy(compose)) == []
     assert checks[check_name](broken), f"check_{check_name} did not notice: {breakage}"
@@ -984,6 +1157,43 @@ def test_the_entrypoint_writes_the_admin_password_and_runs_the_cli(fake_airflow_
     assert not other.exists()  # no password given: no password file
 
 
+def test_the_runtime_command_reaches_the_cli_and_its_healthcheck_asks_it(fake_airflow_entrypoint, compose):
+    """The runtime's command, through docker/entrypoint.sh, is the CLI's `runtime serve`; its healthcheck, run
+    here against a runtime on the CPU (docker/compose.cpu.yml's device), passes while the runtime answers
+    and fails once it is gone."""
+    script, _ = fake_airflow_entrypoint
+    runtime = services(compose)[RUNTIME_SERVICE]
+    args = command_args(runtime)
+    assert _run_entrypoint(script, args, {}) == ["python", "-m", "invokeai_provider.cli", *args[1:]]
+    _, options = cli_command(args) or ([], {})
+    test = [str(arg) for arg in runtime["healthcheck"]["test"]]
+    assert test[:4] == ["CMD", "python", "-m", "invokeai_provider.cli"], "a healthcheck does not go through the " \
+        "entry point: it must run the CLI as a module"
+    with tempfile.TemporaryDirectory(prefix="invokeai-rt-") as folder:  # a short path, as AF_UNIX needs
+        socket_path = str(Path(folder) / "runtime" / Path(options["--socket"]).name)
+
+        def here(command: list[str]) -> list[str]:
+            command = [socket_path if arg == options["--socket"] else arg for arg in command]
+            return [sys.executable, *command[1:]]
+
+        serve = here(["python", "-m", "invokeai_provider.cli", *args[1:]])
+        serve[serve.index("--device") + 1] = "cpu"
+        healthcheck = here(test[1:])
+        assert subprocess.run(healthcheck, capture_output=True, timeout=120).returncode != 0
+        process = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not (os.path.exists(socket_path) and stat.S_ISSOCK(os.stat(socket_path).st_mode)):
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+                time.sleep(0.1)
+            result = subprocess.run(healthcheck, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stdout + result.stderr
+        finally:
+            process.terminate()
+            process.communicate(timeout=60)
+        assert subprocess.run(healthcheck, capture_output=True, timeout=120).returncode != 0
+
+
 def test_the_cli_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli", "models", "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -1051,11 +1261,56 @@ class _ComposeLoader(yaml.SafeLoader):
 
 
 _ComposeLoader.add_constructor("!reset", lambda loader, node: ("!reset",))
-_ComposeLoader.add_constructor("!override", lambda loader, node: ("!override", loader.construct_object(node)))
 
 
-def test_the_cpu_override_only_drops_the_gpu_reservation(compose):
+def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[str, Any]:
+    if isinstance(node, yaml.SequenceNode):
+        return "!override", loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return "!override", loader.construct_mapping(node, deep=True)
+    return "!override", loader.construct_scalar(node)
+
+
+_ComposeLoader.add_constructor("!override", _construct_override)
+
+
+def apply_override(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, as far as docker/compose.cpu.yml needs it: ``!reset`` drops the
+    key, ``!override`` and a command replace, mappings merge key by key."""
+    if isinstance(override, tuple) and override[0] == "!override":
+        return copy.deepcopy(override[1])
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if value == ("!reset",):
+                merged.pop(key, None)
+            elif key in ("command", "entrypoint") and isinstance(value, list):
+                merged[key] = list(value)  # Compose replaces these sequences, it does not merge them
+            elif key not in merged:
+                merged[key] = apply_override(None, value)
+            else:
+                merged[key] = apply_override(merged[key], value)
+        return merged
+    assert not isinstance(override, (dict, list)), f"no merge rule here for {override!r}"
+    return override
+
+
+def test_the_cpu_override_only_drops_the_gpu_reservations_and_runs_the_runtime_on_the_cpu(compose, settings):
     override = yaml.load(CPU_OVERRIDE_FILE.read_text(), Loader=_ComposeLoader)
-    assert override == {"services": {"worker-gpu": {"deploy": ("!reset",)}}}
-    assert "deploy" in services(compose)["worker-gpu"] and set(services(compose)["worker-gpu"]["deploy"]) == {
-        "resources"}, "the override would drop more than the GPU reservation"
+    runtime = override["services"][RUNTIME_SERVICE]
+    assert override == {"services": {"worker-gpu": {"deploy": ("!reset",)},
+                                     RUNTIME_SERVICE: {"deploy": ("!reset",), "command": runtime["command"]}}}
+    for name in ("worker-gpu", RUNTIME_SERVICE):
+        assert "deploy" in services(compose)[name] and set(services(compose)[name]["deploy"]) == {
+            "resources"}, f"the override would drop more than {name}'s GPU reservation"
+    merged = apply_override(compose, override)
+    main_command, cpu_command = command_args(services(compose)[RUNTIME_SERVICE]), command_args(
+        services(merged)[RUNTIME_SERVICE])
+    device = main_command.index("--device") + 1
+    assert cpu_command == [*main_command[:device], "cpu", *main_command[device + 1:]], \
+        "the override must change only the runtime's --device, to cpu"
+    assert [name for name, service in services(merged).items() if nvidia_reservations(service)[1]] == []
+    assert {name: service for name, service in services(merged).items()
+            if name not in ("worker-gpu", RUNTIME_SERVICE)} == {
+        name: service for name, service in services(compose).items() if name not in ("worker-gpu", RUNTIME_SERVICE)}
+    assert [problem for problem in check_runtime(merged, settings) if "--device" not in problem] == []

@@ -138,6 +138,38 @@ def test_node_error_in_the_runtime_fails_the_task_with_the_same_error(
     assert env.usage.runtime is not None
 
 
+def test_tasks_sent_together_run_one_at_a_time_on_the_device(tmp_path: Path, tiny_registry,
+                                                               runtime: RuntimeServer) -> None:
+    compiled = compiled_t2i(steps=8)
+    [task] = compiled.plan.tasks
+    spans: dict[str, list[float]] = {}
+
+    class Stamped(logging.Handler):
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Denoising step" in record.getMessage():
+                spans.setdefault(self.run_id, []).append(time.monotonic())
+
+    def one(run_id: str) -> None:
+        env, _ = task_env(tmp_path, tiny_registry, task.task_id, run_id=run_id)
+        env.logger.addHandler(Stamped(run_id))
+        run_task(compiled, env)
+
+    threads = [threading.Thread(target=one, args=(f"r{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(spans) == ["r0", "r1", "r2"] and all(len(v) == 8 for v in spans.values())
+    intervals = sorted((min(v), max(v)) for v in spans.values())
+    for (_, end), (start, _) in zip(intervals, intervals[1:]):
+        assert start > end, f"two segments denoised at the same time: {intervals}"
+    assert RuntimeClient(str(runtime.socket_path)).status()["jobs_run"] == 3
+
+
 def test_cancel_stops_the_segment_at_the_next_denoising_step(tmp_path: Path, tiny_registry,
                                                              runtime: RuntimeServer) -> None:
     compiled = compiled_t2i(steps=200)

@@ -66,10 +66,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _gib(option: str) -> int:
+def cache_budget_bytes(option: str, override_gb: Optional[float] = None) -> int:
+    """A cache budget in bytes: ``override_gb`` when given, else the ``[invokeai]`` option (in GiB)."""
     from invokeai_provider.config import get_option
 
-    return int(float(get_option(option) or 0) * (1 << 30))
+    gib = override_gb if override_gb is not None else float(get_option(option) or 0)
+    return int(gib * (1 << 30))
 
 
 class ModelManager:
@@ -77,7 +79,8 @@ class ModelManager:
                  device: Optional[str] = None, dtype: Any = None) -> None:
         self.registry = registry
         self.device = device or default_device()
-        self.cache = cache or ModelCache(ram_bytes=_gib("ram_cache_gb") or 8 << 30, vram_bytes=_gib("vram_cache_gb"),
+        self.cache = cache or ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb") or 8 << 30,
+                                         vram_bytes=cache_budget_bytes("vram_cache_gb"),
                                          execution_device=self.device)
         self._dtype = dtype
         self._convert_lock = threading.Lock()

@@ -303,13 +303,12 @@ class RuntimeServer:
         """One model manager (registry + RAM/VRAM cache on this device) per model root."""
         if model_root not in self._managers:
             from invokeai_provider.models.cache import ModelCache
-            from invokeai_provider.models.manager import ModelManager, _gib
+            from invokeai_provider.models.manager import ModelManager, cache_budget_bytes
             from invokeai_provider.models.registry import ModelRegistry
 
-            ram = int(self.ram_cache_gb * (1 << 30)) if self.ram_cache_gb is not None else (_gib("ram_cache_gb")
-                                                                                             or 8 << 30)
-            vram = int(self.vram_cache_gb * (1 << 30)) if self.vram_cache_gb is not None else _gib("vram_cache_gb")
-            cache = ModelCache(ram_bytes=ram, vram_bytes=vram, execution_device=self.device)
+            cache = ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb", self.ram_cache_gb) or 8 << 30,
+                               vram_bytes=cache_budget_bytes("vram_cache_gb", self.vram_cache_gb),
+                               execution_device=self.device)
             self._managers[model_root] = ModelManager(ModelRegistry(model_root), cache, device=self.device)
         return self._managers[model_root]
 
@@ -328,7 +327,7 @@ class RuntimeServer:
 
     def status(self) -> dict[str, Any]:
         caches = {str(root): {**manager.cache.stats.as_dict(), "models": manager.cache.keys()}
-                  for root, manager in self._managers.items()}
+                  for root, manager in list(self._managers.items())}  # the executor may add one meanwhile
         return {**self._identity(), "uptime_seconds": round(time.time() - self.started, 1),
                 "busy": self._current is not None, "queued": self._queue.qsize(), "jobs_run": self.jobs_run,
                 "jobs_failed": self.jobs_failed, "jobs_canceled": self.jobs_canceled, "preloaded": self.preloaded,

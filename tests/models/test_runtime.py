@@ -190,6 +190,40 @@ def test_cancel_stops_the_segment_at_the_next_denoising_step(tmp_path: Path, tin
     assert not list((tmp_path / "a").rglob("*.png"))  # nothing half-written
 
 
+def test_a_task_timeout_cancels_its_segment_in_the_runtime(tmp_path: Path, tiny_registry,
+                                                            runtime: RuntimeServer) -> None:
+    """Airflow's execution_timeout raises in the task's main thread (from SIGALRM) while it waits for the runtime."""
+
+    class Timeout(Exception):
+        pass
+
+    def on_alarm(*_: Any) -> None:
+        raise Timeout()
+
+    compiled = compiled_t2i(steps=500)
+    env, lines = task_env(tmp_path, tiny_registry, compiled.plan.tasks[0].task_id)
+    main_thread = threading.get_ident()
+
+    def time_out_during_denoising() -> None:
+        while not any("Denoising step 2/" in line for line in list(lines.lines)):
+            time.sleep(0.01)
+        signal.pthread_kill(main_thread, signal.SIGALRM)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    threading.Thread(target=time_out_during_denoising, daemon=True).start()
+    try:
+        with pytest.raises(Timeout):
+            run_task(compiled, env)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    client = RuntimeClient(str(runtime.socket_path))
+    deadline = time.monotonic() + 60
+    while client.status()["jobs_canceled"] < 1:
+        assert time.monotonic() < deadline, "the runtime kept running the timed-out task's segment"
+        time.sleep(0.1)
+    assert 0 < env.usage.steps < 500
+
+
 def test_a_closed_connection_cancels_the_job(tmp_path: Path, tiny_registry, runtime: RuntimeServer) -> None:
     """What happens when the task process is killed: its socket closes, the runtime stops at the next step."""
     import socket as sockets

@@ -180,11 +180,11 @@ def prompts(count: int) -> list[str]:
     return [f"{subjects[i % len(subjects)]}, study {i}" for i in range(count)]
 
 
-def write_documents(folder: Path, spec: bench_sd.ModelSpec, model: str, *, size: int, steps: int,
+def write_documents(folder: Path, spec: bench_sd.ModelSpec, model: dict[str, Any], *, size: int, steps: int,
                     count: int) -> tuple[str, str]:
     """A one-image graph and an InvokeAI batch over ``count`` prompts and seeds; returns their dag ids."""
     folder.mkdir(parents=True, exist_ok=True)
-    graph = bench_sd.t2i_graph(spec, model, size=size, steps=steps, seed=0)
+    graph = bench_sd.t2i_graph(spec, model, size=size, steps=steps, seed=0)  # type: ignore[arg-type]
     graph["nodes"]["decode"]["is_intermediate"] = False
     single, batch = f"bench-{spec.key}-single", f"bench-{spec.key}-batch{count}"
     (folder / f"{single}.json").write_text(json.dumps(graph))
@@ -348,9 +348,10 @@ def main() -> None:
         folder, built, reused = bench_sd.model_folder(spec, mode, work, device=device, dtype=dtype)
         folders[key] = folder
         name = f"bench-{key}"
-        if not any(c.name == name for c in registry.all()):
-            install_model(registry, str(folder), name=name, inplace=True)
-        dag_ids[key] = write_documents(dags / "documents", spec, name, size=sizes[key], steps=steps,
+        config = next((c for c in registry.all() if c.name == name), None) or install_model(
+            registry, str(folder), name=name, inplace=True)
+        identifier = {"key": config.key, "hash": config.hash, "name": name, "base": config.base.value, "type": "main"}
+        dag_ids[key] = write_documents(dags / "documents", spec, identifier, size=sizes[key], steps=steps,
                                        count=args.prompts)
         print(f"  model {spec.label}: {'reused' if reused else f'built in {built:.1f} s'} ({folder})", flush=True)
 

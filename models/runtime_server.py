@@ -154,9 +154,10 @@ class RuntimeServer:
             return
         import torch
 
-        if not self.device.startswith("cuda"):
+        kind, _, number = self.device.partition(":")
+        if kind != "cuda" or not (number or "0").isdigit():
             raise RuntimeStartError(f"runtime --device {self.device!r}: expected cpu, cuda or cuda:N")
-        index = int(self.device.partition(":")[2] or 0)
+        index = int(number or 0)
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
             raise RuntimeStartError(f"runtime --device {self.device}: this host has {torch.cuda.device_count()} "
                                     "CUDA devices")

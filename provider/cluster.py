@@ -4,8 +4,8 @@
 database of its own), the CeleryExecutor on Redis, a SeaweedFS S3 server for artifacts and models, and the
 api-server, scheduler, dag-processor, triggerer, two Celery workers (queue ``default`` and queue ``gpu``)
 and the GPU runtime the gpu worker's tasks hand their segments to (on cuda:0, or the CPU on a host without
-a GPU; ``--no-runtime`` leaves it out). A supervisor process owns them and restarts any that dies, as a container runtime would; ``down``
-stops the supervisor, which stops them all. Everything lives in one state directory (``./.cluster``).
+a GPU; ``--no-runtime`` leaves it out). A supervisor process owns them and restarts any that dies, as a
+container runtime would; ``down`` stops the supervisor, which stops them all. Everything lives in one state directory (``./.cluster``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.seaweed import SeaweedPorts, SeaweedServer, free_weed_port, stop_process
+from invokeai_provider.seaweed import SeaweedPorts, SeaweedServer, stop_process
 
 ARTIFACT_BUCKET = "invokeai-artifacts"
 MODEL_BUCKET = "invokeai-models"
@@ -124,8 +124,7 @@ class ClusterSettings:
     def new(cls, state_dir: Path, dags_folder: Path, *, database: Optional[str] = None,
             api_port: Optional[int] = None, redis_db: Optional[int] = None,
             runtime: bool = True) -> "ClusterSettings":
-        ports = SeaweedPorts(s3=free_weed_port(), master=free_weed_port(), volume=free_weed_port(),
-                             filer=free_weed_port())
+        ports = SeaweedPorts.free()
         settings = cls(state_dir=str(state_dir.resolve()), dags_folder=str(dags_folder.resolve()),
                        s3_ports=asdict(ports), admin_password=secrets.token_urlsafe(12),
                        jwt_secret=secrets.token_urlsafe(32), s3_secret_key=secrets.token_urlsafe(24))

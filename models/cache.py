@@ -45,14 +45,9 @@ class CacheStats:
         return {"hits": self.hits, "misses": self.misses, "load_seconds": round(self.load_seconds, 4),
                 "evictions": self.evictions}
 
-    def snapshot(self) -> "CacheStats":
-        return CacheStats(self.hits, self.misses, self.load_seconds, self.evictions, list(self.loaded))
-
-    def since(self, earlier: "CacheStats") -> dict[str, Any]:
-        """What happened between ``earlier`` (a snapshot) and now: the model cache figures of one task."""
-        return {"hits": self.hits - earlier.hits, "misses": self.misses - earlier.misses,
-                "load_seconds": round(self.load_seconds - earlier.load_seconds, 4),
-                "evictions": self.evictions - earlier.evictions, "loaded": self.loaded[len(earlier.loaded):]}
+    def report(self) -> dict[str, Any]:
+        """The figures with the keys of the models built: what a task's usage record carries."""
+        return {**self.as_dict(), "loaded": list(self.loaded)}
 
 
 @dataclass
@@ -72,6 +67,7 @@ class ModelCache:
         self.execution_device = execution_device
         self.storage_device = storage_device
         self.stats = CacheStats()
+        self._tracked = threading.local()  # the CacheStats of the job running in this thread, if any
         self._entries: "OrderedDict[str, _Entry]" = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
         self._build_lock = threading.Lock()
@@ -94,25 +90,45 @@ class ModelCache:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                self.stats.hits += 1
+                self._count(hits=1)
                 return entry.model
         with self._build_lock:
             with self._lock:  # another thread may have built it while we waited
                 entry = self._entries.get(key)
                 if entry is not None:
                     self._entries.move_to_end(key)
-                    self.stats.hits += 1
+                    self._count(hits=1)
                     return entry.model
             started = time.perf_counter()
             model = build()
             elapsed = time.perf_counter() - started
             with self._lock:
-                self.stats.misses += 1
-                self.stats.load_seconds += elapsed
-                self.stats.loaded.append(key)
+                self._count(misses=1, load_seconds=elapsed, loaded=key)
                 self._entries[key] = _Entry(model, model_bytes(model))
                 self._make_room_in_ram(keep=key)
             return model
+
+    @contextmanager
+    def track(self) -> Iterator[CacheStats]:
+        """The figures of what this thread asks of the cache inside the block: one job's hits, misses and
+        load seconds, even while other threads (jobs of a GPU runtime) use the same cache."""
+        outer = getattr(self._tracked, "stats", None)
+        stats = self._tracked.stats = CacheStats()
+        try:
+            yield stats
+        finally:
+            self._tracked.stats = outer
+
+    def _count(self, *, hits: int = 0, misses: int = 0, load_seconds: float = 0.0, evictions: int = 0,
+               loaded: Optional[str] = None) -> None:
+        tracked = getattr(self._tracked, "stats", None)
+        for stats in (self.stats, tracked) if tracked is not None else (self.stats,):
+            stats.hits += hits
+            stats.misses += misses
+            stats.load_seconds += load_seconds
+            stats.evictions += evictions
+            if loaded is not None:
+                stats.loaded.append(loaded)
 
     @contextmanager
     def use(self, key: str, build: Callable[[], Any]) -> Iterator[Any]:
@@ -140,7 +156,7 @@ class ModelCache:
             if entry.locks == 0 and key != keep:
                 total -= entry.size
                 del self._entries[key]
-                self.stats.evictions += 1
+                self._count(evictions=1)
 
     def _make_room_on_device(self, needed: int, keep: str) -> None:
         if not self.vram_bytes:

@@ -6,7 +6,10 @@ worker host therefore runs one runtime per device (``invokeai-airflow runtime se
 --socket PATH``); its tasks hand their segment over the socket and get back the serialised execution state,
 with the log lines and denoising progress streamed into the task's own log while it runs.
 
-- One executor thread runs jobs first come, first served: the device is never shared by two segments.
+- Jobs run first come, first served, in up to ``max_batch`` threads that take turns on the device
+  (`runtime_batching.DeviceScheduler`): one job's nodes run at a time, except that the denoise nodes of
+  concurrent jobs of one DAG run, with the same UNet and shapes, share their UNet passes in one batch.
+  ``max_batch`` 1 runs one job after the other.
 - A connection thread per client reads its ``cancel`` or notices it closing (the task was killed or timed
   out) and sets the job's cancel event; the engine stops at the next denoising step.
 - Models stay in the RAM/VRAM cache (LRU within ``ram_cache_gb``/``vram_cache_gb``); ``--preload`` loads
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from invokeai_provider.errors import CanceledError, InvokeAIProviderError
+from invokeai_provider.models.runtime_batching import DeviceScheduler, configured_max_batch
 from invokeai_provider.models.runtime_protocol import (
     PROTOCOL_VERSION,
     error_message,
@@ -49,7 +53,7 @@ class RuntimeStartError(InvokeAIProviderError):
     """The runtime cannot serve: its socket is taken by another runtime, or its device does not exist."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     """One request executed on the device; its connection streams messages back while it runs."""
 
@@ -90,7 +94,8 @@ class RuntimeServer:
 
     def __init__(self, socket_path: str | os.PathLike[str], device: str = "cpu", *,
                  preload: Sequence[str] = (), model_root: Optional[str] = None,
-                 ram_cache_gb: Optional[float] = None, vram_cache_gb: Optional[float] = None) -> None:
+                 ram_cache_gb: Optional[float] = None, vram_cache_gb: Optional[float] = None,
+                 max_batch: Optional[int] = None) -> None:
         self.socket_path = Path(socket_path)
         self.device = device
         self.preload = list(preload)
@@ -104,7 +109,9 @@ class RuntimeServer:
         self.preloaded: list[str] = []
         self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self._numbers = itertools.count(1)
-        self._current: Optional[_Job] = None
+        self._running: set[_Job] = set()
+        self._running_lock = threading.Lock()
+        self.device_scheduler = DeviceScheduler(max_batch if max_batch is not None else configured_max_batch())
         self._managers: dict[Optional[str], Any] = {}
         self._stop = threading.Event()
         self._listener: Optional[socket.socket] = None
@@ -116,8 +123,9 @@ class RuntimeServer:
         """Binds the socket and starts the executor and accept threads; returns at once."""
         self._check_device()
         self._bind()
-        self._threads = [threading.Thread(target=self._executor, name="runtime-executor", daemon=True),
-                         threading.Thread(target=self._accept_loop, name="runtime-accept", daemon=True)]
+        self._threads = [threading.Thread(target=self._executor, name=f"runtime-executor-{n}", daemon=True)
+                         for n in range(self.device_scheduler.max_batch)]
+        self._threads.append(threading.Thread(target=self._accept_loop, name="runtime-accept", daemon=True))
         for thread in self._threads:
             thread.start()
         if self.preload:
@@ -139,10 +147,11 @@ class RuntimeServer:
 
     def shutdown(self) -> None:
         self._stop.set()
-        current = self._current
-        if current is not None:
-            current.cancel_event.set()
-        self._queue.put(None)
+        with self._running_lock:
+            for job in self._running:
+                job.cancel_event.set()
+        for _ in range(self.device_scheduler.max_batch):
+            self._queue.put(None)
         if self._listener is not None:
             self._listener.close()
         for thread in self._threads:
@@ -206,7 +215,7 @@ class RuntimeServer:
                 return
             op = request.get("op")
             if op == "ping":
-                send_message(connection, {"type": "pong", **self._identity(), "busy": self._current is not None,
+                send_message(connection, {"type": "pong", **self._identity(), "busy": self.busy,
                                           "queued": self._queue.qsize()})
             elif op == "status":
                 send_message(connection, {"type": "status", **self.status()})
@@ -248,26 +257,35 @@ class RuntimeServer:
             job = self._queue.get()
             if job is None:
                 return
-            self._current = job
+            with self._running_lock:
+                self._running.add(job)
             try:
-                if job.cancel_event.is_set():
-                    self.jobs_canceled += 1
-                    job.send(error_message(CanceledError("canceled before the runtime started it")))
-                elif job.request.get("op") == "preload":
-                    job.send(self._preload(job))
-                else:
-                    job.send(self._run(job))
-            except BaseException as exc:  # noqa: BLE001 - the job fails, the runtime carries on
-                if isinstance(exc, CanceledError) or job.cancel_event.is_set():
-                    self.jobs_canceled += 1
-                else:
-                    self.jobs_failed += 1
-                    log.warning("job %d failed: %s\n%s", job.number, exc, traceback.format_exc())
-                job.send(error_message(exc))
+                with self.device_scheduler.job():
+                    self._execute(job)
             finally:
-                self._current = None
+                with self._running_lock:
+                    self._running.discard(job)
                 job.done.set()
-                self._release_device_memory()
+
+    def _execute(self, job: _Job) -> None:
+        """Runs one job on the device and answers its task; a failure is the job's, never the runtime's."""
+        try:
+            if job.cancel_event.is_set():
+                self.jobs_canceled += 1
+                job.send(error_message(CanceledError("canceled before the runtime started it")))
+            elif job.request.get("op") == "preload":
+                job.send(self._preload(job))
+            else:
+                job.send(self._run(job))
+        except BaseException as exc:  # noqa: BLE001 - the job fails, the runtime carries on
+            if isinstance(exc, CanceledError) or job.cancel_event.is_set():
+                self.jobs_canceled += 1
+            else:
+                self.jobs_failed += 1
+                log.warning("job %d failed: %s\n%s", job.number, exc, traceback.format_exc())
+            job.send(error_message(exc))
+        finally:
+            self._release_device_memory()
 
     def _run(self, job: _Job) -> dict[str, Any]:
         from invokeai_provider.task_runtime import TaskEnvironment, run_graph_in_process
@@ -281,7 +299,9 @@ class RuntimeServer:
         env = TaskEnvironment(**values, logger=logger, cancel_event=job.cancel_event, usage=meter)
         identity = self._identity()
         logger.info("running %s on %s (runtime pid %d, job %d)", env.task_id, self.device, os.getpid(), job.number)
-        state = run_graph_in_process(request["graph"], env, {"models": self._manager(env.model_root)},
+        services = {"models": self._manager(env.model_root),
+                    "denoise_batcher": self.device_scheduler.for_run(f"{env.tenant}/{env.dag_id}/{env.run_id}")}
+        state = run_graph_in_process(request["graph"], env, services,
                                      embedded_graph=request.get("embedded_graph"),
                                      workflow_json=request.get("workflow_json"), runtime=identity)
         self.jobs_run += 1
@@ -290,15 +310,15 @@ class RuntimeServer:
 
     def _preload(self, job: _Job) -> dict[str, Any]:
         manager = self._manager(job.request.get("model_root") or self.model_root)
-        before = manager.cache.stats.snapshot()
         loaded: list[str] = []
-        for ref in job.request.get("models") or []:
-            started = time.perf_counter()
-            keys = manager.preload(ref)
-            loaded += keys
-            log.info("preloaded %s (%d parts) in %.2f s", ref, len(keys), time.perf_counter() - started)
+        with manager.cache.track() as stats:
+            for ref in job.request.get("models") or []:
+                started = time.perf_counter()
+                keys = manager.preload(ref)
+                loaded += keys
+                log.info("preloaded %s (%d parts) in %.2f s", ref, len(keys), time.perf_counter() - started)
         self.preloaded = sorted(set(self.preloaded) | set(loaded))
-        return {"type": "preloaded", "keys": loaded, "cache": manager.cache.stats.since(before)}
+        return {"type": "preloaded", "keys": loaded, "cache": stats.report()}
 
     def _manager(self, model_root: Optional[str]) -> Any:
         """One model manager (registry + RAM/VRAM cache on this device) per model root."""
@@ -314,13 +334,18 @@ class RuntimeServer:
         return self._managers[model_root]
 
     def _release_device_memory(self) -> None:
-        """Frees the activations of the finished job (cached models stay); a no-op on CPU."""
+        """Frees the activations of the finished job (cached models stay); a no-op on CPU. Called on the device."""
         if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
 
     # --- reports ----------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        with self._running_lock:
+            return bool(self._running)
 
     def _identity(self) -> dict[str, Any]:
         return {"device": self.device, "pid": os.getpid(), "socket": str(self.socket_path),
@@ -330,7 +355,9 @@ class RuntimeServer:
         caches = {str(root): {**manager.cache.stats.as_dict(), "models": manager.cache.keys()}
                   for root, manager in list(self._managers.items())}  # the executor may add one meanwhile
         return {**self._identity(), "uptime_seconds": round(time.time() - self.started, 1),
-                "busy": self._current is not None, "queued": self._queue.qsize(), "jobs_run": self.jobs_run,
+                "busy": self.busy, "running": len(self._running), "queued": self._queue.qsize(),
+                "max_batch": self.device_scheduler.max_batch, "denoise_batches": self.device_scheduler.stats.as_dict(),
+                "jobs_run": self.jobs_run,
                 "jobs_failed": self.jobs_failed, "jobs_canceled": self.jobs_canceled, "preloaded": self.preloaded,
                 "model_caches": caches}
 

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
     from invokeai_provider.context import InvocationContext
+    from invokeai_provider.operators.denoise_loop import DenoiseItem
 
 COMPENSATION_OPTIONS = Literal["None", "SDXL"]
 # (scale, bias) applied to SDXL images before encoding: InvokeAI's experimentally found colour-drift fix.
@@ -417,7 +418,22 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                   field="noise")
 
     def invoke(self, context: "InvocationContext") -> LatentsOutput:
+        from invokeai_provider.operators.denoise_loop import denoise_alone
+
+        item = self.prepare(context)
+        if item.runs_no_step:
+            result = item.orig_latents
+        else:
+            batcher = context.services.get("denoise_batcher")  # the GPU runtime's, to share UNet passes
+            result = batcher.denoise(item) if batcher is not None else denoise_alone(item)
+        name = context.tensors.save(result)
+        return LatentsOutput.build(name, result, seed=None)
+
+    def prepare(self, context: "InvocationContext") -> "DenoiseItem":
+        """Everything the sampling loop needs except the UNet itself, which the loop enters (``open_unet``):
+        a prepared item can wait for others to share its UNet passes without holding the model."""
         import torch
+        from invokeai_provider.operators.denoise_loop import DenoiseItem
         from invokeai_provider.operators.schedulers import make_scheduler
 
         self._refuse_unsupported()
@@ -433,6 +449,10 @@ class DenoiseLatentsInvocation(BaseInvocation):
         with models.load(self.unet.scheduler) as scheduler_config:
             scheduler = make_scheduler(self.scheduler, scheduler_config, seed=seed)
         timesteps, init_timestep = init_timesteps(scheduler, self.steps, self.denoising_start, self.denoising_end)
+        cfg = _as_list(self.cfg_scale)
+        if len(cfg) not in (1, len(timesteps)):
+            raise GenerationError(f"node {self.id} (denoise_latents): field cfg_scale: a list needs one value per step "
+                                  f"({len(timesteps)}), got {len(cfg)}", node_id=self.id, field="cfg_scale")
         mask = masked_latents = None
         if self.denoise_mask is not None:
             mask = context.tensors.load(self.denoise_mask.mask_name)
@@ -440,89 +460,25 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                                    align_corners=False)
             if self.denoise_mask.masked_latents_name:
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
+        return DenoiseItem(
+            node_id=self.id, context=context, open_unet=lambda: self._unet(context),
+            unet_spec=self.unet.model_dump(mode="json", exclude={"scheduler"}), scheduler=scheduler,
+            timesteps=timesteps, init_timestep=init_timestep, orig_latents=latents, noise=noise, seed=seed,
+            positive=positive, negative=negative, cfg=[float(c) for c in cfg],
+            cfg_rescale_multiplier=self.cfg_rescale_multiplier, mask=mask, masked_latents=masked_latents,
+            gradient=bool(self.denoise_mask and self.denoise_mask.gradient))
+
+    @contextmanager
+    def _unet(self, context: "InvocationContext") -> Iterator[Any]:
+        """The UNet as this node runs it: loaded, with its LoRAs, seamless axes and FreeU, without grad."""
+        import torch
+
+        models = _models(self, context, "unet")
         base = models.get_config(self.unet.unet).base
         with models.load(self.unet.unet) as unet, \
                 _patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
                 _seamless(unet, self.unet.seamless_axes), _freeu(unet, self.unet.freeu_config), torch.no_grad():
-            result = _denoise(self, context, unet, scheduler, timesteps, init_timestep, latents, noise, seed,
-                              positive, negative, mask, masked_latents,
-                              gradient=bool(self.denoise_mask and self.denoise_mask.gradient))
-        name = context.tensors.save(result)
-        return LatentsOutput.build(name, result, seed=None)
-
-
-def _denoise(node: DenoiseLatentsInvocation, context: "InvocationContext", unet: Any, scheduler: Any,
-             timesteps: "torch.Tensor", init_timestep: "torch.Tensor", orig_latents: "torch.Tensor",
-             noise: Optional["torch.Tensor"], seed: int, positive: dict[str, "torch.Tensor"],
-             negative: dict[str, "torch.Tensor"], mask: Optional["torch.Tensor"],
-             masked_latents: Optional["torch.Tensor"], gradient: bool = False) -> "torch.Tensor":
-    """The sampling loop: classifier-free guidance, optional CFG rescale and inpainting mask, per-step progress."""
-    import inspect
-
-    import torch
-
-    device, dtype = unet.device, unet.dtype
-    if init_timestep.shape[0] == 0:
-        return orig_latents
-    orig_latents = orig_latents.to(device=device, dtype=torch.float32)
-    if noise is None:
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn(orig_latents.shape, generator=generator, dtype=torch.float32)
-    noise = noise.to(device=device, dtype=torch.float32)
-    latents = scheduler.add_noise(orig_latents, noise, init_timestep.expand(orig_latents.shape[0]))
-    inpainting_unet = unet.config.in_channels == 9
-    if inpainting_unet:
-        if mask is None:
-            mask = torch.ones_like(orig_latents[:, :1])
-        if masked_latents is None:
-            masked_latents = torch.where(mask < 0.5, 0.0, orig_latents)
-        # the inpainting UNet takes 1 - mask (InvokeAI's mask keeps where it is 1)
-        extra_channels = torch.cat([1 - mask.to(device), masked_latents.to(device=device, dtype=torch.float32)], 1)
-
-    embeds = torch.cat([negative["embeds"], positive["embeds"]]).to(device=device, dtype=dtype)
-    added: dict[str, torch.Tensor] = {}
-    if "pooled_embeds" in positive:
-        added = {"text_embeds": torch.cat([negative["pooled_embeds"], positive["pooled_embeds"]]).to(device, dtype),
-                 "time_ids": torch.cat([negative["add_time_ids"], positive["add_time_ids"]]).to(device, dtype)}
-    cfg = _as_list(node.cfg_scale)
-    if len(cfg) not in (1, len(timesteps)):
-        raise GenerationError(f"node {node.id} (denoise_latents): field cfg_scale: a list needs one value per step "
-                              f"({len(timesteps)}), got {len(cfg)}", node_id=node.id, field="cfg_scale")
-    step_kwargs: dict[str, Any] = {}
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        step_kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed ^ 0xFFFFFFFF)
-
-    total = len(timesteps)
-    train_steps = scheduler.config.num_train_timesteps
-    for index, t in enumerate(timesteps):
-        if mask is not None and not inpainting_unet:
-            noised = scheduler.add_noise(orig_latents, noise, t.expand(1))
-            if gradient:  # a gradient mask keeps a pixel until the schedule has come down past its value
-                latents = torch.where(mask.to(device) < 1 - t.item() / train_steps, latents, noised)
-            else:
-                latents = torch.lerp(latents, noised, mask.to(device))
-        model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        if inpainting_unet:
-            model_input = torch.cat([model_input, torch.cat([extra_channels] * 2)], dim=1)
-        prediction = unet(model_input.to(dtype), t, encoder_hidden_states=embeds,
-                          added_cond_kwargs=added or None).sample.float()
-        uncond, cond = prediction.chunk(2)
-        scale = cfg[index] if len(cfg) > 1 else cfg[0]
-        guided = uncond + scale * (cond - uncond)
-        if node.cfg_rescale_multiplier > 0:
-            std_cond = cond.std(dim=list(range(1, cond.ndim)), keepdim=True)
-            std_guided = guided.std(dim=list(range(1, guided.ndim)), keepdim=True)
-            rescaled = guided * (std_cond / std_guided)
-            guided = node.cfg_rescale_multiplier * rescaled + (1 - node.cfg_rescale_multiplier) * guided
-        latents = scheduler.step(guided, t, latents, **step_kwargs).prev_sample
-        context.util.signal_progress(f"Denoising step {index + 1}/{total}", (index + 1) / total,
-                                     step=index + 1, total_steps=total)
-    if mask is not None and not inpainting_unet:
-        if gradient:
-            latents = torch.where(mask.to(device) < 1, latents, orig_latents)
-        else:
-            latents = torch.lerp(latents, orig_latents, mask.to(device))
-    return latents.detach().to("cpu")
+            yield unet
 
 
 # --- VAE ----------------------------------------------------------------------------------------------

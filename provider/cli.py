@@ -369,7 +369,8 @@ def cmd_runtime(args: argparse.Namespace) -> int:
         preload = list(args.preload or []) or [m.strip() for m in (get_option("runtime_preload") or "").split(",")
                                                if m.strip()]
         RuntimeServer(socket_path, args.device, preload=preload, model_root=args.model_root or get_option("model_root"),
-                      ram_cache_gb=args.ram_cache_gb, vram_cache_gb=args.vram_cache_gb).serve_forever()
+                      ram_cache_gb=args.ram_cache_gb, vram_cache_gb=args.vram_cache_gb,
+                      max_batch=args.max_batch).serve_forever()
         return 0
     client = RuntimeClient(socket_path)
     if args.action == "preload":
@@ -387,6 +388,9 @@ def cmd_runtime(args: argparse.Namespace) -> int:
     print(f"runtime pid {report['pid']} on {report['device']} ({report['socket']}), up {report['uptime_seconds']} s: "
           f"{'busy' if report['busy'] else 'idle'}, {report['queued']} queued; jobs run {report['jobs_run']}, "
           f"failed {report['jobs_failed']}, canceled {report['jobs_canceled']}")
+    batches = report["denoise_batches"]
+    print(f"denoise batches (at most {report['max_batch']}): {batches['batches']} for {batches['items']} denoise nodes, "
+          f"largest {batches['largest']}")
     for root, cache in report["model_caches"].items():
         print(f"model cache ({root}): {cache['hits']} hits, {cache['misses']} misses, {cache['load_seconds']:.2f} s "
               f"loading, {cache['evictions']} evictions; warm: {', '.join(cache['models']) or 'nothing'}")
@@ -489,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--ram-cache-gb", type=float, help="with serve: RAM budget (default: [invokeai] ram_cache_gb)")
     runtime.add_argument("--vram-cache-gb", type=float,
                          help="with serve: VRAM budget (default: [invokeai] vram_cache_gb; 0 = what the device has)")
+    runtime.add_argument("--max-batch", type=int, metavar="N",
+                         help="with serve: most denoise nodes of one DAG run denoised as one batch, and tasks admitted at "
+                              "a time (default: [invokeai] runtime_max_batch; 1 = one task after the other)")
     runtime.add_argument("--json", action="store_true", help="with status and preload: print JSON")
     runtime.set_defaults(func=cmd_runtime)
 

@@ -31,6 +31,8 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
                              "run there with warm models. Unset: tasks run their nodes in-process."),
     "runtime_connect_seconds": ("10", "How long a task waits for a configured runtime that does not answer (it may be "
                                       "restarting) before it runs its nodes in-process."),
+    "runtime_max_batch": ("4", "Most denoise nodes of one DAG run (same UNet, size and steps) the GPU runtime runs as one "
+                               "batch; also how many tasks it admits at a time. 1: one task after the other."),
     "runtime_preload": (None, "Comma-separated model names or keys the runtime loads at start and keeps warm."),
     "s3_conn_id": ("invokeai_s3", "Airflow connection (type invokeai_s3 or aws) holding the key id (login), secret "
                                   "(password) and extras endpoint_url / region_name for s3:// roots that name no "

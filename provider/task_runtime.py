@@ -8,6 +8,7 @@ tasks it feeds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -281,7 +282,7 @@ def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: di
 
     services = _model_services(sub, env, services)
     manager = services.get("models")
-    stats_before = manager.cache.stats.snapshot() if hasattr(manager, "cache") else None
+    tracking = manager.cache.track() if hasattr(manager, "cache") else contextlib.nullcontext()
     if env.usage is not None and "models" in services:
         services = {**services, "models": env.usage.models_service(services["models"])}
     if "models" in services:
@@ -299,15 +300,16 @@ def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: di
     check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
     graph = Graph.from_dict(sub)
     graph.validate()
-    try:
-        state = Engine(run).run(ExecutionState(graph))
-    finally:
-        if stats_before is not None:
-            cache = manager.cache.stats.since(stats_before)
-            if env.usage is not None:
-                env.usage.add_model_cache(cache, runtime=runtime)
-            if runtime is None:
-                _log_model_cache(env.logger, cache, None)
+    with tracking as stats:
+        try:
+            state = Engine(run).run(ExecutionState(graph))
+        finally:
+            if stats is not None:
+                cache = stats.report()
+                if env.usage is not None:
+                    env.usage.add_model_cache(cache, runtime=runtime)
+                if runtime is None:
+                    _log_model_cache(env.logger, cache, None)
     if env.usage is not None:
         env.usage.add_state(state)
     return state

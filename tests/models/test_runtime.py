@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -34,16 +34,30 @@ def short_socket(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def runtime(tmp_path_factory: pytest.TempPathFactory, tiny_registry, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[RuntimeServer]:
-    """A runtime in a thread of this process, serving the CPU; tasks are pointed at it."""
-    server = RuntimeServer(short_socket(tmp_path_factory), "cpu", model_root=tiny_registry.root.as_uri())
-    server.start()
-    monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET", str(server.socket_path))
+def make_runtime(tmp_path_factory: pytest.TempPathFactory, tiny_registry, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[Callable[..., RuntimeServer]]:
+    """Starts a runtime in threads of this process, serving the CPU, and points tasks at it."""
+    servers: list[RuntimeServer] = []
+
+    def start(**options: Any) -> RuntimeServer:
+        server = RuntimeServer(short_socket(tmp_path_factory), "cpu", model_root=tiny_registry.root.as_uri(),
+                               **options)
+        server.start()
+        servers.append(server)
+        monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET", str(server.socket_path))
+        return server
+
     try:
-        yield server
+        yield start
     finally:
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
+
+
+@pytest.fixture
+def runtime(make_runtime: Callable[..., RuntimeServer]) -> RuntimeServer:
+    """A runtime with the default settings (denoise batches of up to [invokeai] runtime_max_batch)."""
+    return make_runtime()
 
 
 class Lines(logging.Handler):
@@ -138,8 +152,9 @@ def test_node_error_in_the_runtime_fails_the_task_with_the_same_error(
     assert env.usage.runtime is not None
 
 
-def test_tasks_sent_together_run_one_at_a_time_on_the_device(tmp_path: Path, tiny_registry,
-                                                               runtime: RuntimeServer) -> None:
+def test_tasks_sent_together_run_one_at_a_time_on_the_device_without_batching(
+        tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer]) -> None:
+    runtime = make_runtime(max_batch=1)
     compiled = compiled_t2i(steps=8)
     [task] = compiled.plan.tasks
     spans: dict[str, list[float]] = {}
@@ -167,7 +182,118 @@ def test_tasks_sent_together_run_one_at_a_time_on_the_device(tmp_path: Path, tin
     intervals = sorted((min(v), max(v)) for v in spans.values())
     for (_, end), (start, _) in zip(intervals, intervals[1:]):
         assert start > end, f"two segments denoised at the same time: {intervals}"
-    assert RuntimeClient(str(runtime.socket_path)).status()["jobs_run"] == 3
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["jobs_run"] == 3 and status["denoise_batches"]["sizes"] == {"1": 3}
+
+
+# --- denoise nodes of one run batched in the runtime ---------------------------------------------------------
+
+PROMPTS = ["a red cat", "a blue fox on a hill", "a green owl"]
+
+
+def mapped_jobs(tmp_path: Path, tiny_registry, run_id: str, **graph: Any) -> list[tuple[Any, TaskEnvironment, Lines]]:
+    """The instances of a mapped task: one compiled graph per prompt and seed, map indexes 0, 1, 2."""
+    jobs = []
+    for index, prompt in enumerate(PROMPTS):
+        compiled = compiled_t2i(prompt=prompt, seed=100 + index, **graph)
+        env, lines = task_env(tmp_path, tiny_registry, compiled.plan.tasks[0].task_id, run_id=run_id)
+        env.map_index = index
+        jobs.append((compiled, env, lines))
+    return jobs
+
+
+def run_together(runtime: RuntimeServer, jobs: list[tuple[Any, TaskEnvironment, Any]]) -> list[Any]:
+    """Sends the jobs while the device is held, so all of them are in the runtime before any runs (as when
+    mapped tasks queue behind a long one); returns each job's output or exception."""
+    outcomes: list[Any] = [None] * len(jobs)
+
+    def one(number: int) -> None:
+        compiled, env, _ = jobs[number]
+        try:
+            outcomes[number] = run_task(compiled, env)[0]
+        except BaseException as exc:  # noqa: BLE001 - compared by the test
+            outcomes[number] = exc
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(jobs))]
+    with runtime.device_scheduler.job():
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while runtime.status()["running"] < len(jobs):
+            assert time.monotonic() < deadline, "the jobs did not reach the runtime"
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join(120)
+    return outcomes
+
+
+def pixels(output: dict[str, Any]) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    [record] = output["images"]
+    return np.asarray(Image.open(record["uri"].removeprefix("file://")), dtype=np.int16)
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_sde_k"])  # step noise, and a seeded noise sampler
+def test_mapped_tasks_denoise_as_one_batch_and_give_the_unbatched_images(
+        tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer], monkeypatch: pytest.MonkeyPatch,
+        scheduler: str) -> None:
+    runtime = make_runtime(max_batch=3)
+    batched = run_together(runtime, mapped_jobs(tmp_path / "batched", tiny_registry, "mapped", steps=4,
+                                                scheduler=scheduler))
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["denoise_batches"] == {"batches": 1, "items": 3, "largest": 3, "sizes": {"3": 1}}
+    assert status["jobs_run"] == 3
+    monkeypatch.delenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET")
+    alone = [run_task(compiled, env)[0]
+             for compiled, env, _ in mapped_jobs(tmp_path / "alone", tiny_registry, "mapped", steps=4,
+                                                 scheduler=scheduler)]
+    for index, (together, single) in enumerate(zip(batched, alone)):
+        assert not isinstance(together, BaseException), together
+        difference = abs(pixels(together) - pixels(single))
+        assert difference.max() <= 1, f"instance {index}: batched image differs by up to {difference.max()} levels"
+    # every instance kept its own prompt and seed
+    assert abs(pixels(batched[0]) - pixels(batched[1])).max() > 10
+    assert abs(pixels(batched[1]) - pixels(batched[2])).max() > 10
+
+
+def test_a_canceled_task_leaves_its_batch_and_the_others_finish(
+        tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer]) -> None:
+    runtime = make_runtime(max_batch=3)
+    jobs = mapped_jobs(tmp_path, tiny_registry, "mapped", steps=60)
+    _, canceled_env, canceled_lines = jobs[1]
+
+    def cancel_after_a_few_steps() -> None:
+        while sum("Denoising step" in line for line in list(canceled_lines.lines)) < 3:
+            time.sleep(0.01)
+        canceled_env.cancel_event.set()
+
+    threading.Thread(target=cancel_after_a_few_steps, daemon=True).start()
+    first, second, third = run_together(runtime, jobs)
+    assert isinstance(second, CanceledError)
+    assert canceled_env.usage.steps < 60
+    for output, (_, env, _) in ((first, jobs[0]), (third, jobs[2])):
+        assert not isinstance(output, BaseException), output
+        assert len(output["images"]) == 1 and env.usage.steps == 60
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["denoise_batches"]["sizes"] == {"3": 1}
+    assert (status["jobs_run"], status["jobs_canceled"]) == (2, 1)
+
+
+def test_only_denoise_nodes_of_one_run_with_one_shape_batch_together(
+        tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer]) -> None:
+    runtime = make_runtime(max_batch=4)
+    same_a, same_b, smaller = mapped_jobs(tmp_path, tiny_registry, "r1", steps=2)
+    smaller = mapped_jobs(tmp_path, tiny_registry, "r1", steps=2, size=32)[2]
+    other_run = mapped_jobs(tmp_path, tiny_registry, "r2", steps=2)[0]
+    outcomes = run_together(runtime, [same_a, other_run, smaller, same_b])
+    assert not any(isinstance(o, BaseException) for o in outcomes), outcomes
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["denoise_batches"]["sizes"] == {"1": 2, "2": 1}
+    # each task's usage counts its own model cache use, though the batch loaded the UNet in one of them
+    cache = [env.usage.model_cache for _, env, _ in (same_a, other_run, smaller, same_b)]
+    assert sum(c["misses"] for c in cache) == len({key for c in cache for key in c["loaded"]})
 
 
 def test_cancel_stops_the_segment_at_the_next_denoising_step(tmp_path: Path, tiny_registry,

@@ -13,13 +13,16 @@ a) throughput (``--parts throughput``): per model (SD1.5 512x512 and SDXL 1024x1
    - DAG, P prompts: one run of an InvokeAI batch over the P prompts (P mapped gpu tasks), trigger to success,
      Airflow scheduling included;
    - diffusers, one call with all P prompts in batches of ``--batch-size`` (what batching in the runtime could
-     gain at most).
+     gain at most), and the denoise batches the runtime formed during the mapped runs.
    The three single-image paths are interleaved (ABBA) over ``--repeats`` rounds; medians are printed.
 b) cold vs warm (``--parts warm``): the first DAG run after the runtime started loads the models; the next
    ones find them warm. Task seconds and the model cache's misses and load seconds, from the usage records.
 c) per-task overhead (``--parts overhead``): the same one-image DAG run ``--runs`` times on a cluster with
    the runtime and on one without it (``cluster up --no-runtime``): task seconds, node seconds, model load
    seconds, trigger-to-success seconds (medians).
+d) batching (``--parts batching``): the P-prompt mapped run, ``--repeats`` times, on the runtime cluster
+   (denoise batches of up to ``--max-batch``) and on a cluster whose runtime runs one task after the other
+   (``--max-batch 1``): trigger-to-success medians, their ratio and the batch sizes formed.
 
 The cluster is the one `invokeai-airflow cluster up` starts (CeleryExecutor, PostgreSQL, Redis, SeaweedFS
 for artifacts), in a scratch state directory with its own database; its model root is a local folder here
@@ -73,7 +76,7 @@ class Cluster:
     """A local cluster in a scratch directory, and the few REST calls the benchmark needs."""
 
     def __init__(self, work: Path, dags: Path, *, runtime: bool, model_root: str, gpu_concurrency: int,
-                 label: str) -> None:
+                 label: str, max_batch: Optional[int] = None) -> None:
         from invokeai_provider import cluster
         from invokeai_provider.seaweed import free_port
 
@@ -84,6 +87,7 @@ class Cluster:
                                                api_port=free_port(), redis_db=12, runtime=runtime)
         settings.model_root = model_root
         settings.gpu_worker_concurrency = gpu_concurrency
+        settings.runtime_max_batch = max_batch
         settings.save()
         started = time.perf_counter()
         self.settings = cluster.up(self.state, dags, demo_model=False, timeout=600)
@@ -138,6 +142,10 @@ class Cluster:
         gpu = [ti for ti in tis if ti["queue"] == "gpu"]
         usages = [self.xcom(dag_id, run_id, ti["task_id"], "invokeai_usage", ti["map_index"]) for ti in gpu]
         return RunResult(run_id, wall, [_seconds(ti) for ti in gpu], usages)
+
+    def denoise_batches(self) -> dict[str, Any]:
+        """The runtime's count of the denoise batches it ran since it started (sizes -> how many)."""
+        return (self.cluster.runtime_report(self.settings) or {}).get("denoise_batches") or {}
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:
         entry = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/"
@@ -264,7 +272,42 @@ def bench_throughput(cluster: Cluster, spec: bench_sd.ModelSpec, folder: Path, d
         f"  DAG run, {count} mapped prompts       {rates['dagP']:8.3f} img/s  {ratio(rates['dagP'], base)}   (target >= 0.8x)",
         f"  diffusers, batches of {args.batch_size:<3}        {rates['diffusers_batched']:8.3f} img/s  "
         f"{ratio(rates['diffusers_batched'], base)}   (the most batching in the runtime could give)",
+        f"  runtime denoise batches so far: {batch_sizes(cluster)}",
     ]
+
+
+def batch_sizes(cluster: Cluster) -> str:
+    batches = cluster.denoise_batches()
+    sizes = ", ".join(f"{count} of {size}" for size, count in (batches.get("sizes") or {}).items())
+    return f"{batches.get('batches', 0)} batches for {batches.get('items', 0)} denoise nodes ({sizes or 'none'})"
+
+
+def mapped_walls(cluster: Cluster, dag_id: str, count: int, repeats: int) -> tuple[list[float], str]:
+    """Trigger-to-success seconds of ``repeats`` mapped runs after a warm-up run, and the batches they formed."""
+    cluster.wait_for_dag(dag_id)
+    cluster.run(dag_id, {})  # warm-up: the runtime loads the model
+    before = cluster.denoise_batches()
+    walls = []
+    for _ in range(repeats):
+        result = cluster.run(dag_id, {})
+        assert len(result.task_seconds) == count, result
+        walls.append(result.wall)
+    after = cluster.denoise_batches()
+    sizes = {size: n - (before.get("sizes") or {}).get(size, 0) for size, n in (after.get("sizes") or {}).items()}
+    formed = ", ".join(f"{n} of {size}" for size, n in sizes.items() if n) or "none"
+    print(f"  batching, --max-batch {cluster.settings.runtime_max_batch}: "
+          f"{', '.join(f'{w:.2f} s' for w in walls)}; denoise batches {formed}", flush=True)
+    return walls, formed
+
+
+def batching_lines(dag_id: str, count: int, batched: tuple[list[float], str], unbatched: tuple[list[float], str],
+                   max_batch: int) -> list[str]:
+    fast, slow = median(batched[0]), median(unbatched[0])
+    return [f"batching ({dag_id}, {count} mapped prompts, {len(batched[0])} runs each, trigger to success, medians):",
+            f"  runtime --max-batch {max_batch:<3} {fast:7.2f} s  {count / fast:8.3f} img/s  1.00x   denoise batches "
+            f"{batched[1]}",
+            f"  runtime --max-batch 1   {slow:7.2f} s  {count / slow:8.3f} img/s  {ratio(fast, slow)}   denoise batches "
+            f"{unbatched[1]}"]
 
 
 def bench_warm(cluster: Cluster, dag_id: str, runs: int) -> tuple[list[str], list[RunResult]]:
@@ -300,13 +343,16 @@ def parse_args() -> argparse.Namespace:
                              "CUDA is available)")
     parser.add_argument("--models", default=None, help="comma-separated: sd15,sdxl (default: both in gpu mode, sd15 "
                                                         "in cpu-smoke)")
-    parser.add_argument("--parts", default="warm,overhead,throughput", help="which of warm,overhead,throughput")
+    parser.add_argument("--parts", default="warm,overhead,throughput,batching",
+                        help="which of warm,overhead,throughput,batching")
     parser.add_argument("--prompts", type=int, default=None, help="prompts of the mapped run (default: 32; 8 in "
                                                                   "cpu-smoke)")
     parser.add_argument("--batch-size", type=int, default=8, help="diffusers batch size for the batching bound")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the throughput part")
     parser.add_argument("--runs", type=int, default=5, help="one-image runs per cluster in the overhead part")
     parser.add_argument("--gpu-concurrency", type=int, default=8, help="task processes of the gpu worker")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="most denoise nodes per batch in the runtime (default: the gpu worker's concurrency)")
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (models are reused from it)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -367,7 +413,8 @@ def main() -> None:
             finally:
                 plain.down()
         with_runtime = Cluster(work, dags, runtime=True, model_root=registry.root.as_uri(),
-                               gpu_concurrency=args.gpu_concurrency, label="runtime")
+                               gpu_concurrency=args.gpu_concurrency, label="runtime",
+                               max_batch=args.max_batch or args.gpu_concurrency)
         report.append(f"cluster with runtime up in {with_runtime.startup_seconds:.1f} s "
                       f"(gpu worker concurrency {args.gpu_concurrency})")
         try:
@@ -384,8 +431,21 @@ def main() -> None:
                 if "throughput" in parts:
                     report += bench_throughput(with_runtime, bench_sd.SPECS[key], folders[key], dag_ids[key], work,
                                                args, device=device, dtype=dtype, size=sizes[key], steps=steps)
+            if "batching" in parts:
+                batched = {key: mapped_walls(with_runtime, dag_ids[key][1], args.prompts, args.repeats)
+                           for key in models}
         finally:
             with_runtime.down()
+        if "batching" in parts:  # after the first cluster is down: one cluster at a time on the machine
+            unbatched = Cluster(work, dags, runtime=True, model_root=registry.root.as_uri(),
+                                gpu_concurrency=args.gpu_concurrency, label="runtime-unbatched", max_batch=1)
+            try:
+                for key in models:
+                    report += batching_lines(dag_ids[key][1], args.prompts, batched[key],
+                                             mapped_walls(unbatched, dag_ids[key][1], args.prompts, args.repeats),
+                                             args.max_batch or args.gpu_concurrency)
+            finally:
+                unbatched.down()
     finally:
         print("\n" + "\n".join(report), flush=True)
         if not args.keep and args.work is None:

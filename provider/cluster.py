@@ -78,6 +78,7 @@ class ClusterSettings:
     model_root: str = f"s3://{MODEL_BUCKET}/"
     runtime_device: Optional[str] = "cpu"  # cuda:0 when the host has a GPU; None: no runtime, tasks load in-process
     gpu_worker_concurrency: int = GPU_WORKER_CONCURRENCY  # task processes of the gpu worker (1 without runtime)
+    runtime_max_batch: Optional[int] = None  # denoise nodes per batch in the runtime; None: gpu_worker_concurrency
 
     @property
     def runtime_socket(self) -> Optional[str]:
@@ -207,8 +208,10 @@ def service_env(settings: ClusterSettings, name: str) -> dict[str, str]:
 def service_command(name: str, settings: Optional[ClusterSettings] = None) -> list[str]:
     if name == RUNTIME_SERVICE:
         assert settings is not None and settings.runtime_device and settings.runtime_socket
+        # by default as many denoise nodes in one batch as the gpu worker runs tasks at a time
+        max_batch = settings.runtime_max_batch or settings.gpu_worker_concurrency
         return [sys.executable, "-m", "invokeai_provider.cli", "runtime", "serve", "--device", settings.runtime_device,
-                "--socket", settings.runtime_socket]
+                "--socket", settings.runtime_socket, "--max-batch", str(max_batch)]
     args = list(AIRFLOW_SERVICES[name])
     if name == "worker-gpu" and settings is not None:
         args[args.index("--concurrency") + 1] = str(settings.gpu_worker_concurrency if settings.runtime_device else 1)

@@ -405,6 +405,18 @@ def test_a_second_runtime_on_the_same_socket_is_refused(runtime: RuntimeServer) 
         RuntimeServer(runtime.socket_path, "cpu").start()
 
 
+@pytest.mark.parametrize("value", ["0", "four"])
+def test_a_bad_max_batch_is_refused_naming_the_option(tmp_path_factory: pytest.TempPathFactory,
+                                                      monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from invokeai_provider.models.runtime_batching import RuntimeConfigError
+
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_MAX_BATCH", value)
+    with pytest.raises(RuntimeConfigError, match=rf"runtime_max_batch: expected a whole number of at least 1, got '{value}'"):
+        RuntimeServer(short_socket(tmp_path_factory), "cpu")
+    with pytest.raises(RuntimeConfigError, match="--max-batch: expected a whole number of at least 1, got 0"):
+        RuntimeServer(short_socket(tmp_path_factory), "cpu", max_batch=0)
+
+
 def test_unknown_device_is_refused(tmp_path_factory: pytest.TempPathFactory) -> None:
     with pytest.raises(RuntimeStartError, match="cuda:7|expected cpu"):
         RuntimeServer(short_socket(tmp_path_factory), "cuda:7").start()

@@ -22,6 +22,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "model_loader_nodes",
     "latent_nodes",
     "sd_nodes",
+    "mask_nodes",
 )
 
 

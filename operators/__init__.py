@@ -22,7 +22,11 @@ NODE_FAMILIES: tuple[str, ...] = (
     "model_loader_nodes",
     "latent_nodes",
     "sd_nodes",
+    "image_nodes",
     "mask_nodes",
+    "infill_nodes",
+    "canvas_nodes",
+    "image_adjust_nodes",
 )
 
 

@@ -24,6 +24,8 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd_nodes",
     "image_nodes",
     "mask_nodes",
+    "infill_nodes",
+    "canvas_nodes",
 )
 
 

@@ -34,7 +34,7 @@ SEED_MAX = 2**32 - 1  # InvokeAI's SEED_MAX: the largest uint32
 
 IMAGE_MODES = Literal["L", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"]
 # Modes a PNG can hold; the others have no PNG form, so the store cannot keep them.
-_PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+_PNG_MODES = ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")
 
 PIL_RESAMPLING_MODES = Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]
 
@@ -89,7 +89,15 @@ def _load(node: BaseInvocation, context: "InvocationContext", field: str, mode: 
 
 
 def _save(node: BaseInvocation, context: "InvocationContext", image: "Image") -> ImageOutput:
-    """Stores the result (with the node's metadata and board) and builds the output."""
+    """Stores the result (with the node's metadata and board) and builds the output.
+
+    32-bit integer images are stored as 16-bit PNGs (values clamped to 0..65535), the widest a PNG holds.
+    """
+    if image.mode == "I":
+        import numpy as np
+        from PIL import Image as PILImage
+
+        image = PILImage.fromarray(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
     if image.mode not in _PNG_MODES:
         raise _fail(node, "mode" if "mode" in type(node).model_fields else "image",
                     f"the result has mode {image.mode!r}, which a PNG cannot store (expected one of "
@@ -523,7 +531,7 @@ class ImageConvertInvocation(BaseInvocation, WithMetadata, WithBoard):
     mode: IMAGE_MODES = InputField(default="L", description="The mode to convert to")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        if self.mode not in _PNG_MODES:
+        if self.mode not in (*_PNG_MODES, "I"):
             raise _fail(self, "mode", f"mode {self.mode!r} cannot be stored as PNG; expected one of "
                                       f"{', '.join(m for m in ('L', 'RGB', 'RGBA', 'I'))}")
         return _save(self, context, _load(self, context, "image").convert(self.mode))

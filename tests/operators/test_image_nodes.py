@@ -230,6 +230,8 @@ def test_convert_mode(run, quad):
     data = pixels(run, out)
     assert result(run, out).mode == "L" and data[7, 7] == 255 and data[0, 0] == 76  # ITU-R 601 luma of red
     assert result(run, only_output(run, {"type": "img_conv", "image": quad, "mode": "RGBA"})).mode == "RGBA"
+    wide = result(run, only_output(run, {"type": "img_conv", "image": quad, "mode": "I"}))
+    assert wide.mode.startswith("I") and wide.getpixel((7, 7)) == 255  # stored as a 16-bit PNG
     error = failure(run, {"type": "img_conv", "image": quad, "mode": "CMYK"})
     assert error.field == "mode" and "PNG" in str(error)
 

@@ -24,6 +24,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd_nodes",
     "image_nodes",
     "mask_nodes",
+    "image_adjust_nodes",
     "infill_nodes",
     "canvas_nodes",
 )

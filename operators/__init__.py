@@ -24,9 +24,10 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd_nodes",
     "image_nodes",
     "mask_nodes",
-    "image_adjust_nodes",
     "infill_nodes",
     "canvas_nodes",
+    "image_adjust_nodes",
+    "tile_nodes",
 )
 
 

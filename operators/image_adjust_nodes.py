@@ -11,7 +11,8 @@ the run's model service. Heavy modules are imported inside ``invoke()``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
 
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.fields import ImageField
@@ -764,3 +765,57 @@ class DecodeInvisibleWatermarkInvocation(BaseInvocation):
             context.logger.debug("%s: no invisible watermark decoded: %s", self.id, exc)
             return StringOutput(value="")
         return StringOutput(value=bytes(raw).decode("utf-8", errors="ignore").rstrip("\x00"))
+
+
+# Where InvokeAI keeps its safety checker, relative to the models directory; here: the model root.
+SAFETY_CHECKER_PATH = "core/convert/stable-diffusion-safety-checker"
+
+
+@contextmanager
+def _safety_checker(node: BaseInvocation, context: "InvocationContext") -> Iterator[tuple[Any, Any, Any]]:
+    """(checker, image processor, device) from the model root, held in the model cache across nodes."""
+    models = context.services.get("models")
+    try:
+        root = models.registry.root if models is not None else None
+    except InvokeAIProviderError as exc:  # a remote (S3) model root has no local folder
+        raise _fail(node, "image", f"the NSFW checker needs a local model root: {exc}") from None
+    if root is None:
+        raise _fail(node, "image", "no model service in this run; the NSFW checker is loaded from the model root "
+                    "(run with --model-root)")
+    path = root / SAFETY_CHECKER_PATH
+    if not (path / "config.json").is_file():
+        raise _fail(node, "image", f"no safety checker at {path}: put a diffusers StableDiffusionSafetyChecker "
+                    "(config.json, weights and preprocessor_config.json) there")
+
+    def build() -> tuple[Any, Any]:
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPImageProcessor
+
+        checker = StableDiffusionSafetyChecker.from_pretrained(path).to(models.device).eval()
+        return checker, CLIPImageProcessor.from_pretrained(path)
+
+    with models.cache.use(f"safety_checker:{path}", build) as (checker, processor):
+        yield checker, processor, models.device
+
+
+@invocation("img_nsfw", title="Blur NSFW Image", tags=["image", "nsfw"], category="image", version="1.2.3")
+class ImageNSFWBlurInvocation(BaseInvocation, WithMetadata, WithBoard):
+    """Blurs the image heavily when the Stable Diffusion safety checker flags it; passes it on otherwise."""
+
+    image: ImageField = InputField(description="The image to check")
+
+    def invoke(self, context: "InvocationContext") -> ImageOutput:
+        import numpy as np
+        import torch
+        from PIL import ImageFilter
+
+        image = context.images.get_pil(self.image.image_name)
+        rgb = image.convert("RGB")
+        pixels = (np.asarray(rgb, dtype=np.float32) / 255.0)[None].transpose(0, 3, 1, 2)
+        with _safety_checker(self, context) as (checker, processor, device), torch.no_grad():
+            features = processor([rgb], return_tensors="pt").pixel_values.to(device=device, dtype=checker.dtype)
+            _, flagged = checker(images=pixels, clip_input=features)
+        if flagged[0]:
+            context.logger.warning("%s: image %s may be NSFW; blurring it", self.id, self.image.image_name)
+            image = image.filter(ImageFilter.GaussianBlur(radius=32))
+        return ImageOutput.build(context.images.save(image))

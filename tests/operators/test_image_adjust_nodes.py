@@ -71,6 +71,7 @@ DECLARED = {
                       ["metadata", "board", "image", "text"]),
     "decode_watermark": ("Decode Invisible Watermark", "1.0.0", ["image", "watermark"], "string_output",
                          ["image", "length"]),
+    "img_nsfw": ("Blur NSFW Image", "1.2.3", ["image", "nsfw"], "image_output", ["metadata", "board", "image"]),
 }
 
 
@@ -433,3 +434,55 @@ def test_decode_watermark_length_must_be_positive(run):
     pytest.importorskip("imwatermark")
     with pytest.raises(NodeExecutionError, match=r"node n \(decode_watermark\): field length: .*got 0"):
         _run(run, "decode_watermark", _photo(), length=0)
+
+
+# --- NSFW -----------------------------------------------------------------------------------------------
+
+
+def _tiny_checker(root, flag_everything):
+    torch = pytest.importorskip("torch")
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                                     "num_hidden_layers": 1, "vocab_size": 100},
+                        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                                       "num_hidden_layers": 1, "image_size": 32, "patch_size": 8},
+                        projection_dim=8)
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():  # scores are cosine similarity minus the threshold: force every concept on or off
+        for weights in (checker.concept_embeds_weights, checker.special_care_embeds_weights):
+            weights.fill_(-10.0 if flag_everything else 10.0)
+    path = root / adjust.SAFETY_CHECKER_PATH
+    checker.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+@pytest.fixture
+def checker_run(tmp_path, run):
+    from invokeai_provider.models.manager import ModelManager
+    from invokeai_provider.models.registry import ModelRegistry
+
+    run.services["models"] = ModelManager(ModelRegistry(str(tmp_path / "models")), device="cpu")
+    return run
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_nsfw_blurs_only_flagged_images(checker_run, tmp_path, flag):
+    _tiny_checker(tmp_path / "models", flag_everything=flag)
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[:, ::2] = 255  # stripes: a blur turns them grey
+    out = np.asarray(_get(checker_run, _run(checker_run, "img_nsfw", Image.fromarray(pixels, "RGB")))).astype(int)
+    if flag:
+        assert np.abs(np.diff(out, axis=1)).max() < 10  # neighbouring stripes (255 apart) blurred together
+    else:
+        assert np.array_equal(out, pixels)
+
+
+def test_nsfw_without_a_checker_is_a_clear_error(checker_run):
+    with pytest.raises(NodeExecutionError, match=r"node n \(img_nsfw\): field image: no safety checker at"):
+        _run(checker_run, "img_nsfw", _solid((1, 2, 3)))
+    checker_run.services.pop("models")
+    with pytest.raises(NodeExecutionError, match=r"node n \(img_nsfw\): field image: no model service"):
+        _run(checker_run, "img_nsfw", _solid((1, 2, 3)))

@@ -1,5 +1,6 @@
 """Tile nodes: tile geometry worked out by hand from InvokeAI's rules, merging and blending at known pixels,
-and a tiled round trip (calculate → iterate → crop → pair → collect → merge) through the engine."""
+and a tiled round trip (calculate → iterate → tile_to_properties → img_crop → pair → collect → merge) through
+the engine."""
 
 from __future__ import annotations
 
@@ -13,31 +14,12 @@ import pytest
 from helpers import edge, only_output, run_nodes
 
 from invokeai_provider.errors import NodeExecutionError, NodeValidationError
-from invokeai_provider.fields import ImageField
-from invokeai_provider.invocation import BaseInvocation, InputField, invocation
 from invokeai_provider.operators import tile_nodes
-from invokeai_provider.operators.primitives import ImageOutput
 from invokeai_provider.operators.tile_nodes import TBLR, Tile, TileError, box_blur, merge_tiles
 from invokeai_provider.registry import InvocationRegistry
 
 np = pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")
-
-
-@invocation("test_tile_crop", version="1.0.0")
-class TileCropTestInvocation(BaseInvocation):
-    """Crops an image to a box (stands in for img_crop in the tiled round trip)."""
-
-    image: ImageField = InputField(description="image to crop")
-    x: int = InputField(default=0, description="left")
-    y: int = InputField(default=0, description="top")
-    width: int = InputField(default=1, description="width")
-    height: int = InputField(default=1, description="height")
-
-    def invoke(self, context: Any) -> ImageOutput:
-        image = context.images.get_pil(self.image.image_name)
-        cropped = image.crop((self.x, self.y, self.x + self.width, self.y + self.height))
-        return ImageOutput.build(context.images.save(cropped))
 
 
 def _put_image(run, name: str, pixels) -> dict[str, str]:
@@ -427,7 +409,7 @@ def test_tiled_graph_reproduces_the_image_when_tiles_are_unchanged(run):
         "tiles": {"type": "calculate_image_tiles", "tile_width": 96, "tile_height": 80, "overlap": 40},
         "each": {"type": "iterate"},
         "props": {"type": "tile_to_properties"},
-        "crop": {"type": "test_tile_crop"},
+        "crop": {"type": "img_crop"},  # RGBA out; the merge takes RGB
         "pair": {"type": "pair_tile_image"},
         "all": {"type": "collect"},
         "seam": {"type": "merge_tiles_to_image"},  # Seam, blend 32: weights k / 1024

@@ -20,7 +20,8 @@ from invokeai_provider.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.operators.mask_nodes import fail, same_size, save_image
+from invokeai_provider.operators.image_util import fail, same_size
+from invokeai_provider.operators.mask_nodes import save_image
 from invokeai_provider.operators.primitives import ImageOutput
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from invokeai_provider.errors import ArtifactNotFoundError, InvokeAIProviderError
 from invokeai_provider.fields import BoundingBoxField, ColorField, ImageField
 from invokeai_provider.invocation import (
     BaseInvocation,
@@ -21,6 +20,7 @@ from invokeai_provider.invocation import (
     WithMetadata,
     invocation,
 )
+from invokeai_provider.operators.image_util import fail, load_image
 from invokeai_provider.operators.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -71,23 +71,6 @@ BLEND_COLOR_SPACES = Literal[
 ]
 
 
-class ImageNodeError(InvokeAIProviderError):
-    """An image node cannot run with what it was given; the message names the node, field and expectation."""
-
-
-def _fail(node: BaseInvocation, field: str, problem: str) -> ImageNodeError:
-    return ImageNodeError(f"node {node.id} ({node.get_type()}): field {field}: {problem}", node_id=node.id, field=field)
-
-
-def _load(node: BaseInvocation, context: "InvocationContext", field: str, mode: Optional[str] = None) -> "Image":
-    """The image an ImageField input names, so a missing image is reported against its field."""
-    value: ImageField = getattr(node, field)
-    try:
-        return context.images.get_pil(value.image_name, mode=mode)
-    except ArtifactNotFoundError as exc:
-        raise _fail(node, field, f"expected an image in the run's store: {exc}") from None
-
-
 def _save(node: BaseInvocation, context: "InvocationContext", image: "Image") -> ImageOutput:
     """Stores the result (with the node's metadata and board) and builds the output.
 
@@ -99,7 +82,7 @@ def _save(node: BaseInvocation, context: "InvocationContext", image: "Image") ->
 
         image = PILImage.fromarray(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
     if image.mode not in _PNG_MODES:
-        raise _fail(node, "mode" if "mode" in type(node).model_fields else "image",
+        raise fail(node, "mode" if "mode" in type(node).model_fields else "image",
                     f"the result has mode {image.mode!r}, which a PNG cannot store (expected one of "
                     f"{', '.join(_PNG_MODES)})")
     return ImageOutput.build(context.images.save(image))
@@ -154,7 +137,7 @@ class ShowImageInvocation(BaseInvocation):
     image: ImageField = InputField(description="The image to show")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         context.logger.info("%s: image %s (%dx%d)", self.id, self.image.image_name, image.width, image.height)
         return ImageOutput(image=ImageField(image_name=self.image.image_name), width=image.width, height=image.height)
 
@@ -173,7 +156,7 @@ class BlankImageInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         for field in ("width", "height"):
             if getattr(self, field) <= 0:
-                raise _fail(self, field, f"expected a positive number of pixels, got {getattr(self, field)}")
+                raise fail(self, field, f"expected a positive number of pixels, got {getattr(self, field)}")
         color = self.color.tuple()
         image = Image.new(self.mode, (self.width, self.height), color if self.mode == "RGBA" else color[:3])
         return _save(self, context, image)
@@ -195,7 +178,7 @@ class ImageCropInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image
 
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         canvas = Image.new("RGBA", (self.width, self.height), (0, 0, 0, 0))
         canvas.paste(image, (-self.x, -self.y))
         return _save(self, context, canvas)
@@ -218,14 +201,14 @@ class CenterPadCropInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image
 
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         width = image.width + self.left + self.right
         height = image.height + self.top + self.bottom
         if width <= 0:
-            raise _fail(self, "left", f"left + right ({self.left} + {self.right}) crops away the whole "
+            raise fail(self, "left", f"left + right ({self.left} + {self.right}) crops away the whole "
                                       f"{image.width}px width; expected a positive result width")
         if height <= 0:
-            raise _fail(self, "top", f"top + bottom ({self.top} + {self.bottom}) crops away the whole "
+            raise fail(self, "top", f"top + bottom ({self.top} + {self.bottom}) crops away the whole "
                                      f"{image.height}px height; expected a positive result height")
         canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
         canvas.paste(image, (self.left, self.top))
@@ -249,13 +232,13 @@ class ImagePasteInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image, ImageOps
 
-        base = _load(self, context, "base_image", mode="RGBA")
-        image = _load(self, context, "image", mode="RGBA")
+        base = load_image(self, context, "base_image", mode="RGBA")
+        image = load_image(self, context, "image", mode="RGBA")
         mask = None
         if self.mask is not None:
-            mask = ImageOps.invert(_load(self, context, "mask", mode="L"))
+            mask = ImageOps.invert(load_image(self, context, "mask", mode="L"))
             if mask.size != image.size:
-                raise _fail(self, "mask", f"expected the size of the pasted image {image.size}, got {mask.size}")
+                raise fail(self, "mask", f"expected the size of the pasted image {image.size}, got {mask.size}")
         left, top = min(0, self.x), min(0, self.y)
         right = max(base.width, self.x + image.width)
         bottom = max(base.height, self.y + image.height)
@@ -280,7 +263,7 @@ class ImageResizeInvocation(BaseInvocation, WithMetadata, WithBoard):
     resample_mode: PIL_RESAMPLING_MODES = InputField(default="bicubic", description="The resampling mode")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         return _save(self, context, image.resize((self.width, self.height), resample=_resample(self.resample_mode)))
 
 
@@ -293,10 +276,10 @@ class ImageScaleInvocation(BaseInvocation, WithMetadata, WithBoard):
     resample_mode: PIL_RESAMPLING_MODES = InputField(default="bicubic", description="The resampling mode")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         width, height = int(image.width * self.scale_factor), int(image.height * self.scale_factor)
         if width < 1 or height < 1:
-            raise _fail(self, "scale_factor", f"{self.scale_factor} scales the {image.width}x{image.height} image to "
+            raise fail(self, "scale_factor", f"{self.scale_factor} scales the {image.width}x{image.height} image to "
                                               f"{width}x{height}; expected a factor leaving at least one pixel")
         return _save(self, context, image.resize((width, height), resample=_resample(self.resample_mode)))
 
@@ -315,11 +298,11 @@ class CropImageToBoundingBoxInvocation(BaseInvocation, WithMetadata, WithBoard):
                                                           description="The bounding box to crop the image to")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         if self.bounding_box is not None:
             box = _bbox(self.bounding_box)
             if box[2] <= box[0] or box[3] <= box[1]:
-                raise _fail(self, "bounding_box", f"expected x_max > x_min and y_max > y_min, got {box}")
+                raise fail(self, "bounding_box", f"expected x_max > x_min and y_max > y_min, got {box}")
         else:
             box = image.getbbox()  # None when every pixel is empty: the whole image is kept
         return _save(self, context, image.crop(box))
@@ -335,14 +318,14 @@ class PasteImageIntoBoundingBoxInvocation(BaseInvocation, WithMetadata, WithBoar
     bounding_box: BoundingBoxField = InputField(description="The bounding box to paste the image into")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        source = _load(self, context, "source_image", mode="RGBA")
-        target = _load(self, context, "target_image", mode="RGBA")
+        source = load_image(self, context, "source_image", mode="RGBA")
+        target = load_image(self, context, "target_image", mode="RGBA")
         box = _bbox(self.bounding_box)
         size = (box[2] - box[0], box[3] - box[1])
         if size != source.size:
-            raise _fail(self, "bounding_box", f"expected a box the size of source_image {source.size}, got {size}")
+            raise fail(self, "bounding_box", f"expected a box the size of source_image {source.size}, got {size}")
         if box[2] > target.width or box[3] > target.height:
-            raise _fail(self, "bounding_box", f"expected a box inside target_image {target.size}, got {box}")
+            raise fail(self, "bounding_box", f"expected a box inside target_image {target.size}, got {box}")
         target.paste(source, box, source)
         return _save(self, context, target)
 
@@ -360,8 +343,8 @@ class ImageMultiplyInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import ImageChops
 
-        first = _load(self, context, "image1")
-        second = _load(self, context, "image2", mode=first.mode)
+        first = load_image(self, context, "image1")
+        second = load_image(self, context, "image2", mode=first.mode)
         return _save(self, context, ImageChops.multiply(first, second))
 
 
@@ -377,7 +360,7 @@ class ImageLerpInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         values = np.asarray(image, dtype=np.float32) / 255.0 * (self.max - self.min) + self.min
         return _save(self, context, Image.fromarray(values.astype(np.uint8)))  # truncated, as InvokeAI
 
@@ -394,7 +377,7 @@ class ImageInverseLerpInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         values = np.asarray(image, dtype=np.float32)
         if self.max == self.min:
             scaled = np.where(values > self.min, 255.0, 0.0)
@@ -418,7 +401,7 @@ class ImageBlurInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image, ImageFilter
 
-        image = _load(self, context, "image", mode="RGBA")
+        image = load_image(self, context, "image", mode="RGBA")
         pixels = np.asarray(image, dtype=np.float32)
         alpha = pixels[..., 3:] / 255.0
         premultiplied = np.concatenate([pixels[..., :3] * alpha, pixels[..., 3:]], axis=-1)
@@ -443,7 +426,7 @@ class UnsharpMaskInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image, ImageFilter
 
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         mode, alpha = image.mode, _alpha_of(image)
         rgb = image.convert("RGB")
         blurred = np.asarray(rgb.filter(ImageFilter.GaussianBlur(radius=self.radius)), dtype=np.float64) / 255
@@ -476,7 +459,7 @@ class ImageNoiseInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image, ImageOps
 
-        image = _load(self, context, "image", mode="RGBA")
+        image = load_image(self, context, "image", mode="RGBA")
         alpha = image.getchannel("A")
         # The same generator InvokeAI seeds, so a seed gives the same noise field.
         rng = np.random.RandomState(np.random.MT19937(np.random.SeedSequence(self.seed)))
@@ -493,7 +476,7 @@ class ImageNoiseInvocation(BaseInvocation, WithMetadata, WithBoard):
             image.size, Image.Resampling.NEAREST)
         noisy = Image.blend(image.convert("RGB"), noise_image, self.amount).convert("RGBA")
         if self.mask is not None:
-            mask = _load(self, context, "mask", mode="L")
+            mask = load_image(self, context, "mask", mode="L")
             if mask.size != image.size:
                 mask = mask.resize(image.size, Image.Resampling.LANCZOS)
             result = image.copy()
@@ -516,9 +499,9 @@ class ImageChannelInvocation(BaseInvocation, WithMetadata, WithBoard):
     channel: IMAGE_CHANNELS = InputField(default="A", description="The channel to get")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         if self.channel not in image.getbands():
-            raise _fail(self, "channel", f"the image (mode {image.mode}) has no channel {self.channel!r}; "
+            raise fail(self, "channel", f"the image (mode {image.mode}) has no channel {self.channel!r}; "
                                          f"expected one of {', '.join(image.getbands())}")
         return _save(self, context, image.getchannel(self.channel))
 
@@ -532,9 +515,9 @@ class ImageConvertInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         if self.mode not in (*_PNG_MODES, "I"):
-            raise _fail(self, "mode", f"mode {self.mode!r} cannot be stored as PNG; expected one of "
+            raise fail(self, "mode", f"mode {self.mode!r} cannot be stored as PNG; expected one of "
                                       f"{', '.join(m for m in ('L', 'RGB', 'RGBA', 'I'))}")
-        return _save(self, context, _load(self, context, "image").convert(self.mode))
+        return _save(self, context, load_image(self, context, "image").convert(self.mode))
 
 
 @invocation("img_hue_adjust", title="Adjust Image Hue", tags=["image", "hue"], category=_CATEGORY, version="1.2.2")
@@ -548,7 +531,7 @@ class ImageHueAdjustmentInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        hsv = np.array(_load(self, context, "image").convert("HSV"))
+        hsv = np.array(load_image(self, context, "image").convert("HSV"))
         shift = int(256 * ((self.hue % 360) / 360))
         hsv[..., 0] = (hsv[..., 0].astype(np.int32) + shift) % 256
         return _save(self, context, Image.fromarray(hsv, "HSV").convert("RGBA"))
@@ -563,7 +546,7 @@ def _edit_channel(node: BaseInvocation, context: "InvocationContext", channel: s
     import numpy as np
     from PIL import Image
 
-    image = _load(node, context, "image", mode="RGBA")
+    image = load_image(node, context, "image", mode="RGBA")
     mode, band = _CHANNEL_BANDS[channel]
     converted = np.array(image.convert(mode)).astype(np.float64)
     converted[..., band] = edit(converted[..., band])
@@ -644,12 +627,12 @@ class SaveImageToFileInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         raw = self.output_directory.replace("\\", "/")
         if raw.startswith("/") or (len(raw) >= 2 and raw[0].isalpha() and raw[1] == ":"):
-            raise _fail(self, "output_directory", f"absolute paths are not allowed, got {self.output_directory!r}; "
+            raise fail(self, "output_directory", f"absolute paths are not allowed, got {self.output_directory!r}; "
                                                   "expected a path relative to the exports folder")
         parts = [part for part in raw.split("/") if part not in ("", ".")]
         for part in parts:
             if part == ".." or not _SEGMENT.match(part):
-                raise _fail(self, "output_directory", f"invalid path segment {part!r} in {self.output_directory!r}; "
+                raise fail(self, "output_directory", f"invalid path segment {part!r} in {self.output_directory!r}; "
                                                       "expected letters, digits and ._=+@:- (no '..')")
         return parts
 
@@ -660,11 +643,11 @@ class SaveImageToFileInvocation(BaseInvocation, WithMetadata, WithBoard):
         from invokeai_provider.storage import _SEGMENT, check_key
 
         directory = self._directory()
-        image = _load(self, context, "image")
+        image = load_image(self, context, "image")
         record = context.images.save(image)
         filename = f"{self.prefix}{PurePosixPath(record['image_name']).stem}{self.suffix}.{self.file_format}"
         if "/" in filename or "\\" in filename or not _SEGMENT.match(filename):
-            raise _fail(self, "prefix" if self.prefix else "suffix",
+            raise fail(self, "prefix" if self.prefix else "suffix",
                         f"the export file name {filename!r} is not a safe file name; expected letters, digits and "
                         "._=+@:- in prefix and suffix")
         buffer = io.BytesIO()
@@ -714,15 +697,15 @@ class InvokeImageCompositorInvocation(BaseInvocation, WithMetadata, WithBoard):
                 return values + (255,) if len(values) == 3 else values
             return tuple(ImageColor.getcolor(text, "RGBA"))  # type: ignore[arg-type]
         except (ValueError, TypeError, SyntaxError) as exc:
-            raise _fail(self, "chroma_key", f"expected a CSS-3 colour or an (r, g, b[, a]) tuple, got "
+            raise fail(self, "chroma_key", f"expected a CSS-3 colour or an (r, g, b[, a]) tuple, got "
                                             f"{self.chroma_key!r} ({exc})") from None
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import numpy as np
         from PIL import Image, ImageChops, ImageDraw
 
-        background = _load(self, context, "image_background", mode="RGBA")
-        subject = _load(self, context, "image_subject", mode="RGBA")
+        background = load_image(self, context, "image_background", mode="RGBA")
+        subject = load_image(self, context, "image_subject", mode="RGBA")
         if self.chroma_key.strip():
             key = np.array(self._key_color(), dtype=np.float64)
             pixels = np.array(subject)
@@ -735,7 +718,7 @@ class InvokeImageCompositorInvocation(BaseInvocation, WithMetadata, WithBoard):
                 ImageDraw.floodfill(subject, corner, (0, 0, 0, 0), thresh=self.threshold)
         subject = _fit_to(subject, background.size, self.fill_x, self.fill_y, (0, 0, 0, 0))
         if subject.size != background.size:
-            raise _fail(self, "fill_y", f"with fill_x and fill_y both off the subject {subject.size} must already "
+            raise fail(self, "fill_y", f"with fill_x and fill_y both off the subject {subject.size} must already "
                                         f"be the background's size {background.size}")
         if self.x_offset or self.y_offset:
             subject = ImageChops.offset(subject, self.x_offset, -self.y_offset)  # wraps around, y up
@@ -979,26 +962,26 @@ class InvokeImageBlendInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         space = self.color_space.split()[0]
         if space in ("Okhsl", "Okhsv"):
-            raise _fail(self, "color_space", f"{self.color_space!r} is not supported yet; expected one of RGB, "
+            raise fail(self, "color_space", f"{self.color_space!r} is not supported yet; expected one of RGB, "
                                              "Linear RGB, HSL (RGB), HSV (RGB), Oklch (Oklab), LCh (CIELab)")
         if self.adaptive_gamut > 0:
             context.logger.warning("%s: adaptive_gamut is not implemented; out-of-gamut colours are clamped", self.id)
         if space in ("RGB", "Linear") and self.blend_mode in ("Hue", "Saturation", "Color", "Luminosity"):
             space = "HSL"  # these modes need a hue/saturation/lightness split
 
-        base = _load(self, context, "layer_base")
+        base = load_image(self, context, "layer_base")
         base_mode = base.mode
-        upper = _load(self, context, "layer_upper")
+        upper = load_image(self, context, "layer_upper")
         upper = _fit_to(upper, base.size, self.fit_to_width, self.fit_to_height,
                         tuple(0 for _ in upper.getbands()))
         if upper.size != base.size:
-            raise _fail(self, "fit_to_height", f"with fit_to_width and fit_to_height both off the upper layer "
+            raise fail(self, "fit_to_height", f"with fit_to_width and fit_to_height both off the upper layer "
                                                f"{upper.size} must already be the base's size {base.size}")
         mask = None
         if self.mask is not None:
-            mask_image = _fit_to(_load(self, context, "mask"), base.size, self.fit_to_width, self.fit_to_height, 0)
+            mask_image = _fit_to(load_image(self, context, "mask"), base.size, self.fit_to_width, self.fit_to_height, 0)
             if mask_image.size != base.size:
-                raise _fail(self, "mask", f"expected a mask the size of layer_base {base.size}, got {mask_image.size}")
+                raise fail(self, "mask", f"expected a mask the size of layer_base {base.size}, got {mask_image.size}")
             mask = np.asarray(mask_image.convert("L"), dtype=np.float64) / 255.0
 
         def planes(image: "Image") -> tuple["np.ndarray", "np.ndarray"]:

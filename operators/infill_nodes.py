@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from invokeai_provider.fields import ColorField, ImageField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.mask_nodes import fail, same_size, save_image
+from invokeai_provider.operators.image_util import fail, same_size
+from invokeai_provider.operators.mask_nodes import save_image
 from invokeai_provider.operators.primitives import ImageOutput
 
 if TYPE_CHECKING:

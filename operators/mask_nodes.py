@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.fields import BoundingBoxField, ColorField, ImageField, TensorField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
+from invokeai_provider.operators.image_util import fail, same_size
 from invokeai_provider.operators.primitives import BoundingBoxOutput, ImageOutput, MaskOutput
 
 if TYPE_CHECKING:
@@ -24,23 +24,6 @@ if TYPE_CHECKING:
 
 _CATEGORY = "mask"
 WHITE = ColorField(r=255, g=255, b=255, a=255)
-
-
-class ImageNodeError(InvokeAIProviderError):
-    """An image or mask node was given something it cannot use; the message names the node and field."""
-
-
-def fail(node: BaseInvocation, field: str, problem: str) -> ImageNodeError:
-    """The error for a bad input of ``node``: names the node id, its type and the field."""
-    return ImageNodeError(f"node {node.id} ({node.get_type()}): field {field}: {problem}", node_id=node.id,
-                          field=field)
-
-
-def same_size(node: BaseInvocation, field: str, image: "Image", other: "Image", other_field: str) -> None:
-    """Raises unless two inputs have the same size: the per-pixel nodes have no rule for resizing."""
-    if image.size != other.size:
-        raise fail(node, field, f"expected the size of {other_field} ({other.width}x{other.height}), "
-                                f"got {image.width}x{image.height}")
 
 
 def load_mask_tensor(node: BaseInvocation, context: "InvocationContext", field: str, name: str) -> "torch.Tensor":

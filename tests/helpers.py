@@ -82,3 +82,20 @@ def png_pixels(uri: str) -> bytes:
 
     with Image.open(uri_path(uri)) as image:
         return image.convert("RGB").tobytes()
+
+
+def put_image(run: Any, name: str, image: Any, mode: str | None = None) -> dict[str, str]:
+    """Stores an image (PIL, or an array H x W [x C]: bool, or uint8 values) as a PNG in the run's store, as
+    an earlier node would have; returns its ImageField dict."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        array = np.asarray(image)
+        image = Image.fromarray(array if array.dtype == bool or mode else array.astype(np.uint8), mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    run.store.write("images", name, buffer.getvalue())
+    return {"image_name": name}

@@ -6,12 +6,12 @@ import io
 
 import numpy as np
 import pytest
-from helpers import only_output, run_nodes
+from helpers import only_output, put_image, run_nodes
 from PIL import Image
 
 import invokeai_provider.operators.image_nodes  # noqa: F401 (registers the image node types)
 from invokeai_provider.errors import NodeExecutionError
-from invokeai_provider.operators.image_nodes import ImageNodeError
+from invokeai_provider.operators.image_util import ImageNodeError
 from invokeai_provider.registry import InvocationRegistry
 
 VERSIONS = {
@@ -23,14 +23,6 @@ VERSIONS = {
     "save_image_to_file": "1.0.0", "invokeai_img_blend": "1.2.0", "invokeai_img_composite": "1.2.0",
 }
 
-
-def put(run, name: str, array) -> dict:
-    """Stores a uint8 array (H, W[, C]) as a PNG in the run's store; returns its ImageField dict."""
-    image = array if isinstance(array, Image.Image) else Image.fromarray(np.asarray(array, dtype=np.uint8))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
 
 
 def result(run, output) -> Image.Image:
@@ -64,7 +56,7 @@ def quad(run) -> dict:
     array[:4, 4:] = (0, 255, 0)
     array[4:, :4] = (0, 0, 255)
     array[4:, 4:] = (255, 255, 255)
-    return put(run, "quad.png", array)
+    return put_image(run, "quad.png", array)
 
 
 def test_every_node_is_registered_with_invokeai_version():
@@ -129,7 +121,7 @@ def test_pad_crop_refuses_cropping_everything(run, quad):
 
 
 def test_paste_grows_the_canvas_and_crop_keeps_the_base_size(run, quad):
-    patch = put(run, "patch.png", solid(2, 2, (9, 9, 9)))
+    patch = put_image(run, "patch.png", solid(2, 2, (9, 9, 9)))
     out = only_output(run, {"type": "img_paste", "base_image": quad, "image": patch, "x": 7, "y": -1})
     data = pixels(run, out)
     assert data.shape == (9, 9, 4)  # one row above, one column right
@@ -141,8 +133,8 @@ def test_paste_grows_the_canvas_and_crop_keeps_the_base_size(run, quad):
 
 
 def test_paste_shows_the_image_where_the_mask_is_black(run, quad):
-    patch = put(run, "patch.png", solid(2, 2, (9, 9, 9)))
-    mask = put(run, "mask.png", np.array([[0, 255], [255, 255]], np.uint8))
+    patch = put_image(run, "patch.png", solid(2, 2, (9, 9, 9)))
+    mask = put_image(run, "mask.png", np.array([[0, 255], [255, 255]], np.uint8))
     out = only_output(run, {"type": "img_paste", "base_image": quad, "image": patch, "mask": mask, "x": 0, "y": 0})
     data = pixels(run, out)
     assert tuple(data[0, 0]) == (9, 9, 9, 255) and tuple(data[0, 1]) == (255, 0, 0, 255)
@@ -159,14 +151,14 @@ def test_resize_and_scale_give_the_requested_sizes(run, quad):
 
 
 def test_multiply_scales_by_the_other_image(run):
-    first = put(run, "a.png", solid(4, 4, (200, 100, 255)))
-    second = put(run, "b.png", solid(4, 4, (128, 255, 0)))
+    first = put_image(run, "a.png", solid(4, 4, (200, 100, 255)))
+    second = put_image(run, "b.png", solid(4, 4, (128, 255, 0)))
     data = pixels(run, only_output(run, {"type": "img_mul", "image1": first, "image2": second}))
     assert tuple(data[2, 2]) == (200 * 128 // 255, 100, 0)
 
 
 def test_lerp_and_inverse_lerp_map_value_ranges(run):
-    ramp = put(run, "ramp.png", np.array([[0, 51, 102, 255]], np.uint8))
+    ramp = put_image(run, "ramp.png", np.array([[0, 51, 102, 255]], np.uint8))
     data = pixels(run, only_output(run, {"type": "img_lerp", "image": ramp, "min": 100, "max": 200}))
     assert data.tolist() == [[100, 120, 140, 200]]
     data = pixels(run, only_output(run, {"type": "img_ilerp", "image": ramp, "min": 51, "max": 102}))
@@ -176,44 +168,44 @@ def test_lerp_and_inverse_lerp_map_value_ranges(run):
 
 
 def test_blur_keeps_uniform_images_and_does_not_bleed_transparent_black(run):
-    flat = put(run, "flat.png", solid(8, 8, (50, 100, 150)))
+    flat = put_image(run, "flat.png", solid(8, 8, (50, 100, 150)))
     data = pixels(run, only_output(run, {"type": "img_blur", "image": flat, "radius": 2}))
     assert np.abs(data - (50, 100, 150, 255)).max() <= 1
     spot = np.zeros((16, 16, 4), np.uint8)
     spot[6:10, 6:10] = (255, 0, 0, 255)
-    data = pixels(run, only_output(run, {"type": "img_blur", "image": put(run, "spot.png", spot), "radius": 2}))
+    data = pixels(run, only_output(run, {"type": "img_blur", "image": put_image(run, "spot.png", spot), "radius": 2}))
     edge = data[5, 8]
     assert 0 < edge[3] < 255 and edge[0] >= 250 and edge[1] == 0  # faded alpha, colour stays red
-    data = pixels(run, only_output(run, {"type": "img_blur", "image": put(run, "spot.png", spot), "radius": 1,
+    data = pixels(run, only_output(run, {"type": "img_blur", "image": put_image(run, "spot.png", spot), "radius": 1,
                                          "blur_type": "box"}))
     assert data[8, 8, 3] == 255 and data[4, 8, 3] == 0
 
 
 def test_extract_channel(run):
-    rgba = put(run, "rgba.png", solid(2, 2, (10, 20, 30, 40)))
+    rgba = put_image(run, "rgba.png", solid(2, 2, (10, 20, 30, 40)))
     out = only_output(run, {"type": "img_chan", "image": rgba, "channel": "G"})
     assert result(run, out).mode == "L" and (pixels(run, out) == 20).all()
     assert (pixels(run, only_output(run, {"type": "img_chan", "image": rgba})) == 40).all()
-    error = failure(run, {"type": "img_chan", "image": put(run, "rgb.png", solid(2, 2, (1, 2, 3))), "channel": "A"})
+    error = failure(run, {"type": "img_chan", "image": put_image(run, "rgb.png", solid(2, 2, (1, 2, 3))), "channel": "A"})
     assert error.field == "channel" and "no channel 'A'" in str(error)
 
 
 def test_channel_offset_clamps_wraps_hue_and_keeps_alpha(run):
-    rgba = put(run, "rgba.png", solid(2, 2, (250, 20, 30, 99)))
+    rgba = put_image(run, "rgba.png", solid(2, 2, (250, 20, 30, 99)))
     data = pixels(run, only_output(run, {"type": "img_channel_offset", "image": rgba, "channel": "Red (RGBA)",
                                          "offset": 10}))
     assert tuple(data[0, 0]) == (255, 20, 30, 99)
     data = pixels(run, only_output(run, {"type": "img_channel_offset", "image": rgba, "channel": "Alpha (RGBA)",
                                          "offset": -50}))
     assert tuple(data[0, 0]) == (250, 20, 30, 49)
-    red = put(run, "red.png", solid(2, 2, (255, 0, 0, 255)))
+    red = put_image(run, "red.png", solid(2, 2, (255, 0, 0, 255)))
     data = pixels(run, only_output(run, {"type": "img_channel_offset", "image": red, "channel": "Hue (HSV)",
                                          "offset": 85}))  # a third of the way round: green
     assert data[0, 0, 1] > 240 and data[0, 0, 0] < 10 and data[0, 0, 2] < 10
 
 
 def test_channel_multiply_scales_and_inverts(run):
-    rgba = put(run, "rgba.png", solid(2, 2, (100, 200, 30, 99)))
+    rgba = put_image(run, "rgba.png", solid(2, 2, (100, 200, 30, 99)))
     data = pixels(run, only_output(run, {"type": "img_channel_multiply", "image": rgba, "channel": "Green (RGBA)",
                                          "scale": 2.0}))
     assert tuple(data[0, 0]) == (100, 255, 30, 99)
@@ -237,13 +229,13 @@ def test_convert_mode(run, quad):
 
 
 def test_hue_adjust_rotates_red_to_green(run):
-    red = put(run, "red.png", solid(2, 2, (255, 0, 0)))
+    red = put_image(run, "red.png", solid(2, 2, (255, 0, 0)))
     data = pixels(run, only_output(run, {"type": "img_hue_adjust", "image": red, "hue": 120}))
     assert data.shape == (2, 2, 4) and data[0, 0, 1] > 240 and data[0, 0, 0] < 10 and data[0, 0, 3] == 255
 
 
 def test_noise_is_seeded_and_respects_amount_and_mask(run):
-    grey = put(run, "grey.png", solid(8, 8, (128, 128, 128, 200)))
+    grey = put_image(run, "grey.png", solid(8, 8, (128, 128, 128, 200)))
     node = {"type": "img_noise", "image": grey, "seed": 3, "amount": 0.5}
     first, again = pixels(run, only_output(run, node)), pixels(run, only_output(run, node))
     other = pixels(run, only_output(run, {**node, "seed": 4}))
@@ -251,7 +243,7 @@ def test_noise_is_seeded_and_respects_amount_and_mask(run):
     assert (pixels(run, only_output(run, {**node, "amount": 0.0}))[..., :3] == 128).all()
     mask = np.zeros((8, 8), np.uint8)
     mask[:, 4:] = 255  # white: no noise
-    masked = pixels(run, only_output(run, {**node, "mask": put(run, "m.png", mask)}))
+    masked = pixels(run, only_output(run, {**node, "mask": put_image(run, "m.png", mask)}))
     assert (masked[:, 4:, :3] == 128).all() and (masked[:, :4] == first[:, :4]).all()
     salt = pixels(run, only_output(run, {**node, "noise_type": "salt_and_pepper", "noise_color": False, "size": 2}))
     assert set(np.unique(salt[..., 0])) <= {64, 191, 192} and (salt[..., 0] == salt[..., 1]).all()
@@ -259,12 +251,12 @@ def test_noise_is_seeded_and_respects_amount_and_mask(run):
 
 
 def test_unsharp_mask_sharpens_edges_and_keeps_alpha(run):
-    flat = put(run, "flat.png", solid(8, 8, (90, 90, 90, 77)))
+    flat = put_image(run, "flat.png", solid(8, 8, (90, 90, 90, 77)))
     data = pixels(run, only_output(run, {"type": "unsharp_mask", "image": flat}))
     assert (data == (90, 90, 90, 77)).all()
     step = np.full((8, 8, 3), 100, np.uint8)
     step[:, 4:] = 150
-    data = pixels(run, only_output(run, {"type": "unsharp_mask", "image": put(run, "s.png", step), "strength": 100}))
+    data = pixels(run, only_output(run, {"type": "unsharp_mask", "image": put_image(run, "s.png", step), "strength": 100}))
     assert data.shape == (8, 8, 3) and data[4, 3, 0] < 100 and data[4, 4, 0] > 150  # overshoot at the edge
 
 
@@ -275,7 +267,7 @@ def test_crop_to_bounding_box_or_to_the_opaque_pixels(run, quad):
     assert data.shape == (2, 4, 3) and tuple(data[0, 0]) == (255, 0, 0) and tuple(data[1, 3]) == (255, 255, 255)
     sprite = np.zeros((8, 8, 4), np.uint8)
     sprite[1:3, 2:7] = (5, 6, 7, 255)
-    out = only_output(run, {"type": "crop_image_to_bounding_box", "image": put(run, "sprite.png", sprite)})
+    out = only_output(run, {"type": "crop_image_to_bounding_box", "image": put_image(run, "sprite.png", sprite)})
     assert (out.width, out.height) == (5, 2) and (pixels(run, out) == (5, 6, 7, 255)).all()
 
 
@@ -283,7 +275,7 @@ def test_paste_into_bounding_box(run, quad):
     patch = np.zeros((2, 3, 4), np.uint8)
     patch[..., :] = (9, 8, 7, 255)
     patch[0, 0, 3] = 0  # transparent: the target shows through
-    source = put(run, "p.png", patch)
+    source = put_image(run, "p.png", patch)
     box = {"x_min": 4, "y_min": 6, "x_max": 7, "y_max": 8}
     data = pixels(run, only_output(run, {"type": "paste_image_into_bounding_box", "source_image": source,
                                          "target_image": quad, "bounding_box": box}))
@@ -320,19 +312,19 @@ def blend(run, upper, base, **fields):
 
 
 def test_blend_normal_with_opacity_and_mask(run):
-    upper = put(run, "u.png", solid(4, 4, (200, 0, 100)))
-    base = put(run, "b.png", solid(4, 4, (0, 100, 50)))
+    upper = put_image(run, "u.png", solid(4, 4, (200, 0, 100)))
+    base = put_image(run, "b.png", solid(4, 4, (0, 100, 50)))
     assert (blend(run, upper, base) == (200, 0, 100)).all()
     assert np.abs(blend(run, upper, base, opacity=0.5) - (100, 50, 75)).max() <= 1
     mask = np.zeros((4, 4), np.uint8)
     mask[:, 2:] = 255  # white restricts the blend: base shows
-    data = blend(run, upper, base, mask=put(run, "m.png", mask))
+    data = blend(run, upper, base, mask=put_image(run, "m.png", mask))
     assert (data[:, :2] == (200, 0, 100)).all() and (data[:, 2:] == (0, 100, 50)).all()
 
 
 def test_blend_modes_in_rgb(run):
-    upper = put(run, "u.png", solid(2, 2, (255, 128, 0)))
-    base = put(run, "b.png", solid(2, 2, (100, 200, 50)))
+    upper = put_image(run, "u.png", solid(2, 2, (255, 128, 0)))
+    base = put_image(run, "b.png", solid(2, 2, (100, 200, 50)))
     assert np.abs(blend(run, upper, base, blend_mode="Multiply")[0, 0] - (100, 100, 0)).max() <= 1
     assert np.abs(blend(run, upper, base, blend_mode="Screen")[0, 0] - (255, 228, 50)).max() <= 1
     assert tuple(blend(run, upper, base, blend_mode="Darken Only")[0, 0]) == (100, 128, 0)
@@ -343,11 +335,11 @@ def test_blend_modes_in_rgb(run):
 
 
 def test_blend_color_modes_take_hue_from_the_upper_layer(run):
-    red = put(run, "red.png", solid(2, 2, (255, 0, 0)))
-    grey = put(run, "grey.png", solid(2, 2, (128, 128, 128)))
+    red = put_image(run, "red.png", solid(2, 2, (255, 0, 0)))
+    grey = put_image(run, "grey.png", solid(2, 2, (128, 128, 128)))
     data = blend(run, red, grey, blend_mode="Luminosity")[0, 0]  # base has no chroma: grey at red's lightness
     assert data[0] == data[1] == data[2] and abs(int(data[0]) - 128) <= 1
-    data = blend(run, red, put(run, "blue.png", solid(2, 2, (0, 0, 255))), blend_mode="Hue")[0, 0]
+    data = blend(run, red, put_image(run, "blue.png", solid(2, 2, (0, 0, 255))), blend_mode="Hue")[0, 0]
     assert tuple(data) == (255, 0, 0)
     for space in ("Oklch (Oklab)", "LCh (CIELab)", "HSV (RGB)", "Linear RGB"):
         data = blend(run, red, grey, color_space=space)[0, 0]
@@ -357,14 +349,14 @@ def test_blend_color_modes_take_hue_from_the_upper_layer(run):
 
 
 def test_blend_keeps_base_mode_and_fits_the_upper_layer(run):
-    tall = put(run, "tall.png", solid(4, 2, (10, 20, 30, 255)))
-    wide = put(run, "wide.png", solid(2, 8, (10, 20, 30, 255)))
-    base = put(run, "b.png", solid(4, 4, (0, 0, 0, 255)))
+    tall = put_image(run, "tall.png", solid(4, 2, (10, 20, 30, 255)))
+    wide = put_image(run, "wide.png", solid(2, 8, (10, 20, 30, 255)))
+    base = put_image(run, "b.png", solid(4, 4, (0, 0, 0, 255)))
     data = blend(run, tall, base)  # fit_to_height, narrower layer: letterboxed with transparent bars
     assert data.shape == (4, 4, 4) and tuple(data[1, 1]) == (10, 20, 30, 255) and tuple(data[1, 0]) == (0, 0, 0, 255)
     assert (blend(run, wide, base) == (10, 20, 30, 255)).all()  # wider layer: cropped to fill
     assert (blend(run, tall, base, fit_to_width=True, fit_to_height=True) == (10, 20, 30, 255)).all()
-    grey = put(run, "g.png", np.full((4, 4), 50, np.uint8))
+    grey = put_image(run, "g.png", np.full((4, 4), 50, np.uint8))
     out = only_output(run, {"type": "invokeai_img_blend", "layer_upper": tall, "layer_base": grey,
                             "fit_to_width": True})
     assert result(run, out).mode == "L"
@@ -376,8 +368,8 @@ def test_blend_keeps_base_mode_and_fits_the_upper_layer(run):
 def test_compositor_removes_a_flat_backdrop_by_flood_fill_and_by_chroma_key(run):
     subject = solid(8, 8, (0, 255, 0, 255))
     subject[3:5, 3:5] = (200, 0, 0, 255)
-    subject_field = put(run, "s.png", subject)
-    background = put(run, "bg.png", solid(8, 8, (0, 0, 255, 255)))
+    subject_field = put_image(run, "s.png", subject)
+    background = put_image(run, "bg.png", solid(8, 8, (0, 0, 255, 255)))
     node = {"type": "invokeai_img_composite", "image_subject": subject_field, "image_background": background}
     data = pixels(run, only_output(run, node))
     assert tuple(data[0, 0]) == (0, 0, 255, 255) and tuple(data[3, 3]) == (200, 0, 0, 255)

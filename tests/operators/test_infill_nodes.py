@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import only_output
+from helpers import only_output, put_image
 from PIL import Image
 
 from invokeai_provider.errors import NodeExecutionError
@@ -28,12 +28,6 @@ DECLARED = {
     "image_panel_layout": ("Image Panel Layout", "1.0.0", "canvas", "image_panel_coordinate_output"),
 }
 
-
-def put_image(run, name: str, array: np.ndarray, mode: str | None = None) -> dict:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
 
 
 def pixels_of(run, output) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import edge, only_output, run_nodes
+from helpers import edge, only_output, put_image, run_nodes
 from PIL import Image
 from safetensors.torch import load, save
 
@@ -33,12 +33,6 @@ DECLARED = {
     "apply_mask_to_image": ("Apply Mask to Image", "1.0.0", "mask", "image_output"),
 }
 
-
-def put_image(run, name: str, array: np.ndarray, mode: str | None = None) -> dict:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
 
 
 def put_tensor(run, name: str, tensor: torch.Tensor) -> dict:

@@ -11,22 +11,16 @@ from typing import Any
 
 import pytest
 
-from helpers import edge, only_output, run_nodes
+from helpers import edge, only_output, put_image, run_nodes
 
 from invokeai_provider.errors import NodeExecutionError, NodeValidationError
 from invokeai_provider.operators import tile_nodes
-from invokeai_provider.operators.tile_nodes import TBLR, Tile, TileError, box_blur, merge_tiles
+from invokeai_provider.operators.tile_nodes import Tile, TileError, box_blur, merge_tiles
 from invokeai_provider.registry import InvocationRegistry
 
 np = pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")
 
-
-def _put_image(run, name: str, pixels) -> dict[str, str]:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
 
 
 def _pixels(run, image_field) -> Any:
@@ -363,7 +357,7 @@ def test_seam_refuses_an_overlap_too_narrow_for_the_blend():
 
 def test_merge_node_refuses_a_blend_wider_than_the_overlap(run):
     tiles = _side_by_side(24, 16, 8)
-    pairs = [{"tile": t.model_dump(), "image": _put_image(run, f"t{i}.png", np.zeros((4, 16, 3), np.uint8))}
+    pairs = [{"tile": t.model_dump(), "image": put_image(run, f"t{i}.png", np.zeros((4, 16, 3), np.uint8))}
              for i, t in enumerate(tiles)]
     with pytest.raises(NodeExecutionError) as info:
         run_nodes(run, {"m": {"type": "merge_tiles_to_image", "tiles_with_images": pairs, "blend_mode": "Linear",
@@ -374,7 +368,7 @@ def test_merge_node_refuses_a_blend_wider_than_the_overlap(run):
 
 def test_merge_node_refuses_an_image_of_the_wrong_size(run):
     tile = _tile((0, 16, 0, 16), (0, 0, 0, 0))
-    pairs = [{"tile": tile, "image": _put_image(run, "small.png", np.zeros((8, 16, 3), np.uint8))}]
+    pairs = [{"tile": tile, "image": put_image(run, "small.png", np.zeros((8, 16, 3), np.uint8))}]
     with pytest.raises(NodeExecutionError) as info:
         run_nodes(run, {"m": {"type": "merge_tiles_to_image", "tiles_with_images": pairs}})
     assert info.value.cause.field == "tiles_with_images" and "16x8 px but its tile is 16x16 px" in str(info.value)
@@ -389,7 +383,7 @@ def test_merge_node_refuses_an_empty_list(run):
 def test_merge_node_writes_an_rgb_image_as_large_as_the_tiles_reach(run):
     rgba = np.zeros((4, 16, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 90, 255
-    pairs = [{"tile": t.model_dump(), "image": _put_image(run, f"t{i}.png", rgba)}
+    pairs = [{"tile": t.model_dump(), "image": put_image(run, f"t{i}.png", rgba)}
              for i, t in enumerate(_side_by_side(24, 16, 8))]
     out = only_output(run, {"type": "merge_tiles_to_image", "tiles_with_images": pairs, "blend_amount": 2})
     pixels = _pixels(run, out.image)
@@ -404,7 +398,7 @@ def test_tiled_graph_reproduces_the_image_when_tiles_are_unchanged(run):
     rng = np.random.default_rng(11)
     original = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
     nodes = {
-        "img": {"type": "image", "image": _put_image(run, "original.png", original)},
+        "img": {"type": "image", "image": put_image(run, "original.png", original)},
         # x: lefts 0, 56, 64 (the last shifted inside); y: tops 0, 40 → 6 tiles
         "tiles": {"type": "calculate_image_tiles", "tile_width": 96, "tile_height": 80, "overlap": 40},
         "each": {"type": "iterate"},
@@ -441,7 +435,7 @@ def test_tiled_graph_merges_changed_tiles_into_their_places(run):
     tiles = tile_nodes.calc_tiles_with_overlap(64, 96, 40, 56, 16)  # lefts 0, 40; tops 0, 24
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     pairs = [{"tile": t.model_dump(),
-              "image": _put_image(run, f"c{i}.png", np.full((40, 56, 3), colours[i], np.uint8))}
+              "image": put_image(run, f"c{i}.png", np.full((40, 56, 3), colours[i], np.uint8))}
              for i, t in enumerate(tiles)]
     out = only_output(run, {"type": "merge_tiles_to_image", "tiles_with_images": pairs, "blend_mode": "Linear",
                             "blend_amount": 0})

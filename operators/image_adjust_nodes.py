@@ -4,8 +4,8 @@ correction, invisible watermarks and the NSFW blur.
 
 Type strings, titles, versions, fields and outputs follow InvokeAI's invocations/image.py and
 composition-nodes.py. The pixel work is written here on numpy, Pillow and scipy; the watermark nodes use
-the ``invisible-watermark`` package (module ``imwatermark``) and the NSFW node a safety-checker model from
-the run's model service. Heavy modules are imported inside ``invoke()``.
+our ``dwt_dct_watermark`` (interchangeable with the marks InvokeAI writes) and the NSFW node a
+safety-checker model from the run's model service. Heavy modules are imported inside ``invoke()``.
 """
 
 from __future__ import annotations
@@ -727,16 +727,18 @@ class ImageWatermarkInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import numpy as np
-        from imwatermark import WatermarkEncoder
         from PIL import Image
+
+        from invokeai_provider.operators.dwt_dct_watermark import embed_bytes
 
         image = context.images.get_pil(self.image.image_name)
         _check_watermark_size(self, image)
         if not self.text:
             raise _fail(self, "text", "the watermark text must not be empty")
-        encoder = WatermarkEncoder()
-        encoder.set_watermark("bytes", self.text.encode("utf-8"))
-        bgr = encoder.encode(_bgr(image), "dwtDct")
+        try:
+            bgr = embed_bytes(_bgr(image), self.text.encode("utf-8"))
+        except ValueError as exc:  # more bits than the image has blocks: the mark could never be read back
+            raise _fail(self, "text", f"the watermark text is too long for this image: {exc}") from None
         out = Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]), "RGB").convert("RGBA")
         return ImageOutput.build(context.images.save(out))
 
@@ -750,7 +752,7 @@ class DecodeInvisibleWatermarkInvocation(BaseInvocation):
     length: int = InputField(default=8, description="The expected watermark length in bytes")
 
     def invoke(self, context: "InvocationContext") -> StringOutput:
-        from imwatermark import WatermarkDecoder
+        from invokeai_provider.operators.dwt_dct_watermark import extract_bytes
 
         if self.length < 1:
             raise _fail(self, "length", f"expected a watermark length of at least 1 byte, got {self.length}")
@@ -760,7 +762,7 @@ class DecodeInvisibleWatermarkInvocation(BaseInvocation):
                                    self.image.image_name)
             return StringOutput(value="")
         try:
-            raw = WatermarkDecoder("bytes", self.length * 8).decode(_bgr(image), "dwtDct")
+            raw = extract_bytes(_bgr(image), self.length)
         except Exception as exc:  # noqa: BLE001 - an unreadable watermark is an empty answer, as in InvokeAI
             context.logger.debug("%s: no invisible watermark decoded: %s", self.id, exc)
             return StringOutput(value="")

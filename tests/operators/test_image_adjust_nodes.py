@@ -401,16 +401,84 @@ def test_color_correct_mask_of_another_size_names_the_field(run):
 # --- watermark ------------------------------------------------------------------------------------------
 
 
-def _photo(size=256):
+def _photo(size=256, seed=0):
     from PIL import ImageFilter
 
-    rng = np.random.default_rng(0)
-    noise = Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8), "RGB")
+    rng = np.random.default_rng(seed)
+    width, height = (size, size) if isinstance(size, int) else size
+    noise = Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8), "RGB")
     return noise.filter(ImageFilter.GaussianBlur(3))
 
 
+def _photo_bgr(size=256, seed=0):
+    return np.ascontiguousarray(np.asarray(_photo(size, seed))[..., ::-1])
+
+
+def test_dwt_dct_bits_are_msb_first():
+    from invokeai_provider.operators import dwt_dct_watermark as wm
+
+    assert wm.bytes_to_bits(b"A\x01").tolist() == [0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert wm.bits_to_bytes(wm.bytes_to_bits("Invoké".encode())) == "Invoké".encode()
+    assert wm.bits_to_bytes(np.ones(12, dtype=np.uint8)) == b"\xff"
+
+
+@pytest.mark.parametrize(("size", "seed", "text"), [
+    (256, 1, "InvokeAI"), ((320, 257), 2, "abc"), ((517, 390), 3, "hello, wörld 12"), (384, 4, "x")])
+def test_dwt_dct_round_trips_text(size, seed, text):
+    from invokeai_provider.operators import dwt_dct_watermark as wm
+
+    bgr = _photo_bgr(size, seed)
+    data = text.encode("utf-8")
+    marked = wm.embed_bytes(bgr, data)
+    assert marked.shape == bgr.shape and marked.dtype == np.uint8
+    assert 0 < np.abs(marked.astype(int) - bgr).mean() < 2  # invisible, but there
+    assert wm.extract_bytes(marked, len(data)) == data
+    assert wm.extract_bytes(bgr, len(data)) != data  # nothing to read from the unmarked image
+
+
+def test_dwt_dct_needs_a_block_per_bit():
+    from invokeai_provider.operators import dwt_dct_watermark as wm
+
+    bgr = _photo_bgr((66, 258))  # cropped to 256x64: a 128x32 approximation band, 256 blocks
+    assert wm.extract_bytes(wm.embed_bytes(bgr, b"ab"), 2) == b"ab"
+    with pytest.raises(ValueError, match="256 watermark blocks but the watermark has 264 bits"):
+        wm.embed_bytes(bgr, b"x" * 33)
+    with pytest.raises(ValueError, match="264 bits"):
+        wm.extract_bytes(bgr, 33)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        wm.embed_bytes(bgr.astype(np.float32), b"a")
+
+
+def test_dwt_dct_module_imports_no_torch_or_imwatermark():
+    import subprocess
+    import sys
+
+    code = ("import sys, invokeai_provider.operators.dwt_dct_watermark; "
+            "print([m for m in ('torch', 'imwatermark') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("size", "text"), [(256, b"InvokeAI"), ((419, 300), b"abc")])
+def test_dwt_dct_interchangeable_with_invisible_watermark(size, text):
+    """An extra check where the package is installed: InvokeAI's marks read here, ours read there."""
+    imwatermark = pytest.importorskip("imwatermark")
+    from invokeai_provider.operators import dwt_dct_watermark as wm
+
+    bgr = _photo_bgr(size, seed=5)
+    n_bits = len(text) * 8
+    encoder = imwatermark.WatermarkEncoder()
+    encoder.set_watermark("bytes", text)
+    theirs = encoder.encode(bgr.copy(), "dwtDct")
+    ours = wm.embed_bytes(bgr, text)
+    assert wm.extract_bytes(theirs, len(text)) == text
+    assert imwatermark.WatermarkDecoder("bytes", n_bits).decode(ours, "dwtDct") == text
+    for image in (bgr, theirs, ours):  # the very same bits, marked or not
+        their_bits = imwatermark.WatermarkDecoder("bits", n_bits).decode(image, "dwtDct")
+        assert wm.extract_bits(image, n_bits).tolist() == np.asarray(their_bits, dtype=int).tolist()
+
+
 def test_watermark_round_trips_through_decode(run):
-    pytest.importorskip("imwatermark")
     photo = _photo()
     marked = _run(run, "img_watermark", photo, text="InvokeAI")
     image = _get(run, marked)
@@ -424,14 +492,18 @@ def test_watermark_round_trips_through_decode(run):
 
 
 def test_watermark_needs_a_big_enough_image(run):
-    pytest.importorskip("imwatermark")
     with pytest.raises(NodeExecutionError, match=r"node n \(img_watermark\): field image: .*256x256.*64x64"):
         _run(run, "img_watermark", _solid((1, 2, 3), (64, 64)))
     assert _run(run, "decode_watermark", _solid((1, 2, 3), (64, 64)), name="small.png").value == ""
 
 
+def test_watermark_text_must_fit_the_image(run):
+    with pytest.raises(NodeExecutionError, match=r"node n \(img_watermark\): field text: .*too long.*1024 watermark"):
+        _run(run, "img_watermark", _photo(), text="x" * 129)
+    assert _run(run, "decode_watermark", _photo(), name="p.png", length=129).value == ""
+
+
 def test_decode_watermark_length_must_be_positive(run):
-    pytest.importorskip("imwatermark")
     with pytest.raises(NodeExecutionError, match=r"node n \(decode_watermark\): field length: .*got 0"):
         _run(run, "decode_watermark", _photo(), length=0)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.fields import ImageField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
+from invokeai_provider.operators.image_util import fail
 from invokeai_provider.operators.primitives import ImageOutput, StringOutput
 
 if TYPE_CHECKING:
@@ -24,15 +25,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from invokeai_provider.context import InvocationContext
-
-
-class ImageAdjustError(InvokeAIProviderError):
-    """An image node cannot run with what it was given; the message names the node and field."""
-
-
-def _fail(node: BaseInvocation, field: str, message: str) -> ImageAdjustError:
-    return ImageAdjustError(f"node {node.id} ({node.get_type()}): field {field}: {message}", node_id=node.id,
-                            field=field)
 
 
 def _split_alpha(image: "Image") -> tuple[str, Optional["Image"]]:
@@ -439,7 +431,7 @@ class InvokeAdjustImageHuePlusInvocation(BaseInvocation, WithMetadata, WithBoard
         from PIL import Image, ImageCms
 
         if self.space.startswith("*UPLab"):
-            raise _fail(self, "space", "the UPLab option needs InvokeAI's CIELab_to_UPLab.icc profile, which is not "
+            raise fail(self, "space", "the UPLab option needs InvokeAI's CIELab_to_UPLab.icc profile, which is not "
                         "shipped here; choose another space (\"*LCh / CIELab\" is the nearest)")
         image = context.images.get_pil(self.image.image_name)
         base_mode, alpha = _split_alpha(image)
@@ -697,7 +689,7 @@ class ColorCorrectInvocation(BaseInvocation, WithMetadata, WithBoard):
         if self.mask is not None:
             mask = context.images.get_pil(self.mask.image_name, "L")
             if mask.size != result.size:
-                raise _fail(self, "mask", f"mask is {mask.width}x{mask.height} but base_image is "
+                raise fail(self, "mask", f"mask is {mask.width}x{mask.height} but base_image is "
                             f"{result.width}x{result.height}; they must be the same size")
             result.paste(base_rgb, mask=mask)
         result = result.convert("RGBA")
@@ -713,7 +705,7 @@ def _bgr(image: "Image") -> "np.ndarray":
 
 def _check_watermark_size(node: BaseInvocation, image: "Image") -> None:
     if image.width * image.height < 256 * 256:
-        raise _fail(node, "image", f"the invisible watermark needs at least 256x256 = 65536 pixels; the image is "
+        raise fail(node, "image", f"the invisible watermark needs at least 256x256 = 65536 pixels; the image is "
                     f"{image.width}x{image.height}")
 
 
@@ -734,11 +726,11 @@ class ImageWatermarkInvocation(BaseInvocation, WithMetadata, WithBoard):
         image = context.images.get_pil(self.image.image_name)
         _check_watermark_size(self, image)
         if not self.text:
-            raise _fail(self, "text", "the watermark text must not be empty")
+            raise fail(self, "text", "the watermark text must not be empty")
         try:
             bgr = embed_bytes(_bgr(image), self.text.encode("utf-8"))
         except ValueError as exc:  # more bits than the image has blocks: the mark could never be read back
-            raise _fail(self, "text", f"the watermark text is too long for this image: {exc}") from None
+            raise fail(self, "text", f"the watermark text is too long for this image: {exc}") from None
         out = Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]), "RGB").convert("RGBA")
         return ImageOutput.build(context.images.save(out))
 
@@ -755,7 +747,7 @@ class DecodeInvisibleWatermarkInvocation(BaseInvocation):
         from invokeai_provider.operators.dwt_dct_watermark import extract_bytes
 
         if self.length < 1:
-            raise _fail(self, "length", f"expected a watermark length of at least 1 byte, got {self.length}")
+            raise fail(self, "length", f"expected a watermark length of at least 1 byte, got {self.length}")
         image = context.images.get_pil(self.image.image_name)
         if image.width * image.height < 256 * 256:
             context.logger.warning("%s: image %s is too small to carry an invisible watermark", self.id,
@@ -780,13 +772,13 @@ def _safety_checker(node: BaseInvocation, context: "InvocationContext") -> Itera
     try:
         root = models.registry.root if models is not None else None
     except InvokeAIProviderError as exc:  # a remote (S3) model root has no local folder
-        raise _fail(node, "image", f"the NSFW checker needs a local model root: {exc}") from None
+        raise fail(node, "image", f"the NSFW checker needs a local model root: {exc}") from None
     if root is None:
-        raise _fail(node, "image", "no model service in this run; the NSFW checker is loaded from the model root "
+        raise fail(node, "image", "no model service in this run; the NSFW checker is loaded from the model root "
                     "(run with --model-root)")
     path = root / SAFETY_CHECKER_PATH
     if not (path / "config.json").is_file():
-        raise _fail(node, "image", f"no safety checker at {path}: put a diffusers StableDiffusionSafetyChecker "
+        raise fail(node, "image", f"no safety checker at {path}: put a diffusers StableDiffusionSafetyChecker "
                     "(config.json, weights and preprocessor_config.json) there")
 
     def build() -> tuple[Any, Any]:

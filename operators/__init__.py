@@ -28,6 +28,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "canvas_nodes",
     "image_adjust_nodes",
     "tile_nodes",
+    "preprocessor_nodes",
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Optional, get_args, get_origin
 
 from pydantic import ValidationError
 
+from invokeai_provider.aliases import resolve_edges, resolve_node
 from invokeai_provider.errors import (
     CyclicalGraphError,
     DuplicateNodeIdError,
@@ -82,6 +83,7 @@ def build_node(node_key: str, data: Any) -> BaseInvocation:
     """Builds one node model from its JSON dict, with errors that name the node and the field."""
     if not isinstance(data, Mapping):
         raise GraphParseError(f"node {node_key}: expected an object, got {type(data).__name__}", node_id=node_key)
+    data = resolve_node(node_key, data)  # an old, removed type loads as its current node
     node_type = data.get("type")
     if not isinstance(node_type, str):
         raise GraphParseError(f'node {node_key}: missing "type" string', node_id=node_key, field="type")
@@ -136,7 +138,8 @@ class Graph:
         if not isinstance(raw_edges, list):
             raise GraphParseError('graph "edges" must be a list')
         nodes = {str(key): build_node(str(key), value) for key, value in raw_nodes.items()}
-        edges = [Edge.from_dict(e) for e in raw_edges]
+        old_types = {str(key): value.get("type") for key, value in raw_nodes.items()}
+        edges = [Edge.from_dict(e) for e in resolve_edges(old_types, raw_edges)]
         return cls(nodes, edges, id=data.get("id"))
 
     @classmethod

@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
+from invokeai_provider.aliases import current_field_name
 from invokeai_provider.errors import GraphParseError, NodeFieldNotFoundError, NodeNotFoundError, WorkflowError
-from invokeai_provider.graph import Edge, Graph, build_node, load_json
+from invokeai_provider.graph import Graph, load_json
 
 if TYPE_CHECKING:
     from invokeai_provider.batch import Batch
@@ -139,8 +140,7 @@ def parse_workflow(raw: Any) -> Workflow:
 
     graph_id = str(raw.get("id") or uuid.uuid5(uuid.NAMESPACE_URL, hashlib.sha256(
         json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()))
-    graph = Graph({k: build_node(k, v) for k, v in graph_nodes.items()},
-                  [Edge.from_dict(e) for e in edges], id=graph_id)
+    graph = Graph.from_dict({"id": graph_id, "nodes": graph_nodes, "edges": edges})
     workflow = Workflow(raw=dict(raw), graph=graph)
     workflow.exposed_fields = _form_fields(raw, graph)
     workflow.batch_data = _batch_data(raw, nodes, invocations)
@@ -234,19 +234,23 @@ def _form_fields(raw: Mapping[str, Any], graph: Graph) -> list[FieldRef]:
     else:
         for exposed in raw.get("exposedFields") or []:
             refs.append(_field_ref(nodes, graph, str(exposed.get("nodeId")), str(exposed.get("fieldName"))))
-    return refs
+    return [ref for ref in refs if ref is not None]
 
 
 def _field_ref(nodes: dict[str, dict[str, Any]], graph: Graph, node_id: str, field_name: str,
-               **extra: Any) -> FieldRef:
+               **extra: Any) -> Optional[FieldRef]:
+    """The form field, or None for a field of an old node type that its current node dropped."""
     if node_id not in graph.nodes:
         raise NodeNotFoundError(f"exposed field {node_id}.{field_name}: node {node_id} is not an invocation in this "
                                 "workflow", node_id=node_id, field=field_name)
+    old_name, field_name = field_name, current_field_name(nodes[node_id]["data"].get("type"), field_name)
+    if field_name is None:
+        return None
     if field_name not in type(graph.nodes[node_id]).input_fields():
         raise NodeFieldNotFoundError(
             f"exposed field {node_id}.{field_name}: node {node_id} ({graph.type_of(node_id)}) has no input "
             f"{field_name!r}", node_id=node_id, field=field_name)
-    spec = nodes[node_id]["data"].get("inputs", {}).get(field_name, {})
+    spec = nodes[node_id]["data"].get("inputs", {}).get(old_name, {})
     return FieldRef(node_id, field_name, label=str(spec.get("label") or ""),
                     description=str(spec.get("description") or ""), **extra)
 
@@ -270,9 +274,11 @@ def _batch_data(raw: Mapping[str, Any], nodes: dict[str, dict[str, Any]],
         inputs = node["data"].get("inputs", {})
         list_field = BATCH_NODE_LIST_FIELDS[node_type]
         items = inputs.get(list_field, {}).get("value") or []
-        data = [{"node_path": str(e["target"]), "field_name": str(e["targetHandle"]), "items": list(items)}
+        data = [{"node_path": str(e["target"]), "field_name": name, "items": list(items)}
                 for e in raw.get("edges", [])
-                if e.get("source") == node_id and e.get("type", "default") == "default" and str(e.get("target")) in invocations]
+                if e.get("source") == node_id and e.get("type", "default") == "default" and str(e.get("target")) in invocations
+                and (name := current_field_name(_invocation_type(invocations[str(e["target"])]),
+                                                str(e["targetHandle"]))) is not None]
         if not data:
             continue
         group = str(inputs.get("batch_group_id", {}).get("value") or "None")

@@ -29,6 +29,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "image_adjust_nodes",
     "tile_nodes",
     "preprocessor_nodes",
+    "detection_nodes",
 )
 
 

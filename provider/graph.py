@@ -83,6 +83,7 @@ def build_node(node_key: str, data: Any) -> BaseInvocation:
     """Builds one node model from its JSON dict, with errors that name the node and the field."""
     if not isinstance(data, Mapping):
         raise GraphParseError(f"node {node_key}: expected an object, got {type(data).__name__}", node_id=node_key)
+    given_type = data.get("type")
     data = resolve_node(node_key, data)  # an old, removed type loads as its current node
     node_type = data.get("type")
     if not isinstance(node_type, str):
@@ -99,7 +100,10 @@ def build_node(node_key: str, data: Any) -> BaseInvocation:
     try:
         return node_class.model_validate(values)
     except ValidationError as exc:
-        raise node_validation_error(node_key, node_class, exc) from None
+        error = node_validation_error(node_key, node_class, exc)
+        if given_type != node_type:
+            error.args = (f"{error} (the node's old type {given_type} loads as {node_type})",)
+        raise error from None
 
 
 def node_validation_error(node_id: str, node_class: type[BaseInvocation], exc: ValidationError) -> NodeValidationError:

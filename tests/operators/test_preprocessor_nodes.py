@@ -319,6 +319,7 @@ def test_unknown_field_of_an_old_type_is_still_refused():
     with pytest.raises(NodeValidationError) as info:
         Graph.from_dict({"nodes": {"c": {"id": "c", "type": "canny_image_processor", "sigma": 2}}})
     assert info.value.node_id == "c" and info.value.field == "sigma"
+    assert "canny_image_processor" in str(info.value) and "canny_edge_detection" in str(info.value)
 
 
 def test_alias_table_targets_are_known_invokeai_nodes():
@@ -348,3 +349,12 @@ def test_a_registered_node_of_an_old_name_wins(monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         Graph.from_dict({"nodes": {"c": {"id": "c", "type": "canny_image_processor", "image_resolution": 9}}})
     assert "image_resolution" in caplog.text
+
+
+def test_batch_data_into_an_old_field_uses_the_new_name(rings):
+    doc = old_canny_workflow(rings)
+    doc["nodes"].append(wf_node("sizes", "integer_batch", "1.0.0", integers=[4, 8], batch_group_id="None"))
+    doc["edges"] += [wf_edge("sizes", "value", "cmap", "color_map_tile_size"),
+                     wf_edge("sizes", "value", "canny", "detect_resolution")]
+    wf = parse_workflow(doc)
+    assert wf.batch_data == [[{"node_path": "cmap", "field_name": "tile_size", "items": [4, 8]}]]

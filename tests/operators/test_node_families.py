@@ -45,7 +45,8 @@ FAMILIES: dict[str, set[str]] = {
 # Not built yet, each named; this set only shrinks. The upscalers (esrgan, spandrel) need their model
 # architectures; the detector preprocessors their models through the model manager.
 NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autoscale"} | (
-    FAMILIES["ControlNet preprocessors"] - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize"})
+    FAMILIES["ControlNet preprocessors"]
+    - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize", "depth_anything_depth_estimation"})
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

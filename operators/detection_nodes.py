@@ -10,6 +10,7 @@ model cache. torch and transformers are imported inside ``invoke()`` only.
 
 from __future__ import annotations
 
+import importlib.util
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -220,6 +221,10 @@ class SegmentAnythingInvocation(BaseInvocation):
                 labels.append([p.label.value for p in objects.points] + [_PAD_LABEL] * pad)
             kwargs["input_points"] = [points]
             kwargs["input_labels"] = [labels]
+        if sam2 and importlib.util.find_spec("torchvision") is None:
+            raise fail(self, "model", f"{self.model} is a SAM2 model: transformers' Sam2Processor needs torchvision, "
+                                      "which is not installed; install torchvision or choose a segment-anything-* "
+                                      "(SAM) model")
         what = ("a transformers Sam2Model with its Sam2Processor" if sam2
                 else "a transformers SamModel with its SamProcessor")
         with use_core_model(self, context, "model", core_folder(repo), _load_sam2 if sam2 else _load_sam,

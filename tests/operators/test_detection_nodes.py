@@ -304,6 +304,16 @@ def test_sam_model_missing_names_field_and_folder(models_run):
         _segment(models_run, model="segment-anything-huge", bounding_boxes=[BOX_A])
 
 
+def test_sam2_without_torchvision_is_a_clear_error(models_run):
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed")
+    with pytest.raises(NodeExecutionError, match=r"node n \(segment_anything\): field model: segment-anything-2-tiny "
+                                                 r"is a SAM2 model: .*needs torchvision"):
+        _segment(models_run, model="segment-anything-2-tiny", bounding_boxes=[BOX_A])
+
+
 def test_polygon_refinement_fills_holes_and_drops_islands():
     from invokeai_provider.operators.detection_nodes import refine_to_polygon
 

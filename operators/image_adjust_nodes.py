@@ -11,16 +11,16 @@ safety-checker model from the run's model service. Heavy modules are imported in
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.fields import ImageField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.operators.image_util import fail
 from invokeai_provider.operators.primitives import ImageOutput, StringOutput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     from PIL.Image import Image
 
@@ -765,31 +765,14 @@ class DecodeInvisibleWatermarkInvocation(BaseInvocation):
 SAFETY_CHECKER_PATH = "core/convert/stable-diffusion-safety-checker"
 
 
-@contextmanager
-def _safety_checker(node: BaseInvocation, context: "InvocationContext") -> Iterator[tuple[Any, Any, Any]]:
-    """(checker, image processor, device) from the model root, held in the model cache across nodes."""
-    models = context.services.get("models")
-    try:
-        root = models.registry.root if models is not None else None
-    except InvokeAIProviderError as exc:  # a remote (S3) model root has no local folder
-        raise fail(node, "image", f"the NSFW checker needs a local model root: {exc}") from None
-    if root is None:
-        raise fail(node, "image", "no model service in this run; the NSFW checker is loaded from the model root "
-                    "(run with --model-root)")
-    path = root / SAFETY_CHECKER_PATH
-    if not (path / "config.json").is_file():
-        raise fail(node, "image", f"no safety checker at {path}: put a diffusers StableDiffusionSafetyChecker "
-                    "(config.json, weights and preprocessor_config.json) there")
+def _build_safety_checker(path: "Path", device: str) -> Any:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
 
-    def build() -> tuple[Any, Any]:
-        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-        from transformers import CLIPImageProcessor
+    from invokeai_provider.models.core_models import CoreModel
 
-        checker = StableDiffusionSafetyChecker.from_pretrained(path).to(models.device).eval()
-        return checker, CLIPImageProcessor.from_pretrained(path)
-
-    with models.cache.use(f"safety_checker:{path}", build) as (checker, processor):
-        yield checker, processor, models.device
+    return CoreModel(StableDiffusionSafetyChecker.from_pretrained(path).to(device).eval(),
+                     CLIPImageProcessor.from_pretrained(path))
 
 
 @invocation("img_nsfw", title="Blur NSFW Image", tags=["image", "nsfw"], category="image", version="1.2.3")
@@ -806,8 +789,14 @@ class ImageNSFWBlurInvocation(BaseInvocation, WithMetadata, WithBoard):
         image = context.images.get_pil(self.image.image_name)
         rgb = image.convert("RGB")
         pixels = (np.asarray(rgb, dtype=np.float32) / 255.0)[None].transpose(0, 3, 1, 2)
-        with _safety_checker(self, context) as (checker, processor, device), torch.no_grad():
-            features = processor([rgb], return_tensors="pt").pixel_values.to(device=device, dtype=checker.dtype)
+        from invokeai_provider.models.core_models import use_core_model
+
+        with use_core_model(self, context, "image", SAFETY_CHECKER_PATH, _build_safety_checker,
+                            what="a diffusers StableDiffusionSafetyChecker",
+                            required=("config.json", "preprocessor_config.json")) as core, torch.no_grad():
+            checker = core.model
+            features = core.processor([rgb], return_tensors="pt").pixel_values.to(device=core.device,
+                                                                                 dtype=checker.dtype)
             _, flagged = checker(images=pixels, clip_input=features)
         if flagged[0]:
             context.logger.warning("%s: image %s may be NSFW; blurring it", self.id, self.image.image_name)

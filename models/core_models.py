@@ -78,8 +78,9 @@ def core_model_folder(node: "BaseInvocation", context: "InvocationContext", fiel
     path = root / relative
     missing = [name for name in required if not (path / name).is_file()]
     if missing:
-        raise _error(node, field, f"no model at {path} (missing {', '.join(missing)}): put {what} there, as "
-                                  "save_pretrained writes it (config, weights and processor files)")
+        how = (", as save_pretrained writes it (config, weights and processor files)" if "config.json" in required
+               else "")
+        raise _error(node, field, f"no model at {path} (missing {', '.join(missing)}): put {what} there{how}")
     return models, path
 
 
@@ -88,7 +89,8 @@ def use_core_model(node: "BaseInvocation", context: "InvocationContext", field: 
                    build: Callable[[Path, str], Any], *, what: str,
                    required: tuple[str, ...] = ("config.json",)) -> Iterator[Any]:
     """The model at ``<model root>/relative``, built once by ``build(folder, device)`` and held in the run's
-    model cache; on the execution device for the duration of the block."""
+    model cache; on the execution device for the duration of the block. The cache key names the required
+    files too: one folder (``lllyasviel/Annotators``) holds several single-file models."""
     models, path = core_model_folder(node, context, field, relative, what=what, required=required)
-    with models.cache.use(f"core:{path}", lambda: build(path, models.device)) as model:
+    with models.cache.use(f"core:{path}:{'+'.join(required)}", lambda: build(path, models.device)) as model:
         yield model

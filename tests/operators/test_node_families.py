@@ -46,7 +46,8 @@ FAMILIES: dict[str, set[str]] = {
 # architectures; the detector preprocessors their models through the model manager.
 NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autoscale"} | (
     FAMILIES["ControlNet preprocessors"]
-    - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize", "depth_anything_depth_estimation"})
+    - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize", "depth_anything_depth_estimation",
+       "lineart_edge_detection", "lineart_anime_edge_detection"})
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

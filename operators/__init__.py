@@ -30,6 +30,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "tile_nodes",
     "preprocessor_nodes",
     "detection_nodes",
+    "soft_edge_nodes",
     "lineart_nodes",
     "mlsd_nodes",
 )

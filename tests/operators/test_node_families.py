@@ -47,7 +47,8 @@ FAMILIES: dict[str, set[str]] = {
 NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autoscale"} | (
     FAMILIES["ControlNet preprocessors"]
     - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize", "depth_anything_depth_estimation",
-       "lineart_edge_detection", "lineart_anime_edge_detection", "mlsd_detection"})
+       "lineart_edge_detection", "lineart_anime_edge_detection", "mlsd_detection",
+       "hed_edge_detection", "pidi_edge_detection"})
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

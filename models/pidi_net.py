@@ -174,13 +174,15 @@ class PiDiNet(nn.Module):
         return [torch.sigmoid(side) for side in (*sides, fused)]
 
 
-def pidi_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+def pidi_state_dict(checkpoint: Any) -> Any:
     """The network weights from a PiDiNet file: a training checkpoint (``{"state_dict": ...}``) or a bare
-    state dict, with DataParallel's leading ``module.`` dropped from the keys."""
-    weights = checkpoint.get("state_dict", checkpoint)
+    state dict, with DataParallel's leading ``module.`` dropped from the keys. Anything else is returned as
+    it is, for the loader to refuse by name."""
+    weights = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     if not isinstance(weights, Mapping):
-        raise ValueError("its 'state_dict' entry is not a mapping of weights")
-    return {(key[len("module."):] if key.startswith("module.") else key): value for key, value in weights.items()}
+        return weights
+    return {(key[len("module."):] if isinstance(key, str) and key.startswith("module.") else key): value
+            for key, value in weights.items()}
 
 
 def pidi_edge_probability(net: PiDiNet, rgb: "np.ndarray") -> "np.ndarray":

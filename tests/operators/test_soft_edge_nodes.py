@@ -118,9 +118,11 @@ def test_pidi_layers_are_those_of_the_published_checkpoint():
     assert shapes["init_block.weight"] == (60, 3, 3, 3) and "init_block.bias" not in shapes
     assert shapes["block1_1.conv1.weight"] == (60, 1, 3, 3) and shapes["block1_3.conv2.weight"] == (60, 60, 1, 1)
     assert shapes["block2_1.shortcut.weight"] == (120, 60, 1, 1) and shapes["block2_1.shortcut.bias"] == (120,)
-    assert shapes["block3_1.shortcut.weight"] == (240, 120, 1, 1) and shapes["block4_1.shortcut.weight"] == (240, 240, 1, 1)
+    assert shapes["block3_1.shortcut.weight"] == (240, 120, 1, 1)
+    assert shapes["block4_1.shortcut.weight"] == (240, 240, 1, 1)
     assert "block2_2.shortcut.weight" not in shapes and shapes["block4_4.conv1.weight"] == (240, 1, 3, 3)
-    assert shapes["dilations.0.conv1.weight"] == (24, 60, 1, 1) and shapes["dilations.3.conv1.weight"] == (24, 240, 1, 1)
+    assert shapes["dilations.0.conv1.weight"] == (24, 60, 1, 1)
+    assert shapes["dilations.3.conv1.weight"] == (24, 240, 1, 1)
     assert shapes["dilations.2.conv2_4.weight"] == (24, 24, 3, 3) and "dilations.2.conv2_4.bias" not in shapes
     assert shapes["attentions.1.conv1.weight"] == (4, 24, 1, 1) and shapes["attentions.1.conv2.weight"] == (1, 4, 3, 3)
     assert shapes["conv_reduces.3.conv.weight"] == (1, 24, 1, 1) and shapes["classifier.weight"] == (1, 4, 1, 1)
@@ -295,11 +297,12 @@ def test_wrong_keys_name_node_field_file_and_keys(run, tmp_path):
     torch.save({"state_dict": {"module.backbone.weight": torch.zeros(1)}}, folder / PIDI_CHECKPOINT)
     _run_with_root(run, tmp_path)
     with pytest.raises(NodeExecutionError, match=r"node n \(hed_edge_detection\): field image: .*ControlNetHED\.pth "
-                                                 r"is not a HEDNet checkpoint .*missing block1\.convs\.0\.bias.*"
-                                                 r"unexpected attentions"):
+                                                 r"does not fit the HEDNet network: missing keys 37 .*"
+                                                 r"unexpected keys 83 \(e\.g\. attentions"):
         _edges(run, "hed_edge_detection", _photo())
     with pytest.raises(NodeExecutionError, match=r"node n \(pidi_edge_detection\): field image: .*table5_pidinet\.pth "
-                                                 r"is not a PiDiNet checkpoint .*unexpected backbone\.weight"):
+                                                 r"does not fit the PiDiNet network: .*unexpected keys 1 "
+                                                 r"\(e\.g\. backbone\.weight\)"):
         _edges(run, "pidi_edge_detection", _photo())
 
 
@@ -311,9 +314,16 @@ def test_wrong_shapes_and_unreadable_files_are_clear_errors(run, tmp_path):
     torch.save(state, folder / HED_CHECKPOINT)
     (folder / PIDI_CHECKPOINT).write_bytes(b"not a checkpoint")
     _run_with_root(run, tmp_path)
-    with pytest.raises(NodeExecutionError, match=r"field image: .*ControlNetHED\.pth is not a HEDNet .*size mismatch"):
+    with pytest.raises(NodeExecutionError, match=r"field image: .*ControlNetHED\.pth does not fit the HEDNet "
+                                                 r"network: keys of another shape 1 \(e\.g\. norm\)"):
         _edges(run, "hed_edge_detection", _photo())
-    with pytest.raises(NodeExecutionError, match=r"field image: .*table5_pidinet\.pth is not a PiDiNet checkpoint"):
+    with pytest.raises(NodeExecutionError, match=r"field image: cannot read .*table5_pidinet\.pth as a "
+                                                                     r"checkpoint"):
+        _edges(run, "pidi_edge_detection", _photo())
+    torch.save({"state_dict": torch.zeros(3)}, folder / PIDI_CHECKPOINT)
+    _run_with_root(run, tmp_path)  # a fresh cache
+    with pytest.raises(NodeExecutionError, match=r"field image: .*table5_pidinet\.pth holds a Tensor, not a "
+                                                 r"state dict"):
         _edges(run, "pidi_edge_detection", _photo())
 
 
@@ -340,8 +350,8 @@ def _gradient_hed(gain=0.4, offset=6.0):
 
 
 def _gradient_pidi(gain=100.0, offset=6.0):
-    """PiDiNet whose fused logit is ``gain * (|dx| + |dy|) - offset`` (pixels in 0..1): a central-difference first layer, the
-    first stage's blocks as identities and its dilation/attention/reduction passing the sum through."""
+    """PiDiNet whose fused logit is ``gain * (|dx| + |dy|) - offset`` (pixels in 0..1): a central-difference
+    first layer, the first stage's blocks as identities and its dilation/attention/reduction passing the sum through."""
     net = _random_pidi()
     with torch.no_grad():
         net.init_block.weight.zero_()

@@ -33,6 +33,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "soft_edge_nodes",
     "lineart_nodes",
     "mlsd_nodes",
+    "normal_map_nodes",
 )
 
 

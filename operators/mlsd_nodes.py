@@ -38,6 +38,18 @@ def resize_to_multiple(image: "np.ndarray", multiple: int) -> "np.ndarray":
     return cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_AREA)
 
 
+def resize_for_network(node: BaseInvocation, image: "np.ndarray", multiple: int, network: str) -> "np.ndarray":
+    """:func:`resize_to_multiple`, or the node's error when the image is too small to give a non-empty
+    result (InvokeAI's OpenCV call would fail there with no hint)."""
+    height, width = image.shape[:2]
+    new_width = width // multiple * multiple
+    if new_width == 0 or int(new_width / width * height) < multiple:
+        raise fail(node, "image", f"the image is {width}x{height}: {network} needs at least {multiple} px of "
+                                  f"width, and a height of at least {multiple} px once the width is floored to a "
+                                  f"multiple of {multiple}")
+    return resize_to_multiple(image, multiple)
+
+
 @invocation("mlsd_detection", title="MLSD Detection", tags=["controlnet", "mlsd", "edge"], category="controlnet",
             version="1.0.0", gpu=True)
 class MLSDDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
@@ -67,11 +79,7 @@ class MLSDDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
         height, width = rgb.shape[:2]
-        new_width = width // 64 * 64
-        if new_width == 0 or int(new_width / width * height) < 64:
-            raise fail(self, "image", f"the image is {width}x{height}: MLSD needs at least 64 px of width, and a "
-                                      "height of at least 64 px once the width is floored to a multiple of 64")
-        resized = resize_to_multiple(rgb, 64)
+        resized = resize_for_network(self, rgb, 64, "MLSD")
         with use_annotator(self, context, "image", MLSD_CHECKPOINT, MobileV2MLSDLarge,
                            what=f"the M-LSD large checkpoint {MLSD_CHECKPOINT}",
                            also_in=(MLSD_INVOKEAI_FOLDER,)) as net, torch.no_grad():

@@ -42,6 +42,14 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def strip_module_prefix(state_dict: Any) -> Any:
+    """A checkpoint saved from torch's DataParallel prefixes every name with ``module.``."""
+    if not isinstance(state_dict, dict):
+        return state_dict
+    return {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k: v
+            for k, v in state_dict.items()}
+
+
 def load_strict(node: "BaseInvocation", field: str, net: "torch.nn.Module", state_dict: Any, path: Path) -> None:
     """``net.load_state_dict(state_dict, strict=True)``, with a mismatch reported as the node's error."""
     if not isinstance(state_dict, dict):
@@ -93,7 +101,9 @@ def use_annotator(node: "BaseInvocation", context: "InvocationContext", field: s
         try:
             checkpoint = read_state_dict(file)
         except Exception as exc:  # a truncated file, or a pickle with objects that weights_only refuses
-            raise _error(node, field, f"cannot read {file} as a checkpoint of tensors: {exc}") from None
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise _error(node, field, f"cannot read {file} as a checkpoint of tensors: {type(exc).__name__}: "
+                                      f"{first_line}") from None
         net = make()
         load_strict(node, field, net, unwrap(checkpoint), file)
         return CoreModel(net.eval().to(device))

@@ -67,7 +67,7 @@ def depth_to_image(depth: Any) -> "Image":
 
 
 @invocation("depth_anything_depth_estimation", title="Depth Anything Depth Estimation",
-            tags=["controlnet", "depth", "depth anything"], category="controlnet_preprocessors", version="1.0.0",
+            tags=["controlnet", "depth", "depth anything"], category="controlnet", version="1.0.0",
             gpu=True)
 class DepthAnythingDepthEstimationInvocation(BaseInvocation, WithMetadata, WithBoard):
     """A depth map of the image, the size of the image, for depth ControlNets."""

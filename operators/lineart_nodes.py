@@ -12,26 +12,22 @@ not the expected network fails naming the node, the field and the file. The netw
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from invokeai_provider.fields import ImageField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.models.core_models import CORE_DIR, core_model_root, use_core_model
-from invokeai_provider.operators.image_util import fail, load_image
+from invokeai_provider.models.annotator_checkpoint import ANNOTATORS_REPO, strip_module_prefix, use_annotator
+from invokeai_provider.operators.image_util import load_image
 from invokeai_provider.operators.primitives import ImageOutput
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import nn
 
     from invokeai_provider.context import InvocationContext
 
 _CATEGORY = "controlnet"  # InvokeAI 6.11; later releases moved these to "controlnet_preprocessors"
 
-# Where the annotator checkpoints live under the model root (InvokeAI's hub repository id).
-ANNOTATORS_REPO = "lllyasviel/Annotators"
-ANNOTATORS_FOLDER = f"{CORE_DIR}/{ANNOTATORS_REPO}"
+# The annotator checkpoints (under the model root's core/lllyasviel/Annotators).
 LINEART_FINE_FILE = "sk_model.pth"
 LINEART_COARSE_FILE = "sk_model2.pth"
 LINEART_ANIME_FILE = "netG.pth"
@@ -41,59 +37,6 @@ LINEART_ANIME_FILE = "netG.pth"
 NOISE_FLOOR = 12
 # The anime U-Net halves the image 8 times: its input is resized to a multiple of this on each side.
 ANIME_MULTIPLE = 256
-
-
-def annotator_file(node: BaseInvocation, context: "InvocationContext", field: str, filename: str) -> str:
-    """``filename``, or its ``.safetensors`` sibling when that exists in the annotators folder."""
-    _, root = core_model_root(node, context, field)
-    safetensors = f"{Path(filename).stem}.safetensors"
-    return safetensors if (root / ANNOTATORS_FOLDER / safetensors).is_file() else filename
-
-
-def load_annotator_weights(node: BaseInvocation, field: str, path: Path, model: "nn.Module", what: str) -> None:
-    """Loads a checkpoint into ``model`` strictly: a file that is not ``what`` is an error naming the node,
-    the field and the file, with the keys that differ."""
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise fail(node, field, f"{path}: not a readable weights-only checkpoint of {what}: "
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise fail(node, field, f"{path}: expected a state dict (names -> tensors) of {what}")
-    # Checkpoints saved from DataParallel prefix every name with "module.".
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("keys of another shape", wrong)) if keys]
-        raise fail(node, field, f"{path}: not a checkpoint of {what}: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=True)
-
-
-def _use_annotator(node: BaseInvocation, context: "InvocationContext", field: str, filename: str,
-                   factory: Callable[[], "nn.Module"], what: str) -> Any:
-    """The network in ``filename`` from the model cache (built and loaded on a miss), on the execution device."""
-    name = annotator_file(node, context, field, filename)
-
-    def build(folder: Path, device: str) -> "nn.Module":
-        model = factory()
-        load_annotator_weights(node, field, folder / name, model, what)
-        return model.float().to(device).eval()
-
-    return use_core_model(node, context, field, ANNOTATORS_FOLDER, build, required=(name,),
-                          what=f"{filename} (or {Path(filename).stem}.safetensors), {what} from the hub "
-                               f"repository {ANNOTATORS_REPO}")
 
 
 def finish_map(line: "np.ndarray") -> "np.ndarray":
@@ -123,8 +66,9 @@ class LineartEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         image = load_image(self, context, "image", "RGB")
         filename = LINEART_COARSE_FILE if self.coarse else LINEART_FINE_FILE
         kind = "coarse" if self.coarse else "fine"
-        with _use_annotator(self, context, "coarse", filename, LineartGenerator,
-                            f"the {kind} lineart generator") as model, torch.no_grad():
+        with use_annotator(self, context, "coarse", filename, LineartGenerator, unwrap=strip_module_prefix,
+                           what=f"{filename}, the {kind} lineart generator from the hub repository "
+                                f"{ANNOTATORS_REPO}") as model, torch.no_grad():
             device = next(model.parameters()).device
             pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
             line = model(pixels.to(device))[0, 0].float().cpu().numpy() * 255.0
@@ -154,8 +98,9 @@ class LineartAnimeEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoar
         fed_width = ANIME_MULTIPLE * -(-width // ANIME_MULTIPLE)
         fed_height = ANIME_MULTIPLE * -(-height // ANIME_MULTIPLE)
         fed = cv2.resize(np.asarray(image, dtype=np.uint8), (fed_width, fed_height), interpolation=cv2.INTER_CUBIC)
-        with _use_annotator(self, context, "image", LINEART_ANIME_FILE, LineartAnimeUNet,
-                            "the anime lineart U-Net") as model, torch.no_grad():
+        with use_annotator(self, context, "image", LINEART_ANIME_FILE, LineartAnimeUNet, unwrap=strip_module_prefix,
+                           what=f"{LINEART_ANIME_FILE}, the anime lineart U-Net from the hub repository "
+                                f"{ANNOTATORS_REPO}") as model, torch.no_grad():
             device = next(model.parameters()).device
             pixels = torch.from_numpy(fed.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
             line = model(pixels.to(device))[0, 0].float().cpu().numpy() * 127.5 + 127.5

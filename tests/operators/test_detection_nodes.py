@@ -45,7 +45,7 @@ def _photo(seed=0):
 # type -> (title, version, category, tags, output type, inputs in InvokeAI's order, defaults)
 DECLARED = {
     "depth_anything_depth_estimation": (
-        "Depth Anything Depth Estimation", "1.0.0", "controlnet_preprocessors", ["controlnet", "depth", "depth anything"],
+        "Depth Anything Depth Estimation", "1.0.0", "controlnet", ["controlnet", "depth", "depth anything"],
         "image_output", ["board", "metadata", "image", "model_size"], {"model_size": "small_v2"}),
     "segment_anything": (
         "Segment Anything", "1.3.0", "segmentation", ["prompt", "segmentation", "sam", "sam2"], "mask_output",

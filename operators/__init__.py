@@ -34,6 +34,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "lineart_nodes",
     "mlsd_nodes",
     "normal_map_nodes",
+    "openpose_nodes",
 )
 
 

@@ -48,7 +48,7 @@ NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autosca
     FAMILIES["ControlNet preprocessors"]
     - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize", "depth_anything_depth_estimation",
        "lineart_edge_detection", "lineart_anime_edge_detection", "mlsd_detection",
-       "hed_edge_detection", "pidi_edge_detection", "normal_map"})
+       "hed_edge_detection", "pidi_edge_detection", "normal_map", "dw_openpose_detection"})
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

@@ -198,6 +198,20 @@ def test_detector_decoding_letterbox_and_nms():
     assert nms(np.array([[0, 0, 9, 9], [1, 1, 10, 10], [20, 20, 30, 30.0]]), np.array([0.5, 0.9, 0.7]), 0.45) == [1, 2]
 
 
+def test_execution_providers_prefer_cuda_only_when_it_is_there(monkeypatch):
+    import onnxruntime
+
+    from invokeai_provider.models.dw_openpose import execution_providers
+
+    assert execution_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert execution_providers("cuda") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert execution_providers("cuda:0") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert execution_providers("cpu") == ["CPUExecutionProvider"]
+
+
 # --- drawing ---------------------------------------------------------------------------------------------
 
 

@@ -43,12 +43,10 @@ FAMILIES: dict[str, set[str]] = {
         "pidi_edge_detection"},
 }
 # Not built yet, each named; this set only shrinks. The upscalers (esrgan, spandrel) need their model
-# architectures; the detector preprocessors their models through the model manager.
-NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autoscale"} | (
-    FAMILIES["ControlNet preprocessors"]
-    - {"canny_edge_detection", "color_map", "content_shuffle", "heuristic_resize", "depth_anything_depth_estimation",
-       "lineart_edge_detection", "lineart_anime_edge_detection", "mlsd_detection",
-       "hed_edge_detection", "pidi_edge_detection", "normal_map", "dw_openpose_detection"})
+# architectures; mediapipe_face_detection needs mediapipe (which requires opencv-contrib-python, a second cv2
+# beside opencv-python-headless); pbr_maps its model.
+NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autoscale", "mediapipe_face_detection",
+           "pbr_maps"}
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

@@ -99,3 +99,15 @@ def put_image(run: Any, name: str, image: Any, mode: str | None = None) -> dict[
     image.save(buffer, format="PNG")
     run.store.write("images", name, buffer.getvalue())
     return {"image_name": name}
+
+
+def stored_image(run: Any, output: Any) -> Any:
+    """The PIL image an ImageOutput (or an ImageField) names in the run's store, read fully."""
+    import io
+
+    from PIL import Image
+
+    field = getattr(output, "image", output)
+    image = Image.open(io.BytesIO(run.store.read("images", field.image_name)))
+    image.load()
+    return image

@@ -3,13 +3,12 @@ random-weight transformers model from ``<model root>/core/<repo id>`` to results
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import pytest
 
-from helpers import only_output
+from helpers import only_output, put_image, stored_image
 
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.registry import InvocationRegistry
@@ -20,17 +19,6 @@ Image = pytest.importorskip("PIL.Image")
 WIDTH, HEIGHT = 56, 40
 
 
-def _put(run, image, name="in.png"):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
-
-
-def _get(run, out):
-    image = Image.open(io.BytesIO(run.store.read("images", out.image.image_name)))
-    image.load()
-    return image
 
 
 def _photo(seed=0):
@@ -196,8 +184,8 @@ def _install(models_run, built):
 
 def test_depth_map_is_greyscale_full_range_and_image_sized(models_run, tiny_depth):
     _install(models_run, tiny_depth)
-    out = only_output(models_run, {"type": "depth_anything_depth_estimation", "image": _put(models_run, _photo())})
-    depth = _get(models_run, out)
+    out = only_output(models_run, {"type": "depth_anything_depth_estimation", "image": put_image(models_run, "in.png", _photo())})
+    depth = stored_image(models_run, out)
     assert depth.mode == "L" and depth.size == (WIDTH, HEIGHT) == (out.width, out.height)
     values = np.asarray(depth)
     assert values.dtype == np.uint8 and values.min() == 0 and values.max() == 255
@@ -214,19 +202,19 @@ def test_depth_to_image_normalises_and_handles_flat_input():
 def test_depth_model_missing_names_node_field_and_folder(models_run):
     with pytest.raises(NodeExecutionError, match=r"node n \(depth_anything_depth_estimation\): field model_size: "
                                                  r"no model at .*core/LiheYoung/depth-anything-base-hf"):
-        only_output(models_run, {"type": "depth_anything_depth_estimation", "image": _put(models_run, _photo()),
+        only_output(models_run, {"type": "depth_anything_depth_estimation", "image": put_image(models_run, "in.png", _photo()),
                                  "model_size": "base"})
 
 
 def test_depth_without_model_service_is_a_clear_error(run):
     run.services.pop("models", None)
     with pytest.raises(NodeExecutionError, match=r"field model_size: no model service"):
-        only_output(run, {"type": "depth_anything_depth_estimation", "image": _put(run, _photo())})
+        only_output(run, {"type": "depth_anything_depth_estimation", "image": put_image(run, "in.png", _photo())})
 
 
 def test_depth_model_stays_in_the_cache(models_run, tiny_depth):
     _install(models_run, tiny_depth)
-    image = _put(models_run, _photo())
+    image = put_image(models_run, "in.png", _photo())
     cache = models_run.services["models"].cache
     only_output(models_run, {"type": "depth_anything_depth_estimation", "image": image})
     misses = cache.stats.misses
@@ -248,7 +236,7 @@ def _mask(models_run, out):
 
 def _segment(models_run, **fields):
     out = only_output(models_run, {"type": "segment_anything", "model": "segment-anything-base",
-                                   "image": _put(models_run, _photo()), **fields})
+                                   "image": put_image(models_run, "in.png", _photo()), **fields})
     mask = _mask(models_run, out)
     assert tuple(mask.shape) == (1, HEIGHT, WIDTH) and (out.width, out.height) == (WIDTH, HEIGHT)
     assert str(mask.dtype) == "torch.bool"
@@ -331,7 +319,7 @@ def test_polygon_refinement_fills_holes_and_drops_islands():
 
 def _detect(models_run, threshold):
     return only_output(models_run, {"type": "grounding_dino", "model": "grounding-dino-tiny", "prompt": "a red box",
-                                    "image": _put(models_run, _photo()), "detection_threshold": threshold})
+                                    "image": put_image(models_run, "in.png", _photo()), "detection_threshold": threshold})
 
 
 def test_grounding_dino_boxes_lie_inside_the_image_above_the_threshold(models_run, tiny_grounding_dino):
@@ -354,4 +342,4 @@ def test_grounding_dino_model_missing_names_field_and_folder(models_run):
     with pytest.raises(NodeExecutionError, match=r"node n \(grounding_dino\): field model: no model at "
                                                  r".*core/IDEA-Research/grounding-dino-base"):
         only_output(models_run, {"type": "grounding_dino", "model": "grounding-dino-base", "prompt": "cat",
-                                 "image": _put(models_run, _photo())})
+                                 "image": put_image(models_run, "in.png", _photo())})

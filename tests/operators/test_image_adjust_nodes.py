@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import colorsys
-import io
 
 import pytest
 
-from helpers import only_output
+from helpers import only_output, put_image, stored_image
 
 import invokeai_provider.operators.image_adjust_nodes as adjust
 from invokeai_provider.errors import NodeExecutionError
@@ -17,17 +16,6 @@ np = pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")
 
 
-def _put(run, name, image):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
-
-
-def _get(run, out):
-    image = Image.open(io.BytesIO(run.store.read("images", out.image.image_name)))
-    image.load()
-    return image
 
 
 def _solid(rgb, size=(8, 8), mode="RGB"):
@@ -36,7 +24,7 @@ def _solid(rgb, size=(8, 8), mode="RGB"):
 
 def _run(run, node_type, image=None, name="in.png", **fields):
     if image is not None:
-        fields["image"] = _put(run, name, image)
+        fields["image"] = put_image(run, name, image)
     return only_output(run, {"type": node_type, **fields})
 
 
@@ -164,7 +152,7 @@ def _hue_degrees(rgb):
 def test_oklch_hue_rotation_keeps_oklab_lightness_and_rotates_hue(run):
     colour = (200, 80, 60)
     out = _run(run, "img_hue_adjust_oklch", _solid(colour), hue=90)
-    pixel = np.asarray(_get(run, out).convert("RGB"))[0, 0]
+    pixel = np.asarray(stored_image(run, out).convert("RGB"))[0, 0]
     before = adjust.oklch_from_oklab(adjust.oklab_from_linear(adjust.linear_from_srgb(np.array(colour) / 255)))
     after = adjust.oklch_from_oklab(adjust.oklab_from_linear(adjust.linear_from_srgb(pixel / 255)))
     assert abs(after[0] - before[0]) < 0.01
@@ -176,7 +164,7 @@ def test_oklch_hue_zero_is_identity_and_keeps_alpha(run):
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., :3] = (10, 120, 230)
     rgba[..., 3] = np.arange(16).reshape(4, 4) * 10
-    out = _get(run, _run(run, "img_hue_adjust_oklch", Image.fromarray(rgba, "RGBA"), hue=0))
+    out = stored_image(run, _run(run, "img_hue_adjust_oklch", Image.fromarray(rgba, "RGBA"), hue=0))
     assert out.mode == "RGBA"
     got = np.asarray(out).astype(int)
     assert np.abs(got - rgba).max() <= 1
@@ -184,18 +172,18 @@ def test_oklch_hue_zero_is_identity_and_keeps_alpha(run):
 
 
 def test_hue_plus_hsv_turns_red_into_green_and_blue(run):
-    out = _get(run, _run(run, "invokeai_img_hue_adjust_plus", _solid((255, 0, 0)), degrees=120.0))
+    out = stored_image(run, _run(run, "invokeai_img_hue_adjust_plus", _solid((255, 0, 0)), degrees=120.0))
     assert np.abs(np.asarray(out)[0, 0].astype(int) - (0, 255, 0)).max() <= 6
-    out = _get(run, _run(run, "invokeai_img_hue_adjust_plus", _solid((255, 0, 0)), degrees=-120.0))
+    out = stored_image(run, _run(run, "invokeai_img_hue_adjust_plus", _solid((255, 0, 0)), degrees=-120.0))
     assert np.abs(np.asarray(out)[0, 0].astype(int) - (0, 0, 255)).max() <= 6
 
 
 @pytest.mark.parametrize("space", ["Okhsl", "Okhsv", "*Oklch / Oklab", "*LCh / CIELab"])
 def test_hue_plus_perceptual_spaces_rotate_hue(run, space):
     colour = (60, 140, 200)
-    zero = _get(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name="a.png", space=space))
+    zero = stored_image(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name="a.png", space=space))
     assert np.abs(np.asarray(zero)[0, 0].astype(int) - colour).max() <= 3  # 0 degrees: unchanged
-    turned = _get(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name="b.png", space=space,
+    turned = stored_image(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name="b.png", space=space,
                             degrees=180.0))
     pixel = np.asarray(turned)[0, 0]
     lab_in = adjust.oklab_from_linear(adjust.linear_from_srgb(np.array(colour) / 255))
@@ -213,7 +201,7 @@ def test_hue_plus_preserve_lightness_keeps_cielab_l(run):
     l_in = int(np.asarray(ImageCms.applyTransform(_solid(colour), to_lab))[0, 0, 0])
     lightness = {}
     for keep in (False, True):
-        out = _get(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name=f"{keep}.png",
+        out = stored_image(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name=f"{keep}.png",
                              space="HSV / HSL / RGB", degrees=200.0, preserve_lightness=keep))
         lightness[keep] = int(np.asarray(ImageCms.applyTransform(out.convert("RGB"), to_lab))[0, 0, 0])
         assert _hue_degrees(np.asarray(out)[0, 0]) > 150  # the hue still turned
@@ -232,7 +220,7 @@ def test_ealightness_is_cielab_lightness(run):
     pixels = np.zeros((2, 3, 3), np.uint8)
     pixels[0] = [(0, 0, 0), (255, 255, 255), (128, 128, 128)]
     pixels[1] = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    out = _get(run, _run(run, "invokeai_ealightness", Image.fromarray(pixels, "RGB")))
+    out = stored_image(run, _run(run, "invokeai_ealightness", Image.fromarray(pixels, "RGB")))
     assert out.mode == "L"
     values = np.asarray(out).astype(int)
     assert values[0, 0] == 0 and values[0, 1] == 255
@@ -242,11 +230,11 @@ def test_ealightness_is_cielab_lightness(run):
 
 def test_enhance_invert_and_brightness(run):
     image = Image.fromarray(np.array([[[10, 100, 200], [0, 0, 0]]], np.uint8), "RGB")
-    out = np.asarray(_get(run, _run(run, "invokeai_img_enhance", image, name="a.png", invert=True)))
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_enhance", image, name="a.png", invert=True)))
     assert out[0, 0].tolist() == [245, 155, 55]
-    out = np.asarray(_get(run, _run(run, "invokeai_img_enhance", image, name="b.png", brightness=0.5)))
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_enhance", image, name="b.png", brightness=0.5)))
     assert out[0, 0].tolist() == [5, 50, 100]
-    out = np.asarray(_get(run, _run(run, "invokeai_img_enhance", image, name="c.png", color=0.0)))
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_enhance", image, name="c.png", color=0.0)))
     assert out[0, 0, 0] == out[0, 0, 1] == out[0, 0, 2]  # no colour left
 
 
@@ -255,7 +243,7 @@ def _ramp():
 
 
 def test_thresholds_cut_at_the_thresholds(run):
-    out = np.asarray(_get(run, _run(run, "invokeai_img_val_thresholds", _ramp(), threshold_upper=0.75,
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_val_thresholds", _ramp(), threshold_upper=0.75,
                                     threshold_lower=0.25))).ravel().astype(int)
     values = np.arange(256)
     assert (out[values >= 0.75 * 255] == 255).all()
@@ -265,11 +253,11 @@ def test_thresholds_cut_at_the_thresholds(run):
 
 
 def test_thresholds_renormalise_and_invert(run):
-    out = np.asarray(_get(run, _run(run, "invokeai_img_val_thresholds", _ramp(), name="a.png", threshold_upper=0.75,
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_val_thresholds", _ramp(), name="a.png", threshold_upper=0.75,
                                     threshold_lower=0.25, renormalize_values=True))).ravel().astype(int)
     assert out[128] == round((128 / 255 - 0.25) / 0.5 * 255)
     assert out[64] == round((64 / 255 - 0.25) / 0.5 * 255) and out[191] == 254 and out[192] == 255
-    out = np.asarray(_get(run, _run(run, "invokeai_img_val_thresholds", _ramp(), name="b.png", threshold_upper=0.75,
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_val_thresholds", _ramp(), name="b.png", threshold_upper=0.75,
                                     threshold_lower=0.25, renormalize_values=True,
                                     invert_output=True))).ravel().astype(int)
     assert out[0] == 255 and out[255] == 0
@@ -278,9 +266,9 @@ def test_thresholds_renormalise_and_invert(run):
 
 def test_thresholds_default_binarises_and_lightness_only_keeps_colour(run):
     image = Image.fromarray(np.array([[[250, 60, 60], [30, 30, 30]]], np.uint8), "RGB")
-    out = np.asarray(_get(run, _run(run, "invokeai_img_val_thresholds", image, name="a.png")))
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_val_thresholds", image, name="a.png")))
     assert out[0, 0].tolist() == [255, 0, 0] and out[0, 1].tolist() == [0, 0, 0]
-    out = _get(run, _run(run, "invokeai_img_val_thresholds", image, name="b.png", lightness_only=True,
+    out = stored_image(run, _run(run, "invokeai_img_val_thresholds", image, name="b.png", lightness_only=True,
                          threshold_upper=0.9, threshold_lower=0.2))
     assert out.mode == "RGB"
     reddish, dark = np.asarray(out)[0].astype(int)
@@ -298,7 +286,7 @@ def _square(size=32, lo=12, hi=20):
 
 
 def test_dilate_grows_a_square_by_the_radius(run):
-    out = np.asarray(_get(run, _run(run, "invokeai_img_dilate_erode", _square(), radius_w=3, radius_h=2)))
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_dilate_erode", _square(), radius_w=3, radius_h=2)))
     rows, cols = np.nonzero(out == 255)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12 - 2, 19 + 2, 12 - 3, 19 + 3)
     # An elliptical element rounds the corners: the far corner of the bounding box stays black.
@@ -307,7 +295,7 @@ def test_dilate_grows_a_square_by_the_radius(run):
 
 
 def test_erode_shrinks_a_square_and_matches_opencvs_element(run):
-    out = np.asarray(_get(run, _run(run, "invokeai_img_dilate_erode", _square(), mode="Erode", radius_w=2,
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_dilate_erode", _square(), mode="Erode", radius_w=2,
                                     radius_h=2)))
     rows, cols = np.nonzero(out == 255)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (14, 17, 14, 17)
@@ -321,10 +309,10 @@ def test_erode_shrinks_a_square_and_matches_opencvs_element(run):
 def test_dilate_rgba_and_lightness_only(run):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[6:10, 6:10] = (255, 255, 255, 200)
-    out = np.asarray(_get(run, _run(run, "invokeai_img_dilate_erode", Image.fromarray(rgba, "RGBA"), name="a.png",
+    out = np.asarray(stored_image(run, _run(run, "invokeai_img_dilate_erode", Image.fromarray(rgba, "RGBA"), name="a.png",
                                     radius_w=1, radius_h=1)))
     assert out[5, 7].tolist() == [255, 255, 255, 200] and out[5, 5, 3] == 0
-    out = _get(run, _run(run, "invokeai_img_dilate_erode", Image.fromarray(rgba, "RGBA"), name="b.png",
+    out = stored_image(run, _run(run, "invokeai_img_dilate_erode", Image.fromarray(rgba, "RGBA"), name="b.png",
                          radius_w=1, radius_h=1, lightness_only=True))
     assert out.mode == "RGBA"
     out = np.asarray(out)
@@ -339,11 +327,11 @@ def test_unsharp_oklab_raises_edge_contrast_and_keeps_flat_areas(run):
     pixels = np.full((16, 16, 3), 60, np.uint8)
     pixels[:, 8:] = 180
     image = Image.fromarray(pixels, "RGB")
-    out = np.asarray(_get(run, _run(run, "unsharp_mask_oklab", image, radius=2, strength=100))).astype(int)
+    out = np.asarray(stored_image(run, _run(run, "unsharp_mask_oklab", image, radius=2, strength=100))).astype(int)
     assert out[8, 7, 0] < 60 and out[8, 8, 0] > 180  # overshoot on both sides of the edge
     assert abs(out[8, 0, 0] - 60) <= 1 and abs(out[8, 15, 0] - 180) <= 1
     assert (out[..., 0] == out[..., 1]).all()  # greys stay grey: only lightness changed
-    same = np.asarray(_get(run, _run(run, "unsharp_mask_oklab", image, name="b.png", strength=0))).astype(int)
+    same = np.asarray(stored_image(run, _run(run, "unsharp_mask_oklab", image, name="b.png", strength=0))).astype(int)
     assert np.abs(same - pixels).max() <= 1
 
 
@@ -359,8 +347,8 @@ def test_color_correct_matches_the_reference_histogram(run):
     base = Image.fromarray(np.tile(np.arange(0, 128, 2, dtype=np.uint8), (64, 1))[..., None].repeat(3, -1), "RGB")
     reference = Image.fromarray(np.tile(np.arange(128, 256, 2, dtype=np.uint8), (64, 1))[..., None].repeat(3, -1),
                                 "RGB")
-    out = _get(run, only_output(run, {"type": "color_correct", "base_image": _put(run, "b.png", base),
-                                      "color_reference": _put(run, "r.png", reference)}))
+    out = stored_image(run, only_output(run, {"type": "color_correct", "base_image": put_image(run, "b.png", base),
+                                      "color_reference": put_image(run, "r.png", reference)}))
     assert out.mode == "RGBA"
     got = np.asarray(out)[0, :, 0].astype(int)
     assert np.abs(got - np.arange(128, 256, 2)).max() <= 2
@@ -373,15 +361,15 @@ def test_color_correct_mask_and_luma_only(run):
     reference = Image.fromarray(np.stack([ramp + 100, ramp, ramp], -1), "RGB")
     mask = np.zeros((8, 64), np.uint8)
     mask[:, :32] = 255  # white keeps the original
-    out = np.asarray(_get(run, only_output(run, {
-        "type": "color_correct", "base_image": _put(run, "b.png", base), "color_reference": _put(run, "r.png", reference),
-        "mask": _put(run, "m.png", Image.fromarray(mask, "L"))})))
+    out = np.asarray(stored_image(run, only_output(run, {
+        "type": "color_correct", "base_image": put_image(run, "b.png", base), "color_reference": put_image(run, "r.png", reference),
+        "mask": put_image(run, "m.png", Image.fromarray(mask, "L"))})))
     assert np.array_equal(out[:, :32, :3], np.asarray(base)[:, :32])
     # Corrected by rank; the brightest base value maps to 255, as InvokeAI's CDF interpolation does.
     assert np.abs(out[:, 32:-1, :3].astype(int) - np.asarray(reference)[:, 32:-1]).max() <= 2
     assert out[0, -1, :3].tolist() == [255, 255, 255]
-    luma = np.asarray(_get(run, only_output(run, {
-        "type": "color_correct", "base_image": _put(run, "b.png", base), "color_reference": _put(run, "r.png", reference),
+    luma = np.asarray(stored_image(run, only_output(run, {
+        "type": "color_correct", "base_image": put_image(run, "b.png", base), "color_reference": put_image(run, "r.png", reference),
         "colorspace": "YCbCr-Luma"})))
     y_out = np.asarray(Image.fromarray(luma[..., :3], "RGB").convert("YCbCr")).astype(int)
     y_ref = np.asarray(reference.convert("YCbCr")).astype(int)
@@ -393,9 +381,9 @@ def test_color_correct_mask_and_luma_only(run):
 def test_color_correct_mask_of_another_size_names_the_field(run):
     image = _solid((1, 2, 3))
     with pytest.raises(NodeExecutionError, match=r"node n \(color_correct\): field mask: mask is 4x4 but base_image is 8x8"):
-        only_output(run, {"type": "color_correct", "base_image": _put(run, "b.png", image),
-                          "color_reference": _put(run, "r.png", image),
-                          "mask": _put(run, "m.png", Image.new("L", (4, 4)))})
+        only_output(run, {"type": "color_correct", "base_image": put_image(run, "b.png", image),
+                          "color_reference": put_image(run, "r.png", image),
+                          "mask": put_image(run, "m.png", Image.new("L", (4, 4)))})
 
 
 # --- watermark ------------------------------------------------------------------------------------------
@@ -481,7 +469,7 @@ def test_dwt_dct_interchangeable_with_invisible_watermark(size, text):
 def test_watermark_round_trips_through_decode(run):
     photo = _photo()
     marked = _run(run, "img_watermark", photo, text="InvokeAI")
-    image = _get(run, marked)
+    image = stored_image(run, marked)
     assert image.mode == "RGBA" and image.size == (256, 256)
     diff = np.abs(np.asarray(image.convert("RGB")).astype(int) - np.asarray(photo).astype(int))
     assert 0 < diff.mean() < 3  # invisible, but there
@@ -545,7 +533,7 @@ def test_nsfw_blurs_only_flagged_images(checker_run, tmp_path, flag):
     _tiny_checker(tmp_path / "models", flag_everything=flag)
     pixels = np.zeros((64, 64, 3), np.uint8)
     pixels[:, ::2] = 255  # stripes: a blur turns them grey
-    out = np.asarray(_get(checker_run, _run(checker_run, "img_nsfw", Image.fromarray(pixels, "RGB")))).astype(int)
+    out = np.asarray(stored_image(checker_run, _run(checker_run, "img_nsfw", Image.fromarray(pixels, "RGB")))).astype(int)
     if flag:
         assert np.abs(np.diff(out, axis=1)).max() < 10  # neighbouring stripes (255 apart) blurred together
     else:

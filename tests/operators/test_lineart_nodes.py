@@ -5,14 +5,13 @@ checkpoints' names and shapes, and the nodes run seeded random-weight checkpoint
 from __future__ import annotations
 
 import functools
-import io
 import math
 import subprocess
 import sys
 
 import pytest
 
-from helpers import only_output
+from helpers import only_output, put_image, stored_image
 
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.models.annotator_checkpoint import ANNOTATORS_DIR
@@ -29,17 +28,6 @@ from invokeai_provider.operators import lineart_nodes  # noqa: E402
 FINE, COARSE, ANIME = lineart_nodes.LINEART_FINE_FILE, lineart_nodes.LINEART_COARSE_FILE, lineart_nodes.LINEART_ANIME_FILE
 
 
-def _put(run, image, name="in.png"):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    run.store.write("images", name, buffer.getvalue())
-    return {"image_name": name}
-
-
-def _get(run, out):
-    image = Image.open(io.BytesIO(run.store.read("images", out.image.image_name)))
-    image.load()
-    return image
 
 
 def _photo(width=64, height=48, seed=0):
@@ -97,14 +85,14 @@ def tiny_anime(monkeypatch):
 
 
 def _lineart(models_run, image=None, **fields):
-    out = only_output(models_run, {"type": "lineart_edge_detection", "image": _put(models_run, image or _photo()),
+    out = only_output(models_run, {"type": "lineart_edge_detection", "image": put_image(models_run, "in.png", image or _photo()),
                                    **fields})
-    return out, _get(models_run, out)
+    return out, stored_image(models_run, out)
 
 
 def _anime(models_run, image=None):
-    out = only_output(models_run, {"type": "lineart_anime_edge_detection", "image": _put(models_run, image or _photo())})
-    return out, _get(models_run, out)
+    out = only_output(models_run, {"type": "lineart_anime_edge_detection", "image": put_image(models_run, "in.png", image or _photo())})
+    return out, stored_image(models_run, out)
 
 
 def _logit(p):

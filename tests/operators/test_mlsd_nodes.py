@@ -4,13 +4,12 @@ input's size whose lines react to the thresholds as InvokeAI's do."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import pytest
 
-from helpers import only_output, put_image
+from helpers import only_output, put_image, stored_image
 
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.registry import InvocationRegistry
@@ -28,11 +27,6 @@ def _photo(width=128, height=64, seed=0):
     rng = np.random.RandomState(seed)
     return (rng.rand(height, width, 3) * 255).astype("uint8")
 
-
-def _get(run, out):
-    image = Image.open(io.BytesIO(run.store.read("images", out.image.image_name)))
-    image.load()
-    return image
 
 
 def _state_dict(seed=0):
@@ -79,7 +73,7 @@ def _mlsd(models_run, image=None, **fields):
     image = _photo() if image is None else image
     out = only_output(models_run, {"type": "mlsd_detection", "image": put_image(models_run, "in.png", image),
                                    **fields})
-    return out, _get(models_run, out)
+    return out, stored_image(models_run, out)
 
 
 # --- declaration ----------------------------------------------------------------------------------------

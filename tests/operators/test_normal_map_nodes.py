@@ -5,13 +5,12 @@ maps of the input's size whose pixels decode to unit vectors."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import pytest
 
-from helpers import only_output, put_image
+from helpers import only_output, put_image, stored_image
 
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.registry import InvocationRegistry
@@ -30,11 +29,6 @@ def _photo(width=64, height=64, seed=0):
     pixels[height // 4:height // 2, width // 4:3 * width // 4] = (200, 180, 40)
     return pixels
 
-
-def _get(run, out):
-    image = Image.open(io.BytesIO(run.store.read("images", out.image.image_name)))
-    image.load()
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +80,7 @@ def _install(models_run, source, name="scannet.pt"):
 def _normal_map(models_run, image=None):
     image = _photo() if image is None else image
     out = only_output(models_run, {"type": "normal_map", "image": put_image(models_run, "in.png", image)})
-    return out, _get(models_run, out)
+    return out, stored_image(models_run, out)
 
 
 def _decoded(image):

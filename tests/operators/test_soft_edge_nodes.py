@@ -5,13 +5,12 @@ detectors, give bright edges where the image has them and options that change th
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import pytest
 
-from helpers import only_output, put_image, run_nodes
+from helpers import only_output, put_image, run_nodes, stored_image
 
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.registry import InvocationRegistry
@@ -28,11 +27,6 @@ ANNOTATORS = "core/lllyasviel/Annotators"
 HEIGHT, WIDTH = 45, 67  # odd sizes: the networks pool by 2 up to four times and must still give the input size
 RECT = (slice(12, 34), slice(16, 52))  # rows, cols of the bright rectangle
 
-
-def _get(run, out):
-    image = Image.open(io.BytesIO(run.store.read("images", out.image.image_name)))
-    image.load()
-    return image
 
 
 def _photo(seed=0):
@@ -220,7 +214,7 @@ def random_run(run, random_root):
 
 def _edges(run, node_type, image, **fields):
     out = only_output(run, {"type": node_type, "image": put_image(run, "in.png", image), **fields})
-    result = _get(run, out)
+    result = stored_image(run, out)
     assert (out.width, out.height) == result.size == image.size
     return result
 
@@ -267,7 +261,7 @@ def test_both_networks_share_the_folder_but_not_the_cache_entry(random_run):
     state = run_nodes(random_run, {"h": {"type": "hed_edge_detection", "image": image},
                                    "p": {"type": "pidi_edge_detection", "image": image}})
     [hed], [pidi] = state.outputs_of("h"), state.outputs_of("p")
-    assert not np.array_equal(np.asarray(_get(random_run, hed)), np.asarray(_get(random_run, pidi)))
+    assert not np.array_equal(np.asarray(stored_image(random_run, hed)), np.asarray(stored_image(random_run, pidi)))
     cache = random_run.services["models"].cache
     keys = [k for k in cache.keys() if k.startswith("core:")]
     assert len(keys) == 2 and any(HED_CHECKPOINT in k for k in keys) and any(PIDI_CHECKPOINT in k for k in keys)

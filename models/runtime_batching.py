@@ -49,17 +49,19 @@ class _Parked:
 
 @dataclass
 class BatchStats:
-    batches: int = 0
-    items: int = 0
-    largest: int = 0
     sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many batches had it
 
+    def add(self, size: int) -> None:
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
     def as_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "items": self.items, "largest": self.largest,
-                "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+        return {"batches": sum(self.sizes.values()), "items": sum(k * v for k, v in self.sizes.items()),
+                "largest": max(self.sizes, default=0), "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
 
 
 class DeviceScheduler:
+    """Who is on the runtime's device, and the parked denoise items waiting to share a batch."""
+
     def __init__(self, max_batch: int = 1) -> None:
         if max_batch < 1:
             raise RuntimeConfigError(f"runtime --max-batch: expected a whole number of at least 1, got {max_batch}")
@@ -109,10 +111,7 @@ class DeviceScheduler:
         with self._cond:
             for parked, outcome in zip(group, outcomes):
                 parked.outcome, parked.done = outcome, True
-            self.stats.batches += 1
-            self.stats.items += len(group)
-            self.stats.largest = max(self.stats.largest, len(group))
-            self.stats.sizes[len(group)] = self.stats.sizes.get(len(group), 0) + 1
+            self.stats.add(len(group))
             self._cond.notify_all()
         return _unwrap(mine.outcome)
 
@@ -128,11 +127,6 @@ class DeviceScheduler:
         with self._cond:
             self._busy = False
             self._cond.notify_all()
-
-    @property
-    def parked(self) -> int:
-        with self._cond:
-            return len(self._parked)
 
 
 @dataclass

@@ -296,13 +296,12 @@ def test_old_names_in_a_graph_document(run, rings):
 
 
 def test_old_type_whose_replacement_is_not_built_fails_clearly():
-    if InvocationRegistry.has_type("hed_edge_detection"):
-        pytest.skip("hed_edge_detection is built now")
+    assert not InvocationRegistry.has_type("mediapipe_face_detection"), "built now: pick another unbuilt target"
     with pytest.raises(UnknownNodeTypeError) as info:
-        Graph.from_dict({"nodes": {"soft": {"id": "soft", "type": "hed_image_processor", "scribble": True}}})
+        Graph.from_dict({"nodes": {"face": {"id": "face", "type": "mediapipe_face_processor", "max_faces": 2}}})
     message = str(info.value)
-    assert info.value.node_id == "soft" and info.value.field == "type"
-    assert "soft" in message and '"hed_image_processor"' in message and '"hed_edge_detection"' in message
+    assert info.value.node_id == "face" and info.value.field == "type"
+    assert '"mediapipe_face_processor"' in message and '"mediapipe_face_detection"' in message
     assert "not available" in message
 
 

@@ -20,7 +20,7 @@ from invokeai_provider.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.operators.image_util import fail, same_size
+from invokeai_provider.operators.image_util import fail, load_image, same_size
 from invokeai_provider.operators.mask_nodes import save_image
 from invokeai_provider.operators.primitives import ImageOutput
 
@@ -40,7 +40,7 @@ class CanvasOutputInvocation(BaseInvocation):
     image: ImageField = InputField(description="The image to process")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        return save_image(context, context.images.get_pil(self.image.image_name))
+        return save_image(context, load_image(self, context, "image"))
 
 
 def paste_mask(mask: "Image", blur: int) -> "Image":
@@ -70,9 +70,9 @@ class CanvasPasteBackInvocation(BaseInvocation, WithMetadata, WithBoard):
     mask_blur: int = InputField(default=0, ge=0, description="The amount to blur the mask by")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        source = context.images.get_pil(self.source_image.image_name)
-        target = context.images.get_pil(self.target_image.image_name)
-        mask = context.images.get_pil(self.mask.image_name)
+        source = load_image(self, context, "source_image")
+        target = load_image(self, context, "target_image")
+        mask = load_image(self, context, "mask")
         same_size(self, "target_image", target, source, "source_image")
         same_size(self, "mask", mask, source, "source_image")
         result = source.copy()
@@ -94,15 +94,15 @@ class CanvasV2MaskAndCropInvocation(BaseInvocation, WithMetadata, WithBoard):
     mask_blur: int = InputField(default=0, ge=0, description="The amount to blur the mask by")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        generated = context.images.get_pil(self.generated_image.image_name)
-        mask = context.images.get_pil(self.mask.image_name)
+        generated = load_image(self, context, "generated_image")
+        mask = load_image(self, context, "mask")
         same_size(self, "mask", mask, generated, "generated_image")
         alpha = paste_mask(mask, self.mask_blur)
         if self.source_image is None:
             result = generated.convert("RGBA") if generated.mode not in ("RGBA", "LA", "L", "RGB") else generated.copy()
             result.putalpha(alpha)
             return save_image(context, result)
-        source = context.images.get_pil(self.source_image.image_name)
+        source = load_image(self, context, "source_image")
         same_size(self, "generated_image", generated, source, "source_image")
         result = source.copy()
         result.paste(generated, (0, 0), alpha)

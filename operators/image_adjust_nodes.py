@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from invokeai_provider.fields import ImageField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.image_util import fail
+from invokeai_provider.operators.image_util import fail, load_image
 from invokeai_provider.operators.primitives import ImageOutput, StringOutput
 
 if TYPE_CHECKING:
@@ -397,7 +397,7 @@ class OklchImageHueAdjustmentInvocation(BaseInvocation, WithMetadata, WithBoard)
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         base_mode, alpha = _split_alpha(image)
         lch = oklch_from_oklab(oklab_from_linear(linear_from_srgb(_to_float(image.convert("RGB")))))
         lch[..., 2] = (lch[..., 2] + self.hue) % 360.0
@@ -433,7 +433,7 @@ class InvokeAdjustImageHuePlusInvocation(BaseInvocation, WithMetadata, WithBoard
         if self.space.startswith("*UPLab"):
             raise fail(self, "space", "the UPLab option needs InvokeAI's CIELab_to_UPLab.icc profile, which is not "
                         "shipped here; choose another space (\"*LCh / CIELab\" is the nearest)")
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         base_mode, alpha = _split_alpha(image)
         rgb_image = image.convert("RGB")
         steps = 3 if self.ok_high_precision else 1
@@ -488,7 +488,7 @@ class InvokeImageEnhanceInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import ImageEnhance, ImageOps
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         if self.invert:
             image = ImageOps.invert(image if image.mode in ("L", "RGB") else image.convert("RGB"))
         for factor, enhancer in ((self.color, ImageEnhance.Color), (self.contrast, ImageEnhance.Contrast),
@@ -511,7 +511,7 @@ class InvokeEquivalentAchromaticLightnessInvocation(BaseInvocation, WithMetadata
     image: ImageField = InputField(description="Image from which to get channel")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         if image.mode not in ("RGB", "LAB"):
             image = image.convert("RGB")
         lightness = image.convert("LAB").getchannel("L")
@@ -550,7 +550,7 @@ class InvokeImageValueThresholdsInvocation(BaseInvocation, WithMetadata, WithBoa
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         if self.lightness_only:
             base_mode, alpha = _split_alpha(image)
             lab = image.convert("RGB").convert("LAB")
@@ -611,7 +611,7 @@ class InvokeImageDilateOrErodeInvocation(BaseInvocation, WithMetadata):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         if self.lightness_only:
             base_mode, alpha = _split_alpha(image)
             lab = image.convert("RGB").convert("LAB")
@@ -637,7 +637,7 @@ class OklabUnsharpMaskInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image, ImageFilter
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         base_mode, alpha = _split_alpha(image)
         rgb = image.convert("RGB")
         lab = oklab_from_linear(linear_from_srgb(_to_float(rgb)))
@@ -680,7 +680,7 @@ class ColorCorrectInvocation(BaseInvocation, WithMetadata, WithBoard):
         channels = {"RGB": (0, 1, 2), "YCbCr": (0, 1, 2), "YCbCr-Chroma": (1, 2), "YCbCr-Luma": (0,)}[self.colorspace]
         base_rgb = base.convert("RGB")
         source = np.asarray(base_rgb.convert(space), dtype=np.uint8)
-        reference = np.asarray(context.images.get_pil(self.color_reference.image_name).convert("RGB").convert(space),
+        reference = np.asarray(load_image(self, context, "color_reference").convert("RGB").convert(space),
                                dtype=np.uint8)
         corrected = source.copy()
         for channel in channels:
@@ -723,7 +723,7 @@ class ImageWatermarkInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         from invokeai_provider.operators.dwt_dct_watermark import embed_bytes
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         _check_watermark_size(self, image)
         if not self.text:
             raise fail(self, "text", "the watermark text must not be empty")
@@ -748,7 +748,7 @@ class DecodeInvisibleWatermarkInvocation(BaseInvocation):
 
         if self.length < 1:
             raise fail(self, "length", f"expected a watermark length of at least 1 byte, got {self.length}")
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         if image.width * image.height < 256 * 256:
             context.logger.warning("%s: image %s is too small to carry an invisible watermark", self.id,
                                    self.image.image_name)
@@ -786,7 +786,7 @@ class ImageNSFWBlurInvocation(BaseInvocation, WithMetadata, WithBoard):
         import torch
         from PIL import ImageFilter
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         rgb = image.convert("RGB")
         pixels = (np.asarray(rgb, dtype=np.float32) / 255.0)[None].transpose(0, 3, 1, 2)
         from invokeai_provider.models.core_models import use_core_model

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from invokeai_provider.fields import ColorField, ImageField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.image_util import fail, same_size
+from invokeai_provider.operators.image_util import fail, load_image, same_size
 from invokeai_provider.operators.mask_nodes import save_image
 from invokeai_provider.operators.primitives import ImageOutput
 
@@ -44,7 +44,7 @@ class InfillImageProcessorInvocation(BaseInvocation, WithMetadata, WithBoard):
         """The image (RGBA) with its transparent pixels filled."""
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         if image.mode != "RGBA":
             return ImageOutput(image=ImageField(image_name=self.image.image_name), width=image.width,
                                height=image.height)
@@ -243,8 +243,8 @@ class CvInpaintInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        image = context.images.get_pil(self.image.image_name).convert("RGB")
-        mask = context.images.get_pil(self.mask.image_name).convert("L")
+        image = load_image(self, context, "image").convert("RGB")
+        mask = load_image(self, context, "mask").convert("L")
         same_size(self, "mask", mask, image, "image")
         holes = (255 - np.asarray(mask)).astype(np.uint8)
         painted = cv2.inpaint(np.ascontiguousarray(np.asarray(image)), holes, 3, cv2.INPAINT_TELEA)

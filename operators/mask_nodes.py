@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from invokeai_provider.fields import BoundingBoxField, ColorField, ImageField, TensorField
 from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.image_util import fail, same_size
+from invokeai_provider.operators.image_util import fail, load_image, same_size
 from invokeai_provider.operators.primitives import BoundingBoxOutput, ImageOutput, MaskOutput
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class AlphaMaskToTensorInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> MaskOutput:
         import numpy as np
 
-        alpha = np.asarray(context.images.get_pil(self.image.image_name, mode="RGBA"))[:, :, 3]
+        alpha = np.asarray(load_image(self, context, "image", "RGBA"))[:, :, 3]
         return save_mask(context, alpha == 0 if self.invert else alpha > 0)
 
 
@@ -127,7 +127,7 @@ class ImageMaskToTensorInvocation(BaseInvocation, WithMetadata):
     def invoke(self, context: "InvocationContext") -> MaskOutput:
         import numpy as np
 
-        gray = np.asarray(context.images.get_pil(self.image.image_name, mode="L"))
+        gray = np.asarray(load_image(self, context, "image", "L"))
         return save_mask(context, gray >= self.cutoff if self.invert else gray < self.cutoff)
 
 
@@ -159,7 +159,7 @@ class ApplyMaskTensorToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        image = context.images.get_pil(self.image.image_name, mode="RGBA")
+        image = load_image(self, context, "image", "RGBA")
         mask = load_mask_tensor(self, context, "mask", self.mask.tensor_name).cpu().numpy()
         if mask.shape != (image.height, image.width):
             raise fail(self, "mask", f"expected a mask of the image's size {image.width}x{image.height}, "
@@ -191,7 +191,7 @@ class GetMaskBoundingBoxInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> BoundingBoxOutput:
         import numpy as np
 
-        rgba = np.asarray(context.images.get_pil(self.mask.image_name, mode="RGBA"))
+        rgba = np.asarray(load_image(self, context, "mask", "RGBA"))
         ys, xs = np.nonzero(np.all(rgba == np.array(self.mask_color.tuple(), dtype=np.uint8), axis=-1))
         if len(xs) == 0:
             return BoundingBoxOutput(bounding_box=BoundingBoxField(x_min=0, y_min=0, x_max=0, y_max=0))
@@ -212,7 +212,7 @@ class MaskFromAlphaInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import ImageOps
 
-        image = context.images.get_pil(self.image.image_name)
+        image = load_image(self, context, "image")
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA").getchannel("A")
         return save_image(context, ImageOps.invert(alpha) if self.invert else alpha, "mask")
 
@@ -240,7 +240,7 @@ class MaskEdgeInvocation(BaseInvocation, WithMetadata, WithBoard):
         for field in ("edge_size", "edge_blur"):
             if getattr(self, field) < 0:
                 raise fail(self, field, f"expected a value >= 0, got {getattr(self, field)}")
-        gray = np.asarray(context.images.get_pil(self.image.image_name).convert("L"), dtype=np.uint8)
+        gray = np.asarray(load_image(self, context, "image").convert("L"), dtype=np.uint8)
         soft = np.where((gray > 0) & (gray < 255), 255, 0).astype(np.uint8)
         edges = cv2.Canny(gray, threshold1=self.low_threshold, threshold2=self.high_threshold)
         band = np.maximum(soft, edges)
@@ -262,8 +262,8 @@ class MaskCombineInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import ImageChops
 
-        first = context.images.get_pil(self.mask1.image_name).convert("L")
-        second = context.images.get_pil(self.mask2.image_name).convert("L")
+        first = load_image(self, context, "mask1").convert("L")
+        second = load_image(self, context, "mask2").convert("L")
         same_size(self, "mask2", second, first, "mask1")
         return save_image(context, ImageChops.multiply(first, second), "mask")
 
@@ -282,7 +282,7 @@ class MaskFromIDInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        rgba = np.asarray(context.images.get_pil(self.image.image_name, mode="RGBA"), dtype=np.float64)
+        rgba = np.asarray(load_image(self, context, "image", "RGBA"), dtype=np.float64)
         distance = np.linalg.norm(rgba - np.array(self.color.tuple(), dtype=np.float64), axis=-1)
         selected = distance < self.threshold
         if self.invert:
@@ -312,7 +312,7 @@ class ExpandMaskWithFadeInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
         from PIL import Image
 
-        mask = context.images.get_pil(self.mask.image_name, mode="L")
+        mask = load_image(self, context, "mask", "L")
         if self.fade_size_px == 0:
             return save_image(context, mask, "mask")
         white = (np.asarray(mask) > self.threshold).astype(np.uint8)
@@ -339,8 +339,8 @@ class ApplyMaskToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import ImageOps
 
-        image = context.images.get_pil(self.image.image_name, mode="RGBA")
-        mask = context.images.get_pil(self.mask.image_name, mode="L")
+        image = load_image(self, context, "image", "RGBA")
+        mask = load_image(self, context, "mask", "L")
         same_size(self, "mask", mask, image, "image")
         result = image.copy()
         result.putalpha(ImageOps.invert(mask) if self.invert_mask else mask)

@@ -217,6 +217,13 @@ def test_mask_combine_of_different_sizes_fails_clearly(run):
         only_output(run, {"type": "mask_combine", "mask1": first, "mask2": second})
 
 
+def test_a_missing_input_image_is_named_by_its_field(run):
+    first = put_image(run, "1.png", np.zeros((2, 2), np.uint8), "L")
+    with pytest.raises(NodeExecutionError, match=r"node n \(mask_combine\): field mask2: expected an image in the "
+                                                 r"run's store"):
+        only_output(run, {"type": "mask_combine", "mask1": first, "mask2": {"image_name": "never-made.png"}})
+
+
 def test_mask_from_id_selects_the_colour_within_the_threshold(run):
     rgb = np.zeros((1, 4, 3), np.uint8)
     rgb[0] = [(200, 10, 10), (180, 60, 10), (10, 200, 10), (200, 10, 10)]

@@ -80,16 +80,17 @@ def _file_in(folder: Path, filename: str) -> Optional[str]:
 def use_annotator(node: "BaseInvocation", context: "InvocationContext", field: str, filename: str,
                   make: Callable[[], "torch.nn.Module"], *, what: str,
                   unwrap: Callable[[Any], Any] = lambda checkpoint: checkpoint,
-                  also_in: tuple[str, ...] = ()) -> Iterator["torch.nn.Module"]:
+                  also_in: tuple[str, ...] = (), folder: str = ANNOTATORS_DIR) -> Iterator["torch.nn.Module"]:
     """The network ``make()`` with the weights of annotator checkpoint ``filename``, in eval mode on the
     execution device, held in the run's model cache.
 
     ``unwrap`` turns the loaded checkpoint into the state dict (some wrap it, or prefix its keys);
     ``also_in`` are other folders under the model root where InvokeAI's own download of the same file may lie,
-    looked in when the Annotators folder has no such file.
+    looked in when the Annotators folder has no such file. ``folder`` (relative to the model root) is where the
+    file is looked for first: other single-file core models (the RealESRGAN upscalers) live elsewhere.
     """
     _, root = core_model_root(node, context, field)
-    folder, name = ANNOTATORS_DIR, _file_in(root / ANNOTATORS_DIR, filename)
+    name = _file_in(root / folder, filename)
     for other in also_in if name is None else ():
         found = _file_in(root / other, filename)
         if found is not None:

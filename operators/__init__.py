@@ -36,6 +36,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "normal_map_nodes",
     "openpose_nodes",
     "pbr_nodes",
+    "upscale_nodes",
 )
 
 

@@ -45,7 +45,7 @@ FAMILIES: dict[str, set[str]] = {
 # Not built yet, each named; this set only shrinks. The upscalers (esrgan, spandrel) need their model
 # architectures; mediapipe_face_detection needs mediapipe (which requires opencv-contrib-python, a second cv2
 # beside opencv-python-headless).
-NOT_YET = {"esrgan", "spandrel_image_to_image", "spandrel_image_to_image_autoscale", "mediapipe_face_detection"}
+NOT_YET = {"spandrel_image_to_image", "spandrel_image_to_image_autoscale", "mediapipe_face_detection"}
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

@@ -53,8 +53,10 @@ def test_second_gpu_task_with_the_same_model_finds_it_warm_in_the_runtime(cluste
         assert usage["runtime"]["socket"] == cluster.settings.runtime_socket
         assert worker_of(usage["hostname"]) == "worker-gpu"
     assert first["runtime"]["pid"] == second["runtime"]["pid"]
-    if was_cold:
-        assert first["model_cache"]["misses"] >= 5 and first["model_cache"]["load_seconds"] > 0
+    # A first try that Airflow gave up on (a heartbeat lost on a starved machine) may have loaded part of the
+    # model before the retry that recorded this usage: the full cold load is only checked on a first try.
+    if was_cold and first["try_number"] == 1:
+        assert first["model_cache"]["misses"] >= 5 and first["model_cache"]["load_seconds"] > 0, first
     warm = second["model_cache"]
     assert warm["misses"] == 0 and warm["loaded"] == [] and warm["load_seconds"] == 0
     assert warm["hits"] >= 5  # tokenizer, text encoder, unet, vae, scheduler config

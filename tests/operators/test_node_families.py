@@ -10,11 +10,14 @@ import contextlib
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from invokeai_provider.cli import main
+from invokeai_provider.operators import NODE_FAMILIES
 
 FAMILIES: dict[str, set[str]] = {
     "Image ops": {
@@ -77,3 +80,35 @@ def test_the_families_are_those_of_the_reference() -> None:
         assert heading, f"no family {family!r} in {REFERENCE}"
         in_reference = set(re.findall(r"`([a-z0-9_]+)`→", heading.group(2)))
         assert in_reference == types and len(types) == int(heading.group(1)), family
+
+
+# Imported by DAG parsing (the families) or by node modules at module level (the helpers): none may load a heavy
+# library, which belongs inside invoke() and the loaders.
+LIGHT_MODULES = [f"invokeai_provider.operators.{name}" for name in NODE_FAMILIES] + [
+    "invokeai_provider.operators.image_util", "invokeai_provider.models.core_models",
+    "invokeai_provider.models.annotator_checkpoint", "invokeai_provider.models.dw_openpose"]
+HEAVY = ("torch", "diffusers", "transformers", "cv2", "patchmatch", "onnxruntime", "imwatermark")
+IMPORT_EACH = """
+import importlib, json, sys
+heavy, found = sys.argv[1].split(","), {}
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+    found[name] = [m for m in heavy if m in sys.modules]
+    if found[name]:
+        break
+print(json.dumps(found))
+"""
+
+
+def test_node_modules_and_their_helpers_import_no_heavy_library() -> None:
+    done = subprocess.run([sys.executable, "-c", IMPORT_EACH, ",".join(HEAVY), *LIGHT_MODULES], capture_output=True,
+                          text=True, check=True)
+    found = json.loads(done.stdout)
+    assert not any(found.values()), {name: loaded for name, loaded in found.items() if loaded}
+    assert list(found) == LIGHT_MODULES
+
+
+def test_the_watermark_code_imports_no_torch_or_invisible_watermark() -> None:
+    done = subprocess.run([sys.executable, "-c", IMPORT_EACH, "torch,imwatermark",
+                           "invokeai_provider.operators.dwt_dct_watermark"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == {"invokeai_provider.operators.dwt_dct_watermark": []}

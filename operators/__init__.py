@@ -35,6 +35,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "mlsd_nodes",
     "normal_map_nodes",
     "openpose_nodes",
+    "mediapipe_face_nodes",
     "pbr_nodes",
     "upscale_nodes",
 )

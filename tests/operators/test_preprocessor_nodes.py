@@ -295,13 +295,23 @@ def test_old_names_in_a_graph_document(run, rings):
     assert np.array_equal(pixels(run, old), pixels(run, new))
 
 
-def test_old_type_whose_replacement_is_not_built_fails_clearly():
-    assert not InvocationRegistry.has_type("mediapipe_face_detection"), "built now: pick another unbuilt target"
+def test_old_mediapipe_processor_loads_as_the_face_detection_node():
+    graph = Graph.from_dict({"nodes": {"face": {"id": "face", "type": "mediapipe_face_processor", "max_faces": 2,
+                                                "min_confidence": 0.3, "detect_resolution": 512}}})
+    face = graph.nodes["face"]
+    assert face.get_type() == "mediapipe_face_detection" and (face.max_faces, face.min_confidence) == (2, 0.3)
+
+
+def test_old_type_whose_replacement_is_not_built_fails_clearly(monkeypatch):
+    from invokeai_provider import aliases
+
+    monkeypatch.setitem(aliases.LEGACY_NODE_ALIASES, "future_image_processor",
+                        aliases.NodeAlias("future_image_processor", "future_detection"))
     with pytest.raises(UnknownNodeTypeError) as info:
-        Graph.from_dict({"nodes": {"face": {"id": "face", "type": "mediapipe_face_processor", "max_faces": 2}}})
+        Graph.from_dict({"nodes": {"f": {"id": "f", "type": "future_image_processor", "max_faces": 2}}})
     message = str(info.value)
-    assert info.value.node_id == "face" and info.value.field == "type"
-    assert '"mediapipe_face_processor"' in message and '"mediapipe_face_detection"' in message
+    assert info.value.node_id == "f" and info.value.field == "type"
+    assert '"future_image_processor"' in message and '"future_detection"' in message
     assert "not available" in message
 
 

@@ -155,6 +155,11 @@ class ModelManager:
 
                 with self.registry.local_model(config) as local:
                     return load_lora_file(local.path)
+            if config.type is ModelType.SpandrelImageToImage:
+                from invokeai_provider.models import spandrel_model
+
+                with self.registry.local_model(config) as local:
+                    return spandrel_model.load(local.path, self.dtype)
             if config.type is ModelType.TextualInversion:
                 from safetensors.torch import load_file
 

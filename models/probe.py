@@ -255,7 +255,15 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
             return result
     if "encoder.conv_in.weight" in shapes and "decoder.conv_out.weight" in shapes:
         return ProbeResult(ModelType.VAE, ModelFormat.Checkpoint, _vae_base_from_name(path.name))
-    raise ProbeError(f"{path}: not a model this provider recognises (no main, LoRA, embedding or VAE keys)")
+    from invokeai_provider.models import spandrel_model
+
+    if spandrel_model.identify(path) is not None:  # an upscaler or restorer of an architecture spandrel knows
+        return ProbeResult(ModelType.SpandrelImageToImage, ModelFormat.Checkpoint, BaseModelType.Any)
+    reason = spandrel_model.unavailable_reason()
+    hint = "" if reason is None else (f"; spandrel, which recognises upscaler checkpoints, cannot be imported "
+                                      f"({reason})")
+    raise ProbeError(f"{path}: not a model this provider recognises (no main, LoRA, embedding, VAE or spandrel "
+                     f"image-to-image keys){hint}")
 
 
 # --- diffusers folders --------------------------------------------------------------------------------

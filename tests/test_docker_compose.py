@@ -717,7 +717,7 @@ def check_dockerfile(text: str, compose: dict[str, Any]) -> Problems:
     if not froms or not re.fullmatch(r"apache/airflow:3\.3\.\d+(-python3\.\d+)?", froms[-1]):
         problems.append(f"the image is not based on apache/airflow:3.3.x: {froms}")
     runs = " ".join(arguments for instruction, arguments in instructions if instruction == "RUN")
-    if not re.search(r"pip install[^;&]*\[cluster\]", runs):
+    if not re.search(r"pip install[^;&]*\[(\w+,)*cluster(,\w+)*\]", runs):
         problems.append("the Dockerfile does not pip install the project with its [cluster] extra")
     copies = {}
     for instruction, arguments in instructions:
@@ -1038,7 +1038,7 @@ def _dockerfile_breakage(old: str, new: str) -> Callable[[str], str]:
 DOCKERFILE_BREAKAGES: dict[str, Callable[[str], str]] = {
     "airflow 2": _dockerfile_breakage("FROM apache/airflow:3.3.2-python3.11", "FROM apache/airflow:2.10.5-python3.11"),
     "another base": _dockerfile_breakage("FROM apache/airflow:3.3.2-python3.11", "FROM python:3.11-slim"),
-    "no cluster extra": _dockerfile_breakage("[cluster]", ""),
+    "no cluster extra": _dockerfile_breakage("[cluster,spandrel]", "[spandrel]"),
     "dags elsewhere": _dockerfile_breakage("/opt/airflow/dags/\n", "/opt/dags/\n"),
     "airflow's entrypoint": _dockerfile_breakage('"/opt/invokeai/entrypoint.sh"', '"/entrypoint"'),
     "no socket folder": _dockerfile_breakage(" /opt/airflow/runtime\n", "\n"),

@@ -140,8 +140,9 @@ def _check_installed(node: BaseInvocation, field: str, model: ModelIdentifierFie
                                      node_id=node.id, field=field)
 
 
-def _check_model(node: BaseInvocation, field: str, model: ModelIdentifierField, context: "InvocationContext",
-                 model_type: Optional[ModelType] = None, bases: Optional[Sequence[BaseModelType]] = None) -> None:
+def check_model(node: BaseInvocation, field: str, model: ModelIdentifierField, context: "InvocationContext",
+                model_type: Optional[ModelType] = None, bases: Optional[Sequence[BaseModelType]] = None) -> None:
+    """Raises a clear error naming the node and field when ``model`` is of the wrong kind or not installed."""
     if model_type is not None:
         _check_kind(node, field, model, model_type, bases)
     _check_installed(node, field, model, context)
@@ -198,7 +199,7 @@ def _apply_lora_collection(node: BaseInvocation, loras: Optional[Union[LoRAField
     for item in items:
         if item is None or item.lora.key in seen:
             continue
-        _check_model(node, "loras", item.lora, context, ModelType.LoRA, bases)
+        check_model(node, "loras", item.lora, context, ModelType.LoRA, bases)
         _refuse_applied(node, targets.items(), item.lora)
         seen.add(item.lora.key)
         for patched in output.values():
@@ -305,7 +306,7 @@ class MainModelLoaderInvocation(BaseInvocation):
                                              ui_model_type=ModelType.Main)
 
     def invoke(self, context: "InvocationContext") -> ModelLoaderOutput:
-        _check_model(self, "model", self.model, context, ModelType.Main, SD12_BASES)
+        check_model(self, "model", self.model, context, ModelType.Main, SD12_BASES)
         return ModelLoaderOutput(
             unet=unet_of(self.model),
             clip=clip_of(self.model, SubModelType.Tokenizer, SubModelType.TextEncoder),
@@ -324,7 +325,7 @@ class SDXLModelLoaderInvocation(BaseInvocation):
                                              ui_model_type=ModelType.Main)
 
     def invoke(self, context: "InvocationContext") -> SDXLModelLoaderOutput:
-        _check_model(self, "model", self.model, context, ModelType.Main, SDXL_BASES)
+        check_model(self, "model", self.model, context, ModelType.Main, SDXL_BASES)
         return SDXLModelLoaderOutput(
             unet=unet_of(self.model),
             clip=clip_of(self.model, SubModelType.Tokenizer, SubModelType.TextEncoder),
@@ -343,7 +344,7 @@ class SDXLRefinerModelLoaderInvocation(BaseInvocation):
                                              ui_model_type=ModelType.Main)
 
     def invoke(self, context: "InvocationContext") -> SDXLRefinerModelLoaderOutput:
-        _check_model(self, "model", self.model, context, ModelType.Main, SDXL_REFINER_BASES)
+        check_model(self, "model", self.model, context, ModelType.Main, SDXL_REFINER_BASES)
         return SDXLRefinerModelLoaderOutput(
             unet=unet_of(self.model),
             clip2=clip_of(self.model, SubModelType.Tokenizer2, SubModelType.TextEncoder2),
@@ -360,7 +361,7 @@ class VAELoaderInvocation(BaseInvocation):
                                                  ui_model_type=ModelType.VAE)
 
     def invoke(self, context: "InvocationContext") -> VAEOutput:
-        _check_model(self, "vae_model", self.vae_model, context, ModelType.VAE, VAE_BASES)
+        check_model(self, "vae_model", self.vae_model, context, ModelType.VAE, VAE_BASES)
         return VAEOutput(vae=VAEField(vae=self.vae_model))
 
 
@@ -382,7 +383,7 @@ class LoRALoaderInvocation(BaseInvocation):
 
     def invoke(self, context: "InvocationContext") -> LoRALoaderOutput:
         # InvokeAI's editor offers SD1 LoRAs only, but its API takes SD2 ones too.
-        _check_model(self, "lora", self.lora, context, ModelType.LoRA, SD12_BASES)
+        check_model(self, "lora", self.lora, context, ModelType.LoRA, SD12_BASES)
         _refuse_applied(self, (("unet", self.unet), ("clip", self.clip)), self.lora)
         applied = LoRAField(lora=self.lora, weight=self.weight)
         return LoRALoaderOutput(unet=_with_lora(self.unet, applied), clip=_with_lora(self.clip, applied))
@@ -434,7 +435,7 @@ class SDXLLoRALoaderInvocation(BaseInvocation):
                                             title="CLIP 2")
 
     def invoke(self, context: "InvocationContext") -> SDXLLoRALoaderOutput:
-        _check_model(self, "lora", self.lora, context, ModelType.LoRA, SDXL_BASES)
+        check_model(self, "lora", self.lora, context, ModelType.LoRA, SDXL_BASES)
         _refuse_applied(self, (("unet", self.unet), ("clip", self.clip), ("clip2", self.clip2)), self.lora)
         applied = LoRAField(lora=self.lora, weight=self.weight)
         return SDXLLoRALoaderOutput(unet=_with_lora(self.unet, applied), clip=_with_lora(self.clip, applied),

@@ -17,7 +17,7 @@ from invokeai_provider.invocation import BaseInvocation, InputField, WithBoard, 
 from invokeai_provider.models.core_models import CORE_DIR
 from invokeai_provider.models.taxonomy import ModelType
 from invokeai_provider.operators.image_util import fail, load_image
-from invokeai_provider.operators.model_loader_nodes import MODEL_SERVICE, _check_model
+from invokeai_provider.operators.model_loader_nodes import MODEL_SERVICE, check_model
 from invokeai_provider.operators.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class SpandrelImageToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         if 0 < self.tile_size <= spandrel_model.MIN_OVERLAP:
             raise fail(self, "tile_size", f"expected 0 (no tiling) or more than the {spandrel_model.MIN_OVERLAP}-"
                                           f"pixel tile overlap, got {self.tile_size}")
-        _check_model(self, field, self.image_to_image_model, context, ModelType.SpandrelImageToImage)
+        check_model(self, field, self.image_to_image_model, context, ModelType.SpandrelImageToImage)
         models = context.services.get(MODEL_SERVICE)
         if models is None:
             raise fail(self, field, "no model service in this run; run with a model root (--model-root)")

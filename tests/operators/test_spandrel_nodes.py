@@ -183,7 +183,7 @@ def test_autoscale_runs_the_upscaler_until_the_scale_is_reached(run, stand_in):
     assert result.size == (48, 24)  # 52x31 -> multiples of 8, rounded down
 
 
-def test_autoscale_stops_after_five_passes(run, stand_in, caplog):
+def test_autoscale_takes_the_passes_the_scale_needs_and_a_restorer_one(run, stand_in, caplog):
     network = Nearest(2)
     with caplog.at_level(logging.WARNING):
         _, result = autoscale_node(run, stand_in(network, "nearest"), photo(1, 1), scale=16.0)

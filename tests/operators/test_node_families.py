@@ -45,8 +45,7 @@ FAMILIES: dict[str, set[str]] = {
         "lineart_edge_detection", "mediapipe_face_detection", "mlsd_detection", "normal_map", "pbr_maps",
         "pidi_edge_detection"},
 }
-# Not built yet, each named; this set only shrinks. The spandrel upscalers need spandrel, which imports
-# torchvision.
+# Not built yet, each named (none now); this set only shrinks.
 NOT_YET: set[str] = set()
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"

@@ -294,6 +294,45 @@ def test_sam2_without_torchvision_is_a_clear_error(models_run):
         _segment(models_run, model="segment-anything-2-tiny", bounding_boxes=[BOX_A])
 
 
+@pytest.fixture(scope="module")
+def tiny_sam2(tmp_path_factory):
+    """A tiny random-weight SAM2 (Hiera backbone, 64 px input) where torchvision imports (Sam2Processor
+    needs it; the test command's CPU torch has none)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision", reason="transformers' Sam2Processor needs torchvision")
+    t = _quiet()
+    from invokeai_provider.operators.detection_nodes import SEGMENT_ANYTHING_MODEL_IDS, core_folder
+
+    torch.manual_seed(0)
+    backbone = t.Sam2HieraDetConfig(
+        hidden_size=8, num_attention_heads=1, image_size=[64, 64], patch_kernel_size=[7, 7], patch_stride=[4, 4],
+        patch_padding=[3, 3], query_stride=[2, 2], window_positional_embedding_background_size=[2, 2],
+        num_query_pool_stages=3, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3])
+    config = t.Sam2Config(
+        vision_config=t.Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                                         backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=16),
+        prompt_encoder_config=t.Sam2PromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16,
+                                                        mask_input_channels=4),
+        mask_decoder_config=t.Sam2MaskDecoderConfig(hidden_size=16, mlp_dim=32, num_attention_heads=2,
+                                                    iou_head_hidden_dim=16))
+    path = tmp_path_factory.mktemp("sam2") / core_folder(SEGMENT_ANYTHING_MODEL_IDS["segment-anything-2-tiny"])
+    t.Sam2Model(config).eval().save_pretrained(path)
+    t.Sam2Processor(image_processor=t.Sam2ImageProcessorFast(size={"height": 64, "width": 64})).save_pretrained(path)
+    return path
+
+
+def test_sam2_boxes_and_points_give_image_sized_masks(models_run, tiny_sam2):
+    _install(models_run, tiny_sam2)
+    boxes = _segment(models_run, model="segment-anything-2-tiny", bounding_boxes=[BOX_A, BOX_B])
+    points = _segment(models_run, model="segment-anything-2-tiny",
+                      point_lists=[{"points": [{"x": 20, "y": 15, "label": 1}]}])
+    assert boxes.any() and points.any()
+    largest = _segment(models_run, model="segment-anything-2-tiny", bounding_boxes=[BOX_A, BOX_B],
+                       mask_filter="largest")
+    assert largest.sum() <= boxes.sum() and not (largest & ~boxes).any()  # one object's mask, inside the union
+
+
 def test_polygon_refinement_fills_holes_and_drops_islands():
     from invokeai_provider.operators.detection_nodes import refine_to_polygon
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from invokeai_provider.errors import exception_summary
+
 DWPOSE_REPO = "yzd-v/DWPose"
 DETECTOR_FILE = "yolox_l.onnx"
 POSE_FILE = "dw-ll_ucoco_384.onnx"
@@ -84,12 +86,7 @@ class OnnxModel:
         try:
             return self.session.run(self.output_names, {self.input_name: batch})
         except Exception as exc:  # onnxruntime's own exception types are not importable by a stable name
-            raise DWPoseModelError(self.path, f"inference failed: {type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
+            raise DWPoseModelError(self.path, f"inference failed: {exception_summary(exc)}") from None
 
 
 def execution_providers(device: str) -> list[str]:
@@ -109,7 +106,7 @@ def load_onnx(path: Path, device: str, *, kind: str) -> OnnxModel:
     try:
         session = ort.InferenceSession(str(path), providers=execution_providers(device))
     except Exception as exc:
-        raise DWPoseModelError(path, f"cannot load as an ONNX model: {type(exc).__name__}: {_first_line(exc)}") \
+        raise DWPoseModelError(path, f"cannot load as an ONNX model: {exception_summary(exc)}") \
             from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:

@@ -12,10 +12,13 @@ left out. mediapipe and OpenCV are imported only when a face is detected or draw
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from invokeai_provider.errors import exception_summary
 
 TASK_FILE = "face_landmarker.task"
 TASK_SOURCE = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
@@ -46,11 +49,6 @@ class FaceModelError(ValueError):
     """A face landmarker file mediapipe cannot load or run."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def detect_faces(task_path: Path, rgb: np.ndarray, *, max_faces: int, min_confidence: float) -> list[np.ndarray]:
     """Each detected face's landmarks as a (points, 2) array of x, y in [0, 1] of the image's size.
 
@@ -67,14 +65,14 @@ def detect_faces(task_path: Path, rgb: np.ndarray, *, max_faces: int, min_confid
     try:
         landmarker = vision.FaceLandmarker.create_from_options(options)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise FaceModelError(f"{task_path}: cannot be loaded as a mediapipe face landmarker: {_first_line(exc)}") \
-            from None
+        raise FaceModelError(f"{task_path}: cannot be loaded as a mediapipe face landmarker: "
+                             f"{exception_summary(exc)}") from None
     with landmarker:
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb, dtype=np.uint8))
         try:
             result = landmarker.detect(image)
         except (RuntimeError, ValueError) as exc:
-            raise FaceModelError(f"{task_path}: face landmark detection failed: {_first_line(exc)}") from None
+            raise FaceModelError(f"{task_path}: face landmark detection failed: {exception_summary(exc)}") from None
     return [np.array([(point.x, point.y) for point in face], dtype=np.float64) for face in result.face_landmarks]
 
 
@@ -94,6 +92,7 @@ def _pixel(x: float, y: float, width: int, height: int) -> tuple[int, int] | Non
     return min(math.floor(x * width), width - 1), min(math.floor(y * height), height - 1)
 
 
+@lru_cache(maxsize=1)
 def contour_colours() -> dict[tuple[int, int], tuple[int, int, int]]:
     """Each contour edge (start, end) and its colour; an edge in two groups keeps its first place in the
     drawing order and the later group's colour, as controlnet_aux's table does."""

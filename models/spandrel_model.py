@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import InvokeAIProviderError, exception_summary
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,18 +26,13 @@ class SpandrelModelError(InvokeAIProviderError):
     """A file spandrel cannot load as an image-to-image model, or spandrel itself cannot be imported."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 @lru_cache(maxsize=1)
 def unavailable_reason() -> Optional[str]:
     """None when spandrel imports; otherwise why not (a torchvision built for another torch fails here)."""
     try:
         import spandrel  # noqa: F401
     except Exception as exc:  # ImportError, or the RuntimeError/OSError of a torchvision that does not match
-        return _first_line(exc)
+        return exception_summary(exc)
     return None
 
 
@@ -65,10 +60,6 @@ class SpandrelModel:
         return self
 
     @property
-    def architecture(self) -> str:
-        return str(self.descriptor.architecture.name)
-
-    @property
     def scale(self) -> int:
         return int(self.descriptor.scale)
 
@@ -94,7 +85,7 @@ def _descriptor(path: Path) -> Any:
     try:
         descriptor = ModelLoader().load_from_file(str(path))
     except Exception as exc:  # spandrel's UnsupportedModelError, ValueError for the extension, unpickling errors
-        raise SpandrelModelError(f"{path}: not a model spandrel recognises ({_first_line(exc)})") from None
+        raise SpandrelModelError(f"{path}: not a model spandrel recognises ({exception_summary(exc)})") from None
     if not isinstance(descriptor, ImageModelDescriptor):
         raise SpandrelModelError(f"{path}: spandrel loads it as a {type(descriptor).__name__} "
                                  f"({descriptor.architecture.name}); only image-to-image models are supported")

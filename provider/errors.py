@@ -14,6 +14,12 @@ class InvokeAIProviderError(Exception):
         self.field = field
 
 
+def exception_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` of a library's exception, for an error that wraps it in one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class InvalidNodeDefinitionError(InvokeAIProviderError):
     """A node class is declared wrongly (bad type string, version, missing invoke)."""
 

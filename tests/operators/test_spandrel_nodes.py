@@ -124,8 +124,8 @@ def autoscale_node(run, model, image, **fields):
 def test_installed_as_a_spandrel_model_and_tiled_runs_equal_the_whole_image(run, stand_in):
     network = Nearest(2)
     model = stand_in(network, "nearest-x2")
-    assert (model["type"], model["base"], model["format"] if "format" in model else "checkpoint") == \
-        ("spandrel_image_to_image", "any", "checkpoint")
+    record = run.services["models"].registry.get(model["key"])
+    assert (model["type"], model["base"], record.format.value) == ("spandrel_image_to_image", "any", "checkpoint")
     image = photo(70, 100)
     whole, pixels = upscale_node(run, model, image, tile_size=0)
     assert (whole.width, whole.height) == (200, 140) and pixels.shape == (140, 200, 3)

@@ -116,10 +116,10 @@ def iterate_graph(n: int) -> dict[str, Any]:
 
 
 def bench_compile(sizes: tuple[int, ...], repeats: int) -> None:
-    from invokeai_provider import compile as compile_module
-    from invokeai_provider.graph import Graph
-    from invokeai_provider.plan import build_plan
-    from invokeai_provider.registry import load_node_packs
+    from invokeai_provider.compiler import dags as compile_module
+    from invokeai_provider.graph.graph import Graph
+    from invokeai_provider.compiler.plan import build_plan
+    from invokeai_provider.core.registry import load_node_packs
 
     load_node_packs()
     no_models: Callable[[str, str], list[str]] = lambda node_type, field_name: []  # noqa: E731
@@ -208,7 +208,7 @@ def parse_median(path: Path, env: dict[str, str], repeats: int) -> dict[str, Any
 
 
 def bench_parse(repeats: int, scratch: Path) -> None:
-    from invokeai_provider.compile import dag_id_for, load_compiled
+    from invokeai_provider.compiler.dags import dag_id_for, load_compiled
 
     model_root = scratch / "parse-models"
     model_root.mkdir(parents=True, exist_ok=True)
@@ -266,15 +266,15 @@ def bench_parse(repeats: int, scratch: Path) -> None:
 
 def engine_in_process(model_root: str, artifacts: str) -> float:
     """One run of the workflow through the engine in this process (what `graph run` does, minus startup)."""
-    from invokeai_provider.cli import _parse_set, apply_overrides
-    from invokeai_provider.context import RunContext
-    from invokeai_provider.engine import Engine, ExecutionState
-    from invokeai_provider.graph import Graph
-    from invokeai_provider.models.binding import bind_model_fields
-    from invokeai_provider.models.manager import ModelManager
-    from invokeai_provider.models.registry import ModelRegistry
-    from invokeai_provider.storage import open_run_store
-    from invokeai_provider.workflow import load_document
+    from invokeai_provider.cli.app import _parse_set, apply_overrides
+    from invokeai_provider.core.context import RunContext
+    from invokeai_provider.graph.engine import Engine, ExecutionState
+    from invokeai_provider.graph.graph import Graph
+    from invokeai_provider.models.model_manager.binding import bind_model_fields
+    from invokeai_provider.models.model_manager.manager import ModelManager
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+    from invokeai_provider.storage.base import open_run_store
+    from invokeai_provider.graph.workflow import load_document
 
     start = time.perf_counter()
     document = load_document(WORKFLOW.read_text())
@@ -291,8 +291,8 @@ def engine_in_process(model_root: str, artifacts: str) -> float:
 def engine_probe(model_root: str, artifacts: str, runs: int) -> None:
     """Run in a fresh interpreter (``--engine-probe``): import time, first run, then warm runs, as JSON."""
     start = time.perf_counter()
-    import invokeai_provider.engine  # noqa: F401
-    from invokeai_provider.registry import load_node_packs
+    import invokeai_provider.graph.engine  # noqa: F401
+    from invokeai_provider.core.registry import load_node_packs
 
     load_node_packs()
     imports = time.perf_counter() - start
@@ -325,7 +325,7 @@ def engine_subprocess(model_root: str, artifacts: str) -> float:
 
 DAG_FILE = '''"""Benchmark Airflow DAG file: compiles {workflow} into dag {dag_id!r} ({granularity} granularity)."""
 
-from invokeai_provider.compile import compile_dag
+from invokeai_provider.compiler.dags import compile_dag
 
 dag = compile_dag({workflow!r}, dag_id={dag_id!r}, granularity={granularity!r})
 '''
@@ -492,8 +492,8 @@ def summarize_run(run: dict[str, Any], upstream: dict[str, list[str]]) -> dict[s
 
 
 def bench_scheduler(runs: int, scratch: Path, startup_timeout: float, run_timeout: float) -> None:
-    from invokeai_provider.cli import ensure_demo_model
-    from invokeai_provider.compile import load_compiled
+    from invokeai_provider.cli.app import ensure_demo_model
+    from invokeai_provider.compiler.dags import load_compiled
 
     model_dir = scratch / "sched-models"
     model_root = f"file://{model_dir}"

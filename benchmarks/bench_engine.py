@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from invokeai_provider.context import RunContext
-from invokeai_provider.engine import Engine, ExecutionState
-from invokeai_provider.graph import Graph
-from invokeai_provider.registry import load_node_packs
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
-from invokeai_provider.workflow import parse_workflow
+from invokeai_provider.core.context import RunContext
+from invokeai_provider.graph.engine import Engine, ExecutionState
+from invokeai_provider.graph.graph import Graph
+from invokeai_provider.core.registry import load_node_packs
+from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
+from invokeai_provider.graph.workflow import parse_workflow
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -124,7 +124,7 @@ def main() -> None:
     print("import time (median of fresh interpreters, minus a bare interpreter)")
     bare = subprocess_seconds("pass", args.repeats)
     package = subprocess_seconds("import invokeai_provider.operators", args.repeats)
-    families = subprocess_seconds("from invokeai_provider.registry import load_node_packs; load_node_packs()",
+    families = subprocess_seconds("from invokeai_provider.core.registry import load_node_packs; load_node_packs()",
                                   args.repeats)
     print(f"  import invokeai_provider.operators        {(package - bare) * 1000:7.1f} ms")
     print(f"  + every node family registered            {(families - bare) * 1000:7.1f} ms")

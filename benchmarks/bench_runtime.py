@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = '''"""Benchmark DAGs: every JSON document beside this file (airflow dag discovery needs both words)."""
 from pathlib import Path
 
-from invokeai_provider.dag_factory import load_workflow_dags
+from invokeai_provider.compiler.dag_factory import load_workflow_dags
 
 load_workflow_dags(Path(__file__).with_name("documents"), globals())
 '''
@@ -77,8 +77,8 @@ class Cluster:
 
     def __init__(self, work: Path, dags: Path, *, runtime: bool, model_root: str, gpu_concurrency: int,
                  label: str, max_batch: Optional[int] = None) -> None:
-        from invokeai_provider import cluster
-        from invokeai_provider.seaweed import free_port
+        from invokeai_provider.cluster import cluster
+        from invokeai_provider.cluster.seaweed import free_port
 
         self.cluster = cluster
         self.state = work / f"cluster-{label}"
@@ -380,8 +380,8 @@ def main() -> None:
     print(f"bench_runtime: mode {mode}, device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, "
           f"{dtype}, models {models}, parts {sorted(parts)}, scratch {work}", flush=True)
 
-    from invokeai_provider.models.install import install_model
-    from invokeai_provider.models.registry import ModelRegistry
+    from invokeai_provider.models.model_manager.install import install_model
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
 
     registry = ModelRegistry((work / "model-root").as_uri())
     dags = work / "dags"

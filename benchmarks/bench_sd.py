@@ -5,18 +5,18 @@
 
 Modes:
 - ``gpu``: full-size SD1.5 (512x512, 30 steps) and SDXL (1024x1024, 30 steps) architectures with RANDOM fp16
-  weights, built from the public configs in ``invokeai_provider.models.arch_configs`` (no model hub), saved as
+  weights, built from the public configs in ``invokeai_provider.models.stable_diffusion.arch_configs`` (no model hub), saved as
   diffusers folders with the real CLIP tokenizer. Random weights time exactly like real ones (same shapes, same
   kernels); the images are noise.
-- ``cpu-smoke``: the tiny models of ``invokeai_provider.models.tiny`` at 64x64 and 4 steps: shows that the script
+- ``cpu-smoke``: the tiny models of ``invokeai_provider.models.testing.tiny`` at 64x64 and 4 steps: shows that the script
   works and measures the per-image overhead of each path on CPU. These figures are not the GPU target.
 
 Both paths use the same folders, dtype, device, prompt, size, steps, guidance (7.5) and scheduler ("euler" ->
 EulerDiscreteScheduler from the model's scheduler config; the script checks that both build the same timesteps).
 
 - engine: the InvokeAI text-to-image graph (model loader -> 2 prompts -> noise -> denoise_latents -> l2i), run by
-  ``invokeai_provider.engine.run_graph`` with one ``ModelManager`` (warm model cache). Batch N is run the way
-  InvokeAI runs a batch: an ``invokeai_provider.batch.Batch`` over ``noise.seed`` expands to N sessions (graphs),
+  ``invokeai_provider.graph.engine.run_graph`` with one ``ModelManager`` (warm model cache). Batch N is run the way
+  InvokeAI runs a batch: an ``invokeai_provider.graph.batch.Batch`` over ``noise.seed`` expands to N sessions (graphs),
   run one after another. Each session stores its conditioning, noise and latents as safetensors and its image as a
   PNG in a local artifact store (the PNG encoding time is also measured on its own).
 - diffusers: ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` from the same folder, one call with
@@ -65,7 +65,7 @@ CFG_SCALE = 7.5
 SCHEDULER = "euler"
 
 # The public architecture configs (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0) live in
-# invokeai_provider.models.arch_configs, which also converts single-file checkpoints with them; the parameter counts
+# invokeai_provider.models.stable_diffusion.arch_configs, which also converts single-file checkpoints with them; the parameter counts
 # of the public models are checked after construction. (model, part) -> key of arch_configs.PUBLIC_PARAMS:
 PARAM_KEYS = {
     ("sd15", "unet"): "sd15_unet",
@@ -81,7 +81,7 @@ PARAM_KEYS = {
 @dataclass(frozen=True)
 class ModelSpec:
     key: str  # sd15 | sdxl
-    tiny_base: str  # base name of invokeai_provider.models.tiny
+    tiny_base: str  # base name of invokeai_provider.models.testing.tiny
     pipeline: str  # diffusers pipeline class
     label: str
 
@@ -141,7 +141,7 @@ def cpu_cores() -> int:
 
 def _construct(factory: Callable[[], Any], spec_key: str, part: str, device: str, dtype: Any, seed: int) -> Any:
     from accelerate import init_empty_weights
-    from invokeai_provider.models.arch_configs import PUBLIC_PARAMS
+    from invokeai_provider.models.stable_diffusion.arch_configs import PUBLIC_PARAMS
 
     with init_empty_weights(include_buffers=False):
         model = factory()
@@ -149,10 +149,10 @@ def _construct(factory: Callable[[], Any], spec_key: str, part: str, device: str
     expected = PUBLIC_PARAMS[PARAM_KEYS[(spec_key, part)]]
     if count != expected:
         raise SystemExit(f"bench_sd: {spec_key} {part} has {count:,} parameters, the public model {expected:,}: "
-                         "the config in invokeai_provider.models.arch_configs is wrong")
+                         "the config in invokeai_provider.models.stable_diffusion.arch_configs is wrong")
     import torch
 
-    from invokeai_provider.models.tiny import fill_random_weights
+    from invokeai_provider.models.testing.tiny import fill_random_weights
 
     fill_random_weights(model, torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype)
     return model.to("cpu").eval()
@@ -168,7 +168,7 @@ def build_full_model(spec: ModelSpec, dest: Path, *, device: str, dtype: Any, se
         PNDMScheduler,
         UNet2DConditionModel,
     )
-    from invokeai_provider.models.arch_configs import (
+    from invokeai_provider.models.stable_diffusion.arch_configs import (
         CLIP_L,
         EULER_SCHEDULER,
         OPENCLIP_BIGG,
@@ -178,7 +178,7 @@ def build_full_model(spec: ModelSpec, dest: Path, *, device: str, dtype: Any, se
         SDXL_UNET,
         SDXL_VAE,
     )
-    from invokeai_provider.models.tiny import clip_tokenizer, clip_tokenizer_files
+    from invokeai_provider.models.testing.tiny import clip_tokenizer, clip_tokenizer_files
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     # force_upcast=False: as the fp16-fix SDXL VAE that fp16 users run. The real SDXL VAE config says True, which makes
@@ -227,7 +227,7 @@ def model_folder(spec: ModelSpec, mode: str, root: Path, *, device: str, dtype: 
         return dest, 0.0, True
     started = time.perf_counter()
     if mode == "cpu-smoke":
-        from invokeai_provider.models.tiny import build_sd_model
+        from invokeai_provider.models.testing.tiny import build_sd_model
 
         build_sd_model(spec.tiny_base, dest)  # type: ignore[arg-type]
     else:
@@ -246,7 +246,7 @@ def _edge(source: str, source_field: str, destination: str, destination_field: s
 
 
 def t2i_graph(spec: ModelSpec, model: str, *, size: int, steps: int, seed: int) -> dict[str, Any]:
-    """InvokeAI's text-to-image graph for SD1.x or SDXL (as in tests/operators/test_sd_nodes.py)."""
+    """InvokeAI's text-to-image graph for SD1.x or SDXL (as in tests/operators/sd/test_sd_nodes.py)."""
     denoise = {"type": "denoise_latents", "steps": steps, "cfg_scale": CFG_SCALE, "scheduler": SCHEDULER}
     if spec.key == "sdxl":
         dims = dict(original_width=size, original_height=size, target_width=size, target_height=size)
@@ -281,12 +281,12 @@ class EnginePath:
 
     def __init__(self, spec: ModelSpec, folder: Path, work: Path, *, device: str, dtype: Any, size: int,
                  steps: int) -> None:
-        from invokeai_provider.graph import Graph
-        from invokeai_provider.models.binding import bind_model_fields
-        from invokeai_provider.models.install import install_model
-        from invokeai_provider.models.manager import ModelManager
-        from invokeai_provider.models.registry import ModelRegistry
-        from invokeai_provider.storage import LocalArtifactBackend
+        from invokeai_provider.graph.graph import Graph
+        from invokeai_provider.models.model_manager.binding import bind_model_fields
+        from invokeai_provider.models.model_manager.install import install_model
+        from invokeai_provider.models.model_manager.manager import ModelManager
+        from invokeai_provider.models.model_manager.registry import ModelRegistry
+        from invokeai_provider.storage.base import LocalArtifactBackend
 
         self.registry = ModelRegistry((work / f"registry-{spec.key}").as_uri())
         name = f"bench-{spec.key}"
@@ -300,17 +300,17 @@ class EnginePath:
 
     def sessions(self, seeds: list[int]) -> list[dict[str, Any]]:
         """The batch's session graphs (enqueue time in InvokeAI, so not timed)."""
-        from invokeai_provider.batch import Batch, BatchDatum, expand_batch
+        from invokeai_provider.graph.batch import Batch, BatchDatum, expand_batch
 
         batch = Batch(data=[[BatchDatum(node_path="noise", field_name="seed", items=list(seeds))]])
         graphs, _ = expand_batch(self.graph, batch)
         return [g.to_dict() for g in graphs]
 
     def run(self, sessions: list[dict[str, Any]]) -> None:
-        from invokeai_provider.context import RunContext
-        from invokeai_provider.engine import run_graph
-        from invokeai_provider.graph import Graph
-        from invokeai_provider.storage import RunStore
+        from invokeai_provider.core.context import RunContext
+        from invokeai_provider.graph.engine import run_graph
+        from invokeai_provider.graph.graph import Graph
+        from invokeai_provider.storage.base import RunStore
 
         for doc in sessions:
             self.sessions_run += 1
@@ -320,7 +320,7 @@ class EnginePath:
             self.last_png = store.read("images", image.image.image_name)
 
     def engine_scheduler(self, folder: Path) -> Any:
-        from invokeai_provider.operators.schedulers import make_scheduler
+        from invokeai_provider.models.stable_diffusion.schedulers import make_scheduler
 
         return make_scheduler(SCHEDULER, json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
 
@@ -510,7 +510,7 @@ def main() -> None:
     import diffusers
     import torch
     import transformers
-    from invokeai_provider.registry import load_node_packs
+    from invokeai_provider.core.registry import load_node_packs
 
     cuda = torch.cuda.is_available()
     args.mode = args.mode or ("gpu" if cuda else "cpu-smoke")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from invokeai_provider.dag_factory import load_workflow_dags
+from invokeai_provider.compiler.dag_factory import load_workflow_dags
 
 load_workflow_dags(Path(__file__).with_name("workflows"), globals(),
                    granularity=os.environ.get("AIRFLOW__INVOKEAI__WORKFLOW_GRANULARITY", "segment"))

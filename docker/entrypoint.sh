@@ -30,7 +30,7 @@ fi
 
 if [[ "${1:-}" == "invokeai-airflow" ]]; then
     shift
-    set -- python -m invokeai_provider.cli "$@"
+    set -- python -m invokeai_provider.cli.app "$@"
 fi
 
 exec /entrypoint "$@"

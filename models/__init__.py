@@ -1,4 +1,7 @@
-"""Model manager: taxonomy, probing, install, registry, caches and loaders.
+"""Backends: what nodes run, with no Airflow and no node classes in it.
 
-Only the taxonomy exists so far; it is import-light so node field types can use it at parse time.
+``model_manager/`` (probe, install, registry, caches, loading), ``patches/`` (LoRA, embeddings), one
+sub-package per model family (``stable_diffusion/``), ``annotators/`` and ``upscalers/`` (networks),
+``image_util/`` (colour, watermark, tiling) and ``testing/`` (tiny models). Imports run one way: nodes in
+``invokeai_provider.operators`` import these; nothing here imports the nodes or the Airflow side.
 """

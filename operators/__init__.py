@@ -10,40 +10,40 @@ from __future__ import annotations
 
 from typing import Any
 
-# Modules of built-in node families, imported by invokeai_provider.registry.load_node_packs().
+# Modules of built-in node families, imported by invokeai_provider.core.registry.load_node_packs().
 NODE_FAMILIES: tuple[str, ...] = (
-    "control_flow",
-    "primitives",
-    "math_nodes",
-    "collection_nodes",
-    "string_nodes",
-    "prompt_nodes",
-    "metadata_nodes",
-    "model_loader_nodes",
-    "latent_nodes",
-    "sd_nodes",
-    "image_nodes",
-    "mask_nodes",
-    "infill_nodes",
-    "canvas_nodes",
-    "image_adjust_nodes",
-    "tile_nodes",
-    "preprocessor_nodes",
-    "detection_nodes",
-    "soft_edge_nodes",
-    "lineart_nodes",
-    "mlsd_nodes",
-    "normal_map_nodes",
-    "openpose_nodes",
-    "mediapipe_face_nodes",
-    "pbr_nodes",
-    "upscale_nodes",
+    "core.control_flow",
+    "core.primitives",
+    "core.math",
+    "core.collections",
+    "core.strings",
+    "core.prompts",
+    "core.metadata",
+    "sd.model_loaders",
+    "sd.latents",
+    "sd.generation",
+    "image.ops",
+    "image.mask",
+    "image.infill",
+    "image.canvas",
+    "image.adjust",
+    "image.tiles",
+    "controlnet.preprocessors",
+    "controlnet.detection",
+    "controlnet.soft_edge",
+    "controlnet.lineart",
+    "controlnet.mlsd",
+    "controlnet.normal_map",
+    "controlnet.openpose",
+    "controlnet.mediapipe_face",
+    "image.pbr_maps",
+    "upscale.upscalers",
 )
 
 
 def __getattr__(name: str) -> Any:
     if name.endswith("Operator") and not name.startswith("_"):
-        from invokeai_provider.operator import operator_classes
+        from invokeai_provider.airflow.operator import operator_classes
 
         classes = operator_classes()
         if name in classes:
@@ -52,6 +52,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    from invokeai_provider.operator import operator_classes
+    from invokeai_provider.airflow.operator import operator_classes
 
     return sorted([*globals(), *operator_classes()])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from invokeai_provider.context import RunContext
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
+from invokeai_provider.core.context import RunContext
+from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
+
 
 @pytest.fixture
 def run_context(tmp_path: Path) -> RunContext:
@@ -31,12 +33,23 @@ def run(run_context: RunContext) -> RunContext:
     return run_context
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core box OpenMP spinning makes tiny inferences crawl."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
     """A registry of tiny models: tiny-sd1, tiny-sd1-inpaint, tiny-sdxl, tiny-sdxl-vae, tiny-lora, tiny-embedding."""
-    from invokeai_provider.models.install import install_model
-    from invokeai_provider.models.registry import ModelRegistry
-    from invokeai_provider.models.tiny import build_embedding, build_lora, build_sd_model
+    from invokeai_provider.models.model_manager.install import install_model
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+    from invokeai_provider.models.testing.tiny import build_embedding, build_lora, build_sd_model
 
     root: Path = tmp_path_factory.mktemp("tiny-models")
     registry = ModelRegistry((root / "registry").as_uri())
@@ -55,7 +68,7 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def seaweed_s3(tmp_path_factory: pytest.TempPathFactory):
     """A SeaweedFS S3 server on loopback for the session, with bucket ``invokeai-test``; stopped afterwards."""
-    from invokeai_provider.seaweed import SeaweedPorts, SeaweedServer, stop_process
+    from invokeai_provider.cluster.seaweed import SeaweedPorts, SeaweedServer, stop_process
 
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed"), SeaweedPorts.free())
     process = server.start()

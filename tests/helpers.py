@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from invokeai_provider.graph import Graph
+    from invokeai_provider.graph.graph import Graph
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_WORKFLOWS = REPO_ROOT.parent / "shared" / "invokeai-workflows"
@@ -49,14 +49,14 @@ def sd1_graph(model: str = "tiny-sd1", *, prompt: str = "a (red)++ cat", seed: i
 
 def graph_of(nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]] | None = None) -> "Graph":
     """A parsed graph from nodes keyed by id (their dicts without the id)."""
-    from invokeai_provider.graph import Graph
+    from invokeai_provider.graph.graph import Graph
 
     return Graph.from_dict({"nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges or []})
 
 
 def run_nodes(run: Any, nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]] | None = None) -> Any:
     """Validates and runs the graph; returns the execution state."""
-    from invokeai_provider.engine import run_graph
+    from invokeai_provider.graph.engine import run_graph
 
     return run_graph(graph_of(nodes, edges), run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional
 
-from invokeai_provider.invocation import (
+from invokeai_provider.core.invocation import (
     BaseInvocation,
     BaseInvocationOutput,
     Input,

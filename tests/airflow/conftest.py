@@ -18,7 +18,7 @@ import pytest
 
 from helpers import REPO_ROOT
 
-CLI = [sys.executable, "-m", "invokeai_provider.cli"]
+CLI = [sys.executable, "-m", "invokeai_provider.cli.app"]
 
 
 class AirflowRunError(AssertionError):
@@ -72,7 +72,7 @@ def airflow_run(airflow_env: dict[str, str]) -> Callable[..., dict[str, Any]]:
 PREAMBLE = """
 import json, os, sys
 from pathlib import Path
-from invokeai_provider.local_airflow import prepare_home, migrate_database, run_dag, collect_run
+from invokeai_provider.cluster.local_airflow import prepare_home, migrate_database, run_dag, collect_run
 home = prepare_home(Path(os.environ["INVOKEAI_AIRFLOW_HOME"]))
 migrate_database(home)
 """

@@ -21,10 +21,10 @@ def write(tmp_path: Path, name: str, document: dict[str, Any]) -> Path:
 
 
 def engine_outputs(document: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    from invokeai_provider.context import RunContext
-    from invokeai_provider.engine import run_graph
-    from invokeai_provider.graph import Graph
-    from invokeai_provider.storage import open_run_store
+    from invokeai_provider.core.context import RunContext
+    from invokeai_provider.graph.engine import run_graph
+    from invokeai_provider.graph.graph import Graph
+    from invokeai_provider.storage.base import open_run_store
 
     import tempfile
 
@@ -195,8 +195,8 @@ def test_wrong_param_type_is_refused_before_any_task_runs(airflow_run, artifact_
 @pytest.mark.skipif(not SHARED_WORKFLOWS.is_dir(), reason="the shared InvokeAI workflows are not beside the repo")
 @pytest.mark.parametrize("name,model", [("text-to-image-sd15.json", "tiny-sd1"), ("text-to-image-sdxl.json", "tiny-sdxl")])
 def test_shared_workflows_run_through_airflow(airflow_run, name: str, model: str) -> None:
-    from invokeai_provider.params import param_specs
-    from invokeai_provider.workflow import load_document
+    from invokeai_provider.compiler.params import param_specs
+    from invokeai_provider.graph.workflow import load_document
 
     path = SHARED_WORKFLOWS / name
     specs = param_specs(load_document(path.read_text()))

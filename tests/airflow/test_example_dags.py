@@ -24,8 +24,8 @@ HANDWRITTEN_PARAMS = ["prompt", "negative_prompt", "model", "seed", "steps", "wi
 
 
 def specs_of(path: Path) -> dict[str, Any]:
-    from invokeai_provider.params import param_specs
-    from invokeai_provider.workflow import load_document
+    from invokeai_provider.compiler.params import param_specs
+    from invokeai_provider.graph.workflow import load_document
 
     return {spec.name: spec for spec in param_specs(load_document(path.read_text()))}
 
@@ -62,7 +62,7 @@ def test_sdxl_workflow_form() -> None:
 
 
 def test_prompt_list_workflow_form() -> None:
-    from invokeai_provider.workflow import load_document
+    from invokeai_provider.graph.workflow import load_document
 
     specs = specs_of(PROMPT_LIST_WORKFLOW)
     assert list(specs) == PROMPT_LIST_PARAMS

@@ -32,7 +32,7 @@ def test_compiled_dags_have_a_tenant_param_with_the_configured_default(monkeypat
     from airflow.sdk.exceptions import ParamValidationError
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from invokeai_provider.compile import compile_dag
+    from invokeai_provider.compiler.dags import compile_dag
 
     monkeypatch.setenv("AIRFLOW__INVOKEAI__DEFAULT_TENANT", "house")
     dag = compile_dag(SD15_WORKFLOW, dag_id="tenant_param_default")
@@ -117,7 +117,7 @@ def test_a_tenant_run_records_its_usage(acme_runs, artifact_root: Path) -> None:
 
 
 def test_usage_cli_sums_the_tenants_runs(acme_runs, artifact_root: Path, capsys) -> None:
-    from invokeai_provider.cli import main
+    from invokeai_provider.cli.app import main
 
     assert main(["usage", "--tenant", "acme", "--artifacts", artifact_root.as_uri(), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import airflow_client.client as af
 
-from invokeai_provider.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings, read_pids
+from invokeai_provider.cluster.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings, read_pids
 
 FINISHED = {"success", "failed"}
 
@@ -105,7 +105,7 @@ class ClusterClient:
             return dict(image.text)
 
     def run_prefix(self, tenant: str, dag_id: str, run_id: str) -> str:
-        from invokeai_provider.storage import safe_segment
+        from invokeai_provider.storage.base import safe_segment
 
         return f"{tenant}/runs/{safe_segment(dag_id)}/{safe_segment(run_id)}/"
 

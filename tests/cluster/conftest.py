@@ -33,8 +33,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterClient]
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from invokeai_provider import cluster as local_cluster
-    from invokeai_provider.seaweed import free_port
+    from invokeai_provider.cluster import cluster as local_cluster
+    from invokeai_provider.cluster.seaweed import free_port
 
     state_dir = tmp_path_factory.mktemp("cluster")
     database = f"invokeai_e2e_{secrets.token_hex(4)}"

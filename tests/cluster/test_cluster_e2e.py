@@ -13,7 +13,7 @@ import airflow_client.client as af
 import pytest
 
 from cluster_client import ClusterClient, wait_for_task_log, worker_of
-from invokeai_provider.models.runtime_client import RuntimeClient
+from invokeai_provider.execution.runtime.client import RuntimeClient
 
 SD15 = "sd15-text-to-image"
 BATCH = "prompt-list-batch"

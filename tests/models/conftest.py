@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core box OpenMP spinning makes tiny inferences crawl."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _models_run_on_one_torch_thread(one_torch_thread: None) -> None:
+    """Every model test module runs with one torch thread (see ``one_torch_thread``)."""

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from invokeai_provider.context import RunContext
-from invokeai_provider.storage import LocalArtifactBackend, RunStore
+from invokeai_provider.core.context import RunContext
+from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
 
 
 @pytest.fixture(scope="session")
 def model_manager(tiny_registry):
-    from invokeai_provider.models.manager import ModelManager
+    from invokeai_provider.models.model_manager.manager import ModelManager
 
     return ModelManager(tiny_registry, device="cpu")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from invokeai_provider.cli import main
+from invokeai_provider.cli.app import main
 from invokeai_provider.operators import NODE_FAMILIES
 
 FAMILIES: dict[str, set[str]] = {
@@ -83,9 +83,9 @@ def test_the_families_are_those_of_the_reference() -> None:
 # Imported by DAG parsing (the families) or by node modules at module level (the helpers): none may load a heavy
 # library, which belongs inside invoke() and the loaders.
 LIGHT_MODULES = [f"invokeai_provider.operators.{name}" for name in NODE_FAMILIES] + [
-    "invokeai_provider.operators.image_util", "invokeai_provider.models.core_models",
-    "invokeai_provider.models.annotator_checkpoint", "invokeai_provider.models.dw_openpose",
-    "invokeai_provider.models.mediapipe_face"]
+    "invokeai_provider.operators.image.io", "invokeai_provider.models.model_manager.core_models",
+    "invokeai_provider.models.annotators.checkpoint", "invokeai_provider.models.annotators.dw_openpose",
+    "invokeai_provider.models.annotators.mediapipe_face"]
 HEAVY = ("torch", "diffusers", "transformers", "cv2", "patchmatch", "onnxruntime", "imwatermark", "mediapipe")
 IMPORT_EACH = """
 import importlib, json, sys
@@ -109,5 +109,5 @@ def test_node_modules_and_their_helpers_import_no_heavy_library() -> None:
 
 def test_the_watermark_code_imports_no_torch_or_invisible_watermark() -> None:
     done = subprocess.run([sys.executable, "-c", IMPORT_EACH, "torch,imwatermark",
-                           "invokeai_provider.operators.dwt_dct_watermark"], capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == {"invokeai_provider.operators.dwt_dct_watermark": []}
+                           "invokeai_provider.models.image_util.watermark"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == {"invokeai_provider.models.image_util.watermark": []}

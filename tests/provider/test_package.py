@@ -8,14 +8,14 @@ from importlib.metadata import distribution, entry_points
 
 # What DAG parsing must never import: libraries that only invoke() and the loaders need.
 HEAVY = ("torch", "diffusers", "transformers", "numpy", "PIL", "safetensors", "compel", "dynamicprompts",
-         "invokeai_provider.models.tiny")
+         "invokeai_provider.models.testing.tiny")
 
 
 def test_importing_operators_and_loading_every_node_family_imports_no_heavy_library():
     code = (
         "import sys, invokeai_provider, invokeai_provider.operators\n"
-        "from invokeai_provider.registry import InvocationRegistry\n"
-        "from invokeai_provider.workflow import parse_workflow\n"
+        "from invokeai_provider.core.registry import InvocationRegistry\n"
+        "from invokeai_provider.graph.workflow import parse_workflow\n"
         "assert len(InvocationRegistry.invocation_classes()) > 90\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
@@ -51,8 +51,8 @@ def test_custom_node_packs_load_from_the_entry_point_group(tmp_path, monkeypatch
     pack = tmp_path / "my_pack"
     pack.mkdir()
     (pack / "__init__.py").write_text(
-        "from invokeai_provider.invocation import BaseInvocation, InputField, invocation\n"
-        "from invokeai_provider.operators.primitives import StringOutput\n"
+        "from invokeai_provider.core.invocation import BaseInvocation, InputField, invocation\n"
+        "from invokeai_provider.operators.core.primitives import StringOutput\n"
         "@invocation('my_pack_shout', version='1.0.0')\n"
         "class Shout(BaseInvocation):\n"
         "    text: str = InputField(default='')\n"
@@ -64,7 +64,7 @@ def test_custom_node_packs_load_from_the_entry_point_group(tmp_path, monkeypatch
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-pack\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[invokeai_provider.nodes]\nmy_pack = my_pack\n")
     code = (
-        "from invokeai_provider.registry import InvocationRegistry\n"
+        "from invokeai_provider.core.registry import InvocationRegistry\n"
         "cls = InvocationRegistry.get_invocation_class('my_pack_shout')\n"
         "print(cls.UIConfig.node_pack)\n"
     )

@@ -1,0 +1,51 @@
+"""Binding model fields to registered models before a graph is parsed.
+
+Wherever a model is named (a workflow exported from another InvokeAI, ``--set node.model=NAME``, a DAG
+Param), the value may be a registered model's key or name, or an identifier whose key means nothing
+here; each becomes the identifier of the registered model (matched by key, hash, then name).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.core.fields import ModelIdentifierField
+from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
+from invokeai_provider.core.registry import InvocationRegistry
+
+
+def _is_model_field(annotation: Any) -> bool:
+    return annotation is ModelIdentifierField or ModelIdentifierField in typing.get_args(annotation)
+
+
+def model_fields_of(node_type: str) -> list[str]:
+    node_class = InvocationRegistry.get_invocation_class(node_type)
+    return [name for name in node_class.input_fields() if _is_model_field(node_class.input_type(name))]
+
+
+def bind_model_fields(graph_dict: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
+    """A copy of the graph dict whose model field values are identifiers of registered models."""
+    nodes = {}
+    for node_id, node in graph_dict["nodes"].items():
+        node = dict(node)
+        for field in model_fields_of(str(node.get("type"))):
+            value = node.get(field)
+            if value is None:
+                continue
+            try:
+                config = registry.resolve(value if isinstance(value, (str, dict)) else str(value))
+            except UnknownModelError as exc:
+                raise InvokeAIProviderError(f"node {node_id} ({node['type']}): field {field}: {exc}",
+                                            node_id=node_id, field=field) from None
+            submodel = value.get("submodel_type") if isinstance(value, dict) else None
+            node[field] = {**config.identifier(), "submodel_type": submodel}
+        nodes[node_id] = node
+    return {**graph_dict, "nodes": nodes}
+
+
+def graph_names_models(graph_dict: dict[str, Any]) -> bool:
+    """Whether any node sets a model field (so a registry is needed to run it)."""
+    return any(node.get(field) is not None for node in graph_dict["nodes"].values()
+               for field in model_fields_of(str(node.get("type"))))

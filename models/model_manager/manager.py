@@ -1,0 +1,292 @@
+"""The model service nodes use (``context.services["models"]``): registry lookups and cached loading.
+
+Main models load one submodel at a time (unet, text encoders, tokenizers, vae, scheduler config), as
+InvokeAI's loaders do. A single-file checkpoint is converted once into a diffusers folder beside the
+registry (``<model root>/converted/<key>``, written atomically), so every later load reads the same
+layout. The conversion needs a diffusers config folder of the checkpoint's architecture: the record's
+``config_path`` (``--config``) when given, else the bundled one for its probed base/variant/prediction type
+(``arch_configs``), written once to ``<model root>/configs/<base>-<variant>-<prediction>``.
+
+A remote model root (S3) is read through the host's disk cache: the files are held in it while they are
+loaded, so eviction never removes them mid-read; the converted folder is a cache entry of its own (keyed by
+the model's hash) and the architecture configs go to ``<cache dir>/configs``: nothing is written back to S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.core.fields import ModelIdentifierField
+from invokeai_provider.models.model_manager.ram_cache import ModelCache
+from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
+from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
+from invokeai_provider.core.taxonomy import (
+    BaseModelType,
+    ModelType,
+    ModelVariantType,
+    SchedulerPredictionType,
+    SubModelType,
+)
+
+PIPELINE_CLASSES = {
+    BaseModelType.StableDiffusion1: "StableDiffusionPipeline",
+    BaseModelType.StableDiffusion2: "StableDiffusionPipeline",
+    BaseModelType.StableDiffusionXL: "StableDiffusionXLPipeline",
+    BaseModelType.StableDiffusionXLRefiner: "StableDiffusionXLImg2ImgPipeline",
+}
+
+
+def main_submodels(base: BaseModelType) -> tuple[SubModelType, ...]:
+    """The submodels a text-to-image run of a main model of this base loads."""
+    parts = (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.UNet, SubModelType.VAE,
+             SubModelType.Scheduler)
+    if base is BaseModelType.StableDiffusionXL:
+        return (*parts, SubModelType.Tokenizer2, SubModelType.TextEncoder2)
+    if base is BaseModelType.StableDiffusionXLRefiner:  # the refiner has only the second text encoder
+        return (SubModelType.Tokenizer2, SubModelType.TextEncoder2, SubModelType.UNet, SubModelType.VAE,
+                SubModelType.Scheduler)
+    return parts
+
+
+class ModelLoadError(InvokeAIProviderError):
+    """A registered model could not be loaded; the message names the model and submodel."""
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cache_budget_bytes(option: str, override_gb: Optional[float] = None) -> int:
+    """A cache budget in bytes: ``override_gb`` when given, else the ``[invokeai]`` option (in GiB)."""
+    from invokeai_provider.config import get_option
+
+    gib = override_gb if override_gb is not None else float(get_option(option) or 0)
+    return int(gib * (1 << 30))
+
+
+class ModelManager:
+    def __init__(self, registry: ModelRegistry, cache: Optional[ModelCache] = None, *,
+                 device: Optional[str] = None, dtype: Any = None) -> None:
+        self.registry = registry
+        self.device = device or default_device()
+        self.cache = cache or ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb") or 8 << 30,
+                                         vram_bytes=cache_budget_bytes("vram_cache_gb"),
+                                         execution_device=self.device)
+        self._dtype = dtype
+        self._convert_lock = threading.Lock()
+
+    @property
+    def dtype(self) -> Any:
+        import torch
+
+        if self._dtype is None:
+            self._dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        return self._dtype
+
+    # --- lookups (what InvokeAI's context.models offers) -----------------------------------------
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.registry.get(key)
+            return True
+        except UnknownModelError:
+            return False
+
+    def find_embedding(self, name: str, base: BaseModelType) -> Optional[ModelConfig]:
+        """The textual-inversion model a prompt's ``<name>`` trigger refers to, for this base."""
+        for config in self.registry.all():
+            if config.type is ModelType.TextualInversion and config.name == name and config.base is base:
+                return config
+        return None
+
+    def get_config(self, ref: str | Mapping[str, Any] | ModelIdentifierField) -> ModelConfig:
+        if isinstance(ref, ModelIdentifierField):
+            ref = ref.model_dump(mode="json")
+        return self.registry.resolve(ref)
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def load(self, identifier: ModelIdentifierField, submodel: Optional[SubModelType] = None) -> Iterator[Any]:
+        """The submodel on the execution device for the duration of the block (cached across calls)."""
+        config = self.get_config(identifier)
+        part = submodel or identifier.submodel_type
+        cache_key = self.cache_key(config, part)
+        with self.cache.use(cache_key, lambda: self._build(config, part)) as model:
+            yield model
+
+    def preload(self, ref: str | Mapping[str, Any]) -> list[str]:
+        """Loads a model (every submodel of a main model) into the cache and onto the execution device, so the
+        first task using it finds it warm. Returns the cache keys it holds."""
+        config = self.get_config(ref)
+        parts: list[Optional[SubModelType]] = list(main_submodels(config.base)) if config.type is ModelType.Main \
+            else [None]
+        keys = []
+        for part in parts:
+            key = self.cache_key(config, part)
+            with self.cache.use(key, lambda part=part: self._build(config, part)):
+                keys.append(key)
+        return keys
+
+    @staticmethod
+    def cache_key(config: ModelConfig, part: Optional[SubModelType] = None) -> str:
+        """The RAM/VRAM cache's key; with the hash, so a model re-installed under the same key is not served
+        stale."""
+        return f"{config.key}:{config.hash}:{part.value if part else 'model'}"
+
+    def _build(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        try:
+            if config.type is ModelType.Main:
+                return self._load_main_part(config, part)
+            if config.type is ModelType.VAE:
+                return self._load_vae(config)
+            if config.type is ModelType.LoRA:
+                from invokeai_provider.models.patches.lora import load_lora_file
+
+                with self.registry.local_model(config) as local:
+                    return load_lora_file(local.path)
+            if config.type is ModelType.SpandrelImageToImage:
+                from invokeai_provider.models.upscalers import spandrel as spandrel_model
+                with self.registry.local_model(config) as local:
+                    return spandrel_model.load(local.path, self.dtype)
+            if config.type is ModelType.TextualInversion:
+                from safetensors.torch import load_file
+
+                with self.registry.local_model(config) as local:
+                    return load_file(str(local.path))
+        except InvokeAIProviderError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"model {config.name!r} ({config.key}) {part.value if part else ''}: could not be "
+                                 f"loaded: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"model {config.name!r}: loading {config.type.value} models is not supported yet")
+
+    def _load_main_part(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        if part is None:
+            raise ModelLoadError(f"model {config.name!r} is a main model: name the submodel to load")
+        with self._diffusers_files(config) as folder:
+            return self._load_submodel(config, part, folder / part.value)
+
+    def _load_submodel(self, config: ModelConfig, part: SubModelType, sub: Path) -> Any:
+        if part is SubModelType.Scheduler:
+            return json.loads((sub / "scheduler_config.json").read_text())
+        if part in (SubModelType.Tokenizer, SubModelType.Tokenizer2):
+            from transformers import CLIPTokenizer
+
+            return CLIPTokenizer.from_pretrained(sub, local_files_only=True)
+        if part is SubModelType.TextEncoder:
+            from transformers import CLIPTextModel
+
+            return CLIPTextModel.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        if part is SubModelType.TextEncoder2:
+            from transformers import CLIPTextModelWithProjection
+
+            return CLIPTextModelWithProjection.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        if part is SubModelType.UNet:
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        if part is SubModelType.VAE:
+            from diffusers import AutoencoderKL
+
+            return AutoencoderKL.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        raise ModelLoadError(f"model {config.name!r}: submodel {part.value!r} does not exist in SD main models")
+
+    def _load_vae(self, config: ModelConfig) -> Any:
+        from diffusers import AutoencoderKL
+
+        with self.registry.local_model(config) as local:
+            if config.format is ModelFormat.Diffusers:
+                return AutoencoderKL.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
+            if local.config_path is None:
+                raise ModelLoadError(f"VAE {config.name!r} is a single file without a config_path to build it from")
+            return AutoencoderKL.from_single_file(str(local.path), config=str(local.config_path),
+                                                  local_files_only=True, torch_dtype=self.dtype).eval()
+
+    def diffusers_folder(self, config: ModelConfig) -> Path:
+        """Where the model's diffusers layout is: its own folder, or its converted copy for a checkpoint.
+
+        For a remote root the folder is in the host's disk cache and is not held once this returns; loaders
+        use ``_diffusers_files``, which holds it while they read.
+        """
+        with self._diffusers_files(config) as folder:
+            return folder
+
+    @contextmanager
+    def _diffusers_files(self, config: ModelConfig) -> Iterator[Path]:
+        """The model's diffusers folder on this host, kept (not evicted) for the duration of the block."""
+        if config.format is ModelFormat.Diffusers:
+            with self.registry.local_model(config) as local:
+                yield local.path
+            return
+        if config.base not in PIPELINE_CLASSES:
+            raise ModelLoadError(f"model {config.name!r}: single-file {config.base.value} checkpoints are not "
+                                 f"supported (supported bases: {', '.join(b.value for b in PIPELINE_CLASSES)})")
+        if self.registry.is_remote:
+            # its own cache entry, keyed by the model's hash; the cache's entry lock makes one process convert it
+            key = f"converted-{self.registry.cache_key(config)}"
+            with self.registry.disk_cache.use(key, lambda staging: self._convert(config, staging)) as folder:
+                yield folder
+            return
+        target = self.registry.root / "converted" / config.key
+        with self._convert_lock:
+            if not (target / "model_index.json").is_file():
+                staging = target.with_name(f".{config.key}.{os.getpid()}.partial")
+                shutil.rmtree(staging, ignore_errors=True)
+                try:
+                    self._convert(config, staging)
+                    staging.rename(target)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+        yield target
+
+    def _convert(self, config: ModelConfig, destination: Path) -> None:
+        """Writes the diffusers folder of a single-file checkpoint at ``destination``."""
+        import diffusers
+
+        pipeline_class = getattr(diffusers, PIPELINE_CLASSES[config.base])
+        with self.registry.local_model(config) as local:
+            architecture = local.config_path or self._architecture_config(config)
+            pipeline = pipeline_class.from_single_file(str(local.path), config=str(architecture),
+                                                       local_files_only=True)
+        pipeline.save_pretrained(destination, safe_serialization=True)
+
+    def _architecture_config(self, config: ModelConfig) -> Path:
+        """The bundled diffusers config folder for a checkpoint installed without ``--config``.
+
+        The folder is shared by every checkpoint of the same architecture, so it is written once, into a temporary
+        folder renamed into place: concurrent workers never read a half-written one. It goes beside the registry
+        of a local root, and into the host's disk cache folder for a remote one.
+        """
+        from invokeai_provider.models.stable_diffusion import arch_configs
+        variant = config.variant or ModelVariantType.Normal
+        prediction = config.prediction_type or SchedulerPredictionType.Epsilon
+        if not arch_configs.is_bundled(config.base, variant, prediction):
+            raise ModelLoadError(
+                f"model {config.name!r} is a single-file {config.base.value} checkpoint ({variant.value}, "
+                f"{prediction.value}) with no bundled diffusers config for that architecture; install it with --config "
+                "pointing at a diffusers folder of the same architecture")
+        target = self.registry.work_dir / "configs" / f"{config.base.value}-{variant.value}-{prediction.value}"
+        if (target / "model_index.json").is_file():
+            return target
+        staging = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+        try:
+            arch_configs.write_pipeline_config(config.base, variant, prediction, staging)
+            try:
+                staging.rename(target)
+            except OSError:  # another worker renamed its copy first
+                if not (target / "model_index.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target

@@ -1,0 +1,319 @@
+"""Identify a model on disk the way InvokeAI does (reference §4.2): type, format, base, variant.
+
+Only tensor names and shapes are read: a safetensors header, or (when allowed) a pickled checkpoint that
+was scanned first and is then loaded with ``weights_only=True``. Nothing is executed from a model file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickletools
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.model_manager.configs import ModelFormat
+from invokeai_provider.core.taxonomy import BaseModelType, ModelType, ModelVariantType, SchedulerPredictionType
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+MAIN_PIPELINES = {
+    "StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline",
+    "StableDiffusionXLInpaintPipeline", "StableDiffusionXLImg2ImgPipeline", "LatentConsistencyModelPipeline",
+    "StableDiffusionDepth2ImgPipeline",
+}
+CROSS_ATTENTION_BASE = {768: BaseModelType.StableDiffusion1, 1024: BaseModelType.StableDiffusion2,
+                        1280: BaseModelType.StableDiffusionXLRefiner, 2048: BaseModelType.StableDiffusionXL}
+IN_CHANNELS_VARIANT = {4: ModelVariantType.Normal, 9: ModelVariantType.Inpaint, 5: ModelVariantType.Depth}
+TOKEN_LENGTH_BASE = {768: BaseModelType.StableDiffusion1, 1024: BaseModelType.StableDiffusion2,
+                     1280: BaseModelType.StableDiffusionXL, 2048: BaseModelType.StableDiffusionXL}
+# Globals a pickled torch checkpoint legitimately needs; anything else is refused.
+SAFE_PICKLE_GLOBALS = re.compile(
+    r"^(torch\.(_utils\._rebuild_\w+|\w+Storage|storage\._load_from_bytes|_tensor\._rebuild_from_type_v2|"
+    r"serialization\._get_layout|Size|float\d*|bfloat16|half|int\d*|uint8|bool|device|dtype)|"
+    r"collections\.OrderedDict|builtins\.(set|dict|list|tuple|slice)|_codecs\.encode|"
+    r"numpy\.(core\.multiarray\._reconstruct|core\.multiarray\.scalar|dtype|ndarray)|"
+    r"pytorch_lightning\.callbacks\.model_checkpoint\.ModelCheckpoint)$"
+)
+
+
+class ProbeError(InvokeAIProviderError):
+    """The file is not a model we recognise, or is damaged."""
+
+
+class PickleRefusedError(ProbeError):
+    """A pickled checkpoint without explicit permission."""
+
+
+class UnsafePickleError(ProbeError):
+    """A pickle that would import code beyond what a tensor checkpoint needs."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    type: ModelType
+    format: ModelFormat
+    base: BaseModelType
+    variant: Optional[ModelVariantType] = None
+    prediction_type: Optional[SchedulerPredictionType] = None
+    repo_variant: Optional[str] = None
+
+
+# --- reading tensor shapes ----------------------------------------------------------------------------
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header; a truncated or malformed file is refused clearly."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise ProbeError(f"{path}: truncated safetensors file (no header length)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > size - 8:
+            raise ProbeError(f"{path}: truncated safetensors file (header of {header_len} bytes, file has {size})")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ProbeError(f"{path}: not a safetensors file (unreadable header)") from None
+    header.pop("__metadata__", None)
+    end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    if 8 + header_len + end > size:
+        raise ProbeError(f"{path}: truncated safetensors file: tensors need {8 + header_len + end} bytes, "
+                         f"the file has {size}")
+    return {name: tuple(t["shape"]) for name, t in header.items()}
+
+
+def pickle_globals(path: Path) -> set[str]:
+    """Every ``module.name`` a pickle (or torch's zip of pickles) would import when loaded."""
+    found: set[str] = set()
+    blobs: list[bytes] = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            blobs = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+    else:
+        blobs = [path.read_bytes()]
+    for blob in blobs:
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(blob):
+                if opcode.name in ("GLOBAL", "INST"):
+                    found.add(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.add(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception as exc:  # a damaged pickle is as bad as a malicious one here
+            raise ProbeError(f"{path}: unreadable pickle ({exc})") from None
+    return found
+
+
+def scan_pickle(path: Path) -> None:
+    unsafe = sorted(g for g in pickle_globals(path) if not SAFE_PICKLE_GLOBALS.match(g))
+    if unsafe:
+        raise UnsafePickleError(f"{path}: refused: the pickle imports {', '.join(unsafe[:8])}")
+
+
+def pickle_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    scan_pickle(path)
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        shapes = _flatten_shapes(data["state_dict"])
+        if "global_step" in data:
+            shapes["__global_step__"] = (int(data["global_step"]),)
+        return shapes
+    return _flatten_shapes(data)
+
+
+def _flatten_shapes(data: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    if hasattr(data, "shape"):
+        return {prefix: tuple(data.shape)}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            shapes.update(_flatten_shapes(value, f"{prefix}.{key}" if prefix else str(key)))
+    return shapes
+
+
+def file_shapes(path: Path, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return safetensors_shapes(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise PickleRefusedError(f"{path}: pickled checkpoints ({path.suffix}) are refused; convert it to "
+                                     "safetensors, or allow pickles explicitly (it is then scanned)")
+        return pickle_shapes(path)
+    raise ProbeError(f"{path}: unrecognised model file type {path.suffix!r} (expected .safetensors, or an allowed "
+                     f"pickle: {', '.join(PICKLE_SUFFIXES)})")
+
+
+# --- single files -------------------------------------------------------------------------------------
+
+
+def _has_prefix(keys: Iterable[str], prefixes: tuple[str, ...]) -> bool:
+    return any(k.startswith(prefixes) for k in keys)
+
+
+def _has_suffix(keys: Iterable[str], suffixes: tuple[str, ...]) -> bool:
+    return any(k.endswith(suffixes) for k in keys)
+
+
+def _probe_main_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> ProbeResult:
+    sd1_key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    sdxl_key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
+    base = None
+    if sd1_key in shapes and shapes[sd1_key][-1] in (768, 1024):
+        base = CROSS_ATTENTION_BASE[shapes[sd1_key][-1]]
+    elif sdxl_key in shapes and shapes[sdxl_key][-1] in (2048, 1280):
+        base = CROSS_ATTENTION_BASE[shapes[sdxl_key][-1]]
+    if base is None:
+        raise ProbeError(f"{path}: looks like a main checkpoint, but its UNet cross-attention width is not one of "
+                         "SD1 (768), SD2 (1024), SDXL (2048) or SDXL refiner (1280)")
+    in_channels = shapes.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
+    variant = IN_CHANNELS_VARIANT.get(in_channels)
+    if variant is None or (variant is ModelVariantType.Depth and base is not BaseModelType.StableDiffusion2):
+        raise ProbeError(f"{path}: UNet has {in_channels} input channels; expected 4 (normal), 9 (inpaint) or 5 "
+                         "(SD2 depth)")
+    prediction = SchedulerPredictionType.Epsilon
+    if base is BaseModelType.StableDiffusion2:
+        step = shapes.get("__global_step__", (0,))[0]
+        prediction = SchedulerPredictionType.Epsilon if step == 220000 else SchedulerPredictionType.VPrediction
+    return ProbeResult(ModelType.Main, ModelFormat.Checkpoint, base, variant, prediction)
+
+
+def _lora_token_length(shapes: dict[str, tuple[int, ...]]) -> Optional[int]:
+    """The text-embedding width a LoRA's cross-attention or text-encoder layers take (as InvokeAI reads it)."""
+    length = None
+    for key, shape in shapes.items():
+        if len(shape) < 2:
+            continue
+        down = key.endswith(("lora_down.weight", "lora.down.weight", "lora_A.weight", "hada_w1_b", "hada_w2_b"))
+        if not down:
+            continue
+        if any(part in key for part in ("attn2_to_k", "attn2_to_v", "attn2.to_k", "attn2.to_v")):
+            length = shape[1]
+        elif key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te1.", "te2.")):
+            return 2048
+        elif (key.startswith("lora_te_") or key.startswith("text_encoder.")) and ("self_attn" in key) and length is None:
+            length = shape[1]
+    return length
+
+
+def _probe_lora(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    prefixes = ("lora_te_", "lora_unet_", "lora_te1_", "lora_te2_", "lora_transformer_")
+    suffixes = ("to_k_lora.up.weight", "to_q_lora.down.weight", "lora_A.weight", "lora_B.weight",
+                "lora.down.weight", "lokr_w1", "lokr_w2", "hada_w1_a", "hada_w2_a")
+    if not (_has_prefix(shapes, prefixes) or _has_suffix(shapes, suffixes)):
+        return None
+    length = _lora_token_length(shapes)
+    if length not in TOKEN_LENGTH_BASE:
+        raise ProbeError(f"{path}: looks like a LoRA, but its token vector length {length} matches no SD base")
+    return ProbeResult(ModelType.LoRA, ModelFormat.LyCORIS, TOKEN_LENGTH_BASE[length])
+
+
+def _probe_embedding(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    if "clip_g" in shapes or "clip_l" in shapes:
+        return ProbeResult(ModelType.TextualInversion, ModelFormat.EmbeddingFile, BaseModelType.StableDiffusionXL)
+    dims = None
+    if "emb_params" in shapes:
+        dims = shapes["emb_params"][-1]
+    elif any(k.startswith("string_to_param.") for k in shapes):
+        dims = next(v for k, v in shapes.items() if k.startswith("string_to_param."))[-1]
+    elif len(shapes) == 1:  # a bare vector file is an embedding only if it has an embedding's width
+        (only,) = shapes.values()
+        dims = only[-1] if only and only[-1] in (768, 1024) else None
+    if dims is None:
+        return None
+    if dims not in (768, 1024):
+        raise ProbeError(f"{path}: looks like a textual-inversion embedding of width {dims}; expected 768 (SD1), "
+                         "1024 (SD2) or clip_l/clip_g vectors (SDXL)")
+    base = BaseModelType.StableDiffusion1 if dims == 768 else BaseModelType.StableDiffusion2
+    return ProbeResult(ModelType.TextualInversion, ModelFormat.EmbeddingFile, base)
+
+
+def _vae_base_from_name(name: str) -> BaseModelType:
+    if re.search("xl", name, re.IGNORECASE):
+        return BaseModelType.StableDiffusionXL
+    if re.search("sd2", name, re.IGNORECASE):
+        return BaseModelType.StableDiffusion2
+    return BaseModelType.StableDiffusion1
+
+
+def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
+    shapes = file_shapes(path, allow_pickle)
+    if _has_prefix(shapes, ("model.diffusion_model.",)):
+        return _probe_main_checkpoint(path, shapes)
+    for probe in (_probe_lora, _probe_embedding):
+        result = probe(path, shapes)
+        if result is not None:
+            return result
+    if "encoder.conv_in.weight" in shapes and "decoder.conv_out.weight" in shapes:
+        return ProbeResult(ModelType.VAE, ModelFormat.Checkpoint, _vae_base_from_name(path.name))
+    from invokeai_provider.models.upscalers import spandrel as spandrel_model
+    if spandrel_model.identify(path) is not None:  # an upscaler or restorer of an architecture spandrel knows
+        return ProbeResult(ModelType.SpandrelImageToImage, ModelFormat.Checkpoint, BaseModelType.Any)
+    reason = spandrel_model.unavailable_reason()
+    hint = "" if reason is None else (f"; spandrel, which recognises upscaler checkpoints, cannot be imported "
+                                      f"({reason})")
+    raise ProbeError(f"{path}: not a model this provider recognises (no main, LoRA, embedding, VAE or spandrel "
+                     f"image-to-image keys){hint}")
+
+
+# --- diffusers folders --------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProbeError(f"{path}: unreadable config ({exc})") from None
+
+
+def _repo_variant(folder: Path) -> Optional[str]:
+    names = [p.name for p in folder.rglob("*") if p.is_file()]
+    if any(".fp16." in n for n in names):
+        return "fp16"
+    return None
+
+
+def probe_folder(path: Path) -> ProbeResult:
+    index = path / "model_index.json"
+    if index.is_file():
+        class_name = _read_json(index).get("_class_name")
+        if class_name not in MAIN_PIPELINES:
+            raise ProbeError(f"{path}: diffusers pipeline {class_name!r} is not a supported main model "
+                             f"(expected one of {', '.join(sorted(MAIN_PIPELINES))})")
+        unet = _read_json(path / "unet" / "config.json")
+        width = unet.get("cross_attention_dim")
+        if width not in CROSS_ATTENTION_BASE:
+            raise ProbeError(f"{path}: unet cross_attention_dim {width} matches no SD base")
+        variant = IN_CHANNELS_VARIANT.get(unet.get("in_channels", 4))
+        if variant is None:
+            raise ProbeError(f"{path}: unet in_channels {unet.get('in_channels')} is not 4, 9 or 5")
+        scheduler = path / "scheduler" / "scheduler_config.json"
+        prediction = _read_json(scheduler).get("prediction_type", "epsilon") if scheduler.is_file() else "epsilon"
+        return ProbeResult(ModelType.Main, ModelFormat.Diffusers, CROSS_ATTENTION_BASE[width], variant,
+                           SchedulerPredictionType(prediction), _repo_variant(path))
+    config = path / "config.json"
+    if config.is_file() and _read_json(config).get("_class_name") in ("AutoencoderKL", "AutoencoderTiny"):
+        return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, _vae_base_from_name(path.name),
+                           repo_variant=_repo_variant(path))
+    weights = sorted(path.glob("*.safetensors"))
+    if len(weights) == 1:
+        return probe_file(weights[0])
+    raise ProbeError(f"{path}: not a recognised model folder (no model_index.json, VAE config.json or single "
+                     "safetensors file)")
+
+
+def probe(path: str | Path, allow_pickle: bool = False) -> ProbeResult:
+    """Identifies a model file or diffusers folder; raises ProbeError with the reason when it cannot."""
+    path = Path(path)
+    if not path.exists():
+        raise ProbeError(f"{path}: no such file or folder")
+    return probe_folder(path) if path.is_dir() else probe_file(path, allow_pickle)

@@ -1,0 +1,2 @@
+"""Model patches applied at load time: LoRA and textual-inversion embeddings.
+"""

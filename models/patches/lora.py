@@ -1,0 +1,230 @@
+"""LoRA patching for the span of one node.
+
+The model cache keeps a single loaded copy of each model and several runs share it, so a LoRA must never be baked
+into cached weights: ``apply_loras`` adds ``weight * alpha/rank * up @ down`` to the touched parameters in place
+(fast: no second model copy) and, on exit, copies the saved originals back bit for bit, exceptions included.
+
+Three key styles are understood (InvokeAI reads the same ones):
+
+* kohya / sd-scripts: ``lora_unet_<path>`` / ``lora_te_`` (SD1/SD2) / ``lora_te1_``, ``lora_te2_`` (SDXL) with
+  ``.lora_down.weight``, ``.lora_up.weight`` and an optional ``.alpha``. Module paths have ``.`` replaced by ``_``,
+  which is ambiguous, so names are resolved against the model's own modules, never by guessing splits. SDXL UNet
+  names are LDM/SGM paths (``input_blocks_4_1_transformer_blocks_0_attn2_to_k``) and are mapped to diffusers.
+* diffusers: ``unet.<path>.lora.down.weight``, ``text_encoder.<path>.lora_linear_layer.down.weight`` and the older
+  attention-processor form ``unet.<path>.processor.to_q_lora.down.weight``.
+* PEFT: ``<owner>.<path>.lora_A.weight`` / ``.lora_B.weight``.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from invokeai_provider.models.stable_diffusion.ldm_keys import unet_key_to_ldm
+
+Target = Literal["unet", "text_encoder", "text_encoder_2"]
+LoraWeights = dict[str, torch.Tensor]
+
+__all__ = ["LoraKeyError", "apply_loras", "load_lora_file"]
+
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
+_SDXL_BASES = ("sdxl", "sdxl-refiner")
+
+# Key suffix -> role. Longest first so ".lora_linear_layer.down.weight" wins over shorter tails.
+_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".lora_linear_layer.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"),
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".alpha", "alpha"),
+)
+_PROCESSOR = re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")
+_OWNERS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")
+
+
+class LoraKeyError(ValueError):
+    """A LoRA key that cannot be applied to the target model (unknown format, no such module, bad shape)."""
+
+
+@dataclass
+class _Layer:
+    """The parts of one LoRA layer, keyed by role; ``keys`` keeps the original names for error messages."""
+
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+
+
+def load_lora_file(path: str | Path) -> LoraWeights:
+    """Tensors of a LoRA: a ``.safetensors``/``.pt``/``.bin`` file, or a diffusers folder holding
+    ``pytorch_lora_weights.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DIFFUSERS_LORA_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"LoRA folder {path.parent} has no {DIFFUSERS_LORA_FILE}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return state_dict.get("state_dict", state_dict)
+
+
+def _split_key(key: str, base: str) -> tuple[str, str, str, bool]:
+    """``(owner, module name, role, kohya)`` of one LoRA key; raises ``LoraKeyError`` for unknown formats."""
+    if m := _PROCESSOR.fullmatch(key):
+        stem, proj, role = m.groups()
+        stem += ".to_out.0" if proj == "to_out" else f".{proj}"
+    else:
+        match = next(((key[: -len(suffix)], role) for suffix, role in _SUFFIXES if key.endswith(suffix)), None)
+        if match is None:
+            raise LoraKeyError(f"unsupported LoRA key {key!r} (not a kohya, diffusers or PEFT LoRA layer)")
+        stem, role = match
+    if stem.startswith("lora_"):
+        sdxl = base in _SDXL_BASES
+        prefixes = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
+        if sdxl:
+            prefixes |= {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+        for prefix, owner in prefixes.items():
+            if stem.startswith(prefix):
+                return owner, stem[len(prefix) :], role, True
+        raise LoraKeyError(f"LoRA key {key!r} has a prefix unknown for a {base} model")
+    owner, _, path = stem.partition(".")
+    if owner not in _OWNERS or not path:
+        raise LoraKeyError(f"LoRA key {key!r} names no known model part (expected one of {', '.join(_OWNERS)})")
+    return owner, path, role, False
+
+
+def _strip_text_model(name: str, sep: str) -> str:
+    """transformers >= 5.6 dropped ``text_model.`` from CLIPTextModel (not from ...WithProjection); LoRAs keep it."""
+    return name.removeprefix(f"text_model{sep}")
+
+
+_Lookups = tuple[dict[str, str], dict[str, str]]
+# Per (model, is text encoder): (dotted name -> module name, underscored name -> module name), built once per cached
+# model. Modules hash by identity, and the entry goes away with the model.
+_LOOKUPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, _Lookups]] = weakref.WeakKeyDictionary()
+
+
+def _lookups(model: torch.nn.Module, target: Target) -> _Lookups:
+    """Name lookups built from the model's own weight-bearing modules (2-D+ weights: linear, conv)."""
+    text = target != "unet"
+    cached = _LOOKUPS.setdefault(model, {})
+    if text in cached:
+        return cached[text]
+    dotted: dict[str, str] = {}
+    kohya: dict[str, str] = {}
+    config = getattr(model, "config", None) if not text else None
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+            continue
+        plain = _strip_text_model(name, ".") if text else name
+        dotted[plain] = name
+        kohya[plain.replace(".", "_")] = name
+        if config is not None and "layers_per_block" in config:
+            with suppress(KeyError, IndexError, ValueError):  # LDM/SGM name, used by kohya for SDXL
+                kohya[unet_key_to_ldm(f"{name}.weight", config).removesuffix(".weight").replace(".", "_")] = name
+    cached[text] = (dotted, kohya)
+    return dotted, kohya
+
+
+def _resolve(model: torch.nn.Module, lora: LoraWeights, target: Target, base: str) -> dict[str, _Layer]:
+    """Group one LoRA's keys for ``target`` by model module name; other targets' keys are skipped."""
+    dotted, kohya = _lookups(model, target)
+    text = target != "unet"
+    layers: dict[str, _Layer] = {}
+    for key, tensor in lora.items():
+        owner, path, role, is_kohya = _split_key(key, base)
+        if owner != target:
+            continue
+        if is_kohya:
+            module = kohya.get(_strip_text_model(path, "_") if text else path)
+        else:
+            module = dotted.get(_strip_text_model(path, ".") if text else path)
+        if module is None:
+            raise LoraKeyError(f"LoRA key {key!r} matches no layer of the {target} of this {base} model")
+        layer = layers.setdefault(module, _Layer())
+        layer.parts[role] = tensor
+        layer.keys.append(key)
+    for module, layer in layers.items():
+        if "up" not in layer.parts or "down" not in layer.parts:
+            raise LoraKeyError(f"LoRA keys {layer.keys} lack an up or down matrix for {target} layer {module!r}")
+    return layers
+
+
+def _check_shape(layer: _Layer, weight: torch.Tensor, module: str, target: str) -> None:
+    """Reject factors whose product cannot be reshaped onto ``weight`` (checked before any weight is touched).
+
+    Flattening both factors covers linear layers, 1x1 convs, and kohya's 3x3 convs (down k x k, up 1x1), and lets a
+    linear-shaped LoRA patch a 1x1 conv (SD1's proj_in/proj_out) or the reverse.
+    """
+    up, down = layer.parts["up"], layer.parts["down"]
+    rank, fan_in = (down.shape[0], down[0].numel()) if down.ndim >= 2 else (0, 0)
+    fits = up.ndim >= 2 and up[0].numel() == rank and up.shape[0] == weight.shape[0]
+    if not rank or not fits or up.shape[0] * fan_in != weight.numel():
+        raise LoraKeyError(
+            f"LoRA keys {layer.keys} have shapes up {tuple(up.shape)}, down {tuple(down.shape)}, which do not fit "
+            f"{target} layer {module!r} of shape {tuple(weight.shape)}"
+        )
+
+
+def _delta(layer: _Layer, weight: torch.Tensor) -> torch.Tensor:
+    """``alpha/rank * up @ down`` in float32 on ``weight``'s device, shaped like ``weight``."""
+    up = layer.parts["up"].to(weight.device, torch.float32).flatten(1)
+    down = layer.parts["down"].to(weight.device, torch.float32).flatten(1)
+    scale = float(layer.parts["alpha"]) / down.shape[0] if "alpha" in layer.parts else 1.0
+    return (up @ down).mul_(scale).reshape(weight.shape)
+
+
+@contextmanager
+def apply_loras(
+    model: torch.nn.Module,
+    loras: list[tuple[LoraWeights, float]],
+    *,
+    target: Target,
+    base: str,
+) -> Iterator[list[str]]:
+    """Patch ``model`` (the ``target`` part of a ``base`` model) with ``(lora tensors, weight)`` pairs for the block.
+
+    Yields the names of the patched modules. Keys and shapes are checked before anything is touched, so a bad LoRA
+    raises ``LoraKeyError`` with the model unchanged. Each parameter gets the float32 sum of its deltas in one add,
+    one module at a time (peak extra memory: one layer); only touched parameters are copied, to CPU since VRAM is
+    the scarce resource, and copied back on exit.
+    """
+    if target not in _OWNERS:
+        raise ValueError(f"unknown LoRA target {target!r}; expected one of {_OWNERS}")
+    modules = dict(model.named_modules())
+    resolved = [(_resolve(model, lora, target, base), float(weight)) for lora, weight in loras]
+    per_module: dict[str, list[tuple[_Layer, float]]] = {}
+    for layers, weight in resolved:
+        for name, layer in layers.items():
+            _check_shape(layer, modules[name].weight, name, target)
+            if weight != 0.0:
+                per_module.setdefault(name, []).append((layer, weight))
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name, parts in per_module.items():
+                param = modules[name].weight
+                delta = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+                for layer, weight in parts:
+                    delta.add_(_delta(layer, param), alpha=weight)
+                originals[name] = param.detach().to("cpu", copy=True)
+                param.copy_(param.float().add_(delta).to(param.dtype))
+        yield sorted(per_module)
+    finally:
+        with torch.no_grad():
+            for name, original in originals.items():
+                modules[name].weight.copy_(original)

@@ -1,0 +1,195 @@
+"""The sampling loop of ``denoise_latents``, for one item or for several denoised together.
+
+Every item keeps its own scheduler, noise, step generator, guidance and mask; only the UNet's forward
+pass takes the items' inputs in one batch. So an item comes out the same whether it ran alone or beside
+others (up to the rounding of batched kernels), and ``run_denoise([item])`` is exactly the unbatched
+path. The GPU runtime batches the denoise nodes of concurrent tasks through this
+(``invokeai_provider.execution.runtime.batching``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+if TYPE_CHECKING:
+    import torch
+
+    from invokeai_provider.core.context import InvocationContext
+
+Outcome = Union["torch.Tensor", BaseException]
+
+
+@dataclass(eq=False)
+class DenoiseItem:
+    """One denoise_latents node's sampling job, prepared without touching the UNet.
+
+    ``open_unet`` enters the node's UNet (loaded, LoRA-patched, seamless, FreeU, no-grad) and yields it; a
+    batch runs under its first item's, which is why items only batch when ``batch_key`` is equal.
+    """
+
+    node_id: str
+    context: "InvocationContext"
+    open_unet: Callable[[], AbstractContextManager[Any]]
+    unet_spec: dict[str, Any]
+    scheduler: Any
+    timesteps: "torch.Tensor"
+    init_timestep: "torch.Tensor"
+    orig_latents: "torch.Tensor"
+    noise: Optional["torch.Tensor"]
+    seed: int
+    positive: dict[str, "torch.Tensor"]
+    negative: dict[str, "torch.Tensor"]
+    cfg: list[float]
+    cfg_rescale_multiplier: float = 0.0
+    mask: Optional["torch.Tensor"] = None
+    masked_latents: Optional["torch.Tensor"] = None
+    gradient: bool = False
+    # set by start(), on the UNet's device
+    latents: Any = field(default=None, repr=False)
+    _embeds: Any = field(default=None, repr=False)
+    _added: dict[str, Any] = field(default_factory=dict, repr=False)
+    _extra_channels: Any = field(default=None, repr=False)
+    _inpainting_unet: bool = False
+    _step_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def runs_no_step(self) -> bool:
+        """denoising_start at (or past) the end of the schedule: the latents come back unchanged."""
+        return self.init_timestep.shape[0] == 0
+
+    def batch_key(self) -> str:
+        """Items with equal keys can share UNet passes: the same UNet as patched, the same latent and
+        conditioning shapes, and the same timesteps (so every pass is at one t for all of them)."""
+        shapes = {name: list(tensor.shape) for cond in (self.positive, self.negative) for name, tensor in cond.items()}
+        return json.dumps({"unet": self.unet_spec, "latents": list(self.orig_latents.shape), "conditioning": shapes,
+                           "timesteps": [float(t) for t in self.timesteps]}, sort_keys=True)
+
+    def start(self, unet: Any) -> None:
+        import torch
+
+        device, dtype = unet.device, unet.dtype
+        self.orig_latents = self.orig_latents.to(device=device, dtype=torch.float32)
+        if self.noise is None:
+            generator = torch.Generator(device="cpu").manual_seed(self.seed)
+            self.noise = torch.randn(self.orig_latents.shape, generator=generator, dtype=torch.float32)
+        self.noise = self.noise.to(device=device, dtype=torch.float32)
+        self.latents = self.scheduler.add_noise(self.orig_latents, self.noise,
+                                                self.init_timestep.expand(self.orig_latents.shape[0]))
+        self._inpainting_unet = unet.config.in_channels == 9
+        if self.mask is not None:
+            self.mask = self.mask.to(device)
+        if self._inpainting_unet:
+            mask = self.mask if self.mask is not None else torch.ones_like(self.orig_latents[:, :1])
+            masked = self.masked_latents if self.masked_latents is not None else torch.where(
+                mask < 0.5, 0.0, self.orig_latents)
+            # the inpainting UNet takes 1 - mask (InvokeAI's mask keeps where it is 1)
+            self._extra_channels = torch.cat([1 - mask, masked.to(device=device, dtype=torch.float32)], 1)
+        self._embeds = torch.cat([self.negative["embeds"], self.positive["embeds"]]).to(device=device, dtype=dtype)
+        if "pooled_embeds" in self.positive:
+            self._added = {
+                "text_embeds": torch.cat([self.negative["pooled_embeds"], self.positive["pooled_embeds"]]).to(device, dtype),
+                "time_ids": torch.cat([self.negative["add_time_ids"], self.positive["add_time_ids"]]).to(device, dtype)}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            self._step_kwargs = {"generator": torch.Generator(device="cpu").manual_seed(self.seed ^ 0xFFFFFFFF)}
+
+    def model_input(self, t: "torch.Tensor") -> "torch.Tensor":
+        """This step's UNet input: unconditional and conditional halves (and the inpainting channels)."""
+        import torch
+
+        if self.mask is not None and not self._inpainting_unet:
+            noised = self.scheduler.add_noise(self.orig_latents, self.noise, t.expand(1))
+            if self.gradient:  # a gradient mask keeps a pixel until the schedule has come down past its value
+                train_steps = self.scheduler.config.num_train_timesteps
+                self.latents = torch.where(self.mask < 1 - t.item() / train_steps, self.latents, noised)
+            else:
+                self.latents = torch.lerp(self.latents, noised, self.mask)
+        model_input = self.scheduler.scale_model_input(torch.cat([self.latents] * 2), t)
+        if self._inpainting_unet:
+            model_input = torch.cat([model_input, torch.cat([self._extra_channels] * 2)], dim=1)
+        return model_input
+
+    def step(self, index: int, t: "torch.Tensor", prediction: "torch.Tensor") -> None:
+        """Guidance and the scheduler step for this item's slice of the UNet output; then progress, which
+        raises CanceledError when this item's run was canceled."""
+        uncond, cond = prediction.chunk(2)
+        scale = self.cfg[index] if len(self.cfg) > 1 else self.cfg[0]
+        guided = uncond + scale * (cond - uncond)
+        if self.cfg_rescale_multiplier > 0:
+            std_cond = cond.std(dim=list(range(1, cond.ndim)), keepdim=True)
+            std_guided = guided.std(dim=list(range(1, guided.ndim)), keepdim=True)
+            rescaled = guided * (std_cond / std_guided)
+            guided = self.cfg_rescale_multiplier * rescaled + (1 - self.cfg_rescale_multiplier) * guided
+        self.latents = self.scheduler.step(guided, t, self.latents, **self._step_kwargs).prev_sample
+        total = len(self.timesteps)
+        self.context.util.signal_progress(f"Denoising step {index + 1}/{total}", (index + 1) / total,
+                                          step=index + 1, total_steps=total)
+
+    def finish(self) -> "torch.Tensor":
+        import torch
+
+        latents = self.latents
+        if self.mask is not None and not self._inpainting_unet:
+            if self.gradient:
+                latents = torch.where(self.mask < 1, latents, self.orig_latents)
+            else:
+                latents = torch.lerp(latents, self.orig_latents, self.mask)
+        return latents.detach().to("cpu")
+
+
+def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
+    """Denoises items of one ``batch_key`` together; each gets its latents, or the exception that stopped it
+    (its run was canceled, say: the others carry on). A failing UNet pass raises for all of them."""
+    import torch
+
+    outcomes: dict[int, Outcome] = {}
+    for number, item in enumerate(items):
+        try:
+            item.context.util.raise_if_canceled()
+        except BaseException as exc:  # noqa: BLE001 - the item's own outcome
+            outcomes[number] = exc
+    active = [n for n in range(len(items)) if n not in outcomes]
+    if not active:
+        return [outcomes[n] for n in range(len(items))]
+    with items[active[0]].open_unet() as unet:
+        for number in active:
+            items[number].start(unet)
+        conditioning = _batched_conditioning([items[n] for n in active])
+        for index, t in enumerate(items[active[0]].timesteps):
+            inputs = [items[n].model_input(t) for n in active]
+            embeds, added = conditioning
+            prediction = unet(torch.cat(inputs).to(unet.dtype), t, encoder_hidden_states=embeds,
+                              added_cond_kwargs=added or None).sample.float()
+            for number, part in zip(active, prediction.split([len(x) for x in inputs])):
+                try:
+                    items[number].step(index, t, part)
+                except BaseException as exc:  # noqa: BLE001 - the item's own outcome
+                    outcomes[number] = exc
+            still = [n for n in active if n not in outcomes]
+            if not still:
+                break
+            if len(still) != len(active):
+                conditioning = _batched_conditioning([items[n] for n in still])
+            active = still
+        for number in active:
+            outcomes[number] = items[number].finish()
+    return [outcomes[n] for n in range(len(items))]
+
+
+def _batched_conditioning(items: list[DenoiseItem]) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+    """The items' text embeddings in the order of their UNet inputs: uncond, cond of each item in turn."""
+    import torch
+
+    embeds = torch.cat([item._embeds for item in items])
+    added = {name: torch.cat([item._added[name] for item in items]) for name in items[0]._added}
+    return embeds, added
+
+
+def denoise_alone(item: DenoiseItem) -> "torch.Tensor":
+    [outcome] = run_denoise([item])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

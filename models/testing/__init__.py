@@ -1,0 +1,2 @@
+"""Tiny random-weight models of the real architectures, for tests and offline smoke tests.
+"""

@@ -1,0 +1,3 @@
+"""Nodes with no model: control flow (iterate, collect, if), primitives, math, collections, strings,
+prompts and metadata.
+"""

@@ -1,0 +1,2 @@
+"""The Airflow side of a node: the operator class made from each node type.
+"""

@@ -1,0 +1,223 @@
+"""The node context: what `invoke()` may use (images, tensors, conditioning, logger, progress, cancel).
+
+It mirrors InvokeAI's InvocationContext interfaces. Storage goes through the run's artifact store with
+deterministic names (prefix + exec node id + a per-node counter), so re-running a node rewrites its own
+objects. Heavy libraries (PIL, torch, safetensors) are imported only when a method needs them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from invokeai_provider.errors import ArtifactNotFoundError, CanceledError
+from invokeai_provider.core.fields import MetadataField
+from invokeai_provider.storage.base import RunStore, safe_segment
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from invokeai_provider.core.invocation import BaseInvocation
+
+METADATA_CHUNK = "invokeai_metadata"
+GRAPH_CHUNK = "invokeai_graph"
+WORKFLOW_CHUNK = "invokeai_workflow"
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunContext:
+    """What all nodes of one engine run share: the store, ids for records, documents for PNG chunks."""
+
+    store: RunStore
+    name_prefix: str = ""
+    task_id: Optional[str] = None
+    map_index: Optional[int] = None
+    graph_json: Optional[dict[str, Any]] = None
+    workflow_json: Optional[dict[str, Any]] = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    on_progress: Optional[ProgressCallback] = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("invokeai_provider.node"))
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+class _NodeScope:
+    """Per-node naming: every object a node writes gets ``<prefix><exec id>-<n>``."""
+
+    def __init__(self, run: RunContext, exec_id: str) -> None:
+        self.run = run
+        self.exec_id = exec_id
+        self._counters: dict[str, int] = {}
+        self.records: list[dict[str, Any]] = []
+
+    def next_name(self, kind: str, suffix: str = "") -> str:
+        count = self._counters.get(kind, 0)
+        self._counters[kind] = count + 1
+        return f"{safe_segment(self.run.name_prefix + self.exec_id)}-{count}{suffix}"
+
+
+class ImagesInterface:
+    def __init__(self, scope: _NodeScope, node: "BaseInvocation") -> None:
+        self._scope = scope
+        self._node = node
+
+    def save(self, image: "Image", *, metadata: Optional[MetadataField | dict[str, Any]] = None,
+             board_id: Optional[str] = None, image_category: str = "general",
+             is_intermediate: Optional[bool] = None) -> dict[str, Any]:
+        """Writes a PNG with InvokeAI's text chunks and returns its image record.
+
+        Metadata and board default to the node's own `metadata` / `board` inputs, as in InvokeAI.
+        """
+        from PIL.PngImagePlugin import PngInfo
+
+        if metadata is None:
+            metadata = getattr(self._node, "metadata", None)
+        if isinstance(metadata, MetadataField):
+            metadata = metadata.root
+        if board_id is None and getattr(self._node, "board", None) is not None:
+            board_id = self._node.board.board_id  # type: ignore[union-attr]
+        run = self._scope.run
+        info = PngInfo()
+        if metadata is not None:
+            info.add_text(METADATA_CHUNK, json.dumps(metadata))
+        if run.workflow_json is not None:
+            info.add_text(WORKFLOW_CHUNK, json.dumps(run.workflow_json))
+        if run.graph_json is not None:
+            info.add_text(GRAPH_CHUNK, json.dumps(run.graph_json))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+        name = self._scope.next_name("images", ".png")
+        run.store.write("images", name, buffer.getvalue())
+        now = datetime.now(timezone.utc).isoformat()
+        record = {
+            "image_name": name,
+            "image_origin": "internal",
+            "image_category": image_category,
+            "width": image.width,
+            "height": image.height,
+            "session_id": run.store.prefix.rsplit("/", 1)[-1],
+            "node_id": self._scope.exec_id,
+            "metadata": metadata,
+            "is_intermediate": self._node.is_intermediate if is_intermediate is None else is_intermediate,
+            "starred": False,
+            "has_workflow": run.workflow_json is not None or run.graph_json is not None,
+            "created_at": now,
+            "updated_at": now,
+            "board_id": board_id,
+            "uri": run.store.uri("images", name),
+            "url": run.store.url("images", name),
+            "tenant": run.store.tenant,
+            "task_id": run.task_id,
+            "map_index": run.map_index,
+        }
+        self._scope.records.append(record)
+        run.store.record({"kind": "image", **{k: v for k, v in record.items() if k != "metadata"}})
+        return record
+
+    def _read(self, image_name: str) -> bytes:
+        store = self._scope.run.store
+        try:
+            return store.read("images", image_name)
+        except ArtifactNotFoundError:
+            raise ArtifactNotFoundError(f"image {image_name!r} not found in {store.uri('images', image_name)}") from None
+
+    def get_pil(self, image_name: str, mode: Optional[str] = None) -> "Image":
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self._read(image_name)))
+        image.load()
+        return image.convert(mode) if mode and image.mode != mode else image
+
+    def get_metadata(self, image_name: str) -> Optional[MetadataField]:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self._read(image_name))) as image:
+            raw = image.info.get(METADATA_CHUNK)
+        return MetadataField.model_validate(json.loads(raw)) if raw else None
+
+
+class TensorsInterface:
+    """Tensors as safetensors objects; never pickle."""
+
+    kind = "tensors"
+
+    def __init__(self, scope: _NodeScope) -> None:
+        self._scope = scope
+
+    def save(self, tensor: Any) -> str:
+        return self.save_dict({"tensor": tensor})
+
+    def load(self, name: str) -> Any:
+        return self.load_dict(name)["tensor"]
+
+    def save_dict(self, tensors: dict[str, Any], metadata: Optional[dict[str, str]] = None) -> str:
+        from safetensors.torch import save
+
+        name = self._scope.next_name(self.kind)
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+        self._scope.run.store.write(self.kind, name + ".safetensors", data)
+        return name
+
+    def load_dict(self, name: str) -> dict[str, Any]:
+        from safetensors.torch import load
+
+        return load(self._scope.run.store.read(self.kind, name + ".safetensors"))
+
+    def load_metadata(self, name: str) -> dict[str, str]:
+        data = self._scope.run.store.read(self.kind, name + ".safetensors")
+        header_len = int.from_bytes(data[:8], "little")
+        return json.loads(data[8:8 + header_len]).get("__metadata__", {})
+
+
+class ConditioningInterface(TensorsInterface):
+    """Conditioning data as safetensors (tensors plus a JSON description in the header metadata)."""
+
+    kind = "conditioning"
+
+
+class UtilInterface:
+    def __init__(self, scope: _NodeScope) -> None:
+        self._scope = scope
+
+    def is_canceled(self) -> bool:
+        return self._scope.run.cancel_event.is_set()
+
+    def raise_if_canceled(self) -> None:
+        if self.is_canceled():
+            raise CanceledError(f"run canceled while node {self._scope.exec_id} was running")
+
+    def signal_progress(self, message: str, percentage: Optional[float] = None, **extra: Any) -> None:
+        """Reports progress (to the task log, or to a runtime client) and stops here if the run was canceled."""
+        event = {"node_id": self._scope.exec_id, "message": message, "percentage": percentage, **extra}
+        if self._scope.run.on_progress is not None:
+            self._scope.run.on_progress(event)
+        else:
+            self._scope.run.logger.info("%s: %s%s", self._scope.exec_id, message,
+                                        f" ({percentage:.0%})" if percentage is not None else "")
+        self.raise_if_canceled()
+
+
+class InvocationContext:
+    """Passed to `invoke()`; one per executed node."""
+
+    def __init__(self, run: RunContext, node: "BaseInvocation", exec_id: str) -> None:
+        self._scope = _NodeScope(run, exec_id)
+        self.node_id = node.id
+        self.exec_id = exec_id
+        self.images = ImagesInterface(self._scope, node)
+        self.tensors = TensorsInterface(self._scope)
+        self.conditioning = ConditioningInterface(self._scope)
+        self.util = UtilInterface(self._scope)
+        self.logger = run.logger
+        self.services = run.services
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Image records this node wrote."""
+        return self._scope.records

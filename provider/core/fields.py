@@ -1,0 +1,160 @@
+"""Value types that travel on edges, with InvokeAI's names and JSON shapes (reference §3.1).
+
+Blobs never travel: images, tensors and conditioning are named here and stored in the artifact store.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, Field, RootModel
+
+from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
+
+
+class ImageField(BaseModel):
+    """An image, by name, in the artifact store."""
+
+    image_name: str = Field(description="The name of the image")
+
+
+class VideoField(BaseModel):
+    video_name: str = Field(description="The name of the video")
+
+
+class BoardField(BaseModel):
+    board_id: str = Field(description="The id of the board")
+
+
+class TensorField(BaseModel):
+    tensor_name: str = Field(description="The name of a tensor.")
+
+
+class LatentsField(BaseModel):
+    latents_name: str = Field(description="The name of the latents")
+    seed: Optional[int] = Field(default=None, description="Seed used to generate this latents")
+
+
+class DenoiseMaskField(BaseModel):
+    mask_name: str = Field(description="The name of the mask image")
+    masked_latents_name: Optional[str] = Field(default=None, description="The name of the masked image latents")
+    gradient: bool = Field(default=False, description="Used for gradient inpainting")
+
+
+class ConditioningField(BaseModel):
+    """SD1/SD2/SDXL conditioning, by name."""
+
+    conditioning_name: str = Field(description="The name of conditioning tensor")
+    mask: Optional[TensorField] = Field(default=None, description="The mask associated with this conditioning tensor.")
+
+
+class ColorField(BaseModel):
+    r: int = Field(ge=0, le=255, description="The red component")
+    g: int = Field(ge=0, le=255, description="The green component")
+    b: int = Field(ge=0, le=255, description="The blue component")
+    a: int = Field(ge=0, le=255, description="The alpha component")
+
+    def tuple(self) -> tuple[int, int, int, int]:
+        return (self.r, self.g, self.b, self.a)
+
+
+class BoundingBoxField(BaseModel):
+    x_min: int = Field(ge=0, description="The minimum x-coordinate of the bounding box (inclusive).")
+    x_max: int = Field(ge=0, description="The maximum x-coordinate of the bounding box (exclusive).")
+    y_min: int = Field(ge=0, description="The minimum y-coordinate of the bounding box (inclusive).")
+    y_max: int = Field(ge=0, description="The maximum y-coordinate of the bounding box (exclusive).")
+    score: Optional[float] = Field(default=None, ge=0.0, le=1.0, description="The score of the bounding box.")
+
+
+class MetadataField(RootModel[dict[str, Any]]):
+    """Free-form image metadata (the `invokeai_metadata` PNG chunk)."""
+
+    root: dict[str, Any] = Field(description="The metadata")
+
+
+class StylePresetField(BaseModel):
+    style_preset_id: str = Field(description="The id of the style preset")
+
+
+class ModelIdentifierField(BaseModel):
+    key: str = Field(description="The model's unique key")
+    hash: str = Field(description="The model's BLAKE3 hash")
+    name: str = Field(description="The model's name")
+    base: BaseModelType = Field(description="The model's base model type")
+    type: ModelType = Field(description="The model's type")
+    submodel_type: Optional[SubModelType] = Field(default=None, description="The submodel to load, if this is a main model")
+
+
+class LoRAField(BaseModel):
+    lora: ModelIdentifierField = Field(description="Info to load lora model")
+    weight: float = Field(description="Weight to apply to lora model")
+
+
+class FreeUConfig(BaseModel):
+    s1: float = Field(ge=-1, le=3, description="Scaling factor for stage 1 to attenuate the contributions of the skip features.")
+    s2: float = Field(ge=-1, le=3, description="Scaling factor for stage 2 to attenuate the contributions of the skip features.")
+    b1: float = Field(ge=-1, le=3, description="Scaling factor for stage 1 to amplify the contributions of backbone features.")
+    b2: float = Field(ge=-1, le=3, description="Scaling factor for stage 2 to amplify the contributions of backbone features.")
+
+
+class UNetField(BaseModel):
+    unet: ModelIdentifierField = Field(description="Info to load unet submodel")
+    scheduler: ModelIdentifierField = Field(description="Info to load scheduler submodel")
+    loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
+    seamless_axes: list[str] = Field(default_factory=list, description='Axes("x" and "y") to which apply seamless')
+    freeu_config: Optional[FreeUConfig] = Field(default=None, description="FreeU configuration")
+
+
+class CLIPField(BaseModel):
+    tokenizer: ModelIdentifierField = Field(description="Info to load tokenizer submodel")
+    text_encoder: ModelIdentifierField = Field(description="Info to load text_encoder submodel")
+    skipped_layers: int = Field(default=0, description="Number of skipped layers in text_encoder")
+    loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
+
+
+class VAEField(BaseModel):
+    vae: ModelIdentifierField = Field(description="Info to load vae submodel")
+    seamless_axes: list[str] = Field(default_factory=list, description='Axes("x" and "y") to which apply seamless')
+
+
+class TransformerField(BaseModel):
+    transformer: ModelIdentifierField = Field(description="Info to load Transformer submodel")
+    loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
+
+
+# Latents are 1/8 of the image size on each side (InvokeAI's LATENT_SCALE_FACTOR).
+LATENT_SCALE_FACTOR = 8
+
+CONTROLNET_MODE_VALUES = Literal["balanced", "more_prompt", "more_control", "unbalanced"]
+CONTROLNET_RESIZE_VALUES = Literal["just_resize", "crop_resize", "fill_resize", "just_resize_simple"]
+
+
+class ControlField(BaseModel):
+    image: ImageField = Field(description="The control image")
+    control_model: ModelIdentifierField = Field(description="The ControlNet model to use")
+    control_weight: Union[float, list[float]] = Field(default=1, description="The weight given to the ControlNet")
+    begin_step_percent: float = Field(default=0, ge=0, le=1, description="When the ControlNet is first applied (% of total steps)")
+    end_step_percent: float = Field(default=1, ge=0, le=1, description="When the ControlNet is last applied (% of total steps)")
+    control_mode: CONTROLNET_MODE_VALUES = Field(default="balanced", description="The control mode to use")
+    resize_mode: CONTROLNET_RESIZE_VALUES = Field(default="just_resize", description="The resize mode to use")
+
+
+class IPAdapterField(BaseModel):
+    image: Union[ImageField, list[ImageField]] = Field(description="The IP-Adapter image prompt(s).")
+    ip_adapter_model: ModelIdentifierField = Field(description="The IP-Adapter model to use.")
+    image_encoder_model: ModelIdentifierField = Field(description="The name of the CLIP image encoder model.")
+    weight: Union[float, list[float]] = Field(default=1, description="The weight given to the IP-Adapter.")
+    target_blocks: list[str] = Field(default_factory=list, description="The IP Adapter blocks to apply")
+    method: str = Field(default="full", description="Weight apply method")
+    begin_step_percent: float = Field(default=0, ge=0, le=1, description="When the IP-Adapter is first applied (% of total steps)")
+    end_step_percent: float = Field(default=1, ge=0, le=1, description="When the IP-Adapter is last applied (% of total steps)")
+    mask: Optional[TensorField] = Field(default=None, description="The bool mask associated with this IP-Adapter.")
+
+
+class T2IAdapterField(BaseModel):
+    image: ImageField = Field(description="The T2I-Adapter image prompt.")
+    t2i_adapter_model: ModelIdentifierField = Field(description="The T2I-Adapter model to use.")
+    weight: Union[float, list[float]] = Field(default=1, description="The weight given to the T2I-Adapter")
+    begin_step_percent: float = Field(default=0, ge=0, le=1, description="When the T2I-Adapter is first applied (% of total steps)")
+    end_step_percent: float = Field(default=1, ge=0, le=1, description="When the T2I-Adapter is last applied (% of total steps)")
+    resize_mode: CONTROLNET_RESIZE_VALUES = Field(default="just_resize", description="The resize mode to apply to the T2I-Adapter image.")

@@ -1,0 +1,144 @@
+"""The GPU runtime's device: one job on it at a time, except that denoise nodes of one DAG run meet and
+share their UNet passes.
+
+Jobs run in threads of the runtime, each holding the device for its whole run. A denoise node hands its
+prepared item to `DeviceScheduler.denoise` and gives the device up while it waits (parks). When nobody
+else holds or wants the device, the oldest parked item's thread takes it back and denoises every parked
+item with the same key (same run, UNet, shapes and timesteps, up to ``max_batch``) in one batch, then
+hands each its latents. So batches form by themselves when tasks of a mapped run queue at the runtime,
+and a lone task waits for nobody. Each item keeps its own scheduler and seeds (see `denoise_loop`), so
+a batched item gives the same image as an unbatched one.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from invokeai_provider.errors import InvokeAIProviderError
+
+
+class RuntimeConfigError(InvokeAIProviderError):
+    """A runtime setting that cannot be used."""
+
+
+def configured_max_batch() -> int:
+    """``[invokeai] runtime_max_batch``, checked."""
+    from invokeai_provider.config import get_option
+
+    value = get_option("runtime_max_batch") or "1"
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise RuntimeConfigError(f"[invokeai] runtime_max_batch: expected a whole number of at least 1, got {value!r}")
+    return number
+
+
+@dataclass(eq=False)
+class _Parked:
+    item: Any  # a DenoiseItem
+    key: str
+    taken: bool = False  # in a batch that is running
+    done: bool = False
+    outcome: Any = None
+
+
+@dataclass
+class BatchStats:
+    sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many batches had it
+
+    def add(self, size: int) -> None:
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": sum(self.sizes.values()), "items": sum(k * v for k, v in self.sizes.items()),
+                "largest": max(self.sizes, default=0), "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+
+
+class DeviceScheduler:
+    """Who is on the runtime's device, and the parked denoise items waiting to share a batch."""
+
+    def __init__(self, max_batch: int = 1) -> None:
+        if max_batch < 1:
+            raise RuntimeConfigError(f"runtime --max-batch: expected a whole number of at least 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.stats = BatchStats()
+        self._cond = threading.Condition()
+        self._busy = False  # a job's thread is on the device
+        self._wanting = 0  # job threads waiting to get on the device (not parked ones)
+        self._parked: list[_Parked] = []
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        """The device, for one job's run (given up only while its denoise node is parked)."""
+        self._take_device()
+        try:
+            yield
+        finally:
+            self._give_device()
+
+    def for_run(self, run_key: str) -> "RunBatcher":
+        """The ``denoise_batcher`` service of one job: its items only batch with items of the same run."""
+        return RunBatcher(self, run_key)
+
+    def denoise(self, item: Any, run_key: str) -> Any:
+        """The item's latents, denoised with the other parked items of its key; called on the device."""
+        from invokeai_provider.models.stable_diffusion.denoise_loop import run_denoise
+
+        mine = _Parked(item, f"{run_key}\n{item.batch_key()}")
+        with self._cond:
+            self._parked.append(mine)
+            self._busy = False
+            self._cond.notify_all()
+            while not mine.done and (mine.taken or self._parked[0] is not mine or self._busy or self._wanting):
+                self._cond.wait()
+            if mine.done:  # another thread denoised it in its batch; back on the device for the rest of the job
+                self._take_device()
+                return _unwrap(mine.outcome)
+            group = [p for p in self._parked if p.key == mine.key][:self.max_batch]
+            self._parked = [p for p in self._parked if p not in group]
+            for parked in group:
+                parked.taken = True
+            self._busy = True
+        try:
+            outcomes: list[Any] = run_denoise([p.item for p in group])
+        except BaseException as exc:  # noqa: BLE001 - a failing UNet pass fails every item of the batch
+            outcomes = [exc] * len(group)
+        with self._cond:
+            for parked, outcome in zip(group, outcomes):
+                parked.outcome, parked.done = outcome, True
+            self.stats.add(len(group))
+            self._cond.notify_all()
+        return _unwrap(mine.outcome)
+
+    def _take_device(self) -> None:
+        with self._cond:
+            self._wanting += 1
+            while self._busy:
+                self._cond.wait()
+            self._wanting -= 1
+            self._busy = True
+
+    def _give_device(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+
+@dataclass
+class RunBatcher:
+    scheduler: DeviceScheduler
+    run_key: str
+
+    def denoise(self, item: Any) -> Any:
+        return self.scheduler.denoise(item, self.run_key)
+
+
+def _unwrap(outcome: Optional[Any]) -> Any:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

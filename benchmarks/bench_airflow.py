@@ -266,7 +266,7 @@ def bench_parse(repeats: int, scratch: Path) -> None:
 
 def engine_in_process(model_root: str, artifacts: str) -> float:
     """One run of the workflow through the engine in this process (what `graph run` does, minus startup)."""
-    from invokeai_provider.cli.app import _parse_set, apply_overrides
+    from invokeai_provider.cli.overrides import apply_overrides, parse_set
     from invokeai_provider.core.context import RunContext
     from invokeai_provider.graph.engine import Engine, ExecutionState
     from invokeai_provider.graph.graph import Graph
@@ -278,7 +278,7 @@ def engine_in_process(model_root: str, artifacts: str) -> float:
 
     start = time.perf_counter()
     document = load_document(WORKFLOW.read_text())
-    graph_dict = apply_overrides(document.graph.to_dict(), _parse_set(ENGINE_SETS))
+    graph_dict = apply_overrides(document.graph.to_dict(), parse_set(ENGINE_SETS))
     manager = ModelManager(ModelRegistry(model_root))  # a fresh model cache: the model is loaded from disk
     graph = Graph.from_dict(bind_model_fields(graph_dict, manager.registry))
     graph.validate()
@@ -492,7 +492,7 @@ def summarize_run(run: dict[str, Any], upstream: dict[str, list[str]]) -> dict[s
 
 
 def bench_scheduler(runs: int, scratch: Path, startup_timeout: float, run_timeout: float) -> None:
-    from invokeai_provider.cli.app import ensure_demo_model
+    from invokeai_provider.cli.demo import ensure_demo_model
     from invokeai_provider.compiler.dags import load_compiled
 
     model_dir = scratch / "sched-models"

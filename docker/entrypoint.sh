@@ -30,7 +30,7 @@ fi
 
 if [[ "${1:-}" == "invokeai-airflow" ]]; then
     shift
-    set -- python -m invokeai_provider.cli.app "$@"
+    set -- python -m invokeai_provider.cli "$@"
 fi
 
 exec /entrypoint "$@"

@@ -21,7 +21,10 @@ NODE_FAMILIES: tuple[str, ...] = (
     "core.metadata",
     "sd.model_loaders",
     "sd.latents",
-    "sd.generation",
+    "sd.prompts",
+    "sd.denoise",
+    "sd.vae",
+    "sd.masks",
     "image.ops",
     "image.mask",
     "image.infill",
@@ -37,7 +40,8 @@ NODE_FAMILIES: tuple[str, ...] = (
     "controlnet.openpose",
     "controlnet.mediapipe_face",
     "image.pbr_maps",
-    "upscale.upscalers",
+    "upscale.esrgan",
+    "upscale.spandrel",
 )
 
 

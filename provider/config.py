@@ -1,29 +1,43 @@
-"""The provider's ``[invokeai]`` configuration section.
+"""The provider's ``[invokeai]`` configuration section: every option, its default and its parsing.
 
 Options are read from the environment (``AIRFLOW__INVOKEAI__<OPTION>``, Airflow's own convention) and,
 inside a process that already loaded Airflow's configuration, from ``airflow.cfg``. Reading never imports
 Airflow itself, so the CLI and the engine stay light.
+
+Code reads options through `settings()`, whose typed properties hold each option's default (including the
+computed ones: ./artifacts, ./invokeai-models, ~/.cache/invokeai-airflow/models) and its parsing; a value
+that does not parse raises `ConfigError` naming the option, its environment variable and the value.
+``settings()`` reads the configuration afresh on every call, and each property parses its option when it
+is read, so a bad value fails only where its option is used. `get_option` gives an option's raw string.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional, TypeVar
+from urllib.parse import unquote, urlparse
+
+from invokeai_provider.errors import InvokeAIProviderError
 
 SECTION = "invokeai"
+GIB = 1 << 30
 
-# option -> (default, description); also the source of get_provider_info()["config"].
+# option -> (default, description); also the source of get_provider_info()["config"]. A default of None is
+# either "unset" or computed per process (see the Settings property of the option).
 OPTIONS: dict[str, tuple[Optional[str], str]] = {
     "artifact_root": (None, "Where images, tensors and run manifests are written: file:///path (default ./artifacts) "
                             "or s3://[CONN_ID@]bucket/prefix."),
-    "model_root": (None, "Where model files and their registry records live: file:///path or s3://bucket/prefix."),
+    "model_root": (None, "Where model files and their registry records live: file:///path (default ./invokeai-models) "
+                         "or s3://bucket/prefix."),
     "model_cache_dir": (None, "Host-local disk cache for model files from a remote model root "
                               "(default ~/.cache/invokeai-airflow/models); shared by the workers of a host."),
     "model_cache_gb": ("200", "Byte budget of the model disk cache, in GiB; least recently used models go first."),
     "gpu_queue": ("gpu", "Celery queue that GPU nodes are routed to."),
     "default_tenant": ("default", "Tenant used for storage prefixes when a run names none."),
-    "ram_cache_gb": ("8", "RAM budget of the in-process model cache, in GiB."),
+    "ram_cache_gb": ("8", "RAM budget of the in-process model cache, in GiB (0: the default, 8)."),
     "vram_cache_gb": ("0", "VRAM budget of the model cache, in GiB (0: as much as the device allows)."),
     "task_retries": ("2", "Retries of every compiled workflow task (a DAG's default_args may override it)."),
     "task_retry_delay_seconds": ("10", "Seconds between a failed try of a compiled task and its retry."),
@@ -44,13 +58,33 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
                                         "(at least 5, S3's smallest part)."),
     "s3_retry_seconds": ("120", "How long an S3 operation keeps retrying connection errors, 5xx and SlowDown "
                                 "answers (exponential backoff with jitter) before failing, in seconds."),
+    "workflow_granularity": ("segment", "Tasks of the DAGs that dags/invokeai_workflows.py compiles from saved "
+                                        "workflows: segment (connected nodes of one scope share a task) or node "
+                                        "(one task per node)."),
 }
 
+_N = TypeVar("_N", int, float)
 
-def get_option(name: str) -> Optional[str]:
+
+class ConfigError(InvokeAIProviderError, ValueError):
+    """An ``[invokeai]`` option whose value cannot be used; the message names the option, its environment
+    variable and the value."""
+
+
+def env_var(name: str) -> str:
+    """The environment variable of an option: ``AIRFLOW__INVOKEAI__<OPTION>``."""
+    return f"AIRFLOW__{SECTION.upper()}__{name.upper()}"
+
+
+def _check_name(name: str) -> None:
     if name not in OPTIONS:
         raise KeyError(f"unknown [invokeai] option {name!r}")
-    env = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{name.upper()}")
+
+
+def _configured(name: str) -> Optional[str]:
+    """The option's value from the environment, else from airflow.cfg (only when Airflow's configuration is
+    already loaded); None when it is unset or empty."""
+    env = os.environ.get(env_var(name))
     if env:
         return env
     configuration = sys.modules.get("airflow.configuration")
@@ -58,4 +92,200 @@ def get_option(name: str) -> Optional[str]:
         value = configuration.conf.get(SECTION, name, fallback=None)
         if value:
             return value
-    return OPTIONS[name][0]
+    return None
+
+
+def get_option(name: str) -> Optional[str]:
+    """An option's raw string: its configured value, else its OPTIONS default (None for the computed defaults;
+    use `settings()` for those and for typed values)."""
+    _check_name(name)
+    value = _configured(name)
+    return value if value is not None else OPTIONS[name][0]
+
+
+def _invalid(name: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"[invokeai] {name}: expected {expected}, got {value!r} ({env_var(name)})")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``[invokeai]`` section, one typed property per option (see OPTIONS for what each means).
+
+    ``configured`` holds the options that are set (option -> raw string); every other option has its
+    default. A property parses its option when read and raises `ConfigError` when it does not parse.
+    """
+
+    configured: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.configured:
+            _check_name(name)
+
+    def raw(self, name: str) -> Optional[str]:
+        """An option's string: its configured value, else its OPTIONS default (what `get_option` gives)."""
+        _check_name(name)
+        value = self.configured.get(name)
+        return value if value else OPTIONS[name][0]
+
+    # --- parsing ------------------------------------------------------------------------------------
+
+    def _number(self, name: str, kind: Callable[[str], _N], expected: str, minimum: Optional[_N] = None) -> _N:
+        value = self.raw(name)
+        try:
+            number = kind(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise _invalid(name, value, expected) from None
+        if minimum is not None and number < minimum:
+            raise _invalid(name, value, expected)
+        return number
+
+    def _int(self, name: str, minimum: Optional[int] = None) -> int:
+        expected = "a whole number" + (f" of at least {minimum}" if minimum is not None else "")
+        return self._number(name, int, expected, minimum)
+
+    def _float(self, name: str, unit: str = "") -> float:
+        return self._number(name, float, f"a number{' of ' + unit if unit else ''}")
+
+    def _text(self, name: str) -> str:
+        """An option that always has a value (its default is a string)."""
+        value = self.raw(name)
+        if value is None:
+            raise KeyError(f"[invokeai] {name} has no default")
+        return value
+
+    def _list(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in (self.raw(name) or "").split(",") if item.strip())
+
+    # --- storage ------------------------------------------------------------------------------------
+
+    @property
+    def configured_artifact_root(self) -> Optional[str]:
+        """``artifact_root`` as set, None when unset (hand None to another process: it resolves its own default)."""
+        return self.raw("artifact_root")
+
+    @property
+    def artifact_root(self) -> str:
+        """``artifact_root``, else ./artifacts of this process's working directory, as a file URI."""
+        return self.configured_artifact_root or Path("artifacts").resolve().as_uri()
+
+    @property
+    def default_tenant(self) -> str:
+        return self._text("default_tenant")
+
+    @property
+    def s3_conn_id(self) -> str:
+        return self._text("s3_conn_id")
+
+    @property
+    def presign_expiry_seconds(self) -> int:
+        return self._int("presign_expiry_seconds")
+
+    @property
+    def s3_multipart_threshold_mb(self) -> int:
+        return self._int("s3_multipart_threshold_mb")
+
+    @property
+    def s3_retry_seconds(self) -> float:
+        return self._float("s3_retry_seconds", "seconds")
+
+    # --- models -------------------------------------------------------------------------------------
+
+    @property
+    def configured_model_root(self) -> Optional[str]:
+        """``model_root`` as set, None when unset (hand None to another process: it resolves its own default)."""
+        return self.raw("model_root")
+
+    @property
+    def model_root(self) -> str:
+        """``model_root``, else ./invokeai-models of this process's working directory, as a file URI."""
+        return self.configured_model_root or Path("invokeai-models").resolve().as_uri()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """``model_cache_dir`` (a path or a file:// URI; ``~`` expanded), else ~/.cache/invokeai-airflow/models."""
+        value = self.raw("model_cache_dir")
+        if not value:
+            return Path.home() / ".cache" / "invokeai-airflow" / "models"
+        parsed = urlparse(value)
+        return Path(unquote(parsed.path) if parsed.scheme == "file" else value).expanduser()
+
+    @property
+    def model_cache_gb(self) -> float:
+        return self._float("model_cache_gb", "GiB")
+
+    @property
+    def ram_cache_gb(self) -> float:
+        return self._float("ram_cache_gb", "GiB")
+
+    @property
+    def vram_cache_gb(self) -> float:
+        return self._float("vram_cache_gb", "GiB")
+
+    def cache_bytes(self, name: str, override_gb: Optional[float] = None) -> int:
+        """The byte budget of a GiB option (``model_cache_gb``, ``ram_cache_gb``, ``vram_cache_gb``):
+        ``override_gb`` (a command-line flag) when given, else the option. A RAM budget of 0 is the default."""
+        if name not in ("model_cache_gb", "ram_cache_gb", "vram_cache_gb"):
+            raise KeyError(f"[invokeai] {name} is not a GiB budget")
+        gib = override_gb if override_gb is not None else self._float(name, "GiB")
+        size = int(gib * GIB)
+        if size == 0 and name == "ram_cache_gb":
+            size = int(float(OPTIONS[name][0] or 0) * GIB)
+        return size
+
+    @property
+    def model_cache_bytes(self) -> int:
+        return self.cache_bytes("model_cache_gb")
+
+    @property
+    def ram_cache_bytes(self) -> int:
+        return self.cache_bytes("ram_cache_gb")
+
+    @property
+    def vram_cache_bytes(self) -> int:
+        return self.cache_bytes("vram_cache_gb")
+
+    # --- compiled DAGs and their tasks -------------------------------------------------------------
+
+    @property
+    def gpu_queue(self) -> str:
+        return self._text("gpu_queue")
+
+    @property
+    def task_retries(self) -> int:
+        return self._int("task_retries")
+
+    @property
+    def task_retry_delay_seconds(self) -> float:
+        return self._float("task_retry_delay_seconds", "seconds")
+
+    @property
+    def workflow_granularity(self) -> str:
+        return self._text("workflow_granularity")
+
+    # --- the GPU runtime ----------------------------------------------------------------------------
+
+    @property
+    def runtime_socket(self) -> Optional[str]:
+        """``runtime_socket``; None: tasks run their nodes in-process."""
+        return self.raw("runtime_socket")
+
+    @property
+    def runtime_connect_seconds(self) -> float:
+        return self._float("runtime_connect_seconds", "seconds")
+
+    @property
+    def runtime_max_batch(self) -> int:
+        return self._int("runtime_max_batch", minimum=1)
+
+    @property
+    def runtime_preload(self) -> tuple[str, ...]:
+        """``runtime_preload`` split at commas, blanks dropped."""
+        return self._list("runtime_preload")
+
+
+def settings() -> Settings:
+    """The ``[invokeai]`` section as it is configured now (read afresh on every call)."""
+    return Settings({name: value for name in OPTIONS if (value := _configured(name)) is not None})
+
+
+__all__ = ["OPTIONS", "SECTION", "ConfigError", "Settings", "env_var", "get_option", "settings"]

@@ -19,7 +19,7 @@ def get_provider_info() -> dict[str, Any]:
                           "tags": ["software"]}],
         "connection-types": [{
             "connection-type": "invokeai_s3",
-            "hook-class-name": "invokeai_provider.storage.s3.InvokeAIS3Hook",
+            "hook-class-name": "invokeai_provider.airflow.hooks.InvokeAIS3Hook",
             "hook-name": "InvokeAI S3 storage",
             "conn-fields": {
                 "endpoint_url": {"label": "Endpoint URL",

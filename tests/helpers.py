@@ -1,9 +1,9 @@
-"""Small builders for graph dicts in InvokeAI's JSON shape."""
+"""Small builders for graph dicts and saved workflows in InvokeAI's JSON shape, and test helpers."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from invokeai_provider.graph.graph import Graph
@@ -45,6 +45,36 @@ def sd1_graph(model: str = "tiny-sd1", *, prompt: str = "a (red)++ cat", seed: i
              edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae"),
              *(extra_edges or [])]
     return {"id": "t2i", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
+
+
+# --- saved workflows (meta 3.0.0 / 4.0.0) ---------------------------------------------------------------
+
+
+def wf_node(node_id: str, node_type: str, label: str = "", use_cache: bool = True,
+            **inputs: Any) -> dict[str, Any]:
+    return {
+        "id": node_id, "type": "invocation", "position": {"x": 0, "y": 0},
+        "data": {"id": node_id, "type": node_type, "version": "1.0.0", "nodePack": "invokeai", "label": label,
+                 "notes": "", "isOpen": True, "isIntermediate": False, "useCache": use_cache,
+                 "inputs": {name: ({"name": name, "label": f"{name} label"} if value is ... else
+                                   {"name": name, "label": f"{name} label", "value": value})
+                            for name, value in inputs.items()}},
+    }
+
+
+def wf_edge(source: str, handle: str, target: str, target_handle: str, kind: str = "default") -> dict[str, Any]:
+    return {"id": f"{source}-{target}-{target_handle}", "type": kind, "source": source, "sourceHandle": handle,
+            "target": target, "targetHandle": target_handle}
+
+
+def workflow(nodes: list, edges: list, version: str = "3.0.0", exposed: Optional[list] = None,
+             form: Optional[dict] = None) -> dict[str, Any]:
+    doc = {"id": "wf-1", "name": "Test workflow", "author": "tests", "description": "d", "version": "1", "contact": "",
+           "tags": "", "notes": "n", "meta": {"version": version, "category": "user"},
+           "exposedFields": exposed or [], "nodes": nodes, "edges": edges}
+    if form is not None:
+        doc["form"] = form
+    return doc
 
 
 def graph_of(nodes: dict[str, dict[str, Any]], edges: list[dict[str, Any]] | None = None) -> "Graph":

@@ -166,12 +166,12 @@ def airflow_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
     return words, options
 
 
-CLI_PREFIXES = (["invokeai-airflow"], ["python", "-m", "invokeai_provider.cli.app"])
+CLI_PREFIXES = (["invokeai-airflow"], ["python", "-m", "invokeai_provider.cli"])
 
 
 def cli_command(args: list[str]) -> Optional[tuple[list[str], dict[str, str]]]:
     """``invokeai-airflow ARGS...`` (docker/entrypoint.sh runs it as the next form) or ``python -m
-    invokeai_provider.cli.app ARGS...`` as (subcommand words, options); None for any other command."""
+    invokeai_provider.cli ARGS...`` as (subcommand words, options); None for any other command."""
     for prefix in CLI_PREFIXES:
         if args[:len(prefix)] == prefix and len(args) > len(prefix):
             return airflow_command(args[len(prefix):])
@@ -999,7 +999,7 @@ BREAKAGES: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "default worker given the socket": ("runtime", _env("worker-default", RUNTIME_SOCKET_KEY,
                                                         "/opt/airflow/runtime/gpu0.sock")),
     "runtime healthcheck elsewhere": ("runtime", _break(["services", RUNTIME_SERVICE, "healthcheck", "test"], [
-        "CMD", "python", "-m", "invokeai_provider.cli.app", "runtime", "status", "--socket", "/tmp/gpu0.sock"])),
+        "CMD", "python", "-m", "invokeai_provider.cli", "runtime", "status", "--socket", "/tmp/gpu0.sock"])),
     "runtime healthcheck in a shell": ("runtime", _break(["services", RUNTIME_SERVICE, "healthcheck", "test"], [
         "CMD-SHELL", "true"])),
     "logs not shared": ("logs", _break(["services", "api-server", "volumes"], [])),
@@ -1151,7 +1151,7 @@ def test_the_entrypoint_writes_the_admin_password_and_runs_the_cli(fake_airflow_
     other = tmp_path / "other.json"
     env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(other)}
     assert _run_entrypoint(script, ["invokeai-airflow", "models", "list", "--json"], env) == [
-        "python", "-m", "invokeai_provider.cli.app", "models", "list", "--json"]
+        "python", "-m", "invokeai_provider.cli", "models", "list", "--json"]
     assert _run_entrypoint(script, ["celery", "worker", "--queues", "gpu"], env) == [
         "celery", "worker", "--queues", "gpu"]
     assert not other.exists()  # no password given: no password file
@@ -1164,10 +1164,10 @@ def test_the_runtime_command_reaches_the_cli_and_its_healthcheck_asks_it(fake_ai
     script, _ = fake_airflow_entrypoint
     runtime = services(compose)[RUNTIME_SERVICE]
     args = command_args(runtime)
-    assert _run_entrypoint(script, args, {}) == ["python", "-m", "invokeai_provider.cli.app", *args[1:]]
+    assert _run_entrypoint(script, args, {}) == ["python", "-m", "invokeai_provider.cli", *args[1:]]
     _, options = cli_command(args) or ([], {})
     test = [str(arg) for arg in runtime["healthcheck"]["test"]]
-    assert test[:4] == ["CMD", "python", "-m", "invokeai_provider.cli.app"], "a healthcheck does not go through the " \
+    assert test[:4] == ["CMD", "python", "-m", "invokeai_provider.cli"], "a healthcheck does not go through the " \
         "entry point: it must run the CLI as a module"
     with tempfile.TemporaryDirectory(prefix="invokeai-rt-") as folder:  # a short path, as AF_UNIX needs
         socket_path = str(Path(folder) / "runtime" / Path(options["--socket"]).name)
@@ -1176,7 +1176,7 @@ def test_the_runtime_command_reaches_the_cli_and_its_healthcheck_asks_it(fake_ai
             command = [socket_path if arg == options["--socket"] else arg for arg in command]
             return [sys.executable, *command[1:]]
 
-        serve = here(["python", "-m", "invokeai_provider.cli.app", *args[1:]])
+        serve = here(["python", "-m", "invokeai_provider.cli", *args[1:]])
         serve[serve.index("--device") + 1] = "cpu"
         healthcheck = here(test[1:])
         assert subprocess.run(healthcheck, capture_output=True, timeout=120).returncode != 0
@@ -1195,7 +1195,7 @@ def test_the_runtime_command_reaches_the_cli_and_its_healthcheck_asks_it(fake_ai
 
 
 def test_the_cli_runs_as_a_module():
-    result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli.app", "models", "--help"],
+    result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli", "models", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "install" in result.stdout, result.stderr
 

@@ -1,2 +1,3 @@
-"""Array maths shared by image nodes and backends: colour spaces, the invisible watermark, tiling.
+"""Array maths shared by image nodes and backends: colour spaces, 8-bit conversion, the invisible watermark,
+tiling.
 """

@@ -1,13 +1,14 @@
 """Tiling arithmetic and tile merging, as InvokeAI's ``backend/tiles`` does them.
 
-The tile nodes expose this to graphs; upscalers run their networks tile by tile with it. Coordinates and
-overlaps are the ones InvokeAI computes for the same inputs, and merged pixels agree with InvokeAI's (its
-NumPy 1.x arithmetic, OpenCV's box blur). numpy is imported inside the functions that need it.
+The tile nodes expose this to graphs; upscalers run their networks tile by tile with it
+(:func:`tiled_inference`). Coordinates and overlaps are the ones InvokeAI computes for the same inputs, and
+merged pixels agree with InvokeAI's (its NumPy 1.x arithmetic, OpenCV's box blur). numpy is imported inside
+the functions that need it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -156,6 +157,15 @@ def calc_tiles_min_overlap(image_height: int, image_width: int, tile_height: int
                  _spread_spans(image_width, tile_width, min_overlap, "width"))
 
 
+def calc_tiles_grid(image_height: int, image_width: int, tile_size: int) -> list[Tile]:
+    """``tile_size`` squares side by side from the top left corner, none overlapping; the last row and column
+    are cut short at the image edge (the grid InvokeAI's ESRGAN and PBR-maps nodes tile with)."""
+    if tile_size < 1:
+        raise TileError(f"tile_size must be at least 1, got {tile_size}", field="tile_size")
+    return _grid([(start, min(start + tile_size, image_height)) for start in range(0, image_height, tile_size)],
+                 [(start, min(start + tile_size, image_width)) for start in range(0, image_width, tile_size)])
+
+
 # --- merging --------------------------------------------------------------------------------------
 
 
@@ -302,3 +312,42 @@ def merge_tiles(tiles: Sequence[Tile], images: Sequence["np.ndarray"], blend_mod
         else:
             merged[first.top:first.bottom] = row_image
     return merged
+
+
+# --- tiled inference ------------------------------------------------------------------------------
+
+
+def tiled_inference(run: Callable[[Any], Any], image: Any, out: Any, tiles: Sequence[Tile], scale: int = 1,
+                    context: int = 0, channels_last: bool = True,
+                    on_tile: Optional[Callable[[int, int], None]] = None) -> Any:
+    """``out`` filled with ``run`` applied tile by tile to ``image``; returns ``out``.
+
+    ``image`` and ``out`` are NumPy arrays or torch tensors, (H, W, C) with ``channels_last``, else
+    (..., C, H, W); ``out`` is ``scale`` times the image's size and ``run`` maps a crop to its output,
+    ``scale`` times the crop's size. Tiles are taken in the order given. Each is run on its box grown by
+    ``context`` px on every side (as far as the image reaches), so the network sees its surroundings; of
+    the result, the tile's own box is pasted over what is in ``out`` already, less the first half of its
+    top and left overlap (in output px, rounded down), which the tile before keeps. ``on_tile(done,
+    total)`` is called before the first tile and after each (it may raise to cancel).
+    """
+    height, width = image.shape[:2] if channels_last else image.shape[-2:]
+
+    def window(top: int, bottom: int, left: int, right: int) -> tuple:
+        rows, cols = slice(top, bottom), slice(left, right)
+        return (rows, cols) if channels_last else (Ellipsis, rows, cols)
+
+    if on_tile is not None:
+        on_tile(0, len(tiles))
+    for done, tile in enumerate(tiles, start=1):
+        box = tile.coords
+        y0, x0 = max(box.top - context, 0), max(box.left - context, 0)
+        y1, x1 = min(box.bottom + context, height), min(box.right + context, width)
+        result = run(image[window(y0, y1, x0, x1)])
+        top = box.top * scale + tile.overlap.top * scale // 2
+        left = box.left * scale + tile.overlap.left * scale // 2
+        bottom, right = box.bottom * scale, box.right * scale
+        oy, ox = y0 * scale, x0 * scale
+        out[window(top, bottom, left, right)] = result[window(top - oy, bottom - oy, left - ox, right - ox)]
+        if on_tile is not None:
+            on_tile(done, len(tiles))
+    return out

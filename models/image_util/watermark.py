@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 import pywt
 
+from invokeai_provider.models.image_util.arrays import to_uint8
+
 BLOCK = 4
 """Side of the square blocks of approximation coefficients that each carry one bit."""
 U_CHANNEL = 1
@@ -104,7 +106,7 @@ def embed_bits(bgr: np.ndarray, bits: np.ndarray) -> np.ndarray:
     _put_block_rows(approx, flat)
     rows, cols = approx.shape[0] * 2, approx.shape[1] * 2
     plane = pywt.idwt2((approx, details), "haar")
-    yuv[:rows, :cols, U_CHANNEL] = np.clip(np.rint(plane), 0, 255).astype(np.uint8)
+    yuv[:rows, :cols, U_CHANNEL] = to_uint8(plane, scale=1)
     return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)
 
 

@@ -67,11 +67,11 @@ def default_device() -> str:
 
 
 def cache_budget_bytes(option: str, override_gb: Optional[float] = None) -> int:
-    """A cache budget in bytes: ``override_gb`` when given, else the ``[invokeai]`` option (in GiB)."""
-    from invokeai_provider.config import get_option
+    """A cache budget in bytes: ``override_gb`` when given, else the ``[invokeai]`` option (in GiB); see
+    `invokeai_provider.config.Settings.cache_bytes`."""
+    from invokeai_provider.config import settings
 
-    gib = override_gb if override_gb is not None else float(get_option(option) or 0)
-    return int(gib * (1 << 30))
+    return settings().cache_bytes(option, override_gb)
 
 
 class ModelManager:
@@ -79,7 +79,7 @@ class ModelManager:
                  device: Optional[str] = None, dtype: Any = None) -> None:
         self.registry = registry
         self.device = device or default_device()
-        self.cache = cache or ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb") or 8 << 30,
+        self.cache = cache or ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb"),
                                          vram_bytes=cache_budget_bytes("vram_cache_gb"),
                                          execution_device=self.device)
         self._dtype = dtype

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
-from urllib.parse import unquote, urlparse
 
 from invokeai_provider.errors import ArtifactNotFoundError, InvalidArtifactKeyError, InvokeAIProviderError
 from invokeai_provider.models.model_manager.configs import ModelConfig
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 
 RECORDS = "records"
 FILES = "files"
-DEFAULT_CACHE_GB = 200.0
 
 
 class UnknownModelError(InvokeAIProviderError):
@@ -44,31 +42,23 @@ class ModelFilesError(InvokeAIProviderError):
 
 def default_model_root() -> str:
     """``[invokeai] model_root`` (env ``AIRFLOW__INVOKEAI__MODEL_ROOT``), else ./invokeai-models."""
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    return get_option("model_root") or Path("invokeai-models").resolve().as_uri()
+    return settings().model_root
 
 
 def default_model_cache_dir() -> Path:
     """``[invokeai] model_cache_dir`` (a path or file:// URI), else ~/.cache/invokeai-airflow/models."""
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    value = get_option("model_cache_dir")
-    if not value:
-        return Path.home() / ".cache" / "invokeai-airflow" / "models"
-    parsed = urlparse(value)
-    return Path(unquote(parsed.path) if parsed.scheme == "file" else value).expanduser()
+    return settings().model_cache_dir
 
 
 def default_model_cache_bytes() -> int:
     """``[invokeai] model_cache_gb`` in bytes (GiB; default 200)."""
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    raw = get_option("model_cache_gb") or DEFAULT_CACHE_GB
-    try:
-        return int(float(raw) * (1 << 30))
-    except ValueError:
-        raise InvokeAIProviderError(f"[invokeai] model_cache_gb {raw!r}: expected a number of GiB") from None
+    return settings().model_cache_bytes
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from invokeai_provider.storage.base import atomic_write
+
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
@@ -32,15 +34,6 @@ def cache_root() -> Path:
     """Cache directory of this package: ``$INVOKEAI_PROVIDER_CACHE`` or ``~/.cache/invokeai_provider``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "invokeai_provider"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename so concurrent builders never see a half-written cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _bpe_gz(root: Path) -> bytes:
@@ -104,8 +97,10 @@ def clip_tokenizer_files(cache_dir: Path | None = None) -> Path:
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(tokens) != CLIP_VOCAB_SIZE or len(vocab) != CLIP_VOCAB_SIZE:
         raise RuntimeError(f"CLIP vocabulary has {len(vocab)} distinct tokens, expected {CLIP_VOCAB_SIZE}")
-    _atomic_write(merges_path, ("#version: 0.2\n" + "\n".join(merges) + "\n").encode("utf-8"))
-    _atomic_write(vocab_path, json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    merges_text = ("#version: 0.2\n" + "\n".join(merges) + "\n").encode("utf-8")
+    atomic_write(merges_path, lambda out: out.write(merges_text))
+    vocab_text = json.dumps(vocab, ensure_ascii=False).encode("utf-8")
+    atomic_write(vocab_path, lambda out: out.write(vocab_text))
     return out
 
 

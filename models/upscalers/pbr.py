@@ -6,7 +6,9 @@ Parameter names follow the "old" ESRGAN layout those files use, so they load wit
 ``model.0`` is the first conv, ``model.1.sub.<i>`` (i < 12) are the residual-in-residual dense blocks and
 ``model.1.sub.12`` the conv closing the long skip connection, then ``model.2`` (conv), ``model.3`` (leaky
 ReLU) and ``model.4`` (the output conv). Inside a block, ``RDB<k>.conv<j>.0`` is a conv; convs 1-4 are
-followed by a leaky ReLU (slope 0.2), conv 5 is not. The scale is 1: no upsampling layers.
+followed by a leaky ReLU (slope 0.2), conv 5 is not. The blocks are ESRGAN's
+(:class:`~invokeai_provider.models.upscalers.rrdb.RRDB` with ``old_layout``). The scale is 1: no upsampling
+layers.
 
 Pixels go in as floats in [0, 1], channels in BGR order (the networks were trained through OpenCV), and come
 out in the same scale; :func:`run_tiled` handles that and the tiling.
@@ -15,11 +17,13 @@ out in the same scale; :func:`run_tiled` handles that and the tiling.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from invokeai_provider.models.image_util.tiling import calc_tiles_grid, tiled_inference
+from invokeai_provider.models.upscalers.rrdb import RRDB
 
 NORMAL_MAP_CHECKPOINT = "normal_map_generator.safetensors"
 OTHER_MAPS_CHECKPOINT = "franken_map_generator.safetensors"
@@ -28,45 +32,6 @@ PBR_REPO = "InvokeAI/pbr-material-maps"
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
-
-
-class _ConvLeaky(nn.Sequential):
-    """A 3x3 conv and a 0.2 leaky ReLU, kept as a two-entry Sequential so the conv is ``<name>.0``."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(_conv(cin, cout), nn.LeakyReLU(0.2, inplace=True))
-
-
-class _DenseBlock(nn.Module):
-    """Five convs, each fed the block input and every earlier output; the result, scaled by 0.2, is added
-    back to the input."""
-
-    def __init__(self, channels: int, growth: int) -> None:
-        super().__init__()
-        self.conv1 = _ConvLeaky(channels, growth)
-        self.conv2 = _ConvLeaky(channels + growth, growth)
-        self.conv3 = _ConvLeaky(channels + 2 * growth, growth)
-        self.conv4 = _ConvLeaky(channels + 3 * growth, growth)
-        self.conv5 = nn.Sequential(_conv(channels + 4 * growth, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            features.append(conv(torch.cat(features, 1)))
-        return x + 0.2 * self.conv5(torch.cat(features, 1))
-
-
-class _RRDB(nn.Module):
-    """Three dense blocks in a row, with their own 0.2-scaled skip connection."""
-
-    def __init__(self, channels: int, growth: int) -> None:
-        super().__init__()
-        self.RDB1 = _DenseBlock(channels, growth)
-        self.RDB2 = _DenseBlock(channels, growth)
-        self.RDB3 = _DenseBlock(channels, growth)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0.2 * self.RDB3(self.RDB2(self.RDB1(x)))
 
 
 class _Shortcut(nn.Module):
@@ -87,7 +52,8 @@ class PBRNet(nn.Module):
     def __init__(self, features: int = 32, blocks: int = 12, growth: int = 32, in_channels: int = 3,
                  out_channels: int = 3) -> None:
         super().__init__()
-        trunk = nn.Sequential(*[_RRDB(features, growth) for _ in range(blocks)], _conv(features, features))
+        trunk = nn.Sequential(*[RRDB(features, growth, old_layout=True) for _ in range(blocks)],
+                              _conv(features, features))
         self.model = nn.Sequential(_conv(in_channels, features), _Shortcut(trunk), _conv(features, features),
                                    nn.LeakyReLU(0.2, inplace=True), _conv(features, out_channels))
 
@@ -116,15 +82,7 @@ def run_tiled(net: nn.Module, rgb: np.ndarray, tile_size: int) -> np.ndarray:
     height, width = rgb.shape[:2]
     if height <= tile_size and width <= tile_size:
         return _predict(net, rgb)
-    margin = math.ceil(tile_size * 0.125)
     out = np.zeros((height, width, 3), dtype=np.uint8)
-    for top in range(0, height, tile_size):
-        bottom = min(top + tile_size, height)
-        for left in range(0, width, tile_size):
-            right = min(left + tile_size, width)
-            y0, x0 = max(top - margin, 0), max(left - margin, 0)
-            y1, x1 = min(bottom + margin, height), min(right + margin, width)
-            tile = _predict(net, rgb[y0:y1, x0:x1])
-            out[top:bottom, left:right] = tile[top - y0:bottom - y0, left - x0:right - x0]
-    return out
+    return tiled_inference(lambda crop: _predict(net, crop), rgb, out, calc_tiles_grid(height, width, tile_size),
+                           context=math.ceil(tile_size * 0.125))
 

@@ -1,5 +1,6 @@
 """RRDBNet, the ESRGAN / Real-ESRGAN super-resolution network, and the padded, optionally tiled inference
-InvokeAI's ``esrgan`` node runs it with.
+InvokeAI's ``esrgan`` node runs it with. Its RRDB block is also the one of the PBR-maps generator
+(:mod:`invokeai_provider.models.upscalers.pbr`), whose checkpoints name its layers the older ESRGAN way.
 
 Parameter names and shapes follow the published BasicSR-format checkpoints (``RealESRGAN_x4plus.pth``,
 ``RealESRGAN_x4plus_anime_6B.pth``, ``ESRGAN_SRx4_DF2KOST_official-ff704c30.pth``, ``RealESRGAN_x2plus.pth``),
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from invokeai_provider.models.image_util.tiling import calc_tiles_grid, tiled_inference
+
 # InvokeAI's padding: the image is reflect-padded by PRE_PAD px on the right and bottom before inference (and
 # the matching output cropped off), and each tile is cut with TILE_PAD px of context on every side.
 PRE_PAD = 10
@@ -23,14 +26,18 @@ TILE_PAD = 10
 
 
 class DenseBlock(nn.Module):
-    """Five 3x3 convs, each seeing the block input and every earlier conv's output; the result is added back
-    scaled by 0.2 (as the checkpoints were trained)."""
+    """Five 3x3 convs, each seeing the block input and every earlier conv's output (convs 1-4 followed by a
+    0.2 leaky ReLU); the result is added back scaled by 0.2 (as the checkpoints were trained).
 
-    def __init__(self, features: int = 64, growth: int = 32) -> None:
+    ``old_layout``: each conv sits in a one-entry Sequential, so its parameters are ``conv<j>.0.*`` as in the
+    "old" ESRGAN checkpoints (where ``.1`` was the parameterless activation), not ``conv<j>.*``."""
+
+    def __init__(self, features: int = 64, growth: int = 32, old_layout: bool = False) -> None:
         super().__init__()
         for i in range(5):
             out = features if i == 4 else growth
-            setattr(self, f"conv{i + 1}", nn.Conv2d(features + i * growth, out, 3, 1, 1))
+            conv = nn.Conv2d(features + i * growth, out, 3, 1, 1)
+            setattr(self, f"conv{i + 1}", nn.Sequential(conv) if old_layout else conv)
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,16 +48,20 @@ class DenseBlock(nn.Module):
 
 
 class RRDB(nn.Module):
-    """Three dense blocks in a row with their own 0.2-scaled residual around them."""
+    """Three dense blocks in a row with their own 0.2-scaled residual around them: ``rdb1``-``rdb3``, or with
+    ``old_layout`` ``RDB1``-``RDB3`` holding old-layout dense blocks (see :class:`DenseBlock`)."""
 
-    def __init__(self, features: int = 64, growth: int = 32) -> None:
+    def __init__(self, features: int = 64, growth: int = 32, old_layout: bool = False) -> None:
         super().__init__()
-        self.rdb1 = DenseBlock(features, growth)
-        self.rdb2 = DenseBlock(features, growth)
-        self.rdb3 = DenseBlock(features, growth)
+        self.block_names = tuple(f"{'RDB' if old_layout else 'rdb'}{k}" for k in (1, 2, 3))
+        for name in self.block_names:
+            setattr(self, name, DenseBlock(features, growth, old_layout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0.2 * self.rdb3(self.rdb2(self.rdb1(x)))
+        out = x
+        for name in self.block_names:
+            out = getattr(self, name)(out)
+        return x + 0.2 * out
 
 
 class RRDBNet(nn.Module):
@@ -139,8 +150,8 @@ def upscale(net: RRDBNet, image: torch.Tensor, tile_size: int = 0, tile_pad: int
 
     As InvokeAI's RealESRGAN wrapper: reflect pre-padding of the right and bottom edges (cropped off after),
     and with ``tile_size`` > 0 the padded image is cut into ``tile_size`` squares, each run with
-    ``tile_pad`` px of surrounding context and only its own area pasted into the output; 0 runs the whole
-    image at once.
+    ``tile_pad`` px of surrounding context and only its own area pasted into the output
+    (:func:`~invokeai_provider.models.image_util.tiling.tiled_inference`); 0 runs the whole image at once.
     """
     height, width = image.shape[-2:]
     padded = _pad(image, min(pre_pad, width - 1), min(pre_pad, height - 1))
@@ -153,14 +164,7 @@ def upscale(net: RRDBNet, image: torch.Tensor, tile_size: int = 0, tile_pad: int
         else:
             _, _, ph, pw = padded.shape
             out = padded.new_zeros((padded.shape[0], padded.shape[1], ph * scale, pw * scale))
-            for top in range(0, ph, tile_size):
-                for left in range(0, pw, tile_size):
-                    bottom, right = min(top + tile_size, ph), min(left + tile_size, pw)
-                    y0, x0 = max(top - tile_pad, 0), max(left - tile_pad, 0)
-                    y1, x1 = min(bottom + tile_pad, ph), min(right + tile_pad, pw)
-                    result = _run(net, padded[..., y0:y1, x0:x1])
-                    oy, ox = (top - y0) * scale, (left - x0) * scale
-                    out[..., top * scale: bottom * scale, left * scale: right * scale] = \
-                        result[..., oy: oy + (bottom - top) * scale, ox: ox + (right - left) * scale]
+            tiled_inference(lambda crop: _run(net, crop), padded, out, calc_tiles_grid(ph, pw, tile_size),
+                            scale=scale, context=tile_pad, channels_last=False)
     return out[..., : height * scale, : width * scale].clamp_(0, 1)
 

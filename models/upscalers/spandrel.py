@@ -123,7 +123,7 @@ def upscale(model: Any, rgb: "np.ndarray", tile_size: int,
     import numpy as np
     import torch
 
-    from invokeai_provider.models.image_util.tiling import TBLR, Tile, calc_tiles_min_overlap
+    from invokeai_provider.models.image_util.tiling import TBLR, Tile, calc_tiles_min_overlap, tiled_inference
 
     height, width = rgb.shape[:2]
     if tile_size > 0 and (height > tile_size or width > tile_size):
@@ -133,21 +133,14 @@ def upscale(model: Any, rgb: "np.ndarray", tile_size: int,
                       overlap=TBLR(top=0, bottom=0, left=0, right=0))]
     tiles.sort(key=lambda tile: (tile.coords.top, tile.coords.left))
     scale = model.scale
-    out = np.zeros((height * scale, width * scale, 3), dtype=np.uint8)
-    if on_tile is not None:
-        on_tile(0, len(tiles))
-    for done, tile in enumerate(tiles, start=1):
-        box = tile.coords
-        crop = rgb[box.top:box.bottom, box.left:box.right].copy()  # writable and contiguous, for torch
-        batch = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+    def run(crop: "np.ndarray") -> "np.ndarray":
+        batch = torch.from_numpy(crop.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0  # copy: writable
         result = model.run(batch)[0].permute(1, 2, 0).clamp(0, 1).float().cpu().numpy()
-        expected = ((box.bottom - box.top) * scale, (box.right - box.left) * scale)
-        if result.shape[:2] != expected:
+        if result.shape[:2] != (crop.shape[0] * scale, crop.shape[1] * scale):
             raise SpandrelModelError(f"{getattr(model, 'path', 'the model')}: a {crop.shape[1]}x{crop.shape[0]} "
                                      f"tile came out {result.shape[1]}x{result.shape[0]}, not {scale}x its size")
-        top, left = tile.overlap.top * scale // 2, tile.overlap.left * scale // 2
-        out[box.top * scale + top:box.bottom * scale, box.left * scale + left:box.right * scale] = \
-            (result[top:, left:] * 255.0).round().astype(np.uint8)
-        if on_tile is not None:
-            on_tile(done, len(tiles))
-    return out
+        return (result * 255.0).round().astype(np.uint8)
+
+    out = np.zeros((height * scale, width * scale, 3), dtype=np.uint8)
+    return tiled_inference(run, rgb, out, tiles, scale=scale, on_tile=on_tile)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from invokeai_provider.core.fields import BoundingBoxField, ImageField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR, CoreModel, use_core_model
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import BoundingBoxCollectionOutput, ImageOutput, MaskOutput
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def depth_to_image(depth: Any) -> "Image":
     values = np.asarray(depth, dtype=np.float64)
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    return Image.fromarray((scaled * 255.0).astype(np.uint8))
+    return Image.fromarray(to_uint8(scaled, scale=255.0, rounding="floor"))
 
 
 @invocation("depth_anything_depth_estimation", title="Depth Anything Depth Estimation",
@@ -88,7 +89,7 @@ class DepthAnythingDepthEstimationInvocation(BaseInvocation, WithMetadata, WithB
             outputs = core.model(**inputs)
             [result] = core.processor.post_process_depth_estimation(outputs, target_sizes=[(image.height, image.width)])
         depth = result["predicted_depth"].float().cpu().numpy()
-        return ImageOutput.build(context.images.save(depth_to_image(depth)))
+        return save_image(self, context, depth_to_image(depth))
 
 
 # --- Segment Anything --------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.annotators.checkpoint import ANNOTATORS_REPO, strip_module_prefix, use_annotator
-from invokeai_provider.operators.image.io import load_image
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -41,9 +42,7 @@ ANIME_MULTIPLE = 256
 
 def finish_map(line: "np.ndarray") -> "np.ndarray":
     """A network output in 0..255 (255 = background) as a white-on-black uint8 edge map, noise floor removed."""
-    import numpy as np
-
-    edges = 255 - np.clip(line, 0, 255).astype(np.uint8)
+    edges = 255 - to_uint8(line, scale=1, rounding="floor")
     edges[edges < NOISE_FLOOR] = 0
     return edges
 
@@ -59,7 +58,6 @@ class LineartEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import numpy as np
         import torch
-        from PIL import Image
 
         from invokeai_provider.models.annotators.lineart import LineartGenerator
 
@@ -74,7 +72,7 @@ class LineartEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
             line = model(pixels.to(device))[0, 0].float().cpu().numpy() * 255.0
         # The generator rounds odd sizes up to a multiple of 4 at the bottom/right; keep the image's own size.
         edges = finish_map(line[:image.height, :image.width])
-        return ImageOutput.build(context.images.save(Image.fromarray(edges)))
+        return save_image(self, context, edges)
 
 
 @invocation("lineart_anime_edge_detection", title="Lineart Anime Edge Detection", tags=["controlnet", "lineart"],
@@ -89,7 +87,6 @@ class LineartAnimeEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoar
         import cv2
         import numpy as np
         import torch
-        from PIL import Image
 
         from invokeai_provider.models.annotators.lineart_anime import LineartAnimeUNet
 
@@ -105,4 +102,4 @@ class LineartAnimeEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoar
             pixels = torch.from_numpy(fed.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
             line = model(pixels.to(device))[0, 0].float().cpu().numpy() * 127.5 + 127.5
         line = cv2.resize(line, (width, height), interpolation=cv2.INTER_CUBIC)
-        return ImageOutput.build(context.images.save(Image.fromarray(finish_map(line))))
+        return save_image(self, context, finish_map(line))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR, core_model_folder
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ class MediaPipeFaceDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
             raise fail(self, "image", "face detection runs mediapipe's face landmarker, and mediapipe is not "
                                       "installed (pip install 'mediapipe>=0.10.30,<0.10.32')")
         import numpy as np
-        from PIL import Image
 
         _, folder = core_model_folder(self, context, "image", MEDIAPIPE_FOLDER, required=(mpf.TASK_FILE,),
                                       what=f"mediapipe's face landmarker bundle {mpf.TASK_FILE} ({mpf.TASK_SOURCE})")
@@ -52,4 +51,4 @@ class MediaPipeFaceDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         if not faces:
             context.logger.info("node %s: no face found (of at least %d pixels) for the face annotator",
                                 self.id, mpf.MIN_FACE_PIXELS)
-        return ImageOutput.build(context.images.save(Image.fromarray(canvas)))
+        return save_image(self, context, canvas)

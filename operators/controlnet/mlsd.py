@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class MLSDDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         import cv2
         import numpy as np
         import torch
-        from PIL import Image
 
         from invokeai_provider.models.annotators.checkpoint import use_annotator
         from invokeai_provider.models.annotators.mlsd import (
@@ -88,4 +87,4 @@ class MLSDDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
             segments = decode_segments(tp_map, self.score_threshold, self.distance_threshold)
         lines = draw_segments(segments, resized.shape[0], resized.shape[1])
         lines = cv2.resize(lines, (width, height), interpolation=cv2.INTER_LINEAR)
-        return ImageOutput.build(context.images.save(Image.fromarray(lines)))
+        return save_image(self, context, lines)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.image.io import load_image
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -27,10 +28,8 @@ NORMAL_BAE_CHECKPOINT = "scannet.pt"
 def normals_to_rgb(normals: "torch.Tensor") -> "np.ndarray":
     """(3, H, W) unit normals in [-1, 1] as an (H, W, 3) uint8 image: x, y, z -> R, G, B by (n + 1) / 2,
     truncated to integers like InvokeAI's ``astype``."""
-    import numpy as np
-
     scaled = ((normals.float() + 1.0) * 0.5).clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy()
-    return (scaled * 255.0).clip(0, 255).astype(np.uint8)
+    return to_uint8(scaled, scale=255.0, rounding="floor")
 
 
 @invocation("normal_map", title="Normal Map", tags=["controlnet", "normal"], category="controlnet",
@@ -44,7 +43,6 @@ class NormalMapInvocation(BaseInvocation, WithMetadata, WithBoard):
         import cv2
         import numpy as np
         import torch
-        from PIL import Image
 
         from invokeai_provider.models.annotators.checkpoint import use_annotator
         from invokeai_provider.models.annotators.normal_bae import NormalBaeNet, network_input, unwrap_checkpoint
@@ -60,4 +58,4 @@ class NormalMapInvocation(BaseInvocation, WithMetadata, WithBoard):
             prediction = net(network_input(resized).to(device))[-1]
             normals = normals_to_rgb(prediction[0, :3])
         normals = cv2.resize(normals, (width, height), interpolation=cv2.INTER_LINEAR)
-        return ImageOutput.build(context.images.save(Image.fromarray(normals)))
+        return save_image(self, context, normals)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR, use_core_model
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ class DWOpenposeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
             raise fail(self, "image", "DWPose runs its ONNX models with onnxruntime, which is not installed "
                                       "(pip install onnxruntime, or onnxruntime-gpu on GPU workers)")
         import numpy as np
-        from PIL import Image
 
         from invokeai_provider.models.annotators import dw_openpose as dw
         rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
@@ -67,4 +66,4 @@ class DWOpenposeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
                                             face=self.draw_face)
             except dw.DWPoseModelError as exc:
                 raise fail(self, "image", f"the DWPose model {exc}") from None
-        return ImageOutput.build(context.images.save(Image.fromarray(canvas)))
+        return save_image(self, context, canvas)

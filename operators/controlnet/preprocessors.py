@@ -21,22 +21,15 @@ from invokeai_provider.core.invocation import (
     WithMetadata,
     invocation,
 )
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
     import numpy as np
-    from PIL.Image import Image
 
     from invokeai_provider.core.context import InvocationContext
 
 _CATEGORY = "controlnet"  # InvokeAI 6.11; later releases moved these to "controlnet_preprocessors"
-
-
-def _save_array(context: "InvocationContext", array: "np.ndarray") -> ImageOutput:
-    from PIL import Image as PILImage
-
-    return ImageOutput.build(context.images.save(PILImage.fromarray(array)))
 
 
 def _rgb_array(node: BaseInvocation, context: "InvocationContext") -> "np.ndarray":
@@ -66,7 +59,7 @@ class CannyEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         # InvokeAI hands OpenCV a BGR array; keep that order so ties between channels break the same way.
         bgr = np.ascontiguousarray(_rgb_array(self, context)[:, :, ::-1])
         edges = cv2.Canny(bgr, self.low_threshold, self.high_threshold)
-        return _save_array(context, np.stack([edges] * 3, axis=2))
+        return save_image(self, context, np.stack([edges] * 3, axis=2))
 
 
 # --- content shuffle ------------------------------------------------------------------------------------
@@ -115,7 +108,7 @@ class ContentShuffleInvocation(BaseInvocation, WithMetadata, WithBoard):
             raise fail(self, "scale_factor", f"expected at least 1 (the noise cell size in px), got {self.scale_factor}")
         array = _rgb_array(self, context)
         digest = hashlib.sha256(array.tobytes() + f"|{array.shape}|{self.scale_factor}".encode()).digest()
-        return _save_array(context, content_shuffle(array, self.scale_factor, int.from_bytes(digest[:8], "big")))
+        return save_image(self, context, content_shuffle(array, self.scale_factor, int.from_bytes(digest[:8], "big")))
 
 
 # --- colour map -----------------------------------------------------------------------------------------
@@ -136,7 +129,7 @@ class ColorMapInvocation(BaseInvocation, WithMetadata, WithBoard):
         # As InvokeAI: bicubic down to one pixel per tile, nearest back up to full size.
         small = cv2.resize(array, (width // min(self.tile_size, width), height // min(self.tile_size, height)),
                            interpolation=cv2.INTER_CUBIC)
-        return _save_array(context, cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST))
+        return save_image(self, context, cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST))
 
 
 # --- heuristic resize -----------------------------------------------------------------------------------
@@ -243,4 +236,4 @@ class HeuristicResizeInvocation(BaseInvocation):
     height: int = InputField(default=512, ge=1, description="The height to resize to (px)")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        return _save_array(context, heuristic_resize(_rgb_array(self, context), (self.width, self.height)))
+        return save_image(self, context, heuristic_resize(_rgb_array(self, context), (self.width, self.height)))

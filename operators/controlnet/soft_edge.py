@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.annotators.checkpoint import ANNOTATORS_REPO, use_annotator
-from invokeai_provider.operators.image.io import load_image
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -68,12 +69,6 @@ def scribble(edges: "np.ndarray") -> "np.ndarray":
     return np.where(blurred > 4, 255, 0).astype(np.uint8)
 
 
-def _save_edges(context: "InvocationContext", edges: "np.ndarray") -> ImageOutput:
-    from PIL import Image
-
-    return ImageOutput.build(context.images.save(Image.fromarray(edges)))
-
-
 def _rgb(node: BaseInvocation, context: "InvocationContext") -> "np.ndarray":
     import numpy as np
 
@@ -99,7 +94,7 @@ class HEDEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         with use_annotator(self, context, _MODEL_FIELD, HED_CHECKPOINT, HEDNet,
                            what=f"{HED_CHECKPOINT} from the hub repo {ANNOTATORS_REPO}") as net:
             edges = hed_edge_map(net, rgb)
-        return _save_edges(context, scribble(edges) if self.scribble else edges)
+        return save_image(self, context, scribble(edges) if self.scribble else edges)
 
 
 @invocation("pidi_edge_detection", title="PiDiNet Edge Detection", tags=["controlnet", "edge"],
@@ -113,8 +108,6 @@ class PiDiNetEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
     scribble: bool = InputField(default=False, description="Whether or not to use scribble mode")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        import numpy as np
-
         from invokeai_provider.models.annotators.pidi import PIDI_CHECKPOINT, PiDiNet, pidi_edge_probability, pidi_state_dict
 
         rgb = _rgb(self, context)
@@ -123,5 +116,5 @@ class PiDiNetEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
             probability = pidi_edge_probability(net, rgb)
         if self.quantize_edges:
             probability = quantize(probability)
-        edges = (probability * 255.0).clip(0, 255).astype(np.uint8)
-        return _save_edges(context, scribble(edges) if self.scribble else edges)
+        edges = to_uint8(probability, scale=255.0, rounding="floor")
+        return save_image(self, context, scribble(edges) if self.scribble else edges)

@@ -45,7 +45,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
-from invokeai_provider.operators.sd.model_loaders import clip_of, submodel, unet_of
+from invokeai_provider.operators.core.models import MODEL_SERVICE, clip_of, submodel, unet_of
 from invokeai_provider.operators.sd.model_fields import (
     CLIP_DESCRIPTION,
     MAIN_MODEL_DESCRIPTION,
@@ -83,8 +83,6 @@ if TYPE_CHECKING:
 _CATEGORY = "metadata"
 # The version recorded as `app_version` in metadata this package writes.
 APP_VERSION = __version__
-# Name of the optional run service that knows which models are installed.
-MODEL_SERVICE = "models"
 
 # Descriptions shared with InvokeAI's FieldDescriptions.
 _LABEL = "Label for this metadata item"

@@ -20,8 +20,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.operators.image.io import fail, load_image, same_size
-from invokeai_provider.operators.image.mask import save_image
+from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ class CanvasOutputInvocation(BaseInvocation):
     image: ImageField = InputField(description="The image to process")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        return save_image(context, load_image(self, context, "image"))
+        return save_image(self, context, load_image(self, context, "image"))
 
 
 def paste_mask(mask: "Image", blur: int) -> "Image":
@@ -77,7 +76,7 @@ class CanvasPasteBackInvocation(BaseInvocation, WithMetadata, WithBoard):
         same_size(self, "mask", mask, source, "source_image")
         result = source.copy()
         result.paste(target, (0, 0), paste_mask(mask, self.mask_blur))
-        return save_image(context, result)
+        return save_image(self, context, result)
 
 
 @invocation("canvas_v2_mask_and_crop", title="Canvas V2 Mask and Crop", tags=["image", "mask", "id"],
@@ -101,12 +100,12 @@ class CanvasV2MaskAndCropInvocation(BaseInvocation, WithMetadata, WithBoard):
         if self.source_image is None:
             result = generated.convert("RGBA") if generated.mode not in ("RGBA", "LA", "L", "RGB") else generated.copy()
             result.putalpha(alpha)
-            return save_image(context, result)
+            return save_image(self, context, result)
         source = load_image(self, context, "source_image")
         same_size(self, "generated_image", generated, source, "source_image")
         result = source.copy()
         result.paste(generated, (0, 0), alpha)
-        return save_image(context, result)
+        return save_image(self, context, result)
 
 
 @invocation_output("image_panel_coordinate_output")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from invokeai_provider.core.fields import ColorField, ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.image.io import fail, load_image, same_size
-from invokeai_provider.operators.image.mask import save_image
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class InfillImageProcessorInvocation(BaseInvocation, WithMetadata, WithBoard):
         if image.mode != "RGBA":
             return ImageOutput(image=ImageField(image_name=self.image.image_name), width=image.width,
                                height=image.height)
-        return save_image(context, self.infill(context, image))
+        return save_image(self, context, self.infill(context, image))
 
 
 def _holes(image: "Image") -> "np.ndarray":
@@ -223,7 +223,7 @@ class LaMaInfillInvocation(InfillImageProcessorInvocation):
         if result.shape[:2] != (height, width):
             raise fail(self, "image", f"the LaMa model returned a {result.shape[1]}x{result.shape[0]} image for a "
                                       f"{width}x{height} input")
-        filled = Image.fromarray((result.clip(0.0, 1.0) * 255).round().astype(np.uint8), mode="RGB")
+        filled = Image.fromarray(to_uint8(result, scale=255.0), mode="RGB")
         filled.paste(image, (0, 0), image.getchannel("A"))
         return filled
 
@@ -248,4 +248,4 @@ class CvInpaintInvocation(BaseInvocation, WithMetadata, WithBoard):
         same_size(self, "mask", mask, image, "image")
         holes = (255 - np.asarray(mask)).astype(np.uint8)
         painted = cv2.inpaint(np.ascontiguousarray(np.asarray(image)), holes, 3, cv2.INPAINT_TELEA)
-        return save_image(context, Image.fromarray(painted, mode="RGB"))
+        return save_image(self, context, Image.fromarray(painted, mode="RGB"))

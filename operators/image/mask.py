@@ -3,7 +3,7 @@
 Type strings, versions, fields and outputs follow InvokeAI's `invocations/mask.py` and the mask nodes of
 `invocations/image.py`. Tensor masks go through the run's tensor store as safetensors; torch and OpenCV are
 imported inside ``invoke()`` so DAG parsing stays light. (`create_denoise_mask` and `create_gradient_mask`
-live in sd_nodes, beside the VAE they need.)
+live in ``operators.sd.masks``, beside the VAE they need.)
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from invokeai_provider.core.fields import BoundingBoxField, ColorField, ImageField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.operators.image.io import fail, load_image, same_size
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 from invokeai_provider.operators.core.primitives import BoundingBoxOutput, ImageOutput, MaskOutput
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from PIL.Image import Image
 
     from invokeai_provider.core.context import InvocationContext
 
@@ -46,10 +46,6 @@ def save_mask(context: "InvocationContext", mask: "np.ndarray") -> MaskOutput:
     tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).unsqueeze(0)
     return MaskOutput(mask=TensorField(tensor_name=context.tensors.save(tensor)), width=int(tensor.shape[2]),
                       height=int(tensor.shape[1]))
-
-
-def save_image(context: "InvocationContext", image: "Image", category: str = "general") -> ImageOutput:
-    return ImageOutput.build(context.images.save(image, image_category=category))
 
 
 # --- tensor masks -----------------------------------------------------------------------------------
@@ -143,7 +139,7 @@ class MaskTensorToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         mask = load_mask_tensor(self, context, "mask", self.mask.tensor_name)
         pixels = mask.cpu().numpy().astype(np.uint8) * 255
-        return save_image(context, Image.fromarray(pixels, mode="L"))
+        return save_image(self, context, Image.fromarray(pixels, mode="L"))
 
 
 @invocation("apply_tensor_mask_to_image", title="Apply Tensor Mask to Image", tags=["mask"], category=_CATEGORY,
@@ -169,7 +165,7 @@ class ApplyMaskTensorToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         rgba = np.array(image)
         alpha = rgba[:, :, 3]
         rgba[:, :, 3] = np.where(alpha > 0, mask.astype(np.uint8) * 255, alpha)
-        return save_image(context, Image.fromarray(rgba, mode="RGBA"))
+        return save_image(self, context, Image.fromarray(rgba, mode="RGBA"))
 
 
 # --- image masks ------------------------------------------------------------------------------------
@@ -214,7 +210,7 @@ class MaskFromAlphaInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         image = load_image(self, context, "image")
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA").getchannel("A")
-        return save_image(context, ImageOps.invert(alpha) if self.invert else alpha, "mask")
+        return save_image(self, context, ImageOps.invert(alpha) if self.invert else alpha, category="mask")
 
 
 @invocation("mask_edge", title="Mask Edge", tags=["image", "mask", "inpaint"], category=_CATEGORY, version="1.2.2")
@@ -248,7 +244,7 @@ class MaskEdgeInvocation(BaseInvocation, WithMetadata, WithBoard):
         result = Image.fromarray(band, mode="L")
         if self.edge_blur > 0:
             result = result.filter(ImageFilter.BoxBlur(self.edge_blur))
-        return save_image(context, ImageOps.invert(result), "mask")
+        return save_image(self, context, ImageOps.invert(result), category="mask")
 
 
 @invocation("mask_combine", title="Combine Masks", tags=["image", "mask", "multiply"], category=_CATEGORY,
@@ -265,7 +261,7 @@ class MaskCombineInvocation(BaseInvocation, WithMetadata, WithBoard):
         first = load_image(self, context, "mask1").convert("L")
         second = load_image(self, context, "mask2").convert("L")
         same_size(self, "mask2", second, first, "mask1")
-        return save_image(context, ImageChops.multiply(first, second), "mask")
+        return save_image(self, context, ImageChops.multiply(first, second), category="mask")
 
 
 @invocation("mask_from_id", title="Mask from Segmented Image", tags=["image", "mask", "id"], category=_CATEGORY,
@@ -287,7 +283,7 @@ class MaskFromIDInvocation(BaseInvocation, WithMetadata, WithBoard):
         selected = distance < self.threshold
         if self.invert:
             selected = ~selected
-        return save_image(context, Image.fromarray(selected.astype(np.uint8) * 255, mode="L"), "mask")
+        return save_image(self, context, Image.fromarray(selected.astype(np.uint8) * 255, mode="L"), category="mask")
 
 
 # Where the fade curve passes (fraction of the fade distance -> fraction of white): flat for the first pixel so
@@ -314,7 +310,7 @@ class ExpandMaskWithFadeInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         mask = load_image(self, context, "mask", "L")
         if self.fade_size_px == 0:
-            return save_image(context, mask, "mask")
+            return save_image(self, context, mask, category="mask")
         white = (np.asarray(mask) > self.threshold).astype(np.uint8)
         # distance of every white pixel to the nearest black one
         distance = cv2.distanceTransform(white, cv2.DIST_L2, 5)
@@ -323,8 +319,8 @@ class ExpandMaskWithFadeInvocation(BaseInvocation, WithMetadata, WithBoard):
         ys = np.array([0.0, 0.0, *(y for _, y in _FADE_CONTROL)])
         curve = np.poly1d(np.polyfit(xs, ys, 3))
         feather = np.clip(np.where(fraction >= 1.0, 1.0, curve(fraction)), 0.0, 1.0)
-        result = np.where(white == 0, 0, (feather * 255).astype(np.uint8)).astype(np.uint8)
-        return save_image(context, Image.fromarray(result, mode="L"), "mask")
+        result = np.where(white == 0, 0, to_uint8(feather, scale=255, rounding="floor")).astype(np.uint8)
+        return save_image(self, context, Image.fromarray(result, mode="L"), category="mask")
 
 
 @invocation("apply_mask_to_image", title="Apply Mask to Image", tags=["image", "mask", "blend"], category=_CATEGORY,
@@ -344,4 +340,4 @@ class ApplyMaskToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         same_size(self, "mask", mask, image, "image")
         result = image.copy()
         result.putalpha(ImageOps.invert(mask) if self.invert_mask else mask)
-        return save_image(context, result)
+        return save_image(self, context, result)

@@ -2,9 +2,9 @@
 noise, bounding boxes, export, and the layer blend and chroma-key compositor.
 
 Type strings, versions, fields and defaults follow InvokeAI's image.py and composition-nodes.py; the
-pixel work is written here with Pillow and numpy, imported inside ``invoke()`` so DAG parsing stays light.
-Every image-producing node saves through ``context.images.save()``, so its ``metadata`` and ``board``
-inputs land in the PNG and the image record as in InvokeAI.
+pixel work is written here with Pillow and numpy (the blend's colour spaces in ``models/image_util/color``),
+imported inside ``invoke()`` so DAG parsing stays light. Every image-producing node saves through
+``io.save_image``, so its ``metadata`` and ``board`` inputs land in the PNG and the image record as in InvokeAI.
 """
 
 from __future__ import annotations
@@ -20,7 +20,22 @@ from invokeai_provider.core.invocation import (
     WithMetadata,
     invocation,
 )
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.models.image_util.arrays import to_uint8
+from invokeai_provider.models.image_util.color import (
+    cielch_from_linear,
+    hsl_from_srgb,
+    hsv_from_srgb,
+    linear_from_cielch,
+    linear_from_oklab,
+    linear_from_srgb,
+    oklab_from_linear,
+    oklab_from_oklch,
+    oklch_from_oklab,
+    srgb_from_hsl,
+    srgb_from_hsv,
+    srgb_from_linear,
+)
+from invokeai_provider.operators.image.io import PNG_MODES, fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -33,8 +48,6 @@ _CATEGORY = "image"
 SEED_MAX = 2**32 - 1  # InvokeAI's SEED_MAX: the largest uint32
 
 IMAGE_MODES = Literal["L", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"]
-# Modes a PNG can hold; the others have no PNG form, so the store cannot keep them.
-_PNG_MODES = ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")
 
 PIL_RESAMPLING_MODES = Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]
 
@@ -71,23 +84,6 @@ BLEND_COLOR_SPACES = Literal[
 ]
 
 
-def _save(node: BaseInvocation, context: "InvocationContext", image: "Image") -> ImageOutput:
-    """Stores the result (with the node's metadata and board) and builds the output.
-
-    32-bit integer images are stored as 16-bit PNGs (values clamped to 0..65535), the widest a PNG holds.
-    """
-    if image.mode == "I":
-        import numpy as np
-        from PIL import Image as PILImage
-
-        image = PILImage.fromarray(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
-    if image.mode not in _PNG_MODES:
-        raise fail(node, "mode" if "mode" in type(node).model_fields else "image",
-                    f"the result has mode {image.mode!r}, which a PNG cannot store (expected one of "
-                    f"{', '.join(_PNG_MODES)})")
-    return ImageOutput.build(context.images.save(image))
-
-
 def _resample(name: str) -> int:
     from PIL import Image
 
@@ -100,12 +96,6 @@ def _resample(name: str) -> int:
 
 def _alpha_of(image: "Image") -> Optional["Image"]:
     return image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
-
-
-def _to_uint8(array: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
 
 
 def _fit_to(image: "Image", size: tuple[int, int], fit_width: bool, fit_height: bool, pad_color: Any) -> "Image":
@@ -159,7 +149,7 @@ class BlankImageInvocation(BaseInvocation, WithMetadata, WithBoard):
                 raise fail(self, field, f"expected a positive number of pixels, got {getattr(self, field)}")
         color = self.color.tuple()
         image = Image.new(self.mode, (self.width, self.height), color if self.mode == "RGBA" else color[:3])
-        return _save(self, context, image)
+        return save_image(self, context, image)
 
 
 # --- geometry -------------------------------------------------------------------------------------------
@@ -181,7 +171,7 @@ class ImageCropInvocation(BaseInvocation, WithMetadata, WithBoard):
         image = load_image(self, context, "image")
         canvas = Image.new("RGBA", (self.width, self.height), (0, 0, 0, 0))
         canvas.paste(image, (-self.x, -self.y))
-        return _save(self, context, canvas)
+        return save_image(self, context, canvas)
 
 
 _PAD = "Number of pixels to pad/crop from the {} (negative values crop inwards, positive values pad outwards)"
@@ -212,7 +202,7 @@ class CenterPadCropInvocation(BaseInvocation):
                                      f"{image.height}px height; expected a positive result height")
         canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
         canvas.paste(image, (self.left, self.top))
-        return _save(self, context, canvas)
+        return save_image(self, context, canvas)
 
 
 @invocation("img_paste", title="Paste Image", tags=["image", "paste"], category=_CATEGORY, version="1.2.2")
@@ -250,7 +240,7 @@ class ImagePasteInvocation(BaseInvocation, WithMetadata, WithBoard):
         result = Image.alpha_composite(canvas, layer)
         if self.crop:
             result = result.crop((-left, -top, -left + base.width, -top + base.height))
-        return _save(self, context, result)
+        return save_image(self, context, result)
 
 
 @invocation("img_resize", title="Resize Image", tags=["image", "resize"], category=_CATEGORY, version="1.2.2")
@@ -264,7 +254,8 @@ class ImageResizeInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         image = load_image(self, context, "image")
-        return _save(self, context, image.resize((self.width, self.height), resample=_resample(self.resample_mode)))
+        resized = image.resize((self.width, self.height), resample=_resample(self.resample_mode))
+        return save_image(self, context, resized)
 
 
 @invocation("img_scale", title="Scale Image", tags=["image", "scale"], category=_CATEGORY, version="1.2.2")
@@ -281,7 +272,7 @@ class ImageScaleInvocation(BaseInvocation, WithMetadata, WithBoard):
         if width < 1 or height < 1:
             raise fail(self, "scale_factor", f"{self.scale_factor} scales the {image.width}x{image.height} image to "
                                               f"{width}x{height}; expected a factor leaving at least one pixel")
-        return _save(self, context, image.resize((width, height), resample=_resample(self.resample_mode)))
+        return save_image(self, context, image.resize((width, height), resample=_resample(self.resample_mode)))
 
 
 def _bbox(box: BoundingBoxField) -> tuple[int, int, int, int]:
@@ -305,7 +296,7 @@ class CropImageToBoundingBoxInvocation(BaseInvocation, WithMetadata, WithBoard):
                 raise fail(self, "bounding_box", f"expected x_max > x_min and y_max > y_min, got {box}")
         else:
             box = image.getbbox()  # None when every pixel is empty: the whole image is kept
-        return _save(self, context, image.crop(box))
+        return save_image(self, context, image.crop(box))
 
 
 @invocation("paste_image_into_bounding_box", title="Paste Image into Bounding Box", tags=["image", "crop"],
@@ -327,7 +318,7 @@ class PasteImageIntoBoundingBoxInvocation(BaseInvocation, WithMetadata, WithBoar
         if box[2] > target.width or box[3] > target.height:
             raise fail(self, "bounding_box", f"expected a box inside target_image {target.size}, got {box}")
         target.paste(source, box, source)
-        return _save(self, context, target)
+        return save_image(self, context, target)
 
 
 # --- pixel arithmetic -----------------------------------------------------------------------------------
@@ -345,7 +336,7 @@ class ImageMultiplyInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         first = load_image(self, context, "image1")
         second = load_image(self, context, "image2", mode=first.mode)
-        return _save(self, context, ImageChops.multiply(first, second))
+        return save_image(self, context, ImageChops.multiply(first, second))
 
 
 @invocation("img_lerp", title="Lerp Image", tags=["image", "lerp"], category=_CATEGORY, version="1.2.2")
@@ -362,7 +353,7 @@ class ImageLerpInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         image = load_image(self, context, "image")
         values = np.asarray(image, dtype=np.float32) / 255.0 * (self.max - self.min) + self.min
-        return _save(self, context, Image.fromarray(values.astype(np.uint8)))  # truncated, as InvokeAI
+        return save_image(self, context, Image.fromarray(values.astype(np.uint8)))  # truncated, as InvokeAI
 
 
 @invocation("img_ilerp", title="Inverse Lerp Image", tags=["image", "ilerp"], category=_CATEGORY, version="1.2.2")
@@ -375,7 +366,6 @@ class ImageInverseLerpInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import numpy as np
-        from PIL import Image
 
         image = load_image(self, context, "image")
         values = np.asarray(image, dtype=np.float32)
@@ -383,7 +373,7 @@ class ImageInverseLerpInvocation(BaseInvocation, WithMetadata, WithBoard):
             scaled = np.where(values > self.min, 255.0, 0.0)
         else:
             scaled = np.clip(np.maximum(values - self.min, 0) / float(self.max - self.min), 0, 1) * 255
-        return _save(self, context, Image.fromarray(scaled.astype(np.uint8)))
+        return save_image(self, context, to_uint8(scaled, scale=1, rounding="floor"))
 
 
 # --- filters --------------------------------------------------------------------------------------------
@@ -406,11 +396,11 @@ class ImageBlurInvocation(BaseInvocation, WithMetadata, WithBoard):
         alpha = pixels[..., 3:] / 255.0
         premultiplied = np.concatenate([pixels[..., :3] * alpha, pixels[..., 3:]], axis=-1)
         blur = ImageFilter.GaussianBlur(self.radius) if self.blur_type == "gaussian" else ImageFilter.BoxBlur(self.radius)
-        blurred = np.asarray(Image.fromarray(_to_uint8(premultiplied), "RGBA").filter(blur), dtype=np.float32)
+        blurred = np.asarray(Image.fromarray(to_uint8(premultiplied, scale=1), "RGBA").filter(blur), dtype=np.float32)
         blurred_alpha = blurred[..., 3:] / 255.0
         rgb = blurred[..., :3] / (blurred_alpha + 1e-6)
-        result = np.concatenate([np.clip(rgb, 0, 255).astype(np.uint8), blurred[..., 3:].astype(np.uint8)], axis=-1)
-        return _save(self, context, Image.fromarray(result, "RGBA"))
+        result = np.concatenate([to_uint8(rgb, scale=1, rounding="floor"), blurred[..., 3:].astype(np.uint8)], axis=-1)
+        return save_image(self, context, Image.fromarray(result, "RGBA"))
 
 
 @invocation("unsharp_mask", title="Unsharp Mask", tags=["image", "unsharp_mask"], category=_CATEGORY,
@@ -431,14 +421,14 @@ class UnsharpMaskInvocation(BaseInvocation, WithMetadata, WithBoard):
         rgb = image.convert("RGB")
         blurred = np.asarray(rgb.filter(ImageFilter.GaussianBlur(radius=self.radius)), dtype=np.float64) / 255
         values = np.asarray(rgb, dtype=np.float64) / 255
-        sharpened = np.clip(values + (values - blurred) * (self.strength / 100.0), 0, 1)
-        result = Image.fromarray((sharpened * 255).astype(np.uint8))
+        sharpened = values + (values - blurred) * (self.strength / 100.0)
+        result = Image.fromarray(to_uint8(sharpened, scale=255, rounding="floor"))
         if alpha is not None:
             result = result.convert({"RGBA": "RGB", "LA": "L", "PA": "P"}[mode])
             result.putalpha(alpha)
         else:
             result = result.convert(mode)
-        return _save(self, context, result)
+        return save_image(self, context, result)
 
 
 @invocation("img_noise", title="Add Image Noise", tags=["image", "noise"], category=_CATEGORY, version="1.1.0")
@@ -472,7 +462,7 @@ class ImageNoiseInvocation(BaseInvocation, WithMetadata, WithBoard):
             noise = rng.choice([0, 255], shape, p=[1 - self.amount, self.amount])
         if not self.noise_color:
             noise = np.stack([noise] * 3, axis=-1)
-        noise_image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "RGB").resize(
+        noise_image = Image.fromarray(to_uint8(noise, scale=1, rounding="floor"), "RGB").resize(
             image.size, Image.Resampling.NEAREST)
         noisy = Image.blend(image.convert("RGB"), noise_image, self.amount).convert("RGBA")
         if self.mask is not None:
@@ -484,7 +474,7 @@ class ImageNoiseInvocation(BaseInvocation, WithMetadata, WithBoard):
         else:
             result = noisy
         result.putalpha(alpha)
-        return _save(self, context, result)
+        return save_image(self, context, result)
 
 
 # --- modes and channels ---------------------------------------------------------------------------------
@@ -503,7 +493,7 @@ class ImageChannelInvocation(BaseInvocation, WithMetadata, WithBoard):
         if self.channel not in image.getbands():
             raise fail(self, "channel", f"the image (mode {image.mode}) has no channel {self.channel!r}; "
                                          f"expected one of {', '.join(image.getbands())}")
-        return _save(self, context, image.getchannel(self.channel))
+        return save_image(self, context, image.getchannel(self.channel))
 
 
 @invocation("img_conv", title="Convert Image Mode", tags=["image", "convert"], category=_CATEGORY, version="1.2.2")
@@ -514,10 +504,10 @@ class ImageConvertInvocation(BaseInvocation, WithMetadata, WithBoard):
     mode: IMAGE_MODES = InputField(default="L", description="The mode to convert to")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        if self.mode not in (*_PNG_MODES, "I"):
+        if self.mode not in (*PNG_MODES, "I"):
             raise fail(self, "mode", f"mode {self.mode!r} cannot be stored as PNG; expected one of "
                                       f"{', '.join(m for m in ('L', 'RGB', 'RGBA', 'I'))}")
-        return _save(self, context, load_image(self, context, "image").convert(self.mode))
+        return save_image(self, context, load_image(self, context, "image").convert(self.mode))
 
 
 @invocation("img_hue_adjust", title="Adjust Image Hue", tags=["image", "hue"], category=_CATEGORY, version="1.2.2")
@@ -534,7 +524,7 @@ class ImageHueAdjustmentInvocation(BaseInvocation, WithMetadata, WithBoard):
         hsv = np.array(load_image(self, context, "image").convert("HSV"))
         shift = int(256 * ((self.hue % 360) / 360))
         hsv[..., 0] = (hsv[..., 0].astype(np.int32) + shift) % 256
-        return _save(self, context, Image.fromarray(hsv, "HSV").convert("RGBA"))
+        return save_image(self, context, Image.fromarray(hsv, "HSV").convert("RGBA"))
 
 
 _CHANNEL_TAGS = ["red", "green", "blue", "alpha", "cyan", "magenta", "yellow", "black", "hue", "saturation",
@@ -550,10 +540,10 @@ def _edit_channel(node: BaseInvocation, context: "InvocationContext", channel: s
     mode, band = _CHANNEL_BANDS[channel]
     converted = np.array(image.convert(mode)).astype(np.float64)
     converted[..., band] = edit(converted[..., band])
-    result = Image.fromarray(converted.astype(np.uint8), mode).convert("RGBA")
+    result = Image.fromarray(to_uint8(converted, scale=1, rounding="floor"), mode).convert("RGBA")
     if channel != "Alpha (RGBA)":
         result.putalpha(image.getchannel("A"))
-    return _save(node, context, result)
+    return save_image(node, context, result)
 
 
 @invocation("img_channel_offset", title="Offset Image Channel", tags=["image", "offset", *_CHANNEL_TAGS],
@@ -644,8 +634,8 @@ class SaveImageToFileInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         directory = self._directory()
         image = load_image(self, context, "image")
-        record = context.images.save(image)
-        filename = f"{self.prefix}{PurePosixPath(record['image_name']).stem}{self.suffix}.{self.file_format}"
+        output = save_image(self, context, image)
+        filename = f"{self.prefix}{PurePosixPath(output.image.image_name).stem}{self.suffix}.{self.file_format}"
         if "/" in filename or "\\" in filename or not _SEGMENT.match(filename):
             raise fail(self, "prefix" if self.prefix else "suffix",
                         f"the export file name {filename!r} is not a safe file name; expected letters, digits and "
@@ -661,7 +651,7 @@ class SaveImageToFileInvocation(BaseInvocation, WithMetadata, WithBoard):
         key = check_key("/".join([store.prefix, "exports", *directory, filename]))
         store.backend.write_bytes(key, buffer.getvalue())
         context.logger.info("%s: exported %s", self.id, store.backend.uri(key))
-        return ImageOutput.build(record)
+        return output
 
 
 # --- composition ----------------------------------------------------------------------------------------
@@ -722,144 +712,22 @@ class InvokeImageCompositorInvocation(BaseInvocation, WithMetadata, WithBoard):
                                         f"be the background's size {background.size}")
         if self.x_offset or self.y_offset:
             subject = ImageChops.offset(subject, self.x_offset, -self.y_offset)  # wraps around, y up
-        return _save(self, context, Image.alpha_composite(background, subject))
+        return save_image(self, context, Image.alpha_composite(background, subject))
 
 
-# --- layer blend: colour spaces (arrays are [3, H, W] floats) ---------------------------------------------
-
-_OKLAB_M1 = ((0.4122214708, 0.5363325363, 0.0514459929), (0.2119034982, 0.6806995451, 0.1073969566),
-             (0.0883024619, 0.2817188376, 0.6299787005))
-_OKLAB_M2 = ((0.2104542553, 0.7936177850, -0.0040720468), (1.9779984951, -2.4285922050, 0.4505937099),
-             (0.0259040371, 0.7827717662, -0.8086757660))
-_SRGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375), (0.2126729, 0.7151522, 0.0721750),
-                (0.0193339, 0.1191920, 0.9503041))
-_D65 = (0.95047, 1.0, 1.08883)
-
-
-def _mat(matrix: Any, values: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    return np.einsum("ij,jhw->ihw", np.asarray(matrix, dtype=np.float64), values)
-
-
-def _linear_from_srgb(values: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    return np.where(values <= 0.04045, values / 12.92, ((np.maximum(values, 0.04045) + 0.055) / 1.055) ** 2.4)
-
-
-def _srgb_from_linear(values: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    values = np.clip(values, 0.0, 1.0)
-    return np.where(values <= 0.0031308, values * 12.92, 1.055 * values ** (1 / 2.4) - 0.055)
-
-
-def _hsl_from_srgb(rgb: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    high, low = rgb.max(axis=0), rgb.min(axis=0)
-    chroma = high - low
-    lightness = (high + low) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        saturation = np.where(chroma == 0, 0.0, chroma / (1 - np.abs(2 * lightness - 1)))
-    return np.stack([_hue_degrees(rgb, high, chroma), np.nan_to_num(saturation), lightness])
-
-
-def _hsv_from_srgb(rgb: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    high, low = rgb.max(axis=0), rgb.min(axis=0)
-    chroma = high - low
-    with np.errstate(divide="ignore", invalid="ignore"):
-        saturation = np.where(high == 0, 0.0, chroma / high)
-    return np.stack([_hue_degrees(rgb, high, chroma), np.nan_to_num(saturation), high])
-
-
-def _hue_degrees(rgb: "np.ndarray", high: "np.ndarray", chroma: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    r, g, b = rgb
-    safe = np.where(chroma == 0, 1.0, chroma)
-    hue = np.where(high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    return np.where(chroma == 0, 0.0, hue * 60.0)
-
-
-def _srgb_from_hue_chroma(hue: "np.ndarray", chroma: "np.ndarray", offset: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    sector = (np.remainder(hue, 360.0) / 60.0)
-    second = chroma * (1 - np.abs(sector % 2 - 1))
-    zero = np.zeros_like(chroma)
-    index = np.floor(sector).astype(int) % 6
-    r = np.choose(index, [chroma, second, zero, zero, second, chroma])
-    g = np.choose(index, [second, chroma, chroma, second, zero, zero])
-    b = np.choose(index, [zero, zero, second, chroma, chroma, second])
-    return np.stack([r, g, b]) + offset
-
-
-def _srgb_from_hsl(hsl: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    saturation, lightness = np.clip(hsl[1], 0, 1), np.clip(hsl[2], 0, 1)
-    chroma = (1 - np.abs(2 * lightness - 1)) * saturation
-    return _srgb_from_hue_chroma(hsl[0], chroma, lightness - chroma / 2)
-
-
-def _srgb_from_hsv(hsv: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    saturation, value = np.clip(hsv[1], 0, 1), np.clip(hsv[2], 0, 1)
-    chroma = value * saturation
-    return _srgb_from_hue_chroma(hsv[0], chroma, value - chroma)
-
-
-def _oklch_from_linear(linear: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    lab = _mat(_OKLAB_M2, np.cbrt(_mat(_OKLAB_M1, linear)))
-    return np.stack([lab[0], np.hypot(lab[1], lab[2]), np.degrees(np.arctan2(lab[2], lab[1])) % 360.0])
-
-
-def _linear_from_oklch(lch: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    hue = np.radians(lch[2])
-    lab = np.stack([lch[0], lch[1] * np.cos(hue), lch[1] * np.sin(hue)])
-    return _mat(np.linalg.inv(_OKLAB_M1), _mat(np.linalg.inv(_OKLAB_M2), lab) ** 3)
-
-
-def _cielch_from_linear(linear: "np.ndarray") -> "np.ndarray":
-    """CIE LCh (D65) with L and chroma scaled as InvokeAI's 8-bit Lab planes: L in 0..1, a/b in about -1..1,
-    hue in radians."""
-    import numpy as np
-
-    xyz = _mat(_SRGB_TO_XYZ, linear) / np.asarray(_D65).reshape(3, 1, 1)
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lightness = (116 * f[1] - 16) / 100
-    a, b = 500 * (f[0] - f[1]) / 127.5, 200 * (f[1] - f[2]) / 127.5
-    return np.stack([lightness, np.hypot(a, b), np.arctan2(b, a)])
-
-
-def _linear_from_cielch(lch: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    a, b = lch[1] * np.cos(lch[2]) * 127.5, lch[1] * np.sin(lch[2]) * 127.5
-    fy = (np.clip(lch[0], 0, 1) * 100 + 16) / 116
-    f = np.stack([fy + a / 500, fy, fy - b / 200])
-    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * np.asarray(_D65).reshape(3, 1, 1)
-    return _mat(np.linalg.inv(_SRGB_TO_XYZ), xyz)
+# --- layer blend (arrays are [H, W, 3] floats) ------------------------------------------------------------
 
 
 # space -> (from sRGB, to linear sRGB, lightness index, saturation index, hue index, hue period)
 def _blend_spaces() -> dict[str, tuple[Any, Any, Optional[int], Optional[int], Optional[int], Optional[float]]]:
     return {
-        "RGB": (lambda s: s, _linear_from_srgb, None, None, None, None),
-        "Linear": (_linear_from_srgb, lambda t: t, None, None, None, None),
-        "HSL": (_hsl_from_srgb, lambda t: _linear_from_srgb(_srgb_from_hsl(t)), 2, 1, 0, 360.0),
-        "HSV": (_hsv_from_srgb, lambda t: _linear_from_srgb(_srgb_from_hsv(t)), 2, 1, 0, 360.0),
-        "Oklch": (lambda s: _oklch_from_linear(_linear_from_srgb(s)), _linear_from_oklch, 0, 1, 2, 360.0),
-        "LCh": (lambda s: _cielch_from_linear(_linear_from_srgb(s)), _linear_from_cielch, 0, 1, 2, 2 * math.pi),
+        "RGB": (lambda s: s, linear_from_srgb, None, None, None, None),
+        "Linear": (linear_from_srgb, lambda t: t, None, None, None, None),
+        "HSL": (hsl_from_srgb, lambda t: linear_from_srgb(srgb_from_hsl(t)), 2, 1, 0, 360.0),
+        "HSV": (hsv_from_srgb, lambda t: linear_from_srgb(srgb_from_hsv(t)), 2, 1, 0, 360.0),
+        "Oklch": (lambda s: oklch_from_oklab(oklab_from_linear(linear_from_srgb(s))),
+                  lambda t: linear_from_oklab(oklab_from_oklch(t), exact_inverse=True), 0, 1, 2, 360.0),
+        "LCh": (lambda s: cielch_from_linear(linear_from_srgb(s)), linear_from_cielch, 0, 1, 2, 2 * math.pi),
     }
 
 
@@ -876,12 +744,12 @@ def _blend_values(mode: str, upper: "np.ndarray", lower: "np.ndarray", light: Op
         if light is None:
             return formula(upper, lower)
         result = target.copy()
-        result[light] = formula(upper[light], lower[light])
+        result[..., light] = formula(upper[..., light], lower[..., light])
         return result
 
     def wrap_hue(values: "np.ndarray") -> "np.ndarray":
         if hue is not None:
-            values[hue] = np.remainder(values[hue], period)
+            values[..., hue] = np.remainder(values[..., hue], period)
         return values
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -922,14 +790,15 @@ def _blend_values(mode: str, upper: "np.ndarray", lower: "np.ndarray", light: Op
         if mode in ("Darken Only", "Lighten Only"):
             if light is None:
                 return (np.minimum if mode == "Darken Only" else np.maximum)(upper, lower), False
-            take_lower = upper[light] >= lower[light] if mode == "Darken Only" else upper[light] < lower[light]
-            return np.where(take_lower, lower, upper), False
+            take_lower = (upper[..., light] >= lower[..., light] if mode == "Darken Only"
+                          else upper[..., light] < lower[..., light])
+            return np.where(take_lower[..., None], lower, upper), False
         if mode in ("Hue", "Saturation", "Color", "Luminosity"):
             keep_lower = {"Hue": (light, sat), "Saturation": (light, hue), "Color": (light,),
                           "Luminosity": (sat, hue)}[mode]
             result = upper.copy()
             for index in keep_lower:
-                result[index] = lower[index]
+                result[..., index] = lower[..., index]
             return result, False
     raise ValueError(f"unknown blend mode {mode!r}")
 
@@ -987,7 +856,7 @@ class InvokeImageBlendInvocation(BaseInvocation, WithMetadata, WithBoard):
         def planes(image: "Image") -> tuple["np.ndarray", "np.ndarray"]:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float64) / 255.0
             alpha = rgba[..., 3] if image.mode == "RGBA" else np.ones(rgba.shape[:2])
-            return rgba[..., :3].transpose(2, 0, 1), alpha
+            return rgba[..., :3], alpha
 
         upper_rgb, upper_alpha = planes(upper)
         lower_rgb, lower_alpha = planes(base)
@@ -995,23 +864,35 @@ class InvokeImageBlendInvocation(BaseInvocation, WithMetadata, WithBoard):
         if self.blend_mode in ("Lighten Only (EAL)", "Darken Only (EAL)"):
             # InvokeAI's equivalent achromatic lightness adds one image-wide constant to CIELab L, which
             # cancels in its normalisation: the comparison is of CIELab lightness.
-            upper_l = _cielch_from_linear(_linear_from_srgb(upper_rgb))[0]
-            lower_l = _cielch_from_linear(_linear_from_srgb(lower_rgb))[0]
+            upper_l = cielch_from_linear(linear_from_srgb(upper_rgb))[..., 0]
+            lower_l = cielch_from_linear(linear_from_srgb(lower_rgb))[..., 0]
             take_lower = upper_l < lower_l if self.blend_mode == "Lighten Only (EAL)" else upper_l >= lower_l
-            blended = np.where(take_lower, to_space(lower_rgb), to_space(upper_rgb))
+            blended = np.where(take_lower[..., None], to_space(lower_rgb), to_space(upper_rgb))
         else:
             blended, _ = _blend_values(self.blend_mode, to_space(upper_rgb), to_space(lower_rgb), light, sat, hue,
                                        period)
         linear = np.nan_to_num(to_linear(blended), nan=1.0, posinf=1.0, neginf=0.0)
-        result_rgb = _srgb_from_linear(np.clip(linear, 0.0, 1.0))
+        result_rgb = srgb_from_linear(np.clip(linear, 0.0, 1.0))
 
         alpha_up = upper_alpha * self.opacity
         if mask is not None:
             alpha_up = alpha_up * (1.0 - mask)
         alpha = alpha_up + lower_alpha * (1.0 - alpha_up)
         with np.errstate(divide="ignore", invalid="ignore"):
-            color = (result_rgb * alpha_up + lower_rgb * lower_alpha * (1.0 - alpha_up)) / alpha
+            color = (result_rgb * alpha_up[..., None]
+                     + lower_rgb * lower_alpha[..., None] * (1.0 - alpha_up)[..., None]) / alpha[..., None]
         color = np.nan_to_num(color, nan=0.0, posinf=1.0, neginf=0.0)
-        out = np.concatenate([color, alpha[None]], axis=0).transpose(1, 2, 0)
-        image = Image.fromarray(_to_uint8(np.clip(out, 0, 1) * 255), "RGBA")
-        return _save(self, context, image.convert(base_mode))
+        out = np.concatenate([color, alpha[..., None]], axis=-1)
+        image = Image.fromarray(to_uint8(out, scale=255.0), "RGBA")
+        return save_image(self, context, image.convert(base_mode))
+
+
+@invocation("save_image", title="Save Image", tags=["primitives", "image"], category="image", version="1.2.2",
+            use_cache=False)
+class SaveImageInvocation(BaseInvocation, WithMetadata, WithBoard):
+    """Saves a copy of an image (with this node's metadata and board), unlike the image primitive."""
+
+    image: ImageField = InputField(description="The image to process")
+
+    def invoke(self, context: "InvocationContext") -> ImageOutput:
+        return save_image(self, context, context.images.get_pil(self.image.image_name))

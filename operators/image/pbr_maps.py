@@ -22,7 +22,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.operators.image.io import fail, load_image
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,7 +70,6 @@ class PBRMapsInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> PBRMapsOutput:
         import numpy as np
-        from PIL import Image
 
         from invokeai_provider.models.annotators.checkpoint import load_strict, read_state_dict
         from invokeai_provider.models.model_manager.core_models import CORE_DIR, CoreModel, use_core_model
@@ -117,9 +116,7 @@ class PBRMapsInvocation(BaseInvocation, WithMetadata, WithBoard):
         # output (roughness the middle one, displacement the last), repeated in all three.
         roughness = np.repeat(other[..., 1:2], 3, axis=2)
         displacement = np.repeat(other[..., 2:3], 3, axis=2)
-        records = [context.images.save(Image.fromarray(np.ascontiguousarray(array)))
-                   for array in (normal, roughness, displacement)]
-        normal_field, roughness_field, displacement_field = (ImageField(image_name=record["image_name"])
-                                                             for record in records)
+        normal_field, roughness_field, displacement_field = (
+            save_image(self, context, np.ascontiguousarray(array)).image for array in (normal, roughness, displacement))
         return PBRMapsOutput(normal_map=normal_field, roughness_map=roughness_field,
                              displacement_map=displacement_field)

@@ -34,6 +34,7 @@ from invokeai_provider.models.image_util.tiling import (
     calc_tiles_with_overlap,
     merge_tiles,
 )
+from invokeai_provider.operators.image.io import save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -195,7 +196,6 @@ class MergeTilesToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import numpy as np
-        from PIL import Image
 
         field = "tiles_with_images"
         if not self.tiles_with_images:
@@ -218,4 +218,4 @@ class MergeTilesToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
             merged = merge_tiles(tiles, images, self.blend_mode, self.blend_amount)
         except TileError as exc:
             raise _for_node(self, exc) from None
-        return ImageOutput.build(context.images.save(Image.fromarray(merged)))
+        return save_image(self, context, merged)

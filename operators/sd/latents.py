@@ -1,16 +1,19 @@
-"""Latent-space nodes: seeded noise, scheduler choice, resizing, scaling, blending and cropping of latents.
+"""Latent-space nodes: seeded noise, scheduler choice, resizing, scaling, blending and cropping of latents, and
+the ideal generation size for a model.
 
 Type strings, class names, versions, fields and outputs follow InvokeAI's `invocations/noise.py` (with
-`latent_noise.py`), `scheduler.py`, `resize_latents.py`, `blend_latents.py` and `crop_latents.py`.
+`latent_noise.py`), `scheduler.py`, `resize_latents.py`, `blend_latents.py`, `crop_latents.py` and
+`ideal_size.py`.
 Latents travel as tensor names (`context.tensors`); torch, numpy and PIL are imported inside invoke().
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from annotated_types import MultipleOf
-from invokeai_provider.core.fields import LATENT_SCALE_FACTOR, ImageField, LatentsField
+from invokeai_provider.core.fields import LATENT_SCALE_FACTOR, ImageField, LatentsField, UNetField
 from invokeai_provider.core.invocation import (
     BaseInvocation,
     BaseInvocationOutput,
@@ -20,9 +23,12 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
+from invokeai_provider.core.taxonomy import BaseModelType
+from invokeai_provider.operators.sd.common import GenerationError, model_service
 from invokeai_provider.operators.sd.model_fields import (
     SCHEDULER_DESCRIPTION,
     SCHEDULER_NAME_VALUES,
+    UNET_DESCRIPTION,
     SchedulerOutput,
 )
 from invokeai_provider.operators.core.primitives import LatentsOutput
@@ -312,3 +318,44 @@ class CropLatentsCoreInvocation(BaseInvocation):
         cropped = latents[..., top:bottom, left:right]
         name = context.tensors.save(cropped)
         return LatentsOutput.build(name, cropped)
+
+
+# --- ideal size -------------------------------------------------------------------------------------
+
+IDEAL_DIMENSION = {BaseModelType.StableDiffusion1: 512, BaseModelType.StableDiffusion2: 768,
+                   BaseModelType.StableDiffusionXL: 1024, BaseModelType.Flux: 1024, BaseModelType.Flux2: 1024,
+                   BaseModelType.StableDiffusion3: 1024}
+
+
+@invocation_output("ideal_size_output")
+class IdealSizeOutput(BaseInvocationOutput):
+    width: int = OutputField(description="The ideal width of the image (in pixels)")
+    height: int = OutputField(description="The ideal height of the image (in pixels)")
+
+
+@invocation("ideal_size", title="Ideal Size - SD1.5, SDXL", tags=["latents", "math", "ideal_size"],
+            category="latents", version="1.0.6")
+class IdealSizeInvocation(BaseInvocation):
+    """The size the model was trained at, with the requested aspect ratio: generate there, then upscale."""
+
+    width: int = InputField(default=1024, description="Final image width")
+    height: int = InputField(default=576, description="Final image height")
+    unet: UNetField = InputField(description=UNET_DESCRIPTION)
+    multiplier: float = InputField(default=1.0, description="Amount to multiply the model's dimensions by when "
+                                   "calculating the ideal size (may result in initial generation artifacts if too large)")
+
+    def invoke(self, context: "InvocationContext") -> IdealSizeOutput:
+        base = model_service(self, context, "unet").get_config(self.unet.unet).base
+        if base not in IDEAL_DIMENSION:
+            raise GenerationError(f"node {self.id} (ideal_size): field unet: no ideal size for base {base.value}",
+                                  node_id=self.id, field="unet")
+        dimension = IDEAL_DIMENSION[base] * self.multiplier
+        minimum, area, aspect = math.floor(dimension * 0.5), dimension * dimension, self.width / self.height
+        if aspect > 1.0:
+            height = max(minimum, math.sqrt(area / aspect))
+            width = height * aspect
+        else:
+            width = max(minimum, math.sqrt(area * aspect))
+            height = width / aspect
+        width, height = math.floor(width), math.floor(height)
+        return IdealSizeOutput(width=width - width % 8, height=height - height % 8)

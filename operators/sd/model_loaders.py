@@ -7,12 +7,9 @@ the `loras` lists that later nodes patch in, and seamless / FreeU / CLIP skip se
 Type strings, titles, versions, fields and outputs follow InvokeAI's `invocations/model.py`,
 `invocations/sdxl.py` and (for `clip_skip`) `invocations/compel.py`.
 
-Checks done when a node runs:
-- the identifier's model type (and base, where InvokeAI's editor offers only some bases) must be the
-  kind the field takes; InvokeAI filters this only in its editor, here a wrong kind is an error;
-- with a ``models`` run service, the key must be installed (InvokeAI's ``context.models.exists``);
-  without one the check is skipped;
-- a LoRA already in a `loras` list is refused rather than applied twice.
+Checks done when a node runs: the identifier's kind and that it is installed
+(:mod:`invokeai_provider.operators.core.models`, shared with the other model-taking families); a LoRA
+already in a `loras` list is refused rather than applied twice.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.core.fields import (
     CLIPField,
     FreeUConfig,
@@ -39,6 +35,16 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
+from invokeai_provider.operators.core.models import (
+    LoRAAlreadyAppliedError,
+    check_installed,
+    check_kind,
+    check_model,
+    clip_of,
+    submodel,
+    unet_of,
+    where,
+)
 from invokeai_provider.operators.sd.model_fields import (
     CLIP_DESCRIPTION,
     MAIN_MODEL_DESCRIPTION,
@@ -53,8 +59,6 @@ if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
 
 _CATEGORY = "model"
-# Name of the optional run service that knows which models are installed (it has `exists(key)`).
-MODEL_SERVICE = "models"
 
 # Field descriptions shared with InvokeAI's FieldDescriptions.
 _SDXL_MAIN_MODEL = "SDXL Main model (UNet, VAE, CLIP1, CLIP2) to load"
@@ -85,85 +89,7 @@ VAE_BASES = (
 )
 
 
-# --- errors --------------------------------------------------------------------------------------------
-
-
-class ModelInputError(InvokeAIProviderError):
-    """A model identifier given to a loader node cannot be used there."""
-
-
-class ModelNotInstalledError(ModelInputError):
-    """The models service does not know the identifier's key."""
-
-
-class WrongModelKindError(ModelInputError):
-    """The identifier names a model of another type or base than the field takes."""
-
-
-class LoRAAlreadyAppliedError(ModelInputError):
-    """The LoRA is already in the `loras` list it would be appended to."""
-
-
-# --- checks --------------------------------------------------------------------------------------------
-
-
-def _where(node: BaseInvocation, field: str) -> str:
-    return f"node {node.id} ({node.get_type()}): field {field}"
-
-
-def _value(member: Any) -> str:
-    return member.value if hasattr(member, "value") else str(member)
-
-
-def _check_kind(node: BaseInvocation, field: str, model: ModelIdentifierField, model_type: ModelType,
-                bases: Optional[Sequence[BaseModelType]] = None) -> None:
-    """Raises WrongModelKindError unless ``model`` is of ``model_type`` and (when given) one of ``bases``."""
-    if model.type != model_type:
-        raise WrongModelKindError(
-            f"{_where(node, field)}: expected a {model_type.value} model, got model {model.key!r} "
-            f"({model.name}) of type {_value(model.type)}",
-            node_id=node.id, field=field)
-    if bases is not None and model.base not in bases:
-        expected = " or ".join(base.value for base in bases)
-        raise WrongModelKindError(
-            f"{_where(node, field)}: expected a {model_type.value} model of base {expected}, got model "
-            f"{model.key!r} ({model.name}) of base {_value(model.base)}",
-            node_id=node.id, field=field)
-
-
-def _check_installed(node: BaseInvocation, field: str, model: ModelIdentifierField,
-                     context: "InvocationContext") -> None:
-    """With a models service, raises ModelNotInstalledError when it does not have the key."""
-    models = context.services.get(MODEL_SERVICE)
-    if models is not None and not models.exists(model.key):
-        raise ModelNotInstalledError(f"{_where(node, field)}: model key {model.key!r} is not installed",
-                                     node_id=node.id, field=field)
-
-
-def check_model(node: BaseInvocation, field: str, model: ModelIdentifierField, context: "InvocationContext",
-                model_type: Optional[ModelType] = None, bases: Optional[Sequence[BaseModelType]] = None) -> None:
-    """Raises a clear error naming the node and field when ``model`` is of the wrong kind or not installed."""
-    if model_type is not None:
-        _check_kind(node, field, model, model_type, bases)
-    _check_installed(node, field, model, context)
-
-
-def submodel(model: ModelIdentifierField, part: SubModelType) -> ModelIdentifierField:
-    """The same model identifier, pointed at one of its submodels."""
-    return model.model_copy(update={"submodel_type": part})
-
-
-def unet_of(model: ModelIdentifierField) -> UNetField:
-    """A main model's UNet field (with its scheduler), no LoRAs yet."""
-    return UNetField(unet=submodel(model, SubModelType.UNet), scheduler=submodel(model, SubModelType.Scheduler),
-                     loras=[])
-
-
-def clip_of(model: ModelIdentifierField, tokenizer: SubModelType = SubModelType.Tokenizer,
-            text_encoder: SubModelType = SubModelType.TextEncoder) -> CLIPField:
-    """A main model's CLIP field (first encoder by default), no LoRAs or skipped layers yet."""
-    return CLIPField(tokenizer=submodel(model, tokenizer), text_encoder=submodel(model, text_encoder), loras=[],
-                     skipped_layers=0)
+# --- LoRA lists ----------------------------------------------------------------------------------------
 
 
 def _refuse_applied(node: BaseInvocation, targets: Iterable[tuple[str, Optional[Union[UNetField, CLIPField]]]],
@@ -172,7 +98,7 @@ def _refuse_applied(node: BaseInvocation, targets: Iterable[tuple[str, Optional[
     for field, target in targets:
         if target is not None and any(applied.lora.key == lora.key for applied in target.loras):
             raise LoRAAlreadyAppliedError(
-                f"{_where(node, field)}: LoRA {lora.key!r} ({lora.name}) is already applied to {field}",
+                f"{where(node, field)}: LoRA {lora.key!r} ({lora.name}) is already applied to {field}",
                 node_id=node.id, field=field)
 
 
@@ -289,7 +215,7 @@ class ModelIdentifierInvocation(BaseInvocation):
     model: ModelIdentifierField = InputField(description="The model to select", title="Model")
 
     def invoke(self, context: "InvocationContext") -> ModelIdentifierOutput:
-        _check_installed(self, "model", self.model, context)
+        check_installed(self, "model", self.model, context)
         return ModelIdentifierOutput(model=self.model)
 
 
@@ -397,7 +323,7 @@ class LoRASelectorInvocation(BaseInvocation):
     weight: float = InputField(default=0.75, description=_LORA_WEIGHT)
 
     def invoke(self, context: "InvocationContext") -> LoRASelectorOutput:
-        _check_kind(self, "lora", self.lora, ModelType.LoRA)
+        check_kind(self, "lora", self.lora, ModelType.LoRA)
         return LoRASelectorOutput(lora=LoRAField(lora=self.lora, weight=self.weight))
 
 

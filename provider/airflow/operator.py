@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from invokeai_provider.config import get_option
+from invokeai_provider.config import settings
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.compiler.plan import node_class_produces_images
 from invokeai_provider.execution.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
@@ -55,7 +55,7 @@ def get_compiled(key: str) -> CompiledDocument:
 
 
 def gpu_queue() -> str:
-    return get_option("gpu_queue") or "gpu"
+    return settings().gpu_queue
 
 
 def images_alias() -> AssetAlias:
@@ -89,22 +89,23 @@ class _InvokeAITask(BaseOperator):
         map_index = getattr(ti, "map_index", -1)
         dag_run = context.get("dag_run")
         try:  # compiled DAGs have a validated tenant Param; hand-written ones are checked here, before any work
-            tenant = resolve_tenant(params, getattr(dag_run, "conf", None), get_option("default_tenant"))
+            tenant = resolve_tenant(params, getattr(dag_run, "conf", None), settings().default_tenant)
         except InvalidTenantError as exc:
             raise AirflowFailException(str(exc)) from None  # no retry can fix it
         self._started = datetime.now(timezone.utc)
+        config = settings()
         return TaskEnvironment(
             dag_id=ti.dag_id, run_id=ti.run_id, task_id=task_id,
             map_index=map_index if map_index is not None and map_index >= 0 else None,
             params=params, logger=self.log, cancel_event=self._cancel,
-            artifact_root=get_option("artifact_root"), model_root=get_option("model_root"),
+            artifact_root=config.configured_artifact_root, model_root=config.configured_model_root,
             tenant=tenant, usage=UsageMeter())
 
     def _record_usage(self, context: "Context", env: TaskEnvironment) -> None:
         """The task's usage (see `invokeai_provider.execution.usage`) to XCom ``invokeai_usage`` and the artifact store."""
         ti = context["ti"]
-        record = store_usage(env.usage, env.artifact_root, tenant=env.tenant or "default", dag_id=env.dag_id,
-                             run_id=env.run_id, task_id=env.task_id, map_index=env.map_index,
+        record = store_usage(env.usage, env.artifact_root, tenant=env.tenant or settings().default_tenant,
+                             dag_id=env.dag_id, run_id=env.run_id, task_id=env.task_id, map_index=env.map_index,
                              try_number=getattr(ti, "try_number", None),
                              hostname=getattr(ti, "hostname", None) or socket.gethostname(),
                              started=getattr(self, "_started", None) or datetime.now(timezone.utc),
@@ -147,7 +148,7 @@ class _InvokeAITask(BaseOperator):
         summary = {"outputs": output.pop("outputs", {}), "images": [i["image_name"] for i in images],
                    "label": output.pop("label", "")}
         context["ti"].xcom_push(key=RECORDS_KEY, value=output)
-        self._publish_images(context, images, env.tenant or "default")
+        self._publish_images(context, images, env.tenant or settings().default_tenant)
         self._record_usage(context, env)
         if emitted:
             [instances] = emitted.values()
@@ -260,7 +261,7 @@ class InvocationOperator(_InvokeAITask):
         for name, value in output.items():
             if name != "type":
                 ti.xcom_push(key=name, value=value)
-        self._publish_images(context, images, env.tenant or "default")
+        self._publish_images(context, images, env.tenant or settings().default_tenant)
         self._record_usage(context, env)
         return output
 

@@ -210,7 +210,7 @@ def service_command(name: str, settings: Optional[ClusterSettings] = None) -> li
         assert settings is not None and settings.runtime_device and settings.runtime_socket
         # by default as many denoise nodes in one batch as the gpu worker runs tasks at a time
         max_batch = settings.runtime_max_batch or settings.gpu_worker_concurrency
-        return [sys.executable, "-m", "invokeai_provider.cli.app", "runtime", "serve", "--device", settings.runtime_device,
+        return [sys.executable, "-m", "invokeai_provider.cli", "runtime", "serve", "--device", settings.runtime_device,
                 "--socket", settings.runtime_socket, "--max-batch", str(max_batch)]
     args = list(AIRFLOW_SERVICES[name])
     if name == "worker-gpu" and settings is not None:
@@ -479,7 +479,7 @@ def _wait_for_s3(settings: ClusterSettings, timeout: float) -> None:
 
 def install_demo_model(settings: ClusterSettings) -> None:
     """The tiny SD1.5 model of the demo, in the cluster's S3 model root (skipped when registered)."""
-    result = subprocess.run([sys.executable, "-c", "from invokeai_provider.cli.app import ensure_demo_model; "
+    result = subprocess.run([sys.executable, "-c", "from invokeai_provider.cli.demo import ensure_demo_model; "
                              "ensure_demo_model(None)"],
                             env=service_env(settings, "cli"), capture_output=True, text=True)
     if result.returncode != 0:

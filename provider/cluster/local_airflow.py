@@ -146,6 +146,6 @@ def patch_document(raw: Any, overrides: list[tuple[str, str, Any]]) -> Any:
             inputs = nodes[node_id].setdefault("data", {}).setdefault("inputs", {})
             inputs.setdefault(field_name, {"name": field_name})["value"] = value
         return raw
-    from invokeai_provider.cli.app import apply_overrides
+    from invokeai_provider.cli.overrides import apply_overrides
 
     return apply_overrides(raw, overrides)

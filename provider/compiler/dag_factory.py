@@ -3,8 +3,11 @@
 A DAG file calls `load_workflow_dags(folder, globals())`. A workflow that does not compile must not take
 the other DAGs down with it: it becomes a placeholder whose serialisation fails with the compile error,
 so Airflow's DAG processor records an import error under the workflow's own path (naming the file, node
-and field) and stores every other DAG. When a task runs, only the DAG it belongs to is compiled
-(`get_parsing_context`), and compiled plans come from the on-disk plan cache.
+and field) and stores every other DAG. When a worker parses the file to run one task, only the DAG that
+task belongs to is compiled (`get_parsing_context`); each compile goes through
+`invokeai_provider.compiler.dags.compile_dag`, whose in-process cache (keyed by the document's content hash
+and granularity) spares re-parsing and re-planning a workflow the same process compiled before. Nothing is
+written to disk.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Graphs and saved workflows → Airflow DAGs (``compile_dag``), and the readable DAG file the CLI writes.
+"""Graphs and saved workflows → Airflow DAGs (``compile_dag``).
 
 Compiling is: parse and validate the document, plan the tasks (`invokeai_provider.compiler.plan`), derive the
 Params of the trigger form (`invokeai_provider.compiler.params`), then instantiate one operator per planned task.
 Parsed documents and plans are cached by content hash, because every Airflow task re-parses its DAG
 file; the compiled document is registered in this process under a key that the operators carry.
+The readable DAG file the CLI writes (`invokeai_provider.compiler.render`) makes the same operator calls, and
+imports what it needs at parse time from here.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _CACHE_LOCK = threading.Lock()
 LABEL_TEMPLATE = "{{ invokeai_label }}"
 
 
-def _document_text(source: Source) -> tuple[str, str]:
+def document_text(source: Source) -> tuple[str, str]:
     """(JSON text, name) of a path, JSON text or dict."""
     if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
         path = Path(source)
@@ -51,7 +53,7 @@ def load_compiled(source: Source, *, granularity: str = "segment",
 
     if isinstance(source, Document):
         return _compile_document(source, granularity, model_names, "")
-    text, stem = _document_text(source)
+    text, stem = document_text(source)
     key = (hashlib.sha256(text.encode()).hexdigest(), granularity)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
@@ -64,6 +66,8 @@ def load_compiled(source: Source, *, granularity: str = "segment",
 
 
 def _compile_document(document: "Document", granularity: str, model_names: Any, stem: str) -> CompiledDocument:
+    from invokeai_provider.compiler.dag_docs import dag_doc_md
+    from invokeai_provider.compiler.model_choices import registry_model_names
     from invokeai_provider.compiler.params import param_specs
 
     workflow = document.workflow
@@ -76,32 +80,8 @@ def _compile_document(document: "Document", granularity: str, model_names: Any, 
     specs = param_specs(document, model_names=model_names if model_names is not None else registry_model_names())
     compiled = CompiledDocument(plan=plan, param_specs=specs, workflow_json=workflow.raw if workflow else None,
                                 batch=document.batch.model_dump(mode="json") if document.batch else None, name=name)
-    compiled.doc_md = _doc_md(compiled, document)
+    compiled.doc_md = dag_doc_md(compiled, document)
     return compiled
-
-
-PARSE_RETRY_SECONDS = 5.0
-
-
-def registry_model_names() -> Any:
-    """The model dropdowns' source: the ``[invokeai] model_root`` registry, read once per compile (None
-    when no model root is set or it cannot be read, so model fields stay free text)."""
-    from invokeai_provider.config import get_option
-    from invokeai_provider.compiler.params import model_names_from_registry
-
-    root = get_option("model_root")
-    if not root:
-        return None
-    try:
-        from invokeai_provider.models.model_manager.registry import ModelRegistry
-        from invokeai_provider.storage.base import backend_for_uri
-
-        backend = backend_for_uri(root)
-        if hasattr(backend, "retry_seconds"):  # a remote root that is down: give up within the parse's time budget
-            backend.retry_seconds = PARSE_RETRY_SECONDS
-        return model_names_from_registry(ModelRegistry(backend))
-    except Exception:  # an unreadable model root must not break DAG parsing
-        return None
 
 
 _DAG_ID = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -175,30 +155,11 @@ def _operator_class(name: str) -> Any:
 
 def dag_params(compiled: CompiledDocument) -> dict[str, Any]:
     """The trigger form: the workflow's Params, then ``tenant`` (read from the config at every parse)."""
-    from invokeai_provider.compiler.params import airflow_params, tenant_param
+    from invokeai_provider.compiler.params import airflow_params
+    from invokeai_provider.compiler.tenant_param import tenant_param
     from invokeai_provider.execution.tenants import TENANT_PARAM
 
     return {**airflow_params(compiled.param_specs), TENANT_PARAM: tenant_param()}
-
-
-def _doc_md(compiled: CompiledDocument, document: "Document") -> str:
-    """The workflow's name, description, notes and form, then the planned tasks."""
-    from invokeai_provider.compiler.params import workflow_doc_md
-
-    if document.workflow is not None:
-        lines = [workflow_doc_md(document, compiled.param_specs)]
-    else:
-        lines = [f"# {compiled.name or 'InvokeAI graph'}"]
-    plan = compiled.plan
-    lines += ["", f"## Tasks ({plan.granularity} granularity)", "", "| task | queue | mapped over | nodes |",
-              "| --- | --- | --- | --- |"]
-    for task in plan.tasks:
-        mapped = ", ".join(plan.axis_labels.get(a, a) for a in task.scope) if task.mapped else ""
-        nodes = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
-        lines.append(f"| `{task.task_id}` | {task.queue} | {mapped} | {nodes} |")
-    lines += ["", "The `tenant` Param (section *Run*) is the storage prefix of the run's images and usage records: "
-              "`<tenant>/runs/...`, `<tenant>/usage/...`."]
-    return "\n".join(lines)
 
 
 def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", model_names: Any = None,
@@ -233,10 +194,10 @@ def default_task_args() -> dict[str, Any]:
     worker or a storage outage fails a try, and deterministic artifact names make the retry overwrite it."""
     from datetime import timedelta
 
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    return {"retries": int(get_option("task_retries") or 0),
-            "retry_delay": timedelta(seconds=float(get_option("task_retry_delay_seconds") or 0))}
+    config = settings()
+    return {"retries": config.task_retries, "retry_delay": timedelta(seconds=config.task_retry_delay_seconds)}
 
 
 def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:
@@ -267,75 +228,3 @@ def check_plan(compiled: CompiledDocument, expected_tasks: list[str]) -> None:
     if planned != expected_tasks:
         raise InvokeAIProviderError(f"the workflow now compiles to tasks {planned}, but this DAG file was generated "
                                     f"for {expected_tasks}; run `invokeai-airflow compile` again")
-
-
-
-
-def _variable(task_id: str) -> str:
-    name = "".join(c if c.isalnum() or c == "_" else "_" for c in task_id)
-    return name if name.isidentifier() and not name[0].isdigit() else f"task_{name}"
-
-
-def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment", source_name: str = "") -> str:
-    """A readable DAG file: the workflow embedded unchanged, then one operator call per planned task.
-
-    The file recompiles the embedded workflow when parsed (cheap, cached) and refuses to load if the
-    plan no longer matches the tasks written out, so it never runs a stale plan.
-    """
-    text, stem = _document_text(source)
-    compiled = load_compiled(text, granularity=granularity)
-    calls = task_calls(compiled)
-    plan = compiled.plan
-    names = {c.task.task_id: _variable(c.task.task_id) for c in calls}
-    classes = sorted({c.class_name for c in calls})
-    compiled_ops = [c for c in classes if c in ("BatchSessionsOperator", "CollectReduceOperator",
-                                                 "GraphSegmentOperator", "MapInstancesOperator")]
-    node_ops = [c for c in classes if c not in compiled_ops]
-    title = compiled.name or source_name or stem or dag_id
-    out = [f'"""{title}: an Airflow DAG compiled from {source_name or "an InvokeAI document"} by `invokeai-airflow compile`.',
-           "", f"Granularity: {granularity}. Tasks:", ""]
-    for call in calls:
-        task = call.task
-        what = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
-        mapped = f", mapped over {', '.join(plan.axis_labels.get(a, a) for a in task.scope)}" if task.mapped else ""
-        out.append(f"- {task.task_id} ({task.kind}, queue {task.queue}{mapped}): {what}")
-    out += ["", "Edit the workflow and compile again rather than editing the tasks: the file checks that the",
-            'embedded workflow still plans exactly these tasks."""', "",
-            "import json", "", "from airflow.sdk import DAG", "",
-            "from invokeai_provider.compiler.dags import check_plan, dag_params, load_compiled, plan_key",
-            "from invokeai_provider.airflow.operator import " + ", ".join(compiled_ops + ["images_alias", "register_compiled"])]
-    if node_ops:
-        out.append("from invokeai_provider.operators import " + ", ".join(node_ops))
-    out += ["", f"DAG_ID = {dag_id!r}", f"GRANULARITY = {granularity!r}",
-            "# The InvokeAI document, unchanged.",
-            f"DOCUMENT = json.loads({json.dumps(text)})", "",
-            "compiled = load_compiled(DOCUMENT, granularity=GRANULARITY)",
-            f"check_plan(compiled, {[c.task.task_id for c in calls]!r})",
-            "KEY = plan_key(DAG_ID, compiled)", "register_compiled(KEY, compiled)", "",
-            'with DAG(dag_id=DAG_ID, params=dag_params(compiled), doc_md=compiled.doc_md, schedule=None,',
-            '         tags=["invokeai"]) as dag:']
-    for call in calls:
-        kwargs = dict(call.kwargs)
-        args = [f"task_id={kwargs.pop('task_id')!r}", "plan_key=KEY", f"plan_task={kwargs.pop('plan_task')!r}"]
-        if kwargs.pop("queue", None) == "gpu":
-            args.append("queue=" + repr(_gpu_queue_name()))
-        if kwargs.pop("outlets", None) == "images":
-            args.append("outlets=[images_alias()]")
-        args += [f"{k}={v!r}" for k, v in kwargs.items()]
-        var = names[call.task.task_id]
-        if call.expand_from is not None:
-            out.append(f"    {var} = {call.class_name}.partial({', '.join(args)}).expand(")
-            out.append(f"        instance={names[call.expand_from]}.output)")
-        else:
-            out.append(f"    {var} = {call.class_name}({', '.join(args)},")
-            out.append(f"        upstream_tasks={list(call.upstream)!r})")
-        others = [u for u in call.task.upstream if u != call.expand_from]
-        if others:
-            out.append(f"    [{', '.join(names[u] for u in others)}] >> {var}")
-    return "\n".join(out) + "\n"
-
-
-def _gpu_queue_name() -> str:
-    from invokeai_provider.config import get_option
-
-    return get_option("gpu_queue") or "gpu"

@@ -56,7 +56,7 @@ class TaskEnvironment:
 
 def graph_with_params(compiled: CompiledDocument, params: Mapping[str, Any]) -> dict[str, Any]:
     """The plan's graph dict with the run's Param values written into the nodes they set."""
-    from invokeai_provider.compiler.params import to_node_value
+    from invokeai_provider.compiler.param_values import to_node_value
 
     graph = copy.deepcopy(compiled.plan.graph)
     for spec in compiled.param_specs:
@@ -237,15 +237,16 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
 def runtime_client_for(graph: dict[str, Any], logger: logging.Logger) -> Any:
     """The GPU runtime's client when ``[invokeai] runtime_socket`` is set, the graph has a GPU node and the
     runtime answers; None means: run in this process."""
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    path = get_option("runtime_socket")
+    config = settings()
+    path = config.runtime_socket
     if not path or not _has_gpu_node(graph):
         return None
     from invokeai_provider.execution.runtime.client import RuntimeClient
 
     client = RuntimeClient(path)
-    if client.wait_until_answering(float(get_option("runtime_connect_seconds") or 0)):
+    if client.wait_until_answering(config.runtime_connect_seconds):
         return client
     logger.warning("GPU runtime at %s is not answering; running this task's nodes in-process (cold model cache)",
                    path)
@@ -370,9 +371,9 @@ def workflow_with_values(workflow_json: Optional[dict[str, Any]], graph: dict[st
 
 
 def _default_tenant() -> str:
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    return get_option("default_tenant") or "default"
+    return settings().default_tenant
 
 
 def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], env: TaskEnvironment,

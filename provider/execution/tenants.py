@@ -65,11 +65,16 @@ def check_tenant(value: Any, *, field: str = TENANT_PARAM) -> str:
 
 def resolve_tenant(params: Optional[Mapping[str, Any]] = None, conf: Optional[Mapping[str, Any]] = None,
                    default: Optional[str] = None) -> str:
-    """The run's tenant: ``params.tenant``, else conf ``tenant``, else the configured default; validated."""
+    """The run's tenant: ``params.tenant``, else conf ``tenant``, else ``default`` (when None, ``[invokeai]
+    default_tenant``); validated."""
     for source, values in (("params.tenant", params), ("conf tenant", conf)):
         if values and values.get(TENANT_PARAM) not in (None, ""):
             return check_tenant(values[TENANT_PARAM], field=source)
-    return check_tenant(default or "default", field="[invokeai] default_tenant")
+    if not default:
+        from invokeai_provider.config import settings
+
+        default = settings().default_tenant
+    return check_tenant(default, field="[invokeai] default_tenant")
 
 
 def _references(value: Any, path: str) -> Iterator[tuple[str, str, Any]]:

@@ -79,8 +79,9 @@ class ArtifactBackend(ABC):
         """A URL a client can fetch the object from: the file URI locally, a presigned GET on S3."""
 
 
-def _atomic_write(destination: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write`` fills a temporary file beside ``destination``, which is then renamed into place."""
+def atomic_write(destination: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` fills a temporary file beside ``destination``, which is then renamed into place: a reader (or a
+    crash) never sees half a file under its final name."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=".part")
     try:
@@ -99,7 +100,7 @@ def _atomic_copy(source: Path, destination: Path) -> None:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, out, 8 << 20)
 
-    _atomic_write(destination, copy)
+    atomic_write(destination, copy)
 
 
 class LocalArtifactBackend(ArtifactBackend):
@@ -112,7 +113,7 @@ class LocalArtifactBackend(ArtifactBackend):
         return self.root / check_key(key)
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        _atomic_write(self._path(key), lambda out: out.write(data))
+        atomic_write(self._path(key), lambda out: out.write(data))
 
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -226,9 +227,9 @@ class RunStore:
 
 def default_artifact_root() -> str:
     """``[invokeai] artifact_root`` (env ``AIRFLOW__INVOKEAI__ARTIFACT_ROOT``), else ./artifacts."""
-    from invokeai_provider.config import get_option
+    from invokeai_provider.config import settings
 
-    return get_option("artifact_root") or Path("artifacts").resolve().as_uri()
+    return settings().artifact_root
 
 
 def open_run_store(uri: Optional[str] = None, **kwargs: str) -> RunStore:

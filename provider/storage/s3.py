@@ -21,7 +21,6 @@ import mimetypes
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ from urllib.parse import urlparse
 
 from airflow.sdk import BaseHook
 
-from invokeai_provider.config import get_option
+from invokeai_provider.config import settings as provider_settings
 from invokeai_provider.errors import ArtifactNotFoundError, ArtifactStoreUnavailableError
-from invokeai_provider.storage.base import ArtifactBackend, check_key
+from invokeai_provider.storage.base import ArtifactBackend, atomic_write, check_key
 
 log = logging.getLogger(__name__)
 
@@ -124,40 +123,6 @@ def s3_client(settings: S3Settings) -> Any:
     return client
 
 
-class InvokeAIS3Hook(BaseHook):
-    """The S3 connection of the artifact and model stores (type ``invokeai_s3``; ``aws`` connections work too).
-
-    Fields: login = access key id, password = secret access key, extras ``endpoint_url`` (MinIO, SeaweedFS...)
-    and ``region_name``.
-    """
-
-    conn_name_attr = "s3_conn_id"
-    default_conn_name = "invokeai_s3"
-    conn_type = CONN_TYPE
-    hook_name = "InvokeAI S3 storage"
-
-    def __init__(self, s3_conn_id: Optional[str] = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.s3_conn_id = s3_conn_id or get_option("s3_conn_id") or self.default_conn_name
-
-    def settings(self) -> S3Settings:
-        return connection_settings(self.s3_conn_id)
-
-    def get_client(self) -> Any:
-        """The boto3 S3 client for this connection (shared within the process)."""
-        return s3_client(self.settings())
-
-    def get_conn(self) -> Any:
-        return self.get_client()
-
-    def test_connection(self) -> tuple[bool, str]:
-        try:
-            buckets = self.get_client().list_buckets().get("Buckets", [])
-        except Exception as exc:  # noqa: BLE001 - the UI shows the message
-            return False, f"{type(exc).__name__}: {exc}"
-        return True, f"connected; {len(buckets)} buckets visible"
-
-
 # --- transient errors -------------------------------------------------------------------------------
 
 
@@ -220,10 +185,13 @@ class S3ArtifactBackend(ArtifactBackend):
             raise ValueError(f"S3 bucket {bucket!r} must be 3-63 characters of lowercase letters, digits, '.' and '-'")
         self.bucket = bucket
         self.prefix = check_key(prefix.strip("/")) if prefix.strip("/") else ""
-        self.conn_id = conn_id or get_option("s3_conn_id") or InvokeAIS3Hook.default_conn_name
-        self.retry_seconds = _number(retry_seconds, "s3_retry_seconds", float)
-        self.multipart_threshold_mb = max(MIN_PART_MB, _number(multipart_threshold_mb, "s3_multipart_threshold_mb", int))
-        self.presign_expiry_seconds = _check_expiry(_number(presign_expiry_seconds, "presign_expiry_seconds", int))
+        config = provider_settings()  # an option is read (and parsed) only where no argument overrides it
+        self.conn_id = conn_id or config.s3_conn_id
+        self.retry_seconds = config.s3_retry_seconds if retry_seconds is None else float(retry_seconds)
+        self.multipart_threshold_mb = max(MIN_PART_MB, config.s3_multipart_threshold_mb
+                                          if multipart_threshold_mb is None else int(multipart_threshold_mb))
+        self.presign_expiry_seconds = _check_expiry(config.presign_expiry_seconds
+                                                    if presign_expiry_seconds is None else int(presign_expiry_seconds))
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -241,7 +209,7 @@ class S3ArtifactBackend(ArtifactBackend):
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = InvokeAIS3Hook(self.conn_id).get_client()
+                    self._client = s3_client(connection_settings(self.conn_id))
         return self._client
 
     def _object_key(self, key: str) -> str:
@@ -374,16 +342,11 @@ class S3ArtifactBackend(ArtifactBackend):
         destination.parent.mkdir(parents=True, exist_ok=True)
 
         def download() -> None:
-            fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    self.client.download_fileobj(self.bucket, object_key, handle, Config=self.transfer_config())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, destination)
-            except BaseException as exc:
-                Path(tmp).unlink(missing_ok=True)
-                if isinstance(exc, Exception) and _is_not_found(exc):
+                atomic_write(destination, lambda handle: self.client.download_fileobj(
+                    self.bucket, object_key, handle, Config=self.transfer_config()))
+            except Exception as exc:
+                if _is_not_found(exc):
                     raise ArtifactNotFoundError(f"no artifact at {self.uri(key)}") from None
                 raise
 
@@ -398,17 +361,6 @@ class S3ArtifactBackend(ArtifactBackend):
                                                   ExpiresIn=seconds)
 
 
-def _number(given: Optional[float], option: str, kind: Callable[[str], Any]) -> Any:
-    """``given``, else the ``[invokeai]`` option (its documented default when unset)."""
-    if given is not None:
-        return kind(given)
-    raw = get_option(option)
-    try:
-        return kind(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"[invokeai] {option} = {raw!r}: expected a {'whole ' if kind is int else ''}number") from None
-
-
 def _check_expiry(seconds: int) -> int:
     if not 1 <= seconds <= MAX_PRESIGN_SECONDS:
         raise ValueError(f"presigned URL lifetime {seconds} s: expected 1 to {MAX_PRESIGN_SECONDS} s (7 days, the "
@@ -420,5 +372,5 @@ def _content_type(key: str) -> str:
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
-__all__ = ["InvokeAIS3Hook", "S3ArtifactBackend", "S3Settings", "connection_settings", "is_transient",
+__all__ = ["S3ArtifactBackend", "S3Settings", "connection_settings", "is_transient",
            "parse_s3_uri", "s3_client"]

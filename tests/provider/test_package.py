@@ -47,12 +47,14 @@ def test_generic_folder_names_are_not_importable():
 
 
 def test_custom_node_packs_load_from_the_entry_point_group(tmp_path, monkeypatch):
-    """A pack registered under `invokeai_provider.nodes` joins the registry without touching our code."""
+    """A pack registered under `invokeai_provider.nodes` joins the registry without touching our code, and packs
+    written against the flat layout's import paths still load."""
     pack = tmp_path / "my_pack"
     pack.mkdir()
     (pack / "__init__.py").write_text(
-        "from invokeai_provider.core.invocation import BaseInvocation, InputField, invocation\n"
-        "from invokeai_provider.operators.core.primitives import StringOutput\n"
+        # the import paths of the flat layout that published packs use
+        "from invokeai_provider.invocation import BaseInvocation, InputField, invocation\n"
+        "from invokeai_provider.operators.primitives import StringOutput\n"
         "@invocation('my_pack_shout', version='1.0.0')\n"
         "class Shout(BaseInvocation):\n"
         "    text: str = InputField(default='')\n"

@@ -25,17 +25,13 @@ class RuntimeConfigError(InvokeAIProviderError):
 
 
 def configured_max_batch() -> int:
-    """``[invokeai] runtime_max_batch``, checked."""
-    from invokeai_provider.config import get_option
+    """``[invokeai] runtime_max_batch`` (checked by the config: a whole number of at least 1)."""
+    from invokeai_provider.config import ConfigError, settings
 
-    value = get_option("runtime_max_batch") or "1"
     try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise RuntimeConfigError(f"[invokeai] runtime_max_batch: expected a whole number of at least 1, got {value!r}")
-    return number
+        return settings().runtime_max_batch
+    except ConfigError as exc:
+        raise RuntimeConfigError(str(exc)) from None
 
 
 @dataclass(eq=False)

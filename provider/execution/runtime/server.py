@@ -327,7 +327,7 @@ class RuntimeServer:
             from invokeai_provider.models.model_manager.manager import ModelManager, cache_budget_bytes
             from invokeai_provider.models.model_manager.registry import ModelRegistry
 
-            cache = ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb", self.ram_cache_gb) or 8 << 30,
+            cache = ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb", self.ram_cache_gb),
                                vram_bytes=cache_budget_bytes("vram_cache_gb", self.vram_cache_gb),
                                execution_device=self.device)
             self._managers[model_root] = ModelManager(ModelRegistry(model_root), cache, device=self.device)

@@ -440,7 +440,7 @@ from invokeai_provider.storage import s3
 def refuse(*args, **kwargs):
     raise SystemExit("a model file was downloaded at parse time")
 s3.S3ArtifactBackend.download_file = refuse
-from invokeai_provider.compiler.dags import registry_model_names
+from invokeai_provider.compiler.model_choices import registry_model_names
 names = registry_model_names()
 print(names("main_model_loader", "model"))
 print(sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules))

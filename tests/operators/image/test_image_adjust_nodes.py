@@ -9,6 +9,7 @@ import pytest
 from helpers import only_output, put_image, stored_image
 
 import invokeai_provider.operators.image.adjust as adjust
+from invokeai_provider.models.image_util import color
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.core.registry import InvocationRegistry
 
@@ -99,40 +100,6 @@ def test_defaults_and_options_match_invokeai():
 
 
 
-# --- colour maths -------------------------------------------------------------------------------------
-
-
-def test_oklab_of_known_colours():
-    white = adjust.oklab_from_linear(np.array([1.0, 1.0, 1.0]))
-    assert np.allclose(white, [1.0, 0.0, 0.0], atol=1e-4)
-    # Ottosson's published Oklab of sRGB red.
-    red = adjust.oklab_from_linear(np.array([1.0, 0.0, 0.0]))
-    assert np.allclose(red, [0.6279554, 0.22486306, 0.1258463], atol=1e-4)
-    rgb = np.random.default_rng(1).random((5, 5, 3))
-    assert np.allclose(adjust.linear_from_oklab(adjust.oklab_from_linear(rgb)), rgb, atol=1e-6)
-
-
-@pytest.mark.parametrize("space", ["okhsl", "okhsv"])
-def test_okhsl_okhsv_round_trip_and_greys(space):
-    forward = getattr(adjust, f"{space}_from_srgb")
-    back = getattr(adjust, f"srgb_from_{space}")
-    rgb = np.random.default_rng(2).uniform(0.05, 0.95, (6, 6, 3))
-    polar = forward(rgb, 3)
-    assert np.abs(back(polar, 3) - rgb).max() < 2e-3
-    grey = forward(np.full((1, 1, 3), 0.5), 3)
-    assert grey[0, 0, 1] < 1e-3  # no saturation
-    # Saturated primaries sit on the gamut edge: full saturation.
-    assert forward(np.array([[[1.0, 0.0, 0.0]]]), 3)[0, 0, 1] > 0.98
-
-
-def test_gamut_clip_brings_colours_inside_and_leaves_inside_alone():
-    outside = np.array([[[1.3, -0.2, 0.1], [0.2, 0.5, 1.4]]])
-    clipped = adjust.gamut_clip(outside, 0.05, 3)
-    assert clipped.min() > -1e-3 and clipped.max() < 1 + 1e-3
-    inside = np.array([[[0.2, 0.4, 0.6]]])
-    assert np.array_equal(adjust.gamut_clip(inside, 0.05, 3), inside)
-
-
 # --- hue ----------------------------------------------------------------------------------------------
 
 
@@ -144,8 +111,8 @@ def test_oklch_hue_rotation_keeps_oklab_lightness_and_rotates_hue(run):
     colour = (200, 80, 60)
     out = _run(run, "img_hue_adjust_oklch", _solid(colour), hue=90)
     pixel = np.asarray(stored_image(run, out).convert("RGB"))[0, 0]
-    before = adjust.oklch_from_oklab(adjust.oklab_from_linear(adjust.linear_from_srgb(np.array(colour) / 255)))
-    after = adjust.oklch_from_oklab(adjust.oklab_from_linear(adjust.linear_from_srgb(pixel / 255)))
+    before = color.oklch_from_oklab(color.oklab_from_linear(color.linear_from_srgb(np.array(colour) / 255)))
+    after = color.oklch_from_oklab(color.oklab_from_linear(color.linear_from_srgb(pixel / 255)))
     assert abs(after[0] - before[0]) < 0.01
     assert abs(((after[2] - before[2]) % 360) - 90) < 2.0
     assert (out.width, out.height) == (8, 8)
@@ -177,8 +144,8 @@ def test_hue_plus_perceptual_spaces_rotate_hue(run, space):
     turned = stored_image(run, _run(run, "invokeai_img_hue_adjust_plus", _solid(colour), name="b.png", space=space,
                             degrees=180.0))
     pixel = np.asarray(turned)[0, 0]
-    lab_in = adjust.oklab_from_linear(adjust.linear_from_srgb(np.array(colour) / 255))
-    lab_out = adjust.oklab_from_linear(adjust.linear_from_srgb(pixel / 255))
+    lab_in = color.oklab_from_linear(color.linear_from_srgb(np.array(colour) / 255))
+    lab_out = color.oklab_from_linear(color.linear_from_srgb(pixel / 255))
     # Half a turn points the (a, b) chroma vector the other way: a blue becomes an orange.
     assert np.dot(lab_in[1:], lab_out[1:]) < 0
     assert pixel[0] > pixel[2]
@@ -187,7 +154,7 @@ def test_hue_plus_perceptual_spaces_rotate_hue(run, space):
 def test_hue_plus_preserve_lightness_keeps_cielab_l(run):
     from PIL import ImageCms
 
-    to_lab, _ = adjust._cielab_transforms()
+    to_lab, _ = color.cielab_transforms()
     colour = (120, 120, 60)
     l_in = int(np.asarray(ImageCms.applyTransform(_solid(colour), to_lab))[0, 0, 0])
     lightness = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import invokeai_provider.operators.sd.model_loaders as loader_nodes  # importing registers the nodes
+import invokeai_provider.operators.core.models as model_checks
 from helpers import edge, only_output, run_nodes
 
 from invokeai_provider.errors import NodeExecutionError, NodeValidationError, RequiredConnectionError
@@ -263,7 +264,7 @@ def test_loader_without_model_is_missing_input(run):
 def test_uninstalled_model_fails_naming_node_field_and_key(run):
     run.services["models"] = Models("other")
     error = failure(run, {"type": "main_model_loader", "model": SD1})
-    assert isinstance(error.cause, loader_nodes.ModelNotInstalledError)
+    assert isinstance(error.cause, model_checks.ModelNotInstalledError)
     assert str(error.cause) == "node n (main_model_loader): field model: model key 'sd1-main' is not installed"
     assert error.cause.node_id == "n" and error.cause.field == "model"
 
@@ -291,7 +292,7 @@ def test_every_loader_checks_the_models_service(run, node, field, key):
     fresh = RunContext(store=run.store, services={"models": Models()})
     with pytest.raises(NodeExecutionError) as caught:
         only_output(fresh, node)
-    assert isinstance(caught.value.cause, loader_nodes.ModelNotInstalledError)
+    assert isinstance(caught.value.cause, model_checks.ModelNotInstalledError)
     assert f"({node['type']}): field {field}: model key '{key}' is not installed" in str(caught.value)
 
 
@@ -323,7 +324,7 @@ def test_lora_selector_does_not_ask_the_service(run):
 def test_wrong_model_kind_fails_without_a_service(run, node, expected):
     assert "models" not in run.services
     error = failure(run, node)
-    assert isinstance(error.cause, loader_nodes.WrongModelKindError)
+    assert isinstance(error.cause, model_checks.WrongModelKindError)
     assert str(error.cause).startswith(f"node n ({node['type']}): field ")
     assert expected in str(error.cause)
 
@@ -373,7 +374,7 @@ def test_the_same_lora_twice_fails_naming_the_node(run):
             edge("first", "unet", "again", "unet"), edge("first", "clip", "again", "clip"),
         ])
     assert caught.value.node_id == "again"
-    assert isinstance(caught.value.cause, loader_nodes.LoRAAlreadyAppliedError)
+    assert isinstance(caught.value.cause, model_checks.LoRAAlreadyAppliedError)
     assert str(caught.value.cause) == ("node again (lora_loader): field unet: LoRA 'lora-a' (renamed) is already "
                                        "applied to unet")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import edge, graph, node
+from helpers import edge, graph, node, wf_edge, wf_node, workflow
 
 from invokeai_provider.cli.app import main
 
@@ -98,8 +98,6 @@ def test_console_script_entry_point_runs(tmp_path):
 
 
 def test_workflow_batch_nodes_run_one_session_each(tmp_path, capsys):
-    from test_workflow import wf_edge, wf_node, workflow
-
     doc = workflow([wf_node("prompts", "string_batch", strings=["cat", "dog"], batch_group_id="None"),
                     wf_node("seeds", "integer_batch", integers=[1, 2], batch_group_id="None"),
                     wf_node("p", "test_prompt", prompt=...), wf_node("seed", "integer")],

@@ -66,7 +66,7 @@ def test_the_gpu_worker_hands_segments_to_the_runtime(tmp_path: Path) -> None:
     socket_path = settings.runtime_socket
     assert socket_path and len(socket_path) <= 100
     runtime = cluster.service_command(cluster.RUNTIME_SERVICE, settings)
-    assert runtime[1:5] == ["-m", "invokeai_provider.cli.app", "runtime", "serve"]
+    assert runtime[1:5] == ["-m", "invokeai_provider.cli", "runtime", "serve"]
     assert runtime[runtime.index("--socket") + 1] == socket_path
     assert runtime[runtime.index("--device") + 1] == settings.runtime_device
     assert cluster.service_env(settings, "worker-gpu")["AIRFLOW__INVOKEAI__RUNTIME_SOCKET"] == socket_path

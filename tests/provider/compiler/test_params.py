@@ -5,23 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
 from helpers import REPO_ROOT, SHARED_WORKFLOWS
 
 from invokeai_provider.errors import BatchItemsTypeError, NodeNotFoundError, WorkflowError
-from invokeai_provider.core.taxonomy import BaseModelType, ModelType
-from invokeai_provider.compiler.params import (
-    ParamSpec,
-    airflow_params,
-    model_names_from_registry,
-    param_specs,
-    scheduler_label,
-    to_node_value,
-    workflow_doc_md,
-)
+from invokeai_provider.compiler.dag_docs import workflow_doc_md
+from invokeai_provider.compiler.param_values import to_node_value
+from invokeai_provider.compiler.params import ParamSpec, airflow_params, param_specs
 from invokeai_provider.execution.tenants import ARTIFACT_NAME_PATTERN
 from invokeai_provider.graph.workflow import Document, load_document
 
@@ -174,25 +166,6 @@ def test_dag_workflow_form_order_sections_and_settings():
     model = named["model"].schema
     assert model["default"] == "tiny-sd15" and model["enum"] == ["other-sd15", "tiny-sd15"]
     assert named["model"].node_id == "model" and named["model"].kind == "model"
-
-
-def test_doc_md_names_the_workflow_and_lists_inputs():
-    doc = load_document(SD15_DAG_WORKFLOW.read_text())
-    specs = param_specs(doc)
-    md = workflow_doc_md(doc, specs)
-    assert md.startswith("# SD1.5 text to image\n")
-    assert "Text to image with a Stable Diffusion 1.x model" in md
-    assert "The image carries InvokeAI's metadata" in md
-    assert "| Denoise: Steps | `denoise_steps` | Denoise (`denoise_latents`) | `steps` | `30` |" in md
-    assert md.count("\n| ") == len(specs) + 2  # header and separator rows, then one row per input
-
-
-def test_doc_md_escapes_pipes_and_marks_required_inputs():
-    doc = load(workflow([wf_node("img", "image", label="Input | image", image=...)],
-                        exposed=[{"nodeId": "img", "fieldName": "image"}]))
-    md = workflow_doc_md(doc, param_specs(doc))
-    assert "A test | workflow" in md  # the description is prose, not a table cell
-    assert "| Input \\| image |" in md and "*(required)*" in md
 
 
 # --- type mapping, defaults, names ----------------------------------------------------------------------
@@ -435,63 +408,13 @@ def test_object_param_is_validated_by_its_properties():
     assert params["color_color"].resolve({"r": 3, "g": 0, "b": 0, "a": 0})["r"] == 3
 
 
-# --- conversions and helpers ----------------------------------------------------------------------------
-
-
-def test_to_node_value_conversions():
-    def spec(kind: str, item_kind: Optional[str] = None) -> ParamSpec:
-        return ParamSpec("x", None if kind == "batch" else "n", None if kind == "batch" else "f", {}, kind,
-                         (0, 0) if kind == "batch" else None, item_kind)
-
-    assert to_node_value(spec("model"), "tiny-sd15") == "tiny-sd15"
-    assert to_node_value(spec("model"), "") is None
-    assert to_node_value(spec("image"), "cat.png") == {"image_name": "cat.png"}
-    assert to_node_value(spec("image"), ["a.png", "b.png"]) == [{"image_name": "a.png"}, {"image_name": "b.png"}]
-    assert to_node_value(spec("image"), None) is None
-    assert to_node_value(spec("board"), "board-1") == {"board_id": "board-1"}
-    for empty in ("none", "", None, "auto"):
-        assert to_node_value(spec("board"), empty) is None
-    value = {"r": 1}
-    copied = to_node_value(spec("value"), value)
-    assert copied == value and copied is not value
-    assert to_node_value(spec("value"), 7) == 7
-    assert to_node_value(spec("batch", "image"), ["a.png"]) == [{"image_name": "a.png"}]
-    assert to_node_value(spec("batch", "value"), None) == []
-
-
-def test_to_node_value_gives_a_graph_that_validates():
-    doc = load_document(SD15_DAG_WORKFLOW.read_text())
-    specs = by_name(param_specs(doc))
-    graph = doc.graph.to_dict()
-    for name, value in [("seed", 1234), ("denoise_scheduler", "euler_a"), ("positive_prompt", "a cat")]:
-        spec = specs[name]
-        graph["nodes"][spec.node_id][spec.field_name] = to_node_value(spec, value)
-    from invokeai_provider.graph.graph import Graph
-
-    rebuilt = Graph.from_dict(graph)
-    assert rebuilt.nodes["seed"].value == 1234 and rebuilt.nodes["denoise"].scheduler == "euler_a"
-
-
-def test_scheduler_labels():
-    assert scheduler_label("dpmpp_2m_sde_k") == "DPM++ 2M SDE Karras"
-    assert scheduler_label("kdpm_2_a") == "KDPM 2 Ancestral"
-    assert scheduler_label("unipc_k") == "UniPC Karras"
-
-
-def test_model_names_from_registry_filters_by_base_and_type():
-    configs = [SimpleNamespace(name=n, base=b, type=t) for n, b, t in [
-        ("zeta-sd15", BaseModelType.StableDiffusion1, ModelType.Main),
-        ("alpha-sd15", BaseModelType.StableDiffusion1, ModelType.Main),
-        ("xl", BaseModelType.StableDiffusionXL, ModelType.Main),
-        ("vae-15", BaseModelType.StableDiffusion1, ModelType.VAE)]]
-    names = model_names_from_registry(SimpleNamespace(all=lambda: iter(configs)))
-    assert names("main_model_loader", "model") == ["alpha-sd15", "zeta-sd15"]
-    assert names("sdxl_model_loader", "model") == ["xl"]
-    assert names("vae_loader", "vae_model") == ["vae-15"]
+# --- import weight, serialization ------------------------------------------------------------------------
 
 
 def test_module_imports_nothing_heavy():
-    code = ("import sys, invokeai_provider.compiler.params; "
+    modules = ", ".join(f"invokeai_provider.compiler.{m}" for m in (
+        "params", "param_schema", "param_values", "model_choices", "tenant_param", "dag_docs"))
+    code = (f"import sys, {modules}; "
             "print(sorted(m for m in ('airflow', 'torch', 'diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "[]"

@@ -427,7 +427,7 @@ def test_unknown_device_is_refused(tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def start_cli_runtime(socket_path: Path, model_root: str, *extra: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "invokeai_provider.cli.app", "runtime", "serve", "--device", "cpu",
+    process = subprocess.Popen([sys.executable, "-m", "invokeai_provider.cli", "runtime", "serve", "--device", "cpu",
                                 "--socket", str(socket_path), "--model-root", model_root, *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = RuntimeClient(str(socket_path))
@@ -462,7 +462,7 @@ def test_runtime_crash_fails_the_task_cleanly(tmp_path: Path, tmp_path_factory: 
         # a new runtime takes over the stale socket file the dead one left
         process.wait(10)
         process = start_cli_runtime(socket_path, tiny_registry.root.as_uri())
-        out = subprocess.run([sys.executable, "-m", "invokeai_provider.cli.app", "runtime", "status", "--socket",
+        out = subprocess.run([sys.executable, "-m", "invokeai_provider.cli", "runtime", "status", "--socket",
                               str(socket_path), "--json"], capture_output=True, text=True, check=True)
         report = json.loads(out.stdout)
         assert report["pid"] == process.pid and report["jobs_run"] == 0

@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import pytest
-from helpers import SHARED_WORKFLOWS
+from helpers import SHARED_WORKFLOWS, wf_edge, wf_node, workflow
 
 from invokeai_provider.graph.engine import run_graph
 from invokeai_provider.errors import NodeFieldNotFoundError, WorkflowError
 from invokeai_provider.graph.workflow import load_document, parse_workflow
-
-
-def wf_node(node_id: str, node_type: str, label: str = "", use_cache: bool = True,
-            **inputs: Any) -> dict[str, Any]:
-    return {
-        "id": node_id, "type": "invocation", "position": {"x": 0, "y": 0},
-        "data": {"id": node_id, "type": node_type, "version": "1.0.0", "nodePack": "invokeai", "label": label,
-                 "notes": "", "isOpen": True, "isIntermediate": False, "useCache": use_cache,
-                 "inputs": {name: ({"name": name, "label": f"{name} label"} if value is ... else
-                                   {"name": name, "label": f"{name} label", "value": value})
-                            for name, value in inputs.items()}},
-    }
-
-
-def wf_edge(source: str, handle: str, target: str, target_handle: str, kind: str = "default") -> dict[str, Any]:
-    return {"id": f"{source}-{target}-{target_handle}", "type": kind, "source": source, "sourceHandle": handle,
-            "target": target, "targetHandle": target_handle}
-
-
-def workflow(nodes: list, edges: list, version: str = "3.0.0", exposed: Optional[list] = None,
-             form: Optional[dict] = None) -> dict[str, Any]:
-    doc = {"id": "wf-1", "name": "Test workflow", "author": "tests", "description": "d", "version": "1", "contact": "",
-           "tags": "", "notes": "n", "meta": {"version": version, "category": "user"},
-           "exposedFields": exposed or [], "nodes": nodes, "edges": edges}
-    if form is not None:
-        doc["form"] = form
-    return doc
 
 
 def sum_workflow(version: str = "3.0.0", **extra: Any) -> dict[str, Any]:

@@ -24,7 +24,8 @@ import pytest
 
 from helpers import REPO_ROOT
 from invokeai_provider.errors import ArtifactNotFoundError, InvalidArtifactKeyError
-from invokeai_provider.storage.s3 import InvokeAIS3Hook, S3ArtifactBackend, connection_settings
+from invokeai_provider.airflow.hooks import InvokeAIS3Hook
+from invokeai_provider.storage.s3 import S3ArtifactBackend, connection_settings
 from invokeai_provider.cluster.seaweed import SeaweedPorts, SeaweedServer, stop_process
 from invokeai_provider.storage.base import RunStore, backend_for_uri, open_run_store
 
@@ -467,7 +468,7 @@ def test_cli_graph_run_with_an_s3_artifact_root(s3_env: SeaweedServer, root: str
     RunStore(backend_for_uri(root), dag_id="save", run_id="cli1").write("images", "seed.png", seed_png())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW__INVOKEAI__"))}
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow-home")
-    result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli.app", "graph", "run", str(document),
+    result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli", "graph", "run", str(document),
                              "--artifacts", root, "--run-id", "cli1"],
                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,71 +1,25 @@
-"""Upscaling without diffusion: ``esrgan`` and the spandrel image-to-image nodes.
+"""The spandrel image-to-image nodes: ``spandrel_image_to_image`` and ``spandrel_image_to_image_autoscale``.
 
-Type strings, versions, fields, defaults and categories follow InvokeAI 6.11 (``upscale.py``,
-``spandrel_image_to_image.py``). ``esrgan``'s checkpoint named by ``model_name`` is read from
-``<model root>/core/upscaling/realesrgan/<file>`` (the folder InvokeAI kept these files in before it fetched
-them by URL; no download here) into the RRDBNet of :mod:`invokeai_provider.models.upscalers.rrdb`. The spandrel
-nodes take an installed ``spandrel_image_to_image`` model (any architecture spandrel recognises; see
+Type strings, versions, fields, defaults and categories follow InvokeAI 6.11 (``spandrel_image_to_image.py``).
+The nodes take an installed ``spandrel_image_to_image`` model (any architecture spandrel recognises; see
 :mod:`invokeai_provider.models.upscalers.spandrel`). torch is imported inside ``invoke()``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from invokeai_provider.core.fields import ImageField, ModelIdentifierField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.models.model_manager.core_models import CORE_DIR
 from invokeai_provider.core.taxonomy import ModelType
-from invokeai_provider.operators.image.io import fail, load_image
-from invokeai_provider.operators.sd.model_loaders import MODEL_SERVICE, check_model
+from invokeai_provider.operators.image.io import fail, load_image, save_image
+from invokeai_provider.operators.core.models import MODEL_SERVICE, check_model
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
     import numpy as np
 
     from invokeai_provider.core.context import InvocationContext
-
-ESRGAN_MODELS = Literal[
-    "RealESRGAN_x4plus.pth",
-    "RealESRGAN_x4plus_anime_6B.pth",
-    "ESRGAN_SRx4_DF2KOST_official-ff704c30.pth",
-    "RealESRGAN_x2plus.pth",
-]
-ESRGAN_DIR = f"{CORE_DIR}/upscaling/realesrgan"
-
-
-@invocation("esrgan", title="Upscale (RealESRGAN)", tags=["esrgan", "upscale"], category="upscale",
-            version="1.3.2", gpu=True)
-class ESRGANInvocation(BaseInvocation, WithMetadata, WithBoard):
-    """The image enlarged 4x (2x with the x2 model) by an ESRGAN network; RGBA out, fully opaque."""
-
-    image: ImageField = InputField(description="The input image")
-    model_name: ESRGAN_MODELS = InputField(default="RealESRGAN_x4plus.pth", description="The Real-ESRGAN model to use")
-    tile_size: int = InputField(default=400, ge=0,
-                                description="Tile size for tiled ESRGAN upscaling (0=tiling disabled)")
-
-    def invoke(self, context: "InvocationContext") -> ImageOutput:
-        import numpy as np
-        import torch
-        from PIL import Image
-
-        from invokeai_provider.models.annotators.checkpoint import use_annotator
-        from invokeai_provider.models.upscalers.rrdb import build_esrgan, unwrap_checkpoint, upscale
-
-        # As InvokeAI: any alpha is dropped before upscaling (not upscaled), and the result is opaque RGBA.
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.float32) / 255.0
-        name = self.model_name
-        with use_annotator(self, context, "model_name", name, lambda: build_esrgan(name),
-                           what=f"the ESRGAN checkpoint {name}", unwrap=unwrap_checkpoint,
-                           folder=ESRGAN_DIR) as net:
-            device = next(net.parameters()).device
-            batch = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(device)
-            out = upscale(net, batch, self.tile_size)
-        pixels = (out[0].permute(1, 2, 0).float().cpu().numpy() * 255.0).round().astype(np.uint8)
-        return ImageOutput.build(context.images.save(Image.fromarray(pixels, "RGB").convert("RGBA")))
-
-
-# --- spandrel --------------------------------------------------------------------------------------------
 
 _SPANDREL_MODEL = "Image-to-Image model"
 MAX_AUTOSCALE_PASSES = 5  # InvokeAI's guard: a 2x model reaches 16x in 4 passes
@@ -120,7 +74,7 @@ class SpandrelImageToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
         with self._model(context) as model:
             out = self._upscale(context, rgb, model, "Processing ")
-        return ImageOutput.build(context.images.save(Image.fromarray(out, "RGB")))
+        return save_image(self, context, Image.fromarray(out, "RGB"))
 
 
 @invocation("spandrel_image_to_image_autoscale", title="Image-to-Image (Autoscale)", tags=["upscale"],
@@ -166,4 +120,4 @@ class SpandrelImageToImageAutoscaleInvocation(SpandrelImageToImageInvocation):
         image = Image.fromarray(out, "RGB")
         if image.size != target:
             image = image.resize(target, resample=Image.Resampling.LANCZOS)
-        return ImageOutput.build(context.images.save(image))
+        return save_image(self, context, image)

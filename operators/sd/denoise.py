@@ -1,0 +1,191 @@
+"""The SD1.x/SD2.x/SDXL denoise node: text-to-image from noise, image-to-image from latents, inpainting with
+a denoise mask.
+
+Type string, fields, version and output follow InvokeAI's denoise_latents.py. The node prepares a
+:class:`~invokeai_provider.models.stable_diffusion.denoise_loop.DenoiseItem` (conditioning, scheduler,
+timesteps, mask) and the sampling loop of :mod:`invokeai_provider.models.stable_diffusion.denoise_loop` runs
+it, alone or batched with other nodes' items; the UNet is entered with its LoRAs, seamless axes and FreeU.
+torch and diffusers are imported inside ``invoke()``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+
+from invokeai_provider.core.fields import (
+    ConditioningField,
+    ControlField,
+    DenoiseMaskField,
+    IPAdapterField,
+    LatentsField,
+    T2IAdapterField,
+    UNetField,
+)
+from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
+from invokeai_provider.operators.core.primitives import LatentsOutput
+from invokeai_provider.operators.sd.common import (
+    LATENTS_DESCRIPTION,
+    GenerationError,
+    lora_patched,
+    model_service,
+)
+from invokeai_provider.operators.sd.model_fields import (
+    SCHEDULER_DESCRIPTION,
+    SCHEDULER_NAME_VALUES,
+    UNET_DESCRIPTION,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from invokeai_provider.core.context import InvocationContext
+    from invokeai_provider.models.stable_diffusion.denoise_loop import DenoiseItem
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _load_conditioning(node: BaseInvocation, context: "InvocationContext", field: str,
+                       value: Union[ConditioningField, list[ConditioningField]]) -> dict[str, "torch.Tensor"]:
+    fields = _as_list(value)
+    if len(fields) != 1 or fields[0].mask is not None:
+        raise GenerationError(f"node {node.id} (denoise_latents): field {field}: regional prompts (several or "
+                              "masked conditionings) are not supported yet; give one unmasked conditioning",
+                              node_id=node.id, field=field)
+    return context.conditioning.load_dict(fields[0].conditioning_name)
+
+
+def init_timesteps(scheduler: Any, steps: int, denoising_start: float,
+                   denoising_end: float) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The timesteps to run and the first one, for a denoising_start..denoising_end window (InvokeAI's rule)."""
+    scheduler.set_timesteps(steps, device="cpu")
+    timesteps = scheduler.timesteps
+    order = scheduler.order
+    first_order = timesteps[::order]
+    train = scheduler.config["num_train_timesteps"]
+    start_value = int(round(train * (1 - denoising_start)))
+    start = len([t for t in first_order if t >= start_value])
+    end_value = int(round(train * (1 - denoising_end)))
+    end = len([t for t in first_order[start:] if t >= end_value])
+    start, end = start * order, end * order
+    return timesteps[start:start + end], timesteps[start:start + 1]
+
+
+@invocation("denoise_latents", title="Denoise - SD1.5, SDXL",
+            tags=["latents", "denoise", "txt2img", "t2i", "t2l", "img2img", "i2i", "l2l"], category="latents",
+            version="1.6.0", gpu=True)
+class DenoiseLatentsInvocation(BaseInvocation):
+    """Denoises latents with a UNet: text-to-image from noise, image-to-image from latents, inpainting with a mask."""
+
+    positive_conditioning: Union[ConditioningField, list[ConditioningField]] = InputField(
+        description="Positive conditioning tensor", input=Input.Connection, ui_order=0)
+    negative_conditioning: Union[ConditioningField, list[ConditioningField]] = InputField(
+        description="Negative conditioning tensor", input=Input.Connection, ui_order=1)
+    noise: Optional[LatentsField] = InputField(default=None, description="Noise tensor", input=Input.Connection,
+                                               ui_order=3)
+    steps: int = InputField(default=10, gt=0, description="Number of steps to run")
+    cfg_scale: Union[float, list[float]] = InputField(default=7.5, description="Classifier-Free Guidance scale",
+                                                      title="CFG Scale")
+    denoising_start: float = InputField(default=0.0, ge=0, le=1,
+                                        description="When to start denoising, expressed a percentage of total steps")
+    denoising_end: float = InputField(default=1.0, ge=0, le=1,
+                                      description="When to stop denoising, expressed a percentage of total steps")
+    scheduler: SCHEDULER_NAME_VALUES = InputField(default="euler", description=SCHEDULER_DESCRIPTION,
+                                                  ui_type="SchedulerField")
+    unet: UNetField = InputField(description=UNET_DESCRIPTION, input=Input.Connection, title="UNet",
+                                 ui_order=2)
+    control: Optional[Union[ControlField, list[ControlField]]] = InputField(default=None, input=Input.Connection,
+                                                                            ui_order=5)
+    ip_adapter: Optional[Union[IPAdapterField, list[IPAdapterField]]] = InputField(
+        default=None, description="IP-Adapter to apply", title="IP-Adapter", input=Input.Connection, ui_order=6)
+    t2i_adapter: Optional[Union[T2IAdapterField, list[T2IAdapterField]]] = InputField(
+        default=None, description="T2I-Adapter(s) to apply", title="T2I-Adapter", input=Input.Connection, ui_order=7)
+    cfg_rescale_multiplier: float = InputField(title="CFG Rescale Multiplier", default=0, ge=0, lt=1,
+                                               description="Rescale multiplier for CFG guidance, used for models trained with zero-terminal SNR")
+    hidiffusion: bool = InputField(default=False, description="Enable HiDiffusion")
+    hidiffusion_raunet: bool = InputField(default=True, description="Apply HiDiffusion RAU-Net")
+    hidiffusion_window_attn: bool = InputField(default=True, description="Apply HiDiffusion window attention")
+    hidiffusion_t1_ratio: float = InputField(default=0.4, ge=0, le=1, description="HiDiffusion T1 ratio")
+    hidiffusion_t2_ratio: float = InputField(default=0.0, ge=0, le=1, description="HiDiffusion T2 ratio")
+    latents: Optional[LatentsField] = InputField(default=None, description=LATENTS_DESCRIPTION,
+                                                 input=Input.Connection, ui_order=4)
+    denoise_mask: Optional[DenoiseMaskField] = InputField(default=None, description="A mask of the region to apply the denoising process to. Values of 0.0 represent total denoising, 1.0 is no denoising.",
+                                                          input=Input.Connection, ui_order=8)
+
+    def _refuse_unsupported(self) -> None:
+        for field in ("control", "ip_adapter", "t2i_adapter"):
+            if getattr(self, field):
+                raise GenerationError(f"node {self.id} (denoise_latents): field {field}: not supported yet",
+                                      node_id=self.id, field=field)
+        if self.hidiffusion:
+            raise GenerationError(f"node {self.id} (denoise_latents): field hidiffusion: not supported yet",
+                                  node_id=self.id, field="hidiffusion")
+        if self.noise is None and self.latents is None:
+            raise GenerationError(f"node {self.id} (denoise_latents): fields noise and latents are both empty; "
+                                  "connect noise (text-to-image) or latents (image-to-image)", node_id=self.id,
+                                  field="noise")
+
+    def invoke(self, context: "InvocationContext") -> LatentsOutput:
+        from invokeai_provider.models.stable_diffusion.denoise_loop import denoise_alone
+
+        item = self.prepare(context)
+        if item.runs_no_step:
+            result = item.orig_latents
+        else:
+            batcher = context.services.get("denoise_batcher")  # the GPU runtime's, to share UNet passes
+            result = batcher.denoise(item) if batcher is not None else denoise_alone(item)
+        name = context.tensors.save(result)
+        return LatentsOutput.build(name, result, seed=None)
+
+    def prepare(self, context: "InvocationContext") -> "DenoiseItem":
+        """Everything the sampling loop needs except the UNet itself, which the loop enters (``open_unet``):
+        a prepared item can wait for others to share its UNet passes without holding the model."""
+        import torch
+        from invokeai_provider.models.stable_diffusion.denoise_loop import DenoiseItem
+        from invokeai_provider.models.stable_diffusion.schedulers import make_scheduler
+
+        self._refuse_unsupported()
+        models = model_service(self, context, "unet")
+        noise = context.tensors.load(self.noise.latents_name) if self.noise else None
+        seed = self.noise.seed if self.noise and self.noise.seed is not None else 0
+        latents = context.tensors.load(self.latents.latents_name) if self.latents else torch.zeros_like(noise)
+        if noise is not None and noise.shape != latents.shape:
+            raise GenerationError(f"node {self.id} (denoise_latents): field noise: shape {tuple(noise.shape)} does "
+                                  f"not match latents {tuple(latents.shape)}", node_id=self.id, field="noise")
+        positive = _load_conditioning(self, context, "positive_conditioning", self.positive_conditioning)
+        negative = _load_conditioning(self, context, "negative_conditioning", self.negative_conditioning)
+        with models.load(self.unet.scheduler) as scheduler_config:
+            scheduler = make_scheduler(self.scheduler, scheduler_config, seed=seed)
+        timesteps, init_timestep = init_timesteps(scheduler, self.steps, self.denoising_start, self.denoising_end)
+        cfg = _as_list(self.cfg_scale)
+        if len(cfg) not in (1, len(timesteps)):
+            raise GenerationError(f"node {self.id} (denoise_latents): field cfg_scale: a list needs one value per step "
+                                  f"({len(timesteps)}), got {len(cfg)}", node_id=self.id, field="cfg_scale")
+        mask = masked_latents = None
+        if self.denoise_mask is not None:
+            mask = context.tensors.load(self.denoise_mask.mask_name)
+            mask = torch.nn.functional.interpolate(mask.float(), size=latents.shape[-2:], mode="bilinear",
+                                                   align_corners=False)
+            if self.denoise_mask.masked_latents_name:
+                masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
+        return DenoiseItem(
+            node_id=self.id, context=context, open_unet=lambda: self._unet(context),
+            unet_spec=self.unet.model_dump(mode="json", exclude={"scheduler"}), scheduler=scheduler,
+            timesteps=timesteps, init_timestep=init_timestep, orig_latents=latents, noise=noise, seed=seed,
+            positive=positive, negative=negative, cfg=[float(c) for c in cfg],
+            cfg_rescale_multiplier=self.cfg_rescale_multiplier, mask=mask, masked_latents=masked_latents,
+            gradient=bool(self.denoise_mask and self.denoise_mask.gradient))
+
+    @contextmanager
+    def _unet(self, context: "InvocationContext") -> Iterator[Any]:
+        """The UNet as this node runs it: loaded, with its LoRAs, seamless axes and FreeU, without grad."""
+        import torch
+        from invokeai_provider.models.stable_diffusion.extensions import freeu, seamless
+
+        models = model_service(self, context, "unet")
+        base = models.get_config(self.unet.unet).base
+        with models.load(self.unet.unet) as unet, \
+                lora_patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
+                seamless(unet, self.unet.seamless_axes), freeu(unet, self.unet.freeu_config), torch.no_grad():
+            yield unet

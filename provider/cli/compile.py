@@ -1,0 +1,32 @@
+"""``invokeai-airflow compile``: a readable Airflow DAG file for a graph or workflow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from invokeai_provider.compiler.dags import dag_id_for
+    from invokeai_provider.compiler.render import render_dag_file
+
+    source = Path(args.file)
+    dag_id = args.dag_id or dag_id_for(source)
+    text = render_dag_file(source, dag_id=dag_id, granularity=args.granularity, source_name=source.name)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}: DAG {dag_id!r}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds ``compile``."""
+    compile_cmd = sub.add_parser("compile", help="write a readable Airflow DAG file for a graph or workflow")
+    compile_cmd.add_argument("file", help="graph or workflow JSON file")
+    compile_cmd.add_argument("--dag-id", help="DAG id (default: the file name)")
+    compile_cmd.add_argument("--granularity", choices=("segment", "node"), default="segment")
+    compile_cmd.add_argument("-o", "--output", metavar="OUT.py", help="output file (default: stdout)")
+    compile_cmd.set_defaults(func=cmd_compile)

@@ -14,7 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from invokeai_provider.models.model_manager.core_models import CORE_DIR, CoreModel, CoreModelError, core_model_root, use_core_model
+from invokeai_provider.models.model_manager.core_models import (
+    CORE_DIR,
+    CoreModel,
+    CoreModelError,
+    core_model_root,
+    use_core_model,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -10,10 +10,10 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.core.fields import ModelIdentifierField
-from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
 from invokeai_provider.core.registry import InvocationRegistry
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
 
 
 def _is_model_field(annotation: Any) -> bool:

@@ -23,11 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.core.fields import ModelIdentifierField
-from invokeai_provider.models.model_manager.ram_cache import ModelCache
-from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
-from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
 from invokeai_provider.core.taxonomy import (
     BaseModelType,
     ModelType,
@@ -35,6 +31,10 @@ from invokeai_provider.core.taxonomy import (
     SchedulerPredictionType,
     SubModelType,
 )
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
+from invokeai_provider.models.model_manager.ram_cache import ModelCache
+from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
 
 PIPELINE_CLASSES = {
     BaseModelType.StableDiffusion1: "StableDiffusionPipeline",

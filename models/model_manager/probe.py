@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from invokeai_provider.core.taxonomy import BaseModelType, ModelType, ModelVariantType, SchedulerPredictionType
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.models.model_manager.configs import ModelFormat
-from invokeai_provider.core.taxonomy import BaseModelType, ModelType, ModelVariantType, SchedulerPredictionType
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"

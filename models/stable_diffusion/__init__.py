@@ -1,3 +1,4 @@
-"""The Stable Diffusion backend: schedulers, the denoise loop (batched across requests), the bundled
-diffusers architecture configs for single-file checkpoints, and the UNet/VAE extensions (seamless, FreeU).
+"""The Stable Diffusion backend: schedulers, the denoise loop (batched across requests), the UNet/VAE/CLIP
+extensions (seamless, FreeU, clip skip), the bundled diffusers architecture configs for single-file
+checkpoints, the diffusers -> LDM key names, and the CLIP tokenizer built offline.
 """

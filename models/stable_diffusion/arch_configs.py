@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.core.taxonomy import BaseModelType, ModelVariantType, SchedulerPredictionType
+from invokeai_provider.errors import InvokeAIProviderError
 
 __all__ = [
     "CLIP_L", "EULER_SCHEDULER", "OPENCLIP_BIGG", "OPENCLIP_H", "PNDM_SCHEDULER", "PREDICTION_TYPES", "PUBLIC_PARAMS",

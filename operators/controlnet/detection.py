@@ -18,10 +18,10 @@ from pydantic import BaseModel, Field
 
 from invokeai_provider.core.fields import BoundingBoxField, ImageField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
-from invokeai_provider.models.model_manager.core_models import CORE_DIR, CoreModel, use_core_model
 from invokeai_provider.models.image_util.arrays import to_uint8
-from invokeai_provider.operators.image.io import fail, load_image, save_image
+from invokeai_provider.models.model_manager.core_models import CORE_DIR, CoreModel, use_core_model
 from invokeai_provider.operators.core.primitives import BoundingBoxCollectionOutput, ImageOutput, MaskOutput
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,8 +18,8 @@ from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.annotators.checkpoint import ANNOTATORS_REPO, strip_module_prefix, use_annotator
 from invokeai_provider.models.image_util.arrays import to_uint8
-from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import load_image, save_image
 
 if TYPE_CHECKING:
     import numpy as np

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR, core_model_folder
-from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
@@ -38,11 +38,10 @@ class MediaPipeFaceDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         if importlib.util.find_spec("mediapipe") is None:
             raise fail(self, "image", "face detection runs mediapipe's face landmarker, and mediapipe is not "
                                       "installed (pip install 'mediapipe>=0.10.30,<0.10.32')")
-        import numpy as np
 
         _, folder = core_model_folder(self, context, "image", MEDIAPIPE_FOLDER, required=(mpf.TASK_FILE,),
                                       what=f"mediapipe's face landmarker bundle {mpf.TASK_FILE} ({mpf.TASK_SOURCE})")
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
         try:
             canvas, faces = mpf.annotate(folder / mpf.TASK_FILE, rgb, max_faces=self.max_faces,
                                          min_confidence=self.min_confidence)

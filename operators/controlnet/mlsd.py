@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR
-from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,7 +65,6 @@ class MLSDDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import cv2
-        import numpy as np
         import torch
 
         from invokeai_provider.models.annotators.checkpoint import use_annotator
@@ -76,7 +75,7 @@ class MLSDDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
             network_input,
         )
 
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
         height, width = rgb.shape[:2]
         resized = resize_for_network(self, rgb, 64, "MLSD")
         with use_annotator(self, context, "image", MLSD_CHECKPOINT, MobileV2MLSDLarge,

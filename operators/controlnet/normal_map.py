@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.image_util.arrays import to_uint8
-from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import load_rgb, save_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,14 +41,13 @@ class NormalMapInvocation(BaseInvocation, WithMetadata, WithBoard):
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import cv2
-        import numpy as np
         import torch
 
         from invokeai_provider.models.annotators.checkpoint import use_annotator
         from invokeai_provider.models.annotators.normal_bae import NormalBaeNet, network_input, unwrap_checkpoint
         from invokeai_provider.operators.controlnet.mlsd import resize_for_network
 
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
         height, width = rgb.shape[:2]
         resized = resize_for_network(self, rgb, 8, "NormalBae")
         with use_annotator(self, context, "image", NORMAL_BAE_CHECKPOINT, NormalBaeNet, unwrap=unwrap_checkpoint,

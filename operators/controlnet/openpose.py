@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.model_manager.core_models import CORE_DIR, use_core_model
-from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,10 +42,9 @@ class DWOpenposeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         if importlib.util.find_spec("onnxruntime") is None:
             raise fail(self, "image", "DWPose runs its ONNX models with onnxruntime, which is not installed "
                                       "(pip install onnxruntime, or onnxruntime-gpu on GPU workers)")
-        import numpy as np
 
         from invokeai_provider.models.annotators import dw_openpose as dw
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
 
         def loader(filename: str, kind: str):  # type: ignore[no-untyped-def]
             def build(folder: "Path", device: str) -> "OnnxModel":

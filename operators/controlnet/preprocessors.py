@@ -21,8 +21,8 @@ from invokeai_provider.core.invocation import (
     WithMetadata,
     invocation,
 )
-from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,11 +31,6 @@ if TYPE_CHECKING:
 
 _CATEGORY = "controlnet"  # InvokeAI 6.11; later releases moved these to "controlnet_preprocessors"
 
-
-def _rgb_array(node: BaseInvocation, context: "InvocationContext") -> "np.ndarray":
-    import numpy as np
-
-    return np.asarray(load_image(node, context, "image", mode="RGB"), dtype=np.uint8)
 
 
 # --- Canny ----------------------------------------------------------------------------------------------
@@ -57,7 +52,7 @@ class CannyEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
         import numpy as np
 
         # InvokeAI hands OpenCV a BGR array; keep that order so ties between channels break the same way.
-        bgr = np.ascontiguousarray(_rgb_array(self, context)[:, :, ::-1])
+        bgr = np.ascontiguousarray(load_rgb(self, context)[:, :, ::-1])
         edges = cv2.Canny(bgr, self.low_threshold, self.high_threshold)
         return save_image(self, context, np.stack([edges] * 3, axis=2))
 
@@ -106,7 +101,7 @@ class ContentShuffleInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         if self.scale_factor < 1:
             raise fail(self, "scale_factor", f"expected at least 1 (the noise cell size in px), got {self.scale_factor}")
-        array = _rgb_array(self, context)
+        array = load_rgb(self, context)
         digest = hashlib.sha256(array.tobytes() + f"|{array.shape}|{self.scale_factor}".encode()).digest()
         return save_image(self, context, content_shuffle(array, self.scale_factor, int.from_bytes(digest[:8], "big")))
 
@@ -124,7 +119,7 @@ class ColorMapInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         import cv2
 
-        array = _rgb_array(self, context)
+        array = load_rgb(self, context)
         height, width = array.shape[:2]
         # As InvokeAI: bicubic down to one pixel per tile, nearest back up to full size.
         small = cv2.resize(array, (width // min(self.tile_size, width), height // min(self.tile_size, height)),
@@ -236,4 +231,4 @@ class HeuristicResizeInvocation(BaseInvocation):
     height: int = InputField(default=512, ge=1, description="The height to resize to (px)")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        return save_image(self, context, heuristic_resize(_rgb_array(self, context), (self.width, self.height)))
+        return save_image(self, context, heuristic_resize(load_rgb(self, context), (self.width, self.height)))

@@ -19,8 +19,8 @@ from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.annotators.checkpoint import ANNOTATORS_REPO, use_annotator
 from invokeai_provider.models.image_util.arrays import to_uint8
-from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import load_rgb, save_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,11 +69,6 @@ def scribble(edges: "np.ndarray") -> "np.ndarray":
     return np.where(blurred > 4, 255, 0).astype(np.uint8)
 
 
-def _rgb(node: BaseInvocation, context: "InvocationContext") -> "np.ndarray":
-    import numpy as np
-
-    return np.asarray(load_image(node, context, "image", mode="RGB"), dtype=np.uint8)
-
 
 # --- nodes -----------------------------------------------------------------------------------------------
 
@@ -90,7 +85,7 @@ class HEDEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from invokeai_provider.models.annotators.hed import HED_CHECKPOINT, HEDNet, hed_edge_map
 
-        rgb = _rgb(self, context)
+        rgb = load_rgb(self, context)
         with use_annotator(self, context, _MODEL_FIELD, HED_CHECKPOINT, HEDNet,
                            what=f"{HED_CHECKPOINT} from the hub repo {ANNOTATORS_REPO}") as net:
             edges = hed_edge_map(net, rgb)
@@ -108,9 +103,14 @@ class PiDiNetEdgeDetectionInvocation(BaseInvocation, WithMetadata, WithBoard):
     scribble: bool = InputField(default=False, description="Whether or not to use scribble mode")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        from invokeai_provider.models.annotators.pidi import PIDI_CHECKPOINT, PiDiNet, pidi_edge_probability, pidi_state_dict
+        from invokeai_provider.models.annotators.pidi import (
+            PIDI_CHECKPOINT,
+            PiDiNet,
+            pidi_edge_probability,
+            pidi_state_dict,
+        )
 
-        rgb = _rgb(self, context)
+        rgb = load_rgb(self, context)
         with use_annotator(self, context, _MODEL_FIELD, PIDI_CHECKPOINT, PiDiNet, unwrap=pidi_state_dict,
                            what=f"{PIDI_CHECKPOINT} from the hub repo {ANNOTATORS_REPO}") as net:
             probability = pidi_edge_probability(net, rgb)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationInfo, field_validator
+
 from invokeai_provider.core.invocation import BaseInvocation, InputField, invocation
 from invokeai_provider.operators.core.primitives import IntegerCollectionOutput
-from pydantic import ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext

@@ -10,13 +10,14 @@ import math
 import operator
 from typing import TYPE_CHECKING, Callable, Literal
 
+from pydantic import ValidationInfo, field_validator
+
 from invokeai_provider.core.invocation import BaseInvocation, InputField, invocation
 from invokeai_provider.operators.core.primitives import (
     FloatCollectionOutput,
     FloatOutput,
     IntegerOutput,
 )
-from pydantic import ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext

@@ -18,6 +18,16 @@ import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeVar, Union
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import to_jsonable_python
+
 from invokeai_provider import __version__
 from invokeai_provider.core.fields import (
     CONTROLNET_MODE_VALUES,
@@ -46,6 +56,16 @@ from invokeai_provider.core.invocation import (
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
 from invokeai_provider.operators.core.models import MODEL_SERVICE, clip_of, submodel, unet_of
+from invokeai_provider.operators.core.primitives import (
+    BooleanCollectionOutput,
+    BooleanOutput,
+    FloatCollectionOutput,
+    FloatOutput,
+    IntegerCollectionOutput,
+    IntegerOutput,
+    StringCollectionOutput,
+    StringOutput,
+)
 from invokeai_provider.operators.sd.model_fields import (
     CLIP_DESCRIPTION,
     MAIN_MODEL_DESCRIPTION,
@@ -57,25 +77,6 @@ from invokeai_provider.operators.sd.model_fields import (
     SDXLLoRALoaderOutput,
     VAEOutput,
 )
-from invokeai_provider.operators.core.primitives import (
-    BooleanCollectionOutput,
-    BooleanOutput,
-    FloatCollectionOutput,
-    FloatOutput,
-    IntegerCollectionOutput,
-    IntegerOutput,
-    StringCollectionOutput,
-    StringOutput,
-)
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic_core import to_jsonable_python
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 from invokeai_provider.core.fields import (
+    LATENT_SCALE_FACTOR,
     BoundingBoxField,
     ColorField,
     ConditioningField,
     DenoiseMaskField,
-    LATENT_SCALE_FACTOR,
     ImageField,
     LatentsField,
     TensorField,

@@ -31,8 +31,8 @@ from invokeai_provider.models.image_util.color import (
     srgb_from_okhsl,
     srgb_from_okhsv,
 )
-from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput, StringOutput
+from invokeai_provider.operators.image.io import fail, load_image, save_image
 
 if TYPE_CHECKING:
     from pathlib import Path

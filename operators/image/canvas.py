@@ -20,8 +20,8 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Union
 
-from invokeai_provider.errors import ArtifactNotFoundError, InvokeAIProviderError
 from invokeai_provider.core.invocation import BaseInvocation
+from invokeai_provider.errors import ArtifactNotFoundError, InvokeAIProviderError
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -34,6 +34,13 @@ def load_image(node: BaseInvocation, context: "InvocationContext", field: str, m
         return context.images.get_pil(value.image_name, mode=mode)
     except ArtifactNotFoundError as exc:
         raise fail(node, field, f"expected an image in the run's store: {exc}") from None
+
+
+def load_rgb(node: BaseInvocation, context: "InvocationContext", field: str = "image") -> "np.ndarray":
+    """The image an ImageField input names, as an (H, W, 3) uint8 RGB array (what the networks take)."""
+    import numpy as np
+
+    return np.asarray(load_image(node, context, field, mode="RGB"), dtype=np.uint8)
 
 
 def same_size(node: BaseInvocation, field: str, image: "Image", other: "Image", other_field: str) -> None:

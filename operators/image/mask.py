@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from invokeai_provider.core.fields import BoundingBoxField, ColorField, ImageField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.image_util.arrays import to_uint8
-from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 from invokeai_provider.operators.core.primitives import BoundingBoxOutput, ImageOutput, MaskOutput
+from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 
 if TYPE_CHECKING:
     import numpy as np

@@ -35,8 +35,8 @@ from invokeai_provider.models.image_util.color import (
     srgb_from_hsv,
     srgb_from_linear,
 )
-from invokeai_provider.operators.image.io import PNG_MODES, fail, load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import PNG_MODES, fail, load_image, save_image
 
 if TYPE_CHECKING:
     import numpy as np

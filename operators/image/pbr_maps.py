@@ -22,7 +22,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.operators.image.io import fail, load_image, save_image
+from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from invokeai_provider.core.context import InvocationContext
-    from invokeai_provider.models.model_manager.core_models import CoreModel
 
 # The padding added on each side before inference when a border mode is chosen, cropped off afterwards.
 _BORDER = 16
@@ -83,7 +82,7 @@ class PBRMapsInvocation(BaseInvocation, WithMetadata, WithBoard):
 
         if self.tile_size < 1:
             raise fail(self, "tile_size", f"must be at least 1 pixel, got {self.tile_size}")
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
         padded = pad_borders(rgb, self.border_mode)
 
         def build(filename: str) -> "object":

@@ -34,8 +34,8 @@ from invokeai_provider.models.image_util.tiling import (
     calc_tiles_with_overlap,
     merge_tiles,
 )
-from invokeai_provider.operators.image.io import save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import save_image
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext

@@ -38,6 +38,7 @@ from invokeai_provider.operators.sd.model_fields import (
 
 if TYPE_CHECKING:
     import torch
+
     from invokeai_provider.core.context import InvocationContext
     from invokeai_provider.models.stable_diffusion.denoise_loop import DenoiseItem
 
@@ -142,6 +143,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
         """Everything the sampling loop needs except the UNet itself, which the loop enters (``open_unet``):
         a prepared item can wait for others to share its UNet passes without holding the model."""
         import torch
+
         from invokeai_provider.models.stable_diffusion.denoise_loop import DenoiseItem
         from invokeai_provider.models.stable_diffusion.schedulers import make_scheduler
 
@@ -181,6 +183,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
     def _unet(self, context: "InvocationContext") -> Iterator[Any]:
         """The UNet as this node runs it: loaded, with its LoRAs, seamless axes and FreeU, without grad."""
         import torch
+
         from invokeai_provider.models.stable_diffusion.extensions import freeu, seamless
 
         models = model_service(self, context, "unet")

@@ -13,6 +13,8 @@ import math
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from annotated_types import MultipleOf
+from pydantic import field_validator
+
 from invokeai_provider.core.fields import LATENT_SCALE_FACTOR, ImageField, LatentsField, UNetField
 from invokeai_provider.core.invocation import (
     BaseInvocation,
@@ -24,6 +26,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType
+from invokeai_provider.operators.core.primitives import LatentsOutput
 from invokeai_provider.operators.sd.common import GenerationError, model_service
 from invokeai_provider.operators.sd.model_fields import (
     SCHEDULER_DESCRIPTION,
@@ -31,11 +34,10 @@ from invokeai_provider.operators.sd.model_fields import (
     UNET_DESCRIPTION,
     SchedulerOutput,
 )
-from invokeai_provider.operators.core.primitives import LatentsOutput
-from pydantic import field_validator
 
 if TYPE_CHECKING:
     import torch
+
     from invokeai_provider.core.context import InvocationContext
 
 _CATEGORY = "latents"

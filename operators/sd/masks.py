@@ -22,12 +22,14 @@ from invokeai_provider.core.invocation import (
 )
 from invokeai_provider.core.taxonomy import ModelVariantType
 from invokeai_provider.operators.core.primitives import DenoiseMaskOutput
+from invokeai_provider.operators.image.io import save_image
 from invokeai_provider.operators.sd.common import FP32_DESCRIPTION, TILED_DESCRIPTION, model_service
-from invokeai_provider.operators.sd.vae import image_to_tensor, open_vae, vae_encode
 from invokeai_provider.operators.sd.model_fields import VAE_DESCRIPTION
+from invokeai_provider.operators.sd.vae import image_to_tensor, open_vae, vae_encode
 
 if TYPE_CHECKING:
     import numpy as np
+
     from invokeai_provider.core.context import InvocationContext
 
 
@@ -124,6 +126,8 @@ class CreateGradientMaskInvocation(BaseInvocation):
         import torch
         from PIL import Image
 
+        from invokeai_provider.models.image_util.arrays import to_uint8
+
         mask_image = context.images.get_pil(self.mask.image_name, mode="L")
         small = mask_image.resize((mask_image.width // 8, mask_image.height // 8), resample=Image.Resampling.BILINEAR)
         original = np.asarray(small, dtype=np.float32)
@@ -136,11 +140,11 @@ class CreateGradientMaskInvocation(BaseInvocation):
             dilated = np.where((dilated > threshold) & (dilated < 255), threshold, dilated)
         else:
             dilated = original.copy()
-        dilated = np.clip(dilated, 0, 255).astype(np.uint8)
+        dilated = to_uint8(dilated, scale=1, rounding="floor")
         full_size = (small.width * 8, small.height * 8)
         expanded = Image.fromarray(np.where(dilated < 255, 0, 255).astype(np.uint8), mode="L")
-        expanded_record = context.images.save(expanded.resize(full_size, resample=Image.Resampling.NEAREST),
-                                              image_category="mask")
+        expanded_area = save_image(self, context, expanded.resize(full_size, resample=Image.Resampling.NEAREST),
+                                   category="mask").image
         gradient = Image.fromarray(dilated).resize(full_size, resample=Image.Resampling.NEAREST)
         mask_tensor = image_to_tensor(gradient, normalize=False)
         masked_latents_name = None
@@ -156,4 +160,4 @@ class CreateGradientMaskInvocation(BaseInvocation):
         return GradientMaskOutput(
             denoise_mask=DenoiseMaskField(mask_name=context.tensors.save(mask_tensor),
                                           masked_latents_name=masked_latents_name, gradient=True),
-            expanded_mask_area=ImageField(image_name=expanded_record["image_name"]))
+            expanded_mask_area=expanded_area)

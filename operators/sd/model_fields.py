@@ -15,7 +15,6 @@ from invokeai_provider.core.invocation import (
 )
 from invokeai_provider.models.stable_diffusion.schedulers import SCHEDULER_NAME_VALUES
 
-
 # Field descriptions shared with InvokeAI's FieldDescriptions.
 MAIN_MODEL_DESCRIPTION = "Main model (UNet, VAE, CLIP) to load"
 UNET_DESCRIPTION = "UNet (scheduler, LoRAs)"

@@ -19,6 +19,7 @@ from invokeai_provider.operators.sd.model_fields import CLIP_DESCRIPTION
 
 if TYPE_CHECKING:
     import torch
+
     from invokeai_provider.core.context import InvocationContext
 
 # The ``kind`` recorded in a saved conditioning's metadata: one text encoder, or SDXL's pair.
@@ -31,6 +32,7 @@ def _encode(node: BaseInvocation, context: "InvocationContext", clip: CLIPField,
     """Compel embeddings (and the pooled vector) of one prompt with one CLIP text encoder, its LoRAs applied."""
     import torch
     from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
+
     from invokeai_provider.models.patches.apply import prompt_embeddings
     from invokeai_provider.models.stable_diffusion.extensions import clip_skip
 

@@ -21,6 +21,7 @@ from invokeai_provider.core.invocation import (
 )
 from invokeai_provider.core.taxonomy import BaseModelType
 from invokeai_provider.operators.core.primitives import ImageOutput, LatentsOutput
+from invokeai_provider.operators.image.io import save_image
 from invokeai_provider.operators.sd.common import (
     FP32_DESCRIPTION,
     LATENTS_DESCRIPTION,
@@ -31,6 +32,7 @@ from invokeai_provider.operators.sd.model_fields import VAE_DESCRIPTION
 
 if TYPE_CHECKING:
     import torch
+
     from invokeai_provider.core.context import InvocationContext
 
 COMPENSATION_OPTIONS = Literal["None", "SDXL"]
@@ -46,6 +48,7 @@ def open_vae(node: BaseInvocation, context: "InvocationContext", vae: VAEField, 
     """The node's VAE for the block: loaded, seamless along its axes, in float32 when asked for (or on the CPU),
     tiled when asked for; its dtype and tiling are put back afterwards."""
     import torch
+
     from invokeai_provider.models.stable_diffusion.extensions import seamless
 
     with model_service(node, context, "vae").load(vae.vae) as model, seamless(model, vae.seamless_axes):
@@ -79,9 +82,9 @@ class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
     fp32: bool = InputField(default=False, description=FP32_DESCRIPTION)
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        import numpy as np
         import torch
-        from PIL import Image
+
+        from invokeai_provider.models.image_util.arrays import to_uint8
 
         latents = context.tensors.load(self.latents.latents_name)
         context.util.signal_progress("Running VAE decoder")
@@ -89,9 +92,7 @@ class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
             latents = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
             decoded = vae.decode(latents, return_dict=False)[0]
             decoded = (decoded / 2 + 0.5).clamp(0, 1)
-        pixels = (decoded[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
-        record = context.images.save(Image.fromarray(pixels))
-        return ImageOutput.build(record)
+        return save_image(self, context, to_uint8(decoded[0].permute(1, 2, 0).float().cpu().numpy(), scale=255))
 
 
 def image_to_tensor(image: Any, normalize: bool = True) -> "torch.Tensor":

@@ -14,8 +14,8 @@ from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.models.image_util.arrays import to_uint8
 from invokeai_provider.models.model_manager.core_models import CORE_DIR
-from invokeai_provider.operators.image.io import load_image, save_image
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import load_image, save_image
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from invokeai_provider.core.fields import ImageField, ModelIdentifierField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
 from invokeai_provider.core.taxonomy import ModelType
-from invokeai_provider.operators.image.io import fail, load_image, save_image
 from invokeai_provider.operators.core.models import MODEL_SERVICE, check_model
 from invokeai_provider.operators.core.primitives import ImageOutput
+from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,11 +67,10 @@ class SpandrelImageToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         return models.load(self.image_to_image_model)
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        import numpy as np
         from PIL import Image
 
         # As InvokeAI: RGB in (most models have no alpha channel), RGB out.
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
         with self._model(context) as model:
             out = self._upscale(context, rgb, model, "Processing ")
         return save_image(self, context, Image.fromarray(out, "RGB"))
@@ -89,10 +88,9 @@ class SpandrelImageToImageAutoscaleInvocation(SpandrelImageToImageInvocation):
                                                                        "to the nearest multiple of 8 in both dimensions.")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        import numpy as np
         from PIL import Image
 
-        rgb = np.asarray(load_image(self, context, "image", "RGB"), dtype=np.uint8)
+        rgb = load_rgb(self, context)
         height, width = rgb.shape[:2]
         target = (int(width * self.scale), int(height * self.scale))
         with self._model(context) as model:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from invokeai_provider.compiler.plan import node_class_produces_images
 from invokeai_provider.config import settings
 from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.compiler.plan import node_class_produces_images
 from invokeai_provider.execution.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
 from invokeai_provider.execution.tenants import InvalidTenantError, resolve_tenant
 from invokeai_provider.execution.usage import USAGE_XCOM_KEY, UsageMeter, store_usage

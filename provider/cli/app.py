@@ -7,8 +7,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from invokeai_provider.cli import cluster, demo, graph, models, nodes, runtime, usage
+from invokeai_provider.cli import cluster
 from invokeai_provider.cli import compile as compile_command
+from invokeai_provider.cli import demo, graph, models, nodes, runtime, usage
 from invokeai_provider.errors import InvokeAIProviderError
 
 

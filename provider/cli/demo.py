@@ -76,8 +76,13 @@ def _split_sets(assignments: Sequence[str]) -> tuple[dict[str, Any], list[tuple[
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Compiles the document into a DAG and runs it once through Airflow (SQLite, local artifact store)."""
-    from invokeai_provider.cluster.local_airflow import (migrate_database, patch_document, prepare_home, run_dag,
-                                                         write_dag_file)
+    from invokeai_provider.cluster.local_airflow import (
+        migrate_database,
+        patch_document,
+        prepare_home,
+        run_dag,
+        write_dag_file,
+    )
     from invokeai_provider.compiler.dags import dag_id_for, load_compiled
 
     if args.artifacts:

@@ -25,12 +25,12 @@ def _model_services(graph_dict: dict[str, Any], model_root: Optional[str]) -> di
 
 
 def cmd_graph_run(args: argparse.Namespace) -> int:
-    from invokeai_provider.graph.batch import expand_batch
     from invokeai_provider.core.context import RunContext
+    from invokeai_provider.graph.batch import expand_batch
     from invokeai_provider.graph.engine import Engine, ExecutionState
     from invokeai_provider.graph.graph import Graph
-    from invokeai_provider.storage.base import open_run_store
     from invokeai_provider.graph.workflow import load_document
+    from invokeai_provider.storage.base import open_run_store
 
     document = load_document(Path(args.file).read_text())
     graph_dict = apply_overrides(document.graph.to_dict(), parse_set(args.set or []))

@@ -9,8 +9,8 @@ import sys
 
 def cmd_usage(args: argparse.Namespace) -> int:
     """A tenant's usage records, summed (see `invokeai_provider.execution.usage`)."""
-    from invokeai_provider.storage.base import default_artifact_root
     from invokeai_provider.execution.usage import format_summary, usage_report
+    from invokeai_provider.storage.base import default_artifact_root
 
     summary = usage_report(args.artifacts or default_artifact_root(), args.tenant, dag_id=args.dag_id,
                            run_id=args.run_id, since=args.since)

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.cluster.seaweed import SeaweedPorts, SeaweedServer, stop_process
+from invokeai_provider.errors import InvokeAIProviderError
 
 ARTIFACT_BUCKET = "invokeai-artifacts"
 MODEL_BUCKET = "invokeai-models"

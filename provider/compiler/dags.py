@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SESSIONS, Plan, TaskPlan, build_plan
+from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.execution.task_runtime import CompiledDocument
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from invokeai_provider.errors import WorkflowError
 from invokeai_provider.core.fields import BoardField, ImageField, ModelIdentifierField
+from invokeai_provider.errors import WorkflowError
 from invokeai_provider.execution.tenants import ARTIFACT_NAME_PATTERN
 
 __all__ = ["allow_null", "apply_constraints", "base_schema", "fits", "kind_of", "scheduler_label", "unwrap"]

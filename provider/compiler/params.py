@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
-from invokeai_provider.errors import BatchItemsTypeError, NodeFieldNotFoundError, NodeNotFoundError, WorkflowError
 from invokeai_provider.compiler.model_choices import ModelNames
 from invokeai_provider.compiler.param_schema import allow_null, apply_constraints, base_schema, fits, kind_of, unwrap
 from invokeai_provider.compiler.param_values import current_value, param_value
+from invokeai_provider.errors import BatchItemsTypeError, NodeFieldNotFoundError, NodeNotFoundError, WorkflowError
 from invokeai_provider.execution.tenants import TENANT_PARAM
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from invokeai_provider.errors import ArtifactNotFoundError, CanceledError
 from invokeai_provider.core.fields import MetadataField
+from invokeai_provider.errors import ArtifactNotFoundError, CanceledError
 from invokeai_provider.storage.base import RunStore, safe_segment
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from invokeai_provider.errors import InvalidNodeDefinitionError, MissingInputError, RequiredConnectionError
 from invokeai_provider.core.fields import BoardField, MetadataField
+from invokeai_provider.errors import InvalidNodeDefinitionError, MissingInputError, RequiredConnectionError
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext

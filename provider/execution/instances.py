@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping, Optional
 
+from invokeai_provider.compiler.plan import SESSION_AXIS, TRUE_INPUT, BoundaryInput, Guard, Source
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.graph.graph import COLLECTION_FIELD
-from invokeai_provider.compiler.plan import SESSION_AXIS, TRUE_INPUT, BoundaryInput, Guard, Source
 
 Path = tuple[int, ...]
 Assignment = dict[str, int]

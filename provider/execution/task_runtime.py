@@ -15,10 +15,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.graph.graph import Graph
-from invokeai_provider.execution.instances import RecordIndex, build_instances, collect_groups
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSION_AXIS, SESSIONS, Plan, TaskPlan
+from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.execution.instances import RecordIndex, build_instances, collect_groups
+from invokeai_provider.graph.graph import Graph
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,8 @@ def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json
                  services: dict[str, Any]) -> Any:
     """The engine's run context for a task: the run's store, and names unique per mapped instance."""
     from invokeai_provider.core.context import RunContext
-    from invokeai_provider.storage.base import open_run_store
     from invokeai_provider.execution.tenants import check_tenant
+    from invokeai_provider.storage.base import open_run_store
 
     store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or _default_tenant()),
                            dag_id=env.dag_id, run_id=env.run_id)

@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.storage.base import safe_segment
 from invokeai_provider.execution.tenants import check_tenant
+from invokeai_provider.storage.base import safe_segment
 
 if TYPE_CHECKING:
     from invokeai_provider.storage.base import ArtifactBackend

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional, Union
 
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
+from invokeai_provider.core.fields import ImageField, VideoField
 from invokeai_provider.errors import (
     BatchDuplicateNodeFieldError,
     BatchItemsTypeError,
@@ -20,7 +21,6 @@ from invokeai_provider.errors import (
     NodeFieldNotFoundError,
     NodeNotFoundError,
 )
-from invokeai_provider.core.fields import ImageField, VideoField
 from invokeai_provider.graph.graph import Graph
 
 BatchItem = Union[StrictStr, float, int, ImageField, VideoField, list[Union[StrictStr, float, int, ImageField]]]

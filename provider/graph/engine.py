@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterable, Optional
 from pydantic import ValidationError
 
 from invokeai_provider.core.context import InvocationContext, RunContext
-from invokeai_provider.errors import CanceledError, InvokeAIProviderError, NodeExecutionError, NodeInputError
-from invokeai_provider.graph.graph import COLLECT, COLLECTION_FIELD, IF, ITEM_FIELD, ITERATE, Graph
 from invokeai_provider.core.invocation import BaseInvocation, BaseInvocationOutput
 from invokeai_provider.core.registry import InvocationRegistry
 from invokeai_provider.core.typecompat import type_name
+from invokeai_provider.errors import CanceledError, InvokeAIProviderError, NodeExecutionError, NodeInputError
+from invokeai_provider.graph.graph import COLLECT, COLLECTION_FIELD, IF, ITEM_FIELD, ITERATE, Graph
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,6 @@ from typing import Any, Iterable, Mapping, Optional, get_args, get_origin
 from pydantic import ValidationError
 
 from invokeai_provider.core.aliases import resolve_edges, resolve_node
-from invokeai_provider.errors import (
-    CyclicalGraphError,
-    DuplicateNodeIdError,
-    GraphParseError,
-    InvalidEdgeError,
-    NodeFieldNotFoundError,
-    NodeIdMismatchError,
-    NodeNotFoundError,
-    NodeValidationError,
-    UnknownNodeTypeError,
-)
 from invokeai_provider.core.invocation import BaseInvocation
 from invokeai_provider.core.registry import InvocationRegistry
 from invokeai_provider.core.typecompat import (
@@ -34,6 +23,17 @@ from invokeai_provider.core.typecompat import (
     root_types,
     single_item_types,
     type_name,
+)
+from invokeai_provider.errors import (
+    CyclicalGraphError,
+    DuplicateNodeIdError,
+    GraphParseError,
+    InvalidEdgeError,
+    NodeFieldNotFoundError,
+    NodeIdMismatchError,
+    NodeNotFoundError,
+    NodeValidationError,
+    UnknownNodeTypeError,
 )
 
 ITERATE = "iterate"

@@ -140,9 +140,15 @@ def _is_not_found(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: the endpoint unreachable, a dropped or timed-out connection, a 5xx or SlowDown."""
     from boto3.exceptions import RetriesExceededError, S3UploadFailedError
-    from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                     EndpointConnectionError, IncompleteReadError, ReadTimeoutError,
-                                     ResponseStreamingError)
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
 
     if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
                         ResponseStreamingError, IncompleteReadError)):

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import REPO_ROOT
 
-CLI = [sys.executable, "-m", "invokeai_provider.cli.app"]
+CLI = [sys.executable, "-m", "invokeai_provider.cli"]
 
 
 class AirflowRunError(AssertionError):

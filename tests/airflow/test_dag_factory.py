@@ -62,7 +62,7 @@ def test_compile_writes_a_readable_dag_file_that_runs(tmp_path: Path, airflow_en
     home = tmp_path / "home"
     (home / "dags").mkdir(parents=True)
     out = home / "dags" / "generated_sd15.py"
-    result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli.app", "compile",
+    result = subprocess.run([sys.executable, "-m", "invokeai_provider.cli", "compile",
                              str(DAGS / "workflows" / "sd15-text-to-image.json"), "--dag-id", "generated_sd15",
                              "--granularity", "node", "-o", str(out)], env=airflow_env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

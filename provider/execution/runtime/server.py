@@ -323,8 +323,8 @@ class RuntimeServer:
     def _manager(self, model_root: Optional[str]) -> Any:
         """One model manager (registry + RAM/VRAM cache on this device) per model root."""
         if model_root not in self._managers:
-            from invokeai_provider.models.model_manager.ram_cache import ModelCache
             from invokeai_provider.models.model_manager.manager import ModelManager, cache_budget_bytes
+            from invokeai_provider.models.model_manager.ram_cache import ModelCache
             from invokeai_provider.models.model_manager.registry import ModelRegistry
 
             cache = ModelCache(ram_bytes=cache_budget_bytes("ram_cache_gb", self.ram_cache_gb),

@@ -43,9 +43,10 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     graph.validate()
     sessions = expand_batch(graph, document.batch)[0] if document.batch else [graph]
     run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
-    from invokeai_provider.execution.tenants import check_tenant
+    from invokeai_provider.execution.tenants import check_tenant, resolve_tenant
 
-    store = open_run_store(args.artifacts, tenant=check_tenant(args.tenant, field="--tenant"),
+    tenant = check_tenant(args.tenant, field="--tenant") if args.tenant is not None else resolve_tenant()
+    store = open_run_store(args.artifacts, tenant=tenant,
                            dag_id=Path(args.file).stem, run_id=run_id)
     workflow_json = document.workflow.raw if document.workflow else None
     results = []
@@ -86,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="set a node input (VALUE is parsed as JSON when possible); repeatable")
     run.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root or ./artifacts)")
     run.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
-    run.add_argument("--tenant", default="default", help="storage tenant prefix (default: default)")
+    run.add_argument("--tenant", help="storage tenant prefix (default: [invokeai] default_tenant, itself 'default')")
     run.add_argument("--run-id", help="run id used in artifact keys (default: a new one)")
     run.set_defaults(func=cmd_graph_run)
     validate = graph_sub.add_parser("validate", help="check a graph or workflow without running it")

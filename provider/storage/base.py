@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
+from invokeai_provider.config import settings
 from invokeai_provider.errors import ArtifactNotFoundError, InvalidArtifactKeyError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@:-]*$")
@@ -172,9 +173,12 @@ class RunStore:
 
     KINDS = ("images", "tensors", "conditioning")
 
-    def __init__(self, backend: ArtifactBackend, *, tenant: str = "default", dag_id: str = "adhoc",
+    def __init__(self, backend: ArtifactBackend, *, tenant: Optional[str] = None, dag_id: str = "adhoc",
                  run_id: str = "run") -> None:
+        """``tenant`` None: the configured ``[invokeai] default_tenant``."""
         self.backend = backend
+        if tenant is None:
+            tenant = settings().default_tenant
         if not tenant or "/" in tenant:
             raise InvalidArtifactKeyError(f"tenant {tenant!r} must be a single path segment")
         self.tenant = check_key(tenant)
@@ -227,8 +231,6 @@ class RunStore:
 
 def default_artifact_root() -> str:
     """``[invokeai] artifact_root`` (env ``AIRFLOW__INVOKEAI__ARTIFACT_ROOT``), else ./artifacts."""
-    from invokeai_provider.config import settings
-
     return settings().artifact_root
 
 

@@ -1,4 +1,4 @@
-"""docker-compose.yml, the distributed deployment on Docker, agrees with the local cluster (provider/cluster.py).
+"""docker-compose.yml, the distributed deployment on Docker, agrees with the local cluster (provider/cluster/cluster.py).
 
 No Docker is needed: the file is read with PyYAML (merge keys and anchors as Compose reads them) and its
 ``${VAR:-default}`` references are interpolated as Compose does, once with the defaults and once with every

@@ -4,7 +4,7 @@ fields, defaults and outputs (``hed.py``, ``pidi.py``).
 InvokeAI downloads the annotator checkpoints (``ControlNetHED.pth``, ``table5_pidinet.pth``) from the hub
 repo ``lllyasviel/Annotators``. No hub is reachable here: put the file in
 ``<model root>/core/lllyasviel/Annotators/`` (a ``.safetensors`` file of the same stem is used instead when
-present). The networks (``models/hed_net.py``, ``models/pidi_net.py``) are built here and the file loaded
+present). The networks (``models/annotators/hed.py``, ``models/annotators/pidi.py``) are built here and the file loaded
 strictly through the shared annotator loader (``models/annotator_checkpoint``); the loaded network stays in
 the run's model cache. torch and OpenCV are imported inside ``invoke()`` only.
 

@@ -4,7 +4,7 @@ correction, invisible watermarks and the NSFW blur.
 
 Type strings, titles, versions, fields and outputs follow InvokeAI's invocations/image.py and
 composition-nodes.py. The pixel work is written here on numpy, Pillow and scipy, with the colour-space
-maths of ``models/image_util/color``; the watermark nodes use our ``dwt_dct_watermark`` (interchangeable
+maths of ``models/image_util/color``; the watermark nodes use ``models/image_util/watermark`` (interchangeable
 with the marks InvokeAI writes) and the NSFW node a safety-checker model from the run's model service.
 Heavy modules are imported inside ``invoke()``.
 """

@@ -6,8 +6,8 @@ prepared item to `DeviceScheduler.denoise` and gives the device up while it wait
 else holds or wants the device, the oldest parked item's thread takes it back and denoises every parked
 item with the same key (same run, UNet, shapes and timesteps, up to ``max_batch``) in one batch, then
 hands each its latents. So batches form by themselves when tasks of a mapped run queue at the runtime,
-and a lone task waits for nobody. Each item keeps its own scheduler and seeds (see `denoise_loop`), so
-a batched item gives the same image as an unbatched one.
+and a lone task waits for nobody. Each item keeps its own scheduler and seeds (see
+`models.stable_diffusion.denoise_loop`), so a batched item gives the same image as an unbatched one.
 """
 
 from __future__ import annotations

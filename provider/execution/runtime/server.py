@@ -7,7 +7,7 @@ worker host therefore runs one runtime per device (``invokeai-airflow runtime se
 with the log lines and denoising progress streamed into the task's own log while it runs.
 
 - Jobs run first come, first served, in up to ``max_batch`` threads that take turns on the device
-  (`runtime_batching.DeviceScheduler`): one job's nodes run at a time, except that the denoise nodes of
+  (`batching.DeviceScheduler`): one job's nodes run at a time, except that the denoise nodes of
   concurrent jobs of one DAG run, with the same UNet and shapes, share their UNet passes in one batch.
   ``max_batch`` 1 runs one job after the other.
 - A connection thread per client reads its ``cancel`` or notices it closing (the task was killed or timed

@@ -25,22 +25,27 @@ def model_fields_of(node_type: str) -> list[str]:
     return [name for name in node_class.input_fields() if _is_model_field(node_class.input_type(name))]
 
 
+def bind_model_value(node_id: str, node_type: str, field: str, value: Any, registry: ModelRegistry) -> dict[str, Any]:
+    """The identifier of the registered model that ``value`` (a key, a name or an identifier) names, for the
+    model field ``field`` of node ``node_id``; an unknown model is an error naming the node and field."""
+    try:
+        config = registry.resolve(value if isinstance(value, (str, dict)) else str(value))
+    except UnknownModelError as exc:
+        raise InvokeAIProviderError(f"node {node_id} ({node_type}): field {field}: {exc}",
+                                    node_id=node_id, field=field) from None
+    submodel = value.get("submodel_type") if isinstance(value, dict) else None
+    return {**config.identifier(), "submodel_type": submodel}
+
+
 def bind_model_fields(graph_dict: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
     """A copy of the graph dict whose model field values are identifiers of registered models."""
     nodes = {}
     for node_id, node in graph_dict["nodes"].items():
         node = dict(node)
-        for field in model_fields_of(str(node.get("type"))):
-            value = node.get(field)
-            if value is None:
-                continue
-            try:
-                config = registry.resolve(value if isinstance(value, (str, dict)) else str(value))
-            except UnknownModelError as exc:
-                raise InvokeAIProviderError(f"node {node_id} ({node['type']}): field {field}: {exc}",
-                                            node_id=node_id, field=field) from None
-            submodel = value.get("submodel_type") if isinstance(value, dict) else None
-            node[field] = {**config.identifier(), "submodel_type": submodel}
+        node_type = str(node.get("type"))
+        for field in model_fields_of(node_type):
+            if node.get(field) is not None:
+                node[field] = bind_model_value(node_id, node_type, field, node[field], registry)
         nodes[node_id] = node
     return {**graph_dict, "nodes": nodes}
 

@@ -74,6 +74,37 @@ def _split_sets(assignments: Sequence[str]) -> tuple[dict[str, Any], list[tuple[
     return conf, node_sets
 
 
+def _node_types(raw: Any) -> dict[str, Any]:
+    """Node id -> type of a graph, a saved workflow or a batch document."""
+    graph = (raw["batch"].get("graph") or {}) if isinstance(raw.get("batch"), dict) else raw
+    nodes = graph.get("nodes")
+    if isinstance(nodes, list):  # a saved workflow
+        return {str(node.get("id")): (node.get("data") or {}).get("type") for node in nodes}
+    return {str(node_id): node.get("type") for node_id, node in (nodes or {}).items() if isinstance(node, dict)}
+
+
+def bind_model_sets(raw: Any, node_sets: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+    """``NODE_ID.FIELD=NAME`` on a model field becomes the registered model's identifier, as `graph run` binds
+    it; other edits are kept as they are (the document's own validation judges them)."""
+    from invokeai_provider.core.registry import InvocationRegistry
+    from invokeai_provider.models.model_manager.binding import bind_model_value, model_fields_of
+
+    types = _node_types(raw)
+    registry = None
+    bound = []
+    for node_id, field, value in node_sets:
+        node_type = types.get(node_id)
+        if (value is not None and isinstance(node_type, str) and InvocationRegistry.has_type(node_type)
+                and field in model_fields_of(node_type)):
+            if registry is None:
+                from invokeai_provider.models.model_manager.registry import ModelRegistry
+
+                registry = ModelRegistry()  # [invokeai] model_root
+            value = bind_model_value(node_id, node_type, field, value, registry)
+        bound.append((node_id, field, value))
+    return bound
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Compiles the document into a DAG and runs it once through Airflow (SQLite, local artifact store)."""
     from invokeai_provider.cluster.local_airflow import (
@@ -96,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "tenant", None):
         conf["tenant"] = args.tenant  # the DAG's tenant Param: Airflow validates it before the run exists
     if node_sets:
-        patched = patch_document(json.loads(source.read_text()), node_sets)
+        raw = json.loads(source.read_text())
+        patched = patch_document(raw, bind_model_sets(raw, node_sets))
         source = home / "documents" / f"{dag_id}.json"
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(json.dumps(patched, indent=1))

@@ -13,6 +13,7 @@ from helpers import REPO_ROOT, png_pixels, task_states, uri_path
 
 DAGS = REPO_ROOT / "dags"
 SDXL_WORKFLOW = DAGS / "workflows" / "sdxl-text-to-image.json"
+SD15_WORKFLOW = DAGS / "workflows" / "sd15-text-to-image.json"
 PROMPT_LIST_WORKFLOW = DAGS / "workflows" / "prompt-list-batch.json"
 HANDWRITTEN_DAG = DAGS / "handwritten_text_to_image.py"
 
@@ -106,6 +107,24 @@ def test_sdxl_workflow_runs(airflow_run) -> None:
     assert graph["nodes"]["model"]["type"] == "sdxl_model_loader"
     assert graph["nodes"]["scheduler"]["scheduler"] == "euler"
     assert len(set(png_pixels(image["uri"]))) > 1  # not a blank image
+
+
+def test_run_sets_a_model_field_by_name(airflow_run) -> None:
+    """`run --set NODE_ID.model=NAME` names a registered model by name, as `graph run` does (the workflow's own
+    model, tiny-sd15, is not installed in the test model root)."""
+    run = airflow_run(SD15_WORKFLOW, "model.model=tiny-sd1", "noise_width=64", "noise_height=64",
+                      "denoise_steps=2")
+    assert run["state"] == "success"
+    [image] = run["images"]
+    graph = json.loads(png_text(image)[1]["invokeai_graph"])
+    assert graph["nodes"]["model"]["model"]["name"] == "tiny-sd1"
+
+
+def test_run_refuses_an_unknown_model_name_naming_the_node_and_field(airflow_run) -> None:
+    result = airflow_run(SD15_WORKFLOW, "model.model=no-such-model", expect_failure=True)
+    assert result["returncode"] != 0
+    assert "node model (main_model_loader): field model:" in result["stderr"]
+    assert "no-such-model" in result["stderr"]
 
 
 def test_prompt_list_batch_one_image_per_prompt(airflow_run) -> None:

@@ -32,7 +32,7 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     from invokeai_provider.graph.workflow import load_document
     from invokeai_provider.storage.base import open_run_store
 
-    document = load_document(Path(args.file).read_text())
+    document = load_document(Path(args.file).read_text(), args.file)
     graph_dict = apply_overrides(document.graph.to_dict(), parse_set(args.set or []))
     services = _model_services(graph_dict, args.model_root)
     if services:
@@ -66,7 +66,7 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
 def cmd_graph_validate(args: argparse.Namespace) -> int:
     from invokeai_provider.graph.workflow import load_document
 
-    document = load_document(Path(args.file).read_text())
+    document = load_document(Path(args.file).read_text(), args.file)
     document.graph.validate()
     if document.batch:
         document.batch.check_against(document.graph)

@@ -34,10 +34,17 @@ _CACHE_LOCK = threading.Lock()
 LABEL_TEMPLATE = "{{ invokeai_label }}"
 
 
+def document_path(source: Source) -> Optional[Path]:
+    """The file a source names (a path, or a string that is not JSON text); None for text and dicts."""
+    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+        return Path(source)
+    return None
+
+
 def document_text(source: Source) -> tuple[str, str]:
     """(JSON text, name) of a path, JSON text or dict."""
-    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
-        path = Path(source)
+    path = document_path(source)
+    if path is not None:
         return path.read_text(), path.stem
     if isinstance(source, str):
         return source, ""
@@ -59,7 +66,8 @@ def load_compiled(source: Source, *, granularity: str = "segment",
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    compiled = _compile_document(load_document(text), granularity, model_names, stem)
+    path = document_path(source)
+    compiled = _compile_document(load_document(text, str(path) if path else ""), granularity, model_names, stem)
     with _CACHE_LOCK:
         _CACHE[key] = compiled
     return compiled

@@ -23,7 +23,7 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
     plan no longer matches the tasks written out, so it never runs a stale plan.
     """
     text, stem = document_text(source)
-    compiled = load_compiled(text, granularity=granularity)
+    compiled = load_compiled(source, granularity=granularity)  # from the file itself: errors name it
     calls = task_calls(compiled)
     plan = compiled.plan
     names = {c.task.task_id: _variable(c.task.task_id) for c in calls}

@@ -428,9 +428,10 @@ def _first_list_item(t: Any) -> Any:
     return Any
 
 
-def load_json(text: str) -> Any:
-    """json.loads with a message that says where the document is broken."""
+def load_json(text: str, source: str = "") -> Any:
+    """json.loads with a message that says where the document is broken (in ``source``, a file, when given)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise GraphParseError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        where = f" in {source}" if source else ""
+        raise GraphParseError(f"malformed JSON{where} at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None

@@ -298,15 +298,15 @@ class Document:
     batch: Optional["Batch"] = None
 
 
-def load_document(text: str) -> Document:
+def load_document(text: str, source: str = "") -> Document:
     """Parses a graph, a saved workflow or an InvokeAI batch (``{"batch": {"graph", "data", "runs"}}``).
 
     The kind is detected from the document's shape. A workflow's batch nodes and a batch's ``data``
-    become the document's batch.
+    become the document's batch. ``source`` (the file it came from) is named when the JSON is malformed.
     """
     from invokeai_provider.graph.batch import Batch
 
-    document = load_json(text)
+    document = load_json(text, source)
     if is_workflow(document):
         workflow = parse_workflow(document)
         batch = Batch.model_validate({"data": workflow.batch_data}) if workflow.batch_data else None

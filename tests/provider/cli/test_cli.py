@@ -75,7 +75,11 @@ def test_missing_file_and_malformed_json(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
     assert main(["graph", "validate", str(bad)]) == 1
-    assert "malformed JSON at line 1" in capsys.readouterr().err
+    assert f"malformed JSON in {bad} at line 1" in capsys.readouterr().err
+    for command in (["graph", "run", str(bad)], ["compile", str(bad), "--dag-id", "bad", "-o", str(tmp_path / "x.py")]):
+        assert main(command) == 1
+        assert f"malformed JSON in {bad} at line 1" in capsys.readouterr().err, command
+    assert not (tmp_path / "x.py").exists()
 
 
 def test_nodes_json_lists_every_type_with_schemas(capsys):

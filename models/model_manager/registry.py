@@ -231,6 +231,9 @@ class ModelRegistry:
         if isinstance(ref, str):
             return self.find(ref)
         key, model_hash, name = ref.get("key"), ref.get("hash"), ref.get("name")
+        if not (key or model_hash or name):
+            raise UnknownModelError(f"expected a registered model's name or key, or an identifier with a key, hash "
+                                    f"or name; got {dict(ref)!r}")
         if key:
             try:
                 return self.get(str(key))

@@ -98,6 +98,8 @@ def test_lookup_by_identifier_from_another_install(registry, tmp_path):
     assert registry.resolve(config.key) == config and registry.resolve("My Model") == config
     with pytest.raises(UnknownModelError, match="is not registered here"):
         registry.resolve({"key": "x", "hash": "blake3:ff", "name": "Nope", "base": "sd-1", "type": "main"})
+    with pytest.raises(UnknownModelError, match=r"an identifier with a key, hash or name; got \{\}"):
+        registry.resolve({})
 
 
 def test_ambiguous_names_need_a_key(registry, tmp_path):

@@ -114,7 +114,8 @@ class NodeExecutionError(InvokeAIProviderError):
 
     def __init__(self, node_id: str, node_type: str, exec_id: str, cause: BaseException) -> None:
         super().__init__(
-            f"Node {node_id} ({node_type}) failed: {type(cause).__name__}: {cause}", node_id=node_id
+            f"Node {node_id} ({node_type}) failed: {type(cause).__name__}: {cause}", node_id=node_id,
+            field=getattr(cause, "field", None),  # a node's own input error names its field
         )
         self.node_type = node_type
         self.exec_id = exec_id
@@ -135,3 +136,21 @@ class InvalidArtifactKeyError(InvokeAIProviderError):
 
 class ArtifactStoreUnavailableError(InvokeAIProviderError):
     """The artifact store kept failing transiently (unreachable, 5xx, SlowDown) for its whole retry window."""
+
+
+# Errors about what a run was given (the document, a batch, a field's value), whatever their field.
+_INPUT_ERRORS: tuple[type[InvokeAIProviderError], ...] = (
+    GraphParseError, UnknownNodeTypeError, NodeValidationError, DuplicateNodeIdError, NodeIdMismatchError,
+    NodeNotFoundError, NodeFieldNotFoundError, CyclicalGraphError, InvalidEdgeError, WorkflowError,
+    BatchValidationError, MissingInputError, RequiredConnectionError, NodeInputError, InvalidArtifactKeyError,
+)
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is about what the run was given (a graph, a batch, a node field's value), so that the same
+    input fails the same way again: a task failing with it is failed for good, not retried. Errors that name a
+    field are input errors; a node failure is one when its cause is."""
+    if isinstance(exc, NodeExecutionError):
+        cause = getattr(exc, "cause", None)  # absent on an error rebuilt from the GPU runtime's message
+        return exc.field is not None or (cause is not None and is_input_error(cause))
+    return isinstance(exc, _INPUT_ERRORS) or (isinstance(exc, InvokeAIProviderError) and exc.field is not None)

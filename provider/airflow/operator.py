@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import socket
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional, Sequence
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from invokeai_provider.compiler.plan import node_class_produces_images
 from invokeai_provider.config import settings
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import InvokeAIProviderError, is_input_error
 from invokeai_provider.execution.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
 from invokeai_provider.execution.tenants import InvalidTenantError, resolve_tenant
 from invokeai_provider.execution.usage import USAGE_XCOM_KEY, UsageMeter, store_usage
@@ -67,6 +68,18 @@ def board_asset(tenant: str, board_id: Optional[str]) -> Asset:
     board = board_id or "none"
     return Asset(name=f"invokeai_images__{tenant}__{board}", uri=f"invokeai://{tenant}/boards/{board}",
                  group="invokeai")
+
+
+@contextmanager
+def input_errors_fail_for_good() -> Iterator[None]:
+    """An error about the run's input (``errors.is_input_error``) fails the task without its retries: the same
+    input would fail the same way again. Other errors (a store or device that may recover) keep them."""
+    try:
+        yield
+    except InvokeAIProviderError as exc:
+        if is_input_error(exc):
+            raise AirflowFailException(str(exc)) from exc
+        raise
 
 
 class _InvokeAITask(BaseOperator):
@@ -140,8 +153,9 @@ class _InvokeAITask(BaseOperator):
         if self.instance is not None:
             context[LABEL_CONTEXT_KEY] = self.instance.get("label") or ""  # type: ignore[literal-required]
         try:
-            output, emitted = run_task(compiled, env, upstream=_pull_records(context, self.upstream_tasks),
-                                       instance=self.instance)
+            with input_errors_fail_for_good():
+                output, emitted = run_task(compiled, env, upstream=_pull_records(context, self.upstream_tasks),
+                                           instance=self.instance)
         except SkipTask as exc:
             raise AirflowSkipException(str(exc)) from None
         images = output.pop("images", [])
@@ -256,7 +270,8 @@ class InvocationOperator(_InvokeAITask):
         from invokeai_provider.execution.task_runtime import run_single_node
 
         env = self._environment(context, self.task_id)
-        output, images = run_single_node(self.node_class, self.task_id, self.node_inputs(), env)
+        with input_errors_fail_for_good():
+            output, images = run_single_node(self.node_class, self.task_id, self.node_inputs(), env)
         ti = context["ti"]
         for name, value in output.items():
             if name != "type":

@@ -112,7 +112,8 @@ def collect_run(dag_id: str, run_id: str, state: str) -> RunResult:
         tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
         for ti in sorted(tis, key=lambda t: (t.start_date is None, t.start_date or 0, t.task_id, t.map_index)):
             result.tasks.append({"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
-                                 "queue": ti.queue, "label": ti.rendered_map_index, "operator": ti.operator})
+                                 "queue": ti.queue, "label": ti.rendered_map_index, "operator": ti.operator,
+                                 "try_number": ti.try_number})
         xcoms = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
         for xcom in sorted(xcoms, key=lambda x: (x.task_id, x.map_index, x.key)):
             value = XComModel.deserialize_value(xcom)

@@ -230,6 +230,7 @@ def _batch_specs(document: "Document", namer: _Namer) -> list[ParamSpec]:
             schema: dict[str, Any] = {
                 "type": "array",
                 "items": item_schema,
+                "minItems": 1,  # an empty list would run no session (refused at the trigger, HTTP 400)
                 "default": items,
                 "title": f"{label or datum.node_path}.{datum.field_name} (batch)",
                 "section": BATCH_SECTION,

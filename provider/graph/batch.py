@@ -17,6 +17,7 @@ from invokeai_provider.core.fields import ImageField, VideoField
 from invokeai_provider.errors import (
     BatchDuplicateNodeFieldError,
     BatchItemsTypeError,
+    BatchValidationError,
     BatchZippedLengthError,
     NodeFieldNotFoundError,
     NodeNotFoundError,
@@ -48,6 +49,18 @@ class Batch(BaseModel):
     destination: Optional[str] = None
     data: Optional[list[list[BatchDatum]]] = None
     runs: int = Field(default=1, ge=1)
+
+    @field_validator("data")
+    @classmethod
+    def _no_empty_lists(cls, data: Optional[list[list[BatchDatum]]]) -> Optional[list[list[BatchDatum]]]:
+        """An empty list would make a run of no sessions that looks like a success: refused instead."""
+        for group in data or []:
+            for datum in group:
+                if not datum.items:
+                    raise BatchValidationError(
+                        f"batch data for {datum.node_path}.{datum.field_name} has no items; a batch list needs at "
+                        "least one", node_id=datum.node_path, field=datum.field_name)
+        return data
 
     @field_validator("data")
     @classmethod

@@ -175,6 +175,14 @@ def test_prompt_list_batch_lists_must_have_the_same_length(airflow_run) -> None:
     assert "same length" in run["stderr"]
 
 
+def test_an_empty_batch_list_is_refused_at_the_trigger(airflow_run, artifact_root: Path) -> None:
+    result = airflow_run(PROMPT_LIST_WORKFLOW, "model=tiny-sd1", "positive_prompt_value_batch=[]",
+                         dag_id="prompt_list_empty", expect_failure=True)
+    assert result["returncode"] == 1
+    assert "positive_prompt_value_batch" in result["stderr"] and "no run was started" in result["stderr"]
+    assert not (artifact_root / "default" / "runs" / "prompt_list_empty").exists()
+
+
 def test_an_input_error_fails_its_task_for_good_without_retries(airflow_env) -> None:
     """Retries are for what may recover (a store, a device); lists of different lengths fail the same way on every
     try, so batch_sessions fails on its first try although the DAG gives tasks two retries."""

@@ -9,6 +9,7 @@ from invokeai_provider.graph.batch import Batch, expand_batch
 from invokeai_provider.errors import (
     BatchDuplicateNodeFieldError,
     BatchItemsTypeError,
+    BatchValidationError,
     BatchZippedLengthError,
     NodeFieldNotFoundError,
     NodeNotFoundError,
@@ -50,6 +51,13 @@ def test_session_count_does_not_build_the_product():
 def test_zipped_lengths_must_match():
     with pytest.raises(BatchZippedLengthError, match=r"1.prompt=2, 2.prompt=3"):
         Batch(data=[[datum("1", ["a", "b"]), datum("2", ["c", "d", "e"])]])
+
+
+def test_an_empty_list_is_refused_naming_its_node_and_field():
+    """An empty list would make a run of no sessions that looks like a success."""
+    with pytest.raises(BatchValidationError, match=r"batch data for 2.prompt has no items") as caught:
+        Batch(data=[[datum("1", ["a"])], [datum("2", [])]])
+    assert (caught.value.node_id, caught.value.field) == ("2", "prompt")
 
 
 def test_items_must_share_a_type_but_numbers_mix():

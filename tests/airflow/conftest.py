@@ -53,13 +53,13 @@ def airflow_run(airflow_env: dict[str, str]) -> Callable[..., dict[str, Any]]:
     """Runs a document through Airflow; returns the run (tasks, images, asset events, outputs)."""
 
     def run(document: Path, *sets: str, granularity: str = "segment", dag_id: Optional[str] = None,
-            expect_failure: bool = False) -> dict[str, Any]:
+            expect_failure: bool = False, extra_env: Optional[dict[str, str]] = None) -> dict[str, Any]:
         args = ["run", str(document), "--json", "--granularity", granularity]
         if dag_id:
             args += ["--dag-id", dag_id]
         for assignment in sets:
             args += ["--set", assignment]
-        result = run_cli(airflow_env, *args)
+        result = run_cli({**airflow_env, **(extra_env or {})}, *args)
         if expect_failure:
             return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
         if result.returncode != 0 or not result.stdout.strip():

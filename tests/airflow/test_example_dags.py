@@ -183,20 +183,18 @@ def test_an_empty_batch_list_is_refused_at_the_trigger(airflow_run, artifact_roo
     assert not (artifact_root / "default" / "runs" / "prompt_list_empty").exists()
 
 
-def test_an_input_error_fails_its_task_for_good_without_retries(airflow_env) -> None:
+def test_an_input_error_fails_its_task_for_good_without_retries(airflow_run) -> None:
     """Retries are for what may recover (a store, a device); lists of different lengths fail the same way on every
     try, so batch_sessions fails on its first try although the DAG gives tasks two retries."""
-    from conftest import run_cli
-
-    env = {**airflow_env, "AIRFLOW__INVOKEAI__TASK_RETRIES": "2", "AIRFLOW__INVOKEAI__TASK_RETRY_DELAY_SECONDS": "0"}
-    result = run_cli(env, "run", str(PROMPT_LIST_WORKFLOW), "--json", "--dag-id", "prompt_list_retries",
-                     "--set", "model=tiny-sd1", "--set", 'positive_prompt_value_batch=["one", "two", "three"]',
-                     "--set", "seed_value_batch=[1, 2]")
-    assert result.returncode != 0
-    run = json.loads(result.stdout)
+    result = airflow_run(PROMPT_LIST_WORKFLOW, "model=tiny-sd1", 'positive_prompt_value_batch=["one", "two", "three"]',
+                         "seed_value_batch=[1, 2]", dag_id="prompt_list_retries", expect_failure=True,
+                         extra_env={"AIRFLOW__INVOKEAI__TASK_RETRIES": "2",
+                                    "AIRFLOW__INVOKEAI__TASK_RETRY_DELAY_SECONDS": "0"})
+    assert result["returncode"] != 0
+    run = json.loads(result["stdout"])
     [batch] = [t for t in run["tasks"] if t["task_id"] == "batch_sessions"]
     assert (batch["state"], batch["try_number"]) == ("failed", 1)
-    assert "same length" in result.stderr
+    assert "same length" in result["stderr"]
 
 
 # --- the hand-written DAG ---------------------------------------------------------------------------

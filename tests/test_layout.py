@@ -1,12 +1,14 @@
 """The package layout: sub-packages by concern, imports that run one way (ARCHITECTURE §2).
 
 Every import statement of the package is read from the source (function-level imports included, since heavy and
-late imports live there), so a dependency cannot hide inside a function.
+late imports live there), and so is every module path a string names (``importlib.import_module``, docstrings), so
+a dependency can hide neither inside a function nor behind a name.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,12 @@ COMPAT_ALIASES = {f"{PACKAGE}.{name}" for name in ("invocation", "batch", "engin
     f"{OPERATORS}.primitives"}
 # `invokeai_provider.operators.<Name>Operator` is built on first access from the operator factory (README,
 # "Operators"): the one import from the node side up to the Airflow side, and only inside __getattr__/__dir__.
-ALLOWED = {(OPERATORS, f"{PACKAGE}.airflow.operator")}
+ALLOWED = {(OPERATORS, f"{PACKAGE}.airflow.operator"),
+           # the registry loads the built-in node pack by name, as it loads entry-point packs
+           (f"{PACKAGE}.core.registry", OPERATORS)}
+
+
+_NAMED_MODULE = re.compile(rf"\b{PACKAGE}(?:\.\w+)+")
 
 
 def _module_name(path: Path) -> str:
@@ -52,6 +59,12 @@ def _imports(module: str, path: Path, modules: set[str]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # a module named in a string (importlib.import_module, a docstring) is a dependency as well
+            for named in _NAMED_MODULE.findall(node.value):
+                known = [m for m in modules if named == m or named.startswith(f"{m}.")]
+                if known:
+                    names.add(max(known, key=len))
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -96,11 +109,14 @@ def test_imports_run_one_way():
 
 
 def test_the_check_sees_a_wrong_way_import(tmp_path):
-    """The check itself fails on a backend that imports a node module, even from inside a function."""
+    """The check itself fails on a backend that imports a node module, from inside a function or by name."""
     offender = tmp_path / "probe.py"
     offender.write_text("def f():\n    from invokeai_provider.operators.image.io import load_image\n")
-    sources = {**_sources(), f"{MODELS}.image_util.probe": offender}
-    assert _layer_violations(sources) == [
+    by_name = tmp_path / "by_name.py"
+    by_name.write_text("import importlib\nio = importlib.import_module('invokeai_provider.operators.image.io')\n")
+    sources = {**_sources(), f"{MODELS}.image_util.probe": offender, f"{MODELS}.image_util.by_name": by_name}
+    assert sorted(v for v in _layer_violations(sources) if "image_util" in v) == [
+        "invokeai_provider.models.image_util.by_name imports invokeai_provider.operators.image.io (by_name.py)",
         "invokeai_provider.models.image_util.probe imports invokeai_provider.operators.image.io (probe.py)"]
 
 

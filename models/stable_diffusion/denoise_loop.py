@@ -3,8 +3,7 @@
 Every item keeps its own scheduler, noise, step generator, guidance and mask; only the UNet's forward
 pass takes the items' inputs in one batch. So an item comes out the same whether it ran alone or beside
 others (up to the rounding of batched kernels), and ``run_denoise([item])`` is exactly the unbatched
-path. The GPU runtime batches the denoise nodes of concurrent tasks through this
-(``invokeai_provider.execution.runtime.batching``).
+path. The GPU runtime batches the denoise nodes of concurrent tasks through this.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, TypeVar
 
 
 class InvokeAIProviderError(Exception):
@@ -18,6 +18,21 @@ def exception_summary(exc: BaseException) -> str:
     """``Type: first line of the message`` of a library's exception, for an error that wraps it in one line."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+_E = TypeVar("_E", bound=InvokeAIProviderError)
+
+
+class _Node(Protocol):
+    id: str
+
+    def get_type(self) -> str: ...
+
+
+def field_error(error: type[_E], node: _Node, field: str, problem: str) -> _E:
+    """``error`` about a node's input: ``node <id> (<type>): field <field>: <problem>``, with the node and field
+    set on it, the one shape of every node-input error."""
+    return error(f"node {node.id} ({node.get_type()}): field {field}: {problem}", node_id=node.id, field=field)
 
 
 class InvalidNodeDefinitionError(InvokeAIProviderError):

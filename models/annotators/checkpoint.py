@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
+from invokeai_provider.errors import field_error
 from invokeai_provider.models.model_manager.core_models import (
     CORE_DIR,
     CoreModel,
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 ANNOTATORS_DIR = f"{CORE_DIR}/{ANNOTATORS_REPO}"
-
-
-def _error(node: "BaseInvocation", field: str, problem: str) -> CoreModelError:
-    return CoreModelError(f"node {node.id} ({node.get_type()}): field {field}: {problem}", node_id=node.id,
-                          field=field)
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
@@ -59,7 +55,7 @@ def strip_module_prefix(state_dict: Any) -> Any:
 def load_strict(node: "BaseInvocation", field: str, net: "torch.nn.Module", state_dict: Any, path: Path) -> None:
     """``net.load_state_dict(state_dict, strict=True)``, with a mismatch reported as the node's error."""
     if not isinstance(state_dict, dict):
-        raise _error(node, field, f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors")
+        raise field_error(CoreModelError, node, field, f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors")
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -69,7 +65,7 @@ def load_strict(node: "BaseInvocation", field: str, net: "torch.nn.Module", stat
         parts = [f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})"
                  for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                      ("keys of another shape", wrong)) if keys]
-        raise _error(node, field, f"{path} does not fit the {type(net).__name__} network: {'; '.join(parts)}")
+        raise field_error(CoreModelError, node, field, f"{path} does not fit the {type(net).__name__} network: {'; '.join(parts)}")
     net.load_state_dict(state_dict, strict=True)
 
 
@@ -109,7 +105,7 @@ def use_annotator(node: "BaseInvocation", context: "InvocationContext", field: s
             checkpoint = read_state_dict(file)
         except Exception as exc:  # a truncated file, or a pickle with objects that weights_only refuses
             first_line = (str(exc).splitlines() or [""])[0]
-            raise _error(node, field, f"cannot read {file} as a checkpoint of tensors: {type(exc).__name__}: "
+            raise field_error(CoreModelError, node, field, f"cannot read {file} as a checkpoint of tensors: {type(exc).__name__}: "
                                       f"{first_line}") from None
         net = make()
         load_strict(node, field, net, unwrap(checkpoint), file)

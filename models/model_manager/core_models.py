@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import InvokeAIProviderError, field_error
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
@@ -26,11 +26,6 @@ CORE_DIR = "core"
 
 class CoreModelError(InvokeAIProviderError):
     """A core model a node needs is not where it is expected, or the run has no model root to look in."""
-
-
-def _error(node: "BaseInvocation", field: str, problem: str) -> CoreModelError:
-    return CoreModelError(f"node {node.id} ({node.get_type()}): field {field}: {problem}", node_id=node.id,
-                          field=field)
 
 
 class CoreModel:
@@ -61,12 +56,12 @@ def core_model_root(node: "BaseInvocation", context: "InvocationContext", field:
     """The run's model manager and its local model root folder."""
     models: Optional["ModelManager"] = context.services.get("models")
     if models is None:
-        raise _error(node, field, "no model service in this run; this node loads its model from the model root "
+        raise field_error(CoreModelError, node, field, "no model service in this run; this node loads its model from the model root "
                                   "(run with --model-root)")
     try:
         root = models.registry.root
     except InvokeAIProviderError as exc:  # a remote (S3) model root has no local folder
-        raise _error(node, field, f"this node needs a local model root: {exc}") from None
+        raise field_error(CoreModelError, node, field, f"this node needs a local model root: {exc}") from None
     return models, root
 
 
@@ -80,7 +75,7 @@ def core_model_folder(node: "BaseInvocation", context: "InvocationContext", fiel
     if missing:
         how = (", as save_pretrained writes it (config, weights and processor files)" if "config.json" in required
                else "")
-        raise _error(node, field, f"no model at {path} (missing {', '.join(missing)}): put {what} there{how}")
+        raise field_error(CoreModelError, node, field, f"no model at {path} (missing {', '.join(missing)}): put {what} there{how}")
     return models, path
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from invokeai_provider.core.fields import CLIPField, ModelIdentifierField, UNetField
 from invokeai_provider.core.invocation import BaseInvocation
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import InvokeAIProviderError, field_error
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
@@ -47,11 +47,6 @@ class LoRAAlreadyAppliedError(ModelInputError):
 # --- checks --------------------------------------------------------------------------------------------
 
 
-def where(node: BaseInvocation, field: str) -> str:
-    """``node <id> (<type>): field <field>``, the start of every model-input error message."""
-    return f"node {node.id} ({node.get_type()}): field {field}"
-
-
 def _value(member: Any) -> str:
     return member.value if hasattr(member, "value") else str(member)
 
@@ -60,16 +55,12 @@ def check_kind(node: BaseInvocation, field: str, model: ModelIdentifierField, mo
                bases: Optional[Sequence[BaseModelType]] = None) -> None:
     """Raises WrongModelKindError unless ``model`` is of ``model_type`` and (when given) one of ``bases``."""
     if model.type != model_type:
-        raise WrongModelKindError(
-            f"{where(node, field)}: expected a {model_type.value} model, got model {model.key!r} "
-            f"({model.name}) of type {_value(model.type)}",
-            node_id=node.id, field=field)
+        raise field_error(WrongModelKindError, node, field, f"expected a {model_type.value} model, got model "
+                          f"{model.key!r} ({model.name}) of type {_value(model.type)}")
     if bases is not None and model.base not in bases:
         expected = " or ".join(base.value for base in bases)
-        raise WrongModelKindError(
-            f"{where(node, field)}: expected a {model_type.value} model of base {expected}, got model "
-            f"{model.key!r} ({model.name}) of base {_value(model.base)}",
-            node_id=node.id, field=field)
+        raise field_error(WrongModelKindError, node, field, f"expected a {model_type.value} model of base "
+                          f"{expected}, got model {model.key!r} ({model.name}) of base {_value(model.base)}")
 
 
 def check_installed(node: BaseInvocation, field: str, model: ModelIdentifierField,
@@ -77,8 +68,7 @@ def check_installed(node: BaseInvocation, field: str, model: ModelIdentifierFiel
     """With a models service, raises ModelNotInstalledError when it does not have the key."""
     models = context.services.get(MODEL_SERVICE)
     if models is not None and not models.exists(model.key):
-        raise ModelNotInstalledError(f"{where(node, field)}: model key {model.key!r} is not installed",
-                                     node_id=node.id, field=field)
+        raise field_error(ModelNotInstalledError, node, field, f"model key {model.key!r} is not installed")
 
 
 def check_model(node: BaseInvocation, field: str, model: ModelIdentifierField, context: "InvocationContext",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional, Union
 
 from invokeai_provider.core.invocation import BaseInvocation
-from invokeai_provider.errors import ArtifactNotFoundError, InvokeAIProviderError
+from invokeai_provider.errors import ArtifactNotFoundError, InvokeAIProviderError, field_error
 from invokeai_provider.operators.core.primitives import ImageOutput
 
 if TYPE_CHECKING:
@@ -23,8 +23,7 @@ class ImageNodeError(InvokeAIProviderError):
 
 def fail(node: BaseInvocation, field: str, problem: str) -> ImageNodeError:
     """The error for a bad input of ``node``: names the node id, its type and the field."""
-    return ImageNodeError(f"node {node.id} ({node.get_type()}): field {field}: {problem}", node_id=node.id,
-                          field=field)
+    return field_error(ImageNodeError, node, field, problem)
 
 
 def load_image(node: BaseInvocation, context: "InvocationContext", field: str, mode: Optional[str] = None) -> "Image":

@@ -25,6 +25,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
+from invokeai_provider.errors import field_error
 from invokeai_provider.models.image_util.tiling import (
     BLEND_MODES,
     Tile,
@@ -55,8 +56,7 @@ class TileWithImage(BaseModel):
 
 
 def _for_node(node: BaseInvocation, exc: TileError) -> TileError:
-    field = exc.field or "?"
-    return TileError(f"node {node.id} ({node.get_type()}): field {field}: {exc}", node_id=node.id, field=field)
+    return field_error(TileError, node, exc.field or "?", str(exc))
 
 
 _IMAGE_WIDTH = "The image width, in pixels, to calculate tiles for."

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from invokeai_provider.core.invocation import BaseInvocation
 from invokeai_provider.core.taxonomy import BaseModelType
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import InvokeAIProviderError, field_error
 from invokeai_provider.operators.core.models import MODEL_SERVICE
 
 if TYPE_CHECKING:
@@ -29,9 +29,8 @@ def model_service(node: BaseInvocation, context: "InvocationContext", field: str
     """The run's model service; a GenerationError naming the node and field when the run has none."""
     models = context.services.get(MODEL_SERVICE)
     if models is None:
-        raise GenerationError(f"node {node.id} ({node.get_type()}): field {field}: no model service in this run; "
-                              "run with a model root (invokeai-airflow graph run --model-root ...)",
-                              node_id=node.id, field=field)
+        raise field_error(GenerationError, node, field, "no model service in this run; run with a model root "
+                          "(invokeai-airflow graph run --model-root ...)")
     return models
 
 
@@ -50,5 +49,4 @@ def lora_patched(node: BaseInvocation, context: "InvocationContext", field: str,
         with loras_applied(model_service(node, context, field), model, loras, target, base):
             yield
     except LoraKeyError as exc:
-        raise GenerationError(f"node {node.id} ({node.get_type()}): field {field}: {exc}", node_id=node.id,
-                              field=field) from None
+        raise field_error(GenerationError, node, field, str(exc)) from None

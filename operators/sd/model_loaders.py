@@ -35,6 +35,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
+from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.models import (
     LoRAAlreadyAppliedError,
     check_installed,
@@ -43,7 +44,6 @@ from invokeai_provider.operators.core.models import (
     clip_of,
     submodel,
     unet_of,
-    where,
 )
 from invokeai_provider.operators.sd.model_fields import (
     CLIP_DESCRIPTION,
@@ -97,9 +97,8 @@ def _refuse_applied(node: BaseInvocation, targets: Iterable[tuple[str, Optional[
     """Raises LoRAAlreadyAppliedError when ``lora`` is already in one of the targets' `loras` lists."""
     for field, target in targets:
         if target is not None and any(applied.lora.key == lora.key for applied in target.loras):
-            raise LoRAAlreadyAppliedError(
-                f"{where(node, field)}: LoRA {lora.key!r} ({lora.name}) is already applied to {field}",
-                node_id=node.id, field=field)
+            raise field_error(LoRAAlreadyAppliedError, node, field,
+                              f"LoRA {lora.key!r} ({lora.name}) is already applied to {field}")
 
 
 def _with_lora(target: Optional[Any], lora: LoRAField) -> Optional[Any]:

@@ -8,7 +8,7 @@ Code reads options through `settings()`, whose typed properties hold each option
 computed ones: ./artifacts, ./invokeai-models, ~/.cache/invokeai-airflow/models) and its parsing; a value
 that does not parse raises `ConfigError` naming the option, its environment variable and the value.
 ``settings()`` reads the configuration afresh on every call, and each property parses its option when it
-is read, so a bad value fails only where its option is used. `get_option` gives an option's raw string.
+is read, so a bad value fails only where its option is used. `Settings.raw` gives an option's string.
 """
 
 from __future__ import annotations
@@ -95,14 +95,6 @@ def _configured(name: str) -> Optional[str]:
     return None
 
 
-def get_option(name: str) -> Optional[str]:
-    """An option's raw string: its configured value, else its OPTIONS default (None for the computed defaults;
-    use `settings()` for those and for typed values)."""
-    _check_name(name)
-    value = _configured(name)
-    return value if value is not None else OPTIONS[name][0]
-
-
 def _invalid(name: str, value: object, expected: str) -> ConfigError:
     return ConfigError(f"[invokeai] {name}: expected {expected}, got {value!r} ({env_var(name)})")
 
@@ -122,7 +114,7 @@ class Settings:
             _check_name(name)
 
     def raw(self, name: str) -> Optional[str]:
-        """An option's string: its configured value, else its OPTIONS default (what `get_option` gives)."""
+        """An option's raw string: its configured value, else its OPTIONS default (None for the computed ones)."""
         _check_name(name)
         value = self.configured.get(name)
         return value if value else OPTIONS[name][0]
@@ -288,4 +280,4 @@ def settings() -> Settings:
     return Settings({name: value for name in OPTIONS if (value := _configured(name)) is not None})
 
 
-__all__ = ["OPTIONS", "SECTION", "ConfigError", "Settings", "env_var", "get_option", "settings"]
+__all__ = ["OPTIONS", "SECTION", "ConfigError", "Settings", "env_var", "settings"]

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pytest
 
 from invokeai_provider import config
-from invokeai_provider.config import OPTIONS, ConfigError, Settings, env_var, get_option, settings
+from invokeai_provider.config import OPTIONS, ConfigError, Settings, env_var, settings
 from invokeai_provider.errors import InvokeAIProviderError
 
 GIB = 1 << 30
@@ -61,14 +61,14 @@ def test_defaults_when_nothing_is_set(unset: Path) -> None:
 
 
 def test_the_typed_defaults_are_the_declared_ones(unset: Path) -> None:
-    """get_option and get_provider_info()["config"] show the same defaults the accessors use."""
+    """The raw options and get_provider_info()["config"] show the same defaults the accessors use."""
     from invokeai_provider.get_provider_info import get_provider_info
 
     options = get_provider_info()["config"]["invokeai"]["options"]
     assert set(options) == set(OPTIONS)
     s = Settings()
     for name, (default, description) in OPTIONS.items():
-        assert get_option(name) == default == options[name]["default"]
+        assert s.raw(name) == default == options[name]["default"]
         value = getattr(s, name)
         if default is None:  # unset, or computed per process: the description says which
             assert value in (None, ()) or "default" in description, name
@@ -77,7 +77,7 @@ def test_the_typed_defaults_are_the_declared_ones(unset: Path) -> None:
         else:
             assert value == default, name
     with pytest.raises(KeyError):
-        get_option("no_such_option")
+        s.raw("no_such_option")
 
 
 def test_an_environment_override_is_parsed_and_read_afresh(unset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +99,7 @@ def test_an_environment_override_is_parsed_and_read_afresh(unset: Path, monkeypa
     assert (s.ram_cache_bytes, s.vram_cache_bytes) == (GIB // 2, 4 * GIB)
     assert s.model_root == s.configured_model_root == "s3://models/root"
     assert s.gpu_queue == "gpu-a100" and s.default_tenant == "default"
-    assert get_option("runtime_max_batch") == "2"
+    assert s.raw("runtime_max_batch") == "2"
 
     monkeypatch.setenv("AIRFLOW__INVOKEAI__MODEL_CACHE_DIR", "~/models")
     assert settings().model_cache_dir == unset / "home" / "models"

@@ -55,10 +55,6 @@ def get_compiled(key: str) -> CompiledDocument:
             f"compiled plan {key!r} is not loaded in this process; the DAG file must compile it at parse time") from None
 
 
-def gpu_queue() -> str:
-    return settings().gpu_queue
-
-
 def images_alias() -> AssetAlias:
     return AssetAlias(IMAGES_ALIAS)
 
@@ -102,7 +98,7 @@ class _InvokeAITask(BaseOperator):
         map_index = getattr(ti, "map_index", -1)
         dag_run = context.get("dag_run")
         try:  # compiled DAGs have a validated tenant Param; hand-written ones are checked here, before any work
-            tenant = resolve_tenant(params, getattr(dag_run, "conf", None), settings().default_tenant)
+            tenant = resolve_tenant(params, getattr(dag_run, "conf", None))  # else [invokeai] default_tenant
         except InvalidTenantError as exc:
             raise AirflowFailException(str(exc)) from None  # no retry can fix it
         self._started = datetime.now(timezone.utc)
@@ -117,7 +113,7 @@ class _InvokeAITask(BaseOperator):
     def _record_usage(self, context: "Context", env: TaskEnvironment) -> None:
         """The task's usage (see `invokeai_provider.execution.usage`) to XCom ``invokeai_usage`` and the artifact store."""
         ti = context["ti"]
-        record = store_usage(env.usage, env.artifact_root, tenant=env.tenant or settings().default_tenant,
+        record = store_usage(env.usage, env.artifact_root, tenant=env.tenant,
                              dag_id=env.dag_id, run_id=env.run_id, task_id=env.task_id, map_index=env.map_index,
                              try_number=getattr(ti, "try_number", None),
                              hostname=getattr(ti, "hostname", None) or socket.gethostname(),
@@ -162,7 +158,7 @@ class _InvokeAITask(BaseOperator):
         summary = {"outputs": output.pop("outputs", {}), "images": [i["image_name"] for i in images],
                    "label": output.pop("label", "")}
         context["ti"].xcom_push(key=RECORDS_KEY, value=output)
-        self._publish_images(context, images, env.tenant or settings().default_tenant)
+        self._publish_images(context, images, env.tenant)
         self._record_usage(context, env)
         if emitted:
             [instances] = emitted.values()
@@ -248,7 +244,7 @@ class InvocationOperator(_InvokeAITask):
             if reserved in kwargs:
                 raise InvokeAIProviderError(f"{type(self).__name__}: {reserved!r} is set from the task id and node type")
         if "queue" not in kwargs and self.node_class.UIConfig.gpu:
-            kwargs["queue"] = gpu_queue()
+            kwargs["queue"] = settings().gpu_queue
         if "outlets" not in kwargs and node_class_produces_images(self.node_class):
             kwargs["outlets"] = [images_alias()]
         super().__init__(**kwargs)
@@ -276,7 +272,7 @@ class InvocationOperator(_InvokeAITask):
         for name, value in output.items():
             if name != "type":
                 ti.xcom_push(key=name, value=value)
-        self._publish_images(context, images, env.tenant or settings().default_tenant)
+        self._publish_images(context, images, env.tenant)
         self._record_usage(context, env)
         return output
 

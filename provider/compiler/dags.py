@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SESSIONS, Plan, TaskPlan, build_plan
+from invokeai_provider.config import settings
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.execution.task_runtime import CompiledDocument
 
@@ -202,21 +203,20 @@ def default_task_args() -> dict[str, Any]:
     worker or a storage outage fails a try, and deterministic artifact names make the retry overwrite it."""
     from datetime import timedelta
 
-    from invokeai_provider.config import settings
-
     config = settings()
     return {"retries": config.task_retries, "retry_delay": timedelta(seconds=config.task_retry_delay_seconds)}
 
 
 def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:
     """Creates the operators of a compiled plan inside the current DAG context."""
-    from invokeai_provider.airflow.operator import gpu_queue, images_alias
+    from invokeai_provider.airflow.operator import images_alias
 
+    gpu_queue = settings().gpu_queue
     tasks: dict[str, Any] = {}
     for call in calls:
         kwargs = dict(call.kwargs, plan_key=key)
         if kwargs.get("queue") == "gpu":
-            kwargs["queue"] = gpu_queue()
+            kwargs["queue"] = gpu_queue
         if kwargs.get("outlets") == "images":
             kwargs["outlets"] = [images_alias()]
         cls = _operator_class(call.class_name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from invokeai_provider.compiler.dags import Source, document_text, load_compiled, task_calls
+from invokeai_provider.config import settings
 
 __all__ = ["render_dag_file"]
 
@@ -58,7 +59,7 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
         kwargs = dict(call.kwargs)
         args = [f"task_id={kwargs.pop('task_id')!r}", "plan_key=KEY", f"plan_task={kwargs.pop('plan_task')!r}"]
         if kwargs.pop("queue", None) == "gpu":
-            args.append("queue=" + repr(_gpu_queue_name()))
+            args.append("queue=" + repr(settings().gpu_queue))
         if kwargs.pop("outlets", None) == "images":
             args.append("outlets=[images_alias()]")
         args += [f"{k}={v!r}" for k, v in kwargs.items()]
@@ -75,7 +76,3 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
     return "\n".join(out) + "\n"
 
 
-def _gpu_queue_name() -> str:
-    from invokeai_provider.config import settings
-
-    return settings().gpu_queue

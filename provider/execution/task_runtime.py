@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSION_AXIS, SESSIONS, Plan, TaskPlan
+from invokeai_provider.config import settings
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.execution.instances import RecordIndex, build_instances, collect_groups
 from invokeai_provider.graph.graph import Graph
@@ -327,7 +328,7 @@ def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json
     from invokeai_provider.execution.tenants import check_tenant
     from invokeai_provider.storage.base import open_run_store
 
-    store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or _default_tenant()),
+    store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or settings().default_tenant),
                            dag_id=env.dag_id, run_id=env.run_id)
     mapped = env.map_index is not None and env.map_index >= 0
     on_progress = env.usage.progress_callback(env.logger) if env.usage is not None else None
@@ -370,10 +371,6 @@ def workflow_with_values(workflow_json: Optional[dict[str, Any]], graph: dict[st
     return workflow
 
 
-def _default_tenant() -> str:
-    from invokeai_provider.config import settings
-
-    return settings().default_tenant
 
 
 def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], env: TaskEnvironment,

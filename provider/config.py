@@ -58,6 +58,16 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
                                         "(at least 5, S3's smallest part)."),
     "s3_retry_seconds": ("120", "How long an S3 operation keeps retrying connection errors, 5xx and SlowDown "
                                 "answers (exponential backoff with jitter) before failing, in seconds."),
+    "task_execution_timeout_seconds": ("3600", "Execution timeout of every compiled task, in seconds (a DAG's default_args "
+                                               "may override it; 0: none). A task past it is failed and retried, and its "
+                                               "GPU runtime job is canceled."),
+    "max_prompt_length": ("10000", "Most characters a prompt given to a text encoder may have; longer ones are refused "
+                                   "before any model loads (the trigger form refuses them too)."),
+    "max_image_side": ("16384", "Largest width or height, in pixels, that a node may be asked to make."),
+    "max_image_pixels": ("67108864", "Largest width x height, in pixels, that a node may be asked to make "
+                                     "(default 8192 x 8192)."),
+    "runtime_cancel_grace_seconds": ("3", "How long the GPU runtime waits for a canceled job to stop before it gives the "
+                                          "device to the next job anyway (a node in a long step without cancel checks)."),
     "workflow_granularity": ("segment", "Tasks of the DAGs that dags/invokeai_workflows.py compiles from saved "
                                         "workflows: segment (connected nodes of one scope share a task) or node "
                                         "(one task per node)."),
@@ -254,6 +264,25 @@ class Settings:
     def workflow_granularity(self) -> str:
         return self._text("workflow_granularity")
 
+    @property
+    def task_execution_timeout_seconds(self) -> float:
+        """0 means no timeout."""
+        return self._number("task_execution_timeout_seconds", float, "a number of seconds (0: none)", 0.0)
+
+    # --- limits on what a run may ask for (see invokeai_provider.core.limits) -------------------------
+
+    @property
+    def max_prompt_length(self) -> int:
+        return self._int("max_prompt_length", minimum=1)
+
+    @property
+    def max_image_side(self) -> int:
+        return self._int("max_image_side", minimum=8)
+
+    @property
+    def max_image_pixels(self) -> int:
+        return self._int("max_image_pixels", minimum=64)
+
     # --- the GPU runtime ----------------------------------------------------------------------------
 
     @property
@@ -268,6 +297,10 @@ class Settings:
     @property
     def runtime_max_batch(self) -> int:
         return self._int("runtime_max_batch", minimum=1)
+
+    @property
+    def runtime_cancel_grace_seconds(self) -> float:
+        return self._number("runtime_cancel_grace_seconds", float, "a number of seconds", 0.0)
 
     @property
     def runtime_preload(self) -> tuple[str, ...]:

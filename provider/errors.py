@@ -101,6 +101,10 @@ class BatchDuplicateNodeFieldError(BatchValidationError):
     pass
 
 
+class RunConfError(InvokeAIProviderError):
+    """A run's conf names keys that are none of the DAG's Params (Airflow itself accepts any key)."""
+
+
 # --- execution --------------------------------------------------------------------------------------
 
 
@@ -157,7 +161,7 @@ class ArtifactStoreUnavailableError(InvokeAIProviderError):
 _INPUT_ERRORS: tuple[type[InvokeAIProviderError], ...] = (
     GraphParseError, UnknownNodeTypeError, NodeValidationError, DuplicateNodeIdError, NodeIdMismatchError,
     NodeNotFoundError, NodeFieldNotFoundError, CyclicalGraphError, InvalidEdgeError, WorkflowError,
-    BatchValidationError, MissingInputError, RequiredConnectionError, NodeInputError, InvalidArtifactKeyError,
+    BatchValidationError, RunConfError, MissingInputError, RequiredConnectionError, NodeInputError, InvalidArtifactKeyError,
 )
 
 

@@ -111,3 +111,20 @@ class IntListInvocation(BaseInvocation):
 
     def invoke(self, context: Any) -> IntListTestOutput:
         return IntListTestOutput(collection=[self.start + k for k in range(self.count)])
+
+
+@invocation("test_blocking_step", version="1.0.0", gpu=True)
+class BlockingStepInvocation(BaseInvocation):
+    """A GPU-queue node stuck in one long step that never checks for cancel (as a library call can be):
+    what the runtime must abandon. It sleeps rather than spins, so the machine stays free for the others."""
+
+    seconds: float = InputField(default=30.0, description="how long the step takes")
+
+    def invoke(self, context: Any) -> ValueTestOutput:
+        import time
+
+        context.util.signal_progress("blocking step started")
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return ValueTestOutput(value=self.seconds)

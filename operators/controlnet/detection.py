@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from invokeai_provider.core.fields import BoundingBoxField, ImageField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
+from invokeai_provider.core.limits import PROMPT_LENGTH
 from invokeai_provider.models.image_util.arrays import to_uint8
 from invokeai_provider.models.model_manager.core_models import CORE_DIR, CoreModel, use_core_model
 from invokeai_provider.operators.core.primitives import BoundingBoxCollectionOutput, ImageOutput, MaskOutput
@@ -272,7 +273,7 @@ class GroundingDinoInvocation(BaseInvocation):
     """Boxes around what a text prompt names (zero-shot detection), best score first; feeds segment_anything."""
 
     model: GroundingDinoModelKey = InputField(description="The Grounding DINO model to use.")
-    prompt: str = InputField(description="The prompt describing the object to segment.")
+    prompt: str = InputField(description="The prompt describing the object to segment.", limit=PROMPT_LENGTH)
     image: ImageField = InputField(description="The image to segment.")
     detection_threshold: float = InputField(
         default=0.3, ge=0.0, le=1.0,

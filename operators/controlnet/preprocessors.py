@@ -21,6 +21,7 @@ from invokeai_provider.core.invocation import (
     WithMetadata,
     invocation,
 )
+from invokeai_provider.core.limits import IMAGE_SIDE
 from invokeai_provider.operators.core.primitives import ImageOutput
 from invokeai_provider.operators.image.io import fail, load_rgb, save_image
 
@@ -227,8 +228,8 @@ class HeuristicResizeInvocation(BaseInvocation):
     """Resizes a control image without blurring it: edge maps stay thin and binary, colour maps exact."""
 
     image: ImageField = InputField(description="The image to resize")
-    width: int = InputField(default=512, ge=1, description="The width to resize to (px)")
-    height: int = InputField(default=512, ge=1, description="The height to resize to (px)")
+    width: int = InputField(default=512, ge=1, description="The width to resize to (px)", limit=IMAGE_SIDE)
+    height: int = InputField(default=512, ge=1, description="The height to resize to (px)", limit=IMAGE_SIDE)
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         return save_image(self, context, heuristic_resize(load_rgb(self, context), (self.width, self.height)))

@@ -19,6 +19,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
+from invokeai_provider.core.limits import PROMPT_LENGTH
 from invokeai_provider.operators.core.primitives import StringCollectionOutput
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ class DynamicPromptInvocation(BaseInvocation):
     """Expands a prompt written in dynamicprompts syntax ({a|b} variants) into a list of prompts, with the
     random or the combinatorial generator."""
 
-    prompt: str = InputField(description="The prompt to parse with dynamicprompts", ui_component=_TEXTAREA)
+    prompt: str = InputField(description="The prompt to parse with dynamicprompts", ui_component=_TEXTAREA,
+                             limit=PROMPT_LENGTH)
     max_prompts: int = InputField(default=1, description="The number of prompts to generate")
     combinatorial: bool = InputField(default=False, description="Whether to use the combinatorial generator")
 

@@ -20,6 +20,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
+from invokeai_provider.core.limits import IMAGE_SIDE
 from invokeai_provider.operators.core.primitives import ImageOutput
 from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
 
@@ -124,8 +125,8 @@ class ImagePanelLayoutInvocation(BaseInvocation):
     """The rectangle of one cell of an even ``num_cols`` x ``num_rows`` grid over the image (a remainder that
     does not divide evenly is left out of every panel)."""
 
-    width: int = InputField(description="The width of the entire grid.")
-    height: int = InputField(description="The height of the entire grid.")
+    width: int = InputField(description="The width of the entire grid.", limit=IMAGE_SIDE)
+    height: int = InputField(description="The height of the entire grid.", limit=IMAGE_SIDE)
     num_cols: int = InputField(default=1, ge=1, description="The number of columns in the grid.")
     num_rows: int = InputField(default=1, ge=1, description="The number of rows in the grid.")
     panel_col_idx: int = InputField(default=0, ge=0, description="The column index of the panel to be processed.")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from invokeai_provider.core.fields import BoundingBoxField, ColorField, ImageField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, WithBoard, WithMetadata, invocation
+from invokeai_provider.core.limits import IMAGE_SIDE
 from invokeai_provider.models.image_util.arrays import to_uint8
 from invokeai_provider.operators.core.primitives import BoundingBoxOutput, ImageOutput, MaskOutput
 from invokeai_provider.operators.image.io import fail, load_image, same_size, save_image
@@ -55,8 +56,8 @@ def save_mask(context: "InvocationContext", mask: "np.ndarray") -> MaskOutput:
 class RectangleMaskInvocation(BaseInvocation, WithMetadata):
     """A mask that is true inside one rectangle (clipped to the mask), e.g. to confine a regional prompt."""
 
-    width: int = InputField(description="The width of the entire mask.")
-    height: int = InputField(description="The height of the entire mask.")
+    width: int = InputField(description="The width of the entire mask.", limit=IMAGE_SIDE)
+    height: int = InputField(description="The height of the entire mask.", limit=IMAGE_SIDE)
     x_left: int = InputField(description="The left x-coordinate of the rectangular masked region (inclusive).")
     y_top: int = InputField(description="The top y-coordinate of the rectangular masked region (inclusive).")
     rectangle_width: int = InputField(description="The width of the rectangular masked region.")

@@ -20,6 +20,7 @@ from invokeai_provider.core.invocation import (
     WithMetadata,
     invocation,
 )
+from invokeai_provider.core.limits import IMAGE_SIDE, size_problem
 from invokeai_provider.models.image_util.arrays import to_uint8
 from invokeai_provider.models.image_util.color import (
     cielch_from_linear,
@@ -136,8 +137,8 @@ class ShowImageInvocation(BaseInvocation):
 class BlankImageInvocation(BaseInvocation, WithMetadata, WithBoard):
     """Creates an image of one colour (the colour's alpha is ignored in RGB mode)."""
 
-    width: int = InputField(default=512, description="The width of the image")
-    height: int = InputField(default=512, description="The height of the image")
+    width: int = InputField(default=512, description="The width of the image", limit=IMAGE_SIDE)
+    height: int = InputField(default=512, description="The height of the image", limit=IMAGE_SIDE)
     mode: Literal["RGB", "RGBA"] = InputField(default="RGB", description="The mode of the image")
     color: ColorField = InputField(default=ColorField(r=0, g=0, b=0, a=255), description="The color of the image")
 
@@ -162,8 +163,8 @@ class ImageCropInvocation(BaseInvocation, WithMetadata, WithBoard):
     image: ImageField = InputField(description="The image to crop")
     x: int = InputField(default=0, description="The left x coordinate of the crop rectangle")
     y: int = InputField(default=0, description="The top y coordinate of the crop rectangle")
-    width: int = InputField(default=512, gt=0, description="The width of the crop rectangle")
-    height: int = InputField(default=512, gt=0, description="The height of the crop rectangle")
+    width: int = InputField(default=512, gt=0, description="The width of the crop rectangle", limit=IMAGE_SIDE)
+    height: int = InputField(default=512, gt=0, description="The height of the crop rectangle", limit=IMAGE_SIDE)
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
         from PIL import Image
@@ -248,8 +249,8 @@ class ImageResizeInvocation(BaseInvocation, WithMetadata, WithBoard):
     """Resizes an image to an exact width and height."""
 
     image: ImageField = InputField(description="The image to resize")
-    width: int = InputField(default=512, gt=0, description="The width to resize to (px)")
-    height: int = InputField(default=512, gt=0, description="The height to resize to (px)")
+    width: int = InputField(default=512, gt=0, description="The width to resize to (px)", limit=IMAGE_SIDE)
+    height: int = InputField(default=512, gt=0, description="The height to resize to (px)", limit=IMAGE_SIDE)
     resample_mode: PIL_RESAMPLING_MODES = InputField(default="bicubic", description="The resampling mode")
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
@@ -272,6 +273,10 @@ class ImageScaleInvocation(BaseInvocation, WithMetadata, WithBoard):
         if width < 1 or height < 1:
             raise fail(self, "scale_factor", f"{self.scale_factor} scales the {image.width}x{image.height} image to "
                                               f"{width}x{height}; expected a factor leaving at least one pixel")
+        too_large = size_problem(width, height)
+        if too_large:
+            raise fail(self, "scale_factor", f"{self.scale_factor} scales the {image.width}x{image.height} image to "
+                                              f"{too_large}")
         return save_image(self, context, image.resize((width, height), resample=_resample(self.resample_mode)))
 
 

@@ -25,6 +25,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
+from invokeai_provider.core.limits import IMAGE_SIDE
 from invokeai_provider.errors import field_error
 from invokeai_provider.models.image_util.tiling import (
     BLEND_MODES,
@@ -75,8 +76,8 @@ class CalculateImageTilesOutput(BaseInvocationOutput):
 class CalculateImageTilesInvocation(BaseInvocation):
     """Tiles of a fixed size that cover an image size, at least ``overlap`` px apart."""
 
-    image_width: int = InputField(ge=1, default=1024, description=_IMAGE_WIDTH)
-    image_height: int = InputField(ge=1, default=1024, description=_IMAGE_HEIGHT)
+    image_width: int = InputField(ge=1, default=1024, description=_IMAGE_WIDTH, limit=IMAGE_SIDE)
+    image_height: int = InputField(ge=1, default=1024, description=_IMAGE_HEIGHT, limit=IMAGE_SIDE)
     tile_width: int = InputField(ge=1, default=576, description=_TILE_WIDTH)
     tile_height: int = InputField(ge=1, default=576, description=_TILE_HEIGHT)
     overlap: int = InputField(
@@ -99,8 +100,8 @@ class CalculateImageTilesInvocation(BaseInvocation):
 class CalculateImageTilesEvenSplitInvocation(BaseInvocation):
     """A given number of tiles across and down, sized to multiples of 8 px."""
 
-    image_width: int = InputField(ge=1, default=1024, description=_IMAGE_WIDTH)
-    image_height: int = InputField(ge=1, default=1024, description=_IMAGE_HEIGHT)
+    image_width: int = InputField(ge=1, default=1024, description=_IMAGE_WIDTH, limit=IMAGE_SIDE)
+    image_height: int = InputField(ge=1, default=1024, description=_IMAGE_HEIGHT, limit=IMAGE_SIDE)
     num_tiles_x: int = InputField(default=2, ge=1, description="Number of tiles to divide image into on the x axis")
     num_tiles_y: int = InputField(default=2, ge=1, description="Number of tiles to divide image into on the y axis")
     overlap: int = InputField(default=128, ge=0, multiple_of=8,
@@ -120,8 +121,8 @@ class CalculateImageTilesEvenSplitInvocation(BaseInvocation):
 class CalculateImageTilesMinimumOverlapInvocation(BaseInvocation):
     """As few fixed-size tiles as keep ``min_overlap``, spread evenly over the image."""
 
-    image_width: int = InputField(ge=1, default=1024, description=_IMAGE_WIDTH)
-    image_height: int = InputField(ge=1, default=1024, description=_IMAGE_HEIGHT)
+    image_width: int = InputField(ge=1, default=1024, description=_IMAGE_WIDTH, limit=IMAGE_SIDE)
+    image_height: int = InputField(ge=1, default=1024, description=_IMAGE_HEIGHT, limit=IMAGE_SIDE)
     tile_width: int = InputField(ge=1, default=576, description=_TILE_WIDTH)
     tile_height: int = InputField(ge=1, default=576, description=_TILE_HEIGHT)
     min_overlap: int = InputField(default=128, ge=0, description="Minimum overlap between adjacent tiles, in pixels.")

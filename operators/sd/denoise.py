@@ -134,8 +134,8 @@ class DenoiseLatentsInvocation(BaseInvocation):
         if item.runs_no_step:
             result = item.orig_latents
         else:
-            batcher = context.services.get("denoise_batcher")  # the GPU runtime's, to share UNet passes
-            result = batcher.denoise(item) if batcher is not None else denoise_alone(item)
+            device = context.services.get("device")  # the GPU runtime's, to share UNet passes
+            result = device.denoise(item) if device is not None else denoise_alone(item)
         name = context.tensors.save(result)
         return LatentsOutput.build(name, result, seed=None)
 

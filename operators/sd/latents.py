@@ -25,7 +25,9 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
+from invokeai_provider.core.limits import IMAGE_SIDE, size_problem
 from invokeai_provider.core.taxonomy import BaseModelType
+from invokeai_provider.errors import NodeInputError, field_error
 from invokeai_provider.operators.core.primitives import LatentsOutput
 from invokeai_provider.operators.sd.common import GenerationError, model_service
 from invokeai_provider.operators.sd.model_fields import (
@@ -126,8 +128,8 @@ class NoiseInvocation(BaseInvocation):
 
     noise_type: LatentNoiseType = InputField(default="SD", description="Architecture-specific noise type.")
     seed: int = InputField(default=0, ge=0, le=SEED_MAX, description=_SEED)
-    width: int = _multiple_of(InputField(default=512, gt=0, description=_WIDTH), LATENT_SCALE_FACTOR)
-    height: int = _multiple_of(InputField(default=512, gt=0, description=_HEIGHT), LATENT_SCALE_FACTOR)
+    width: int = _multiple_of(InputField(default=512, gt=0, description=_WIDTH, limit=IMAGE_SIDE), LATENT_SCALE_FACTOR)
+    height: int = _multiple_of(InputField(default=512, gt=0, description=_HEIGHT, limit=IMAGE_SIDE), LATENT_SCALE_FACTOR)
     use_cpu: bool = InputField(
         default=True, description="Use CPU for noise generation (for reproducible results across platforms)"
     )
@@ -178,9 +180,9 @@ class ResizeLatentsInvocation(BaseInvocation):
     """Resizes latents to a pixel width and height (each divided by 8 to give the latent size)."""
 
     latents: LatentsField = InputField(description=_LATENTS, input=Input.Connection)
-    width: int = _multiple_of(InputField(ge=64, description=_WIDTH), LATENT_SCALE_FACTOR)
+    width: int = _multiple_of(InputField(ge=64, description=_WIDTH, limit=IMAGE_SIDE), LATENT_SCALE_FACTOR)
     # InvokeAI describes height with the width's description; kept so the schemas agree.
-    height: int = _multiple_of(InputField(ge=64, description=_WIDTH), LATENT_SCALE_FACTOR)
+    height: int = _multiple_of(InputField(ge=64, description=_WIDTH, limit=IMAGE_SIDE), LATENT_SCALE_FACTOR)
     mode: LATENTS_INTERPOLATION_MODE = InputField(default="bilinear", description=_INTERP_MODE)
     antialias: bool = InputField(default=False, description=_ANTIALIAS)
 
@@ -203,6 +205,11 @@ class ScaleLatentsInvocation(BaseInvocation):
 
     def invoke(self, context: "InvocationContext") -> LatentsOutput:
         latents = context.tensors.load(self.latents.latents_name)
+        height, width = (int(side * self.scale_factor) * LATENT_SCALE_FACTOR for side in latents.shape[-2:])
+        too_large = size_problem(width, height)
+        if too_large:
+            raise field_error(NodeInputError, self, "scale_factor", f"{self.scale_factor} scales the latents to "
+                                                                     f"{too_large}")
         scaled = _interpolate(latents, self.mode, self.antialias, scale_factor=self.scale_factor)
         name = context.tensors.save(scaled)
         return LatentsOutput.build(name, scaled, seed=self.latents.seed)
@@ -340,8 +347,8 @@ class IdealSizeOutput(BaseInvocationOutput):
 class IdealSizeInvocation(BaseInvocation):
     """The size the model was trained at, with the requested aspect ratio: generate there, then upscale."""
 
-    width: int = InputField(default=1024, description="Final image width")
-    height: int = InputField(default=576, description="Final image height")
+    width: int = InputField(default=1024, description="Final image width", limit=IMAGE_SIDE)
+    height: int = InputField(default=576, description="Final image height", limit=IMAGE_SIDE)
     unet: UNetField = InputField(description=UNET_DESCRIPTION)
     multiplier: float = InputField(default=1.0, description="Amount to multiply the model's dimensions by when "
                                    "calculating the ideal size (may result in initial generation artifacts if too large)")

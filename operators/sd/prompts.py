@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 from invokeai_provider.core.fields import CLIPField, ConditioningField, TensorField
 from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
+from invokeai_provider.core.limits import PROMPT_LENGTH
 from invokeai_provider.core.taxonomy import BaseModelType, SubModelType
 from invokeai_provider.operators.core.primitives import ConditioningOutput
 from invokeai_provider.operators.sd.common import lora_patched, model_service
@@ -29,9 +30,14 @@ _PROMPT = "Prompt to be parsed by Compel to create a conditioning tensor"
 
 def _encode(node: BaseInvocation, context: "InvocationContext", clip: CLIPField, prompt: str, *, pooled: bool,
             field: str, penultimate: bool) -> tuple["torch.Tensor", Optional["torch.Tensor"]]:
-    """Compel embeddings (and the pooled vector) of one prompt with one CLIP text encoder, its LoRAs applied."""
+    """Compel embeddings (and the pooled vector) of one prompt with one CLIP text encoder, its LoRAs applied.
+
+    The prompt is parsed first, off the device: parsing is CPU work that grows with the prompt's length."""
     import torch
     from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
+
+    with context.util.off_device():
+        conjunction = Compel.parse_prompt_string(prompt)
 
     from invokeai_provider.models.patches.apply import prompt_embeddings
     from invokeai_provider.models.stable_diffusion.extensions import clip_skip
@@ -52,7 +58,6 @@ def _encode(node: BaseInvocation, context: "InvocationContext", clip: CLIPField,
                         truncate_long_prompts=False, returned_embeddings_type=embeddings, requires_pooled=pooled,
                         device=models.device, dtype_for_device_getter=lambda _device: text_encoder.dtype,
                         split_long_text_mode=SplitLongTextMode.SENTENCES)
-        conjunction = Compel.parse_prompt_string(prompt)
         embeds, _options = compel.build_conditioning_tensor_for_conjunction(conjunction)
         pooled_embeds = compel.conditioning_provider.get_pooled_embeddings([prompt]) if pooled else None
     return embeds.detach().float().cpu(), None if pooled_embeds is None else pooled_embeds.detach().float().cpu()
@@ -79,7 +84,7 @@ class CompelInvocation(BaseInvocation):
     """Turns a prompt (with compel's weighting syntax) into SD1.x/SD2.x conditioning."""
 
     prompt: str = InputField(default="", description=_PROMPT,
-                             ui_component="textarea")
+                             ui_component="textarea", limit=PROMPT_LENGTH)
     clip: CLIPField = InputField(title="CLIP", description=CLIP_DESCRIPTION)
     mask: Optional[TensorField] = InputField(default=None,
                                              description="A mask defining the region that this conditioning prompt applies to.")
@@ -102,9 +107,9 @@ class SDXLCompelPromptInvocation(BaseInvocation):
     """Turns a prompt (and optional style prompt) into SDXL conditioning with both text encoders."""
 
     prompt: str = InputField(default="", description=_PROMPT,
-                             ui_component="textarea")
+                             ui_component="textarea", limit=PROMPT_LENGTH)
     style: str = InputField(default="", description=_PROMPT,
-                            ui_component="textarea")
+                            ui_component="textarea", limit=PROMPT_LENGTH)
     original_width: int = InputField(default=1024, description="")
     original_height: int = InputField(default=1024, description="")
     crop_top: int = InputField(default=0, description="")
@@ -146,7 +151,7 @@ class SDXLRefinerCompelPromptInvocation(BaseInvocation):
     """Turns a style prompt into SDXL-refiner conditioning (second text encoder, aesthetic score)."""
 
     style: str = InputField(default="", description=_PROMPT,
-                            ui_component="textarea")
+                            ui_component="textarea", limit=PROMPT_LENGTH)
     original_width: int = InputField(default=1024, description="")
     original_height: int = InputField(default=1024, description="")
     crop_top: int = InputField(default=0, description="")

@@ -22,6 +22,7 @@ from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from invokeai_provider.compiler.plan import node_class_produces_images
+from invokeai_provider.compiler.run_conf import check_run_conf
 from invokeai_provider.config import settings
 from invokeai_provider.errors import InvokeAIProviderError, is_input_error
 from invokeai_provider.execution.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
@@ -145,6 +146,9 @@ class _InvokeAITask(BaseOperator):
         Publishes the task's records (key ``invokeai_records``) for other compiled tasks; returns the
         instance list of the mapped task it feeds, else a summary for people (leaf outputs, images)."""
         compiled = get_compiled(self.plan_key)
+        dag_run = context.get("dag_run")
+        with input_errors_fail_for_good():  # before any work: a misspelt key would silently run the defaults
+            check_run_conf(getattr(dag_run, "conf", None), self.dag.params.keys() if self.has_dag() else ())
         env = self._environment(context, self.plan_task)
         if self.instance is not None:
             context[LABEL_CONTEXT_KEY] = self.instance.get("label") or ""  # type: ignore[literal-required]

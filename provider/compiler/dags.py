@@ -200,11 +200,17 @@ def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", mo
 
 def default_task_args() -> dict[str, Any]:
     """Retries for every compiled task (``[invokeai] task_retries`` / ``task_retry_delay_seconds``): a lost
-    worker or a storage outage fails a try, and deterministic artifact names make the retry overwrite it."""
+    worker or a storage outage fails a try, and deterministic artifact names make the retry overwrite it.
+    And an execution timeout (``task_execution_timeout_seconds``): a try stuck past it is failed, which
+    cancels its job in the GPU runtime, so no run holds a worker slot or the device forever."""
     from datetime import timedelta
 
     config = settings()
-    return {"retries": config.task_retries, "retry_delay": timedelta(seconds=config.task_retry_delay_seconds)}
+    args: dict[str, Any] = {"retries": config.task_retries,
+                            "retry_delay": timedelta(seconds=config.task_retry_delay_seconds)}
+    if config.task_execution_timeout_seconds > 0:
+        args["execution_timeout"] = timedelta(seconds=config.task_execution_timeout_seconds)
+    return args
 
 
 def instantiate(calls: list[TaskCall], key: str) -> dict[str, Any]:

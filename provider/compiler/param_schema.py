@@ -9,6 +9,7 @@ against the result.
 from __future__ import annotations
 
 import enum
+import math
 import types
 import typing
 from typing import Any, Mapping, Optional
@@ -204,14 +205,32 @@ def _number(value: Any, integer: bool) -> Any:
     return value
 
 
+def _schema_bounds(target: Mapping[str, Any]) -> tuple[Optional[tuple[float, bool]], Optional[tuple[float, bool]]]:
+    """The bounds a schema already has, as (value, exclusive)."""
+    lower = upper = None
+    for key, exclusive in (("minimum", False), ("exclusiveMinimum", True)):
+        if key in target:
+            lower = _bound(lower, (target.pop(key), exclusive), True)
+    for key, exclusive in (("maximum", False), ("exclusiveMaximum", True)):
+        if key in target:
+            upper = _bound(upper, (target.pop(key), exclusive), False)
+    return lower, upper
+
+
+def _tighter_length(target: dict[str, Any], key: str, value: int) -> None:
+    current = target.get(key)
+    target[key] = value if current is None else (max(current, value) if key.startswith("min") else min(current, value))
+
+
 def apply_constraints(schema: dict[str, Any], info: FieldInfo, settings: Optional[Mapping[str, Any]],
                        node_id: str, field_name: str) -> None:
-    """Bounds, lengths, pattern and multipleOf from the field, tightened by 4.0 form settings."""
+    """Bounds, lengths, pattern and multipleOf from the field (its limits included, `core.limits`), tightened by
+    4.0 form settings. Constraints the schema holds already are kept where tighter, so a Param can take those
+    of every field its value reaches (`compiler.fed_constraints`)."""
     target = schema["items"] if schema.get("type") == "array" and isinstance(schema.get("items"), dict) else schema
     target_type = target.get("type")
     numeric = target_type in ("integer", "number")
-    lower: Optional[tuple[float, bool]] = None
-    upper: Optional[tuple[float, bool]] = None
+    lower, upper = _schema_bounds(target)
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     multiple_of = extra.get("multiple_of")
     for meta in info.metadata:
@@ -230,12 +249,12 @@ def apply_constraints(schema: dict[str, Any], info: FieldInfo, settings: Optiona
             if value is None:
                 continue
             if schema.get("type") == "array":
-                schema["minItems" if attr == "min_length" else "maxItems"] = value
+                _tighter_length(schema, "minItems" if attr == "min_length" else "maxItems", value)
             elif target_type == "string":
-                target["minLength" if attr == "min_length" else "maxLength"] = value
+                _tighter_length(target, "minLength" if attr == "min_length" else "maxLength", value)
         pattern = getattr(meta, "pattern", None)
         if isinstance(pattern, str) and target_type == "string":
-            target["pattern"] = pattern
+            target.setdefault("pattern", pattern)  # two patterns do not merge; the field's own comes first
     if settings and numeric:
         for key, is_lower in (("min", True), ("max", False)):
             if settings.get(key) is None:
@@ -259,6 +278,9 @@ def apply_constraints(schema: dict[str, Any], info: FieldInfo, settings: Optiona
     if upper is not None:
         target["exclusiveMaximum" if upper[1] else "maximum"] = _number(upper[0], integer)
     if multiple_of is not None and numeric:
+        current = target.get("multipleOf")
+        if current is not None and integer and isinstance(current, int) and isinstance(multiple_of, int):
+            multiple_of = math.lcm(current, multiple_of)
         target["multipleOf"] = _number(multiple_of, integer)
 
 

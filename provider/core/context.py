@@ -7,13 +7,14 @@ objects. Heavy libraries (PIL, torch, safetensors) are imported only when a meth
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
 
 from invokeai_provider.core.fields import MetadataField
 from invokeai_provider.errors import ArtifactNotFoundError, CanceledError
@@ -191,6 +192,12 @@ class UtilInterface:
     def raise_if_canceled(self) -> None:
         if self.is_canceled():
             raise CanceledError(f"run canceled while node {self._scope.exec_id} was running")
+
+    def off_device(self) -> ContextManager[None]:
+        """Lets other jobs use the device while this node does CPU-only work (parsing a prompt), where a device
+        is shared (the GPU runtime's ``device`` service); elsewhere nothing waits for it and this does nothing."""
+        device = self._scope.run.services.get("device")
+        return device.released() if device is not None else contextlib.nullcontext()
 
     def signal_progress(self, message: str, percentage: Optional[float] = None, **extra: Any) -> None:
         """Reports progress (to the task log, or to a runtime client) and stops here if the run was canceled."""

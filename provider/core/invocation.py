@@ -15,11 +15,12 @@ from abc import ABC, abstractmethod
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from invokeai_provider.core.fields import BoardField, MetadataField
+from invokeai_provider.core.limits import FieldLimit, check_image_area
 from invokeai_provider.errors import InvalidNodeDefinitionError, MissingInputError, RequiredConnectionError
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def InputField(  # noqa: N802 - mirrors pydantic's Field and InvokeAI's InputFie
     pattern: Optional[str] = None,
     multiple_of: Optional[float] = None,
     field_kind: FieldKind = FieldKind.Input,
+    limit: Optional["FieldLimit"] = None,
     **ui: Any,
 ) -> Any:
     """An input that is optional when the node is built and, unless it has a default, required when it runs.
@@ -85,6 +87,7 @@ def InputField(  # noqa: N802 - mirrors pydantic's Field and InvokeAI's InputFie
     The original requirement and default are kept in the JSON schema extras (`orig_required`,
     `orig_default`), as InvokeAI does, so a schema consumer (the trigger form, `nodes --json`) sees them.
     ``ui`` takes InvokeAI's ui_* hints (ui_type, ui_component, ui_hidden, ui_order, ui_choice_labels).
+    ``limit`` bounds the value by an ``[invokeai]`` option (`invokeai_provider.core.limits`).
     """
     extra: dict[str, Any] = {"field_kind": field_kind.value, "input": input.value}
     extra["orig_required"] = default is PydanticUndefined
@@ -99,7 +102,11 @@ def InputField(  # noqa: N802 - mirrors pydantic's Field and InvokeAI's InputFie
     }
     if default is PydanticUndefined and input is not Input.Direct:
         default = None
-    return Field(default=default, description=description, title=title, json_schema_extra=extra, **constraints)
+    info: FieldInfo = Field(default=default, description=description, title=title, json_schema_extra=extra,
+                            **constraints)
+    if limit is not None:
+        info.metadata.append(limit)
+    return info
 
 
 def OutputField(  # noqa: N802
@@ -144,6 +151,11 @@ class BaseInvocation(ABC, BaseModel):
     @classmethod
     def get_type(cls) -> str:
         return cls.model_fields["type"].default
+
+    @model_validator(mode="after")
+    def _image_area_within_limit(self) -> "BaseInvocation":
+        check_image_area(self)
+        return self
 
     @classmethod
     def input_fields(cls) -> dict[str, FieldInfo]:

@@ -219,6 +219,8 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
     if client is not None:
         from invokeai_provider.graph.engine import ExecutionState
 
+        Graph.from_dict(sub).validate()  # bad literals (a 1 MB prompt, a 100,000 px width) fail here, not on the device
+
         result = client.run_graph(
             {"graph": sub, "embedded_graph": embedded_graph, "workflow_json": workflow_json,
              "env": {"dag_id": env.dag_id, "run_id": env.run_id, "task_id": env.task_id, "map_index": env.map_index,

@@ -33,7 +33,7 @@ from invokeai_provider.core.invocation import BaseInvocation, BaseInvocationOutp
 from invokeai_provider.core.registry import InvocationRegistry
 from invokeai_provider.core.typecompat import type_name
 from invokeai_provider.errors import CanceledError, InvokeAIProviderError, NodeExecutionError, NodeInputError
-from invokeai_provider.graph.graph import COLLECT, COLLECTION_FIELD, IF, ITEM_FIELD, ITERATE, Graph
+from invokeai_provider.graph.graph import COLLECT, COLLECTION_FIELD, IF, ITEM_FIELD, ITERATE, Graph, validation_problem
 
 log = logging.getLogger(__name__)
 
@@ -491,10 +491,12 @@ class Engine:
             try:
                 setattr(invocation, dest_field, value)
             except ValidationError as exc:
-                expected = type_name(type(invocation).input_type(dest_field))
+                first = exc.errors()[0]
+                problem = (f": {validation_problem(first)}" if first.get("type") == "value_error" else
+                           f" (expected {type_name(type(invocation).input_type(dest_field))}): {first.get('msg')}")
                 raise NodeInputError(
                     f"node {node.source_id} ({node_type}): value from {parent}.{field_name} does not fit field "
-                    f"{dest_field} (expected {expected}): {exc.errors()[0].get('msg')}",
+                    f"{dest_field}{problem}",
                     node_id=node.source_id, field=dest_field) from None
         return invocation
 

@@ -106,14 +106,24 @@ def build_node(node_key: str, data: Any) -> BaseInvocation:
         raise error from None
 
 
+def validation_problem(error: Mapping[str, Any]) -> str:
+    """What one pydantic error says: a validator's own message as raised, else pydantic's text."""
+    if error.get("type") == "value_error" and (error.get("ctx") or {}).get("error") is not None:
+        return str(error["ctx"]["error"])
+    return str(error.get("msg", "is invalid"))
+
+
 def node_validation_error(node_id: str, node_class: type[BaseInvocation], exc: ValidationError) -> NodeValidationError:
     first = exc.errors()[0]
-    loc = first.get("loc") or ("?",)
+    # a node-level check (no loc) names the input it is about on the error it raises (core.limits)
+    loc = first.get("loc") or (getattr((first.get("ctx") or {}).get("error"), "field", None) or "?",)
     field = ".".join(str(p) for p in loc)
     top = str(loc[0])
     if first.get("type") == "extra_forbidden":
         known = ", ".join(sorted(node_class.input_fields()))
         message = f'node {node_id} ({node_class.get_type()}): unknown field "{top}"; expected one of: {known}'
+    elif first.get("type") == "value_error":  # a check of ours (a limit, a validator): its message says it all
+        message = f'node {node_id} ({node_class.get_type()}): field "{field}": {validation_problem(first)}'
     else:
         expected = type_name(node_class.input_type(top)) if top in node_class.model_fields else "?"
         message = (f'node {node_id} ({node_class.get_type()}): field "{field}" {first.get("msg", "is invalid")}'

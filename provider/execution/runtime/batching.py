@@ -8,6 +8,11 @@ item with the same key (same run, UNet, shapes and timesteps, up to ``max_batch`
 hands each its latents. So batches form by themselves when tasks of a mapped run queue at the runtime,
 and a lone task waits for nobody. Each item keeps its own scheduler and seeds (see
 `models.stable_diffusion.denoise_loop`), so a batched item gives the same image as an unbatched one.
+
+A node doing CPU-only work (parsing a prompt) steps off the device meanwhile (`DeviceScheduler.released`).
+A canceled job that does not stop in time is abandoned (`DeviceScheduler.abandon`): its thread loses the
+device at once and can never take it again, so the next job starts while the old thread finishes the
+step it is in and then stops at its next cancel check.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import CanceledError, InvokeAIProviderError
 
 
 class RuntimeConfigError(InvokeAIProviderError):
@@ -65,32 +70,62 @@ class DeviceScheduler:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._busy = False  # a job's thread is on the device
+        self._holder: Optional[int] = None  # that thread's ident
         self._wanting = 0  # job threads waiting to get on the device (not parked ones)
         self._parked: list[_Parked] = []
+        self._abandoned: set[int] = set()  # threads of abandoned jobs: never on the device again
 
     @contextmanager
     def job(self) -> Iterator[None]:
-        """The device, for one job's run (given up only while its denoise node is parked)."""
+        """The device, for one job's run (given up while its denoise node is parked or it is `released`)."""
         self._take_device()
         try:
             yield
         finally:
             self._give_device()
 
-    def for_run(self, run_key: str) -> "RunBatcher":
-        """The ``denoise_batcher`` service of one job: its items only batch with items of the same run."""
-        return RunBatcher(self, run_key)
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Off the device for CPU-only work inside a job, so other jobs use it meanwhile; back on it after."""
+        self._give_device()
+        try:
+            yield
+        finally:
+            self._take_device()
+
+    def abandon(self, thread_ident: int) -> None:
+        """Takes the device from a canceled job's thread that did not stop; that thread cannot take it again
+        (it raises CanceledError where it would) until `forget` is called for it."""
+        with self._cond:
+            self._abandoned.add(thread_ident)
+            if self._holder == thread_ident:
+                self._busy, self._holder = False, None
+            self._cond.notify_all()
+
+    def forget(self, thread_ident: int) -> None:
+        """The abandoned thread has finished (its ident may be reused by a new thread)."""
+        with self._cond:
+            self._abandoned.discard(thread_ident)
+
+    def for_run(self, run_key: str) -> "RunDevice":
+        """The ``device`` service of one job: its denoise items only batch with items of the same run."""
+        return RunDevice(self, run_key)
 
     def denoise(self, item: Any, run_key: str) -> Any:
         """The item's latents, denoised with the other parked items of its key; called on the device."""
         from invokeai_provider.models.stable_diffusion.denoise_loop import run_denoise
 
+        me = threading.get_ident()
         mine = _Parked(item, f"{run_key}\n{item.batch_key()}")
         with self._cond:
             self._parked.append(mine)
-            self._busy = False
+            if self._holder == me:
+                self._busy, self._holder = False, None
             self._cond.notify_all()
             while not mine.done and (mine.taken or self._parked[0] is not mine or self._busy or self._wanting):
+                if me in self._abandoned and not mine.taken:
+                    self._parked.remove(mine)
+                    raise CanceledError("the job was abandoned while its denoise item waited for a batch")
                 self._cond.wait()
             if mine.done:  # another thread denoised it in its batch; back on the device for the rest of the job
                 self._take_device()
@@ -99,7 +134,7 @@ class DeviceScheduler:
             self._parked = [p for p in self._parked if p not in group]
             for parked in group:
                 parked.taken = True
-            self._busy = True
+            self._busy, self._holder = True, me
         try:
             outcomes: list[Any] = run_denoise([p.item for p in group])
         except BaseException as exc:  # noqa: BLE001 - a failing UNet pass fails every item of the batch
@@ -112,26 +147,38 @@ class DeviceScheduler:
         return _unwrap(mine.outcome)
 
     def _take_device(self) -> None:
+        me = threading.get_ident()
         with self._cond:
             self._wanting += 1
-            while self._busy:
-                self._cond.wait()
-            self._wanting -= 1
-            self._busy = True
+            try:
+                while self._busy or me in self._abandoned:
+                    if me in self._abandoned:
+                        raise CanceledError("the job was abandoned: its thread may not take the device again")
+                    self._cond.wait()
+            finally:
+                self._wanting -= 1
+            self._busy, self._holder = True, me
 
     def _give_device(self) -> None:
         with self._cond:
-            self._busy = False
-            self._cond.notify_all()
+            if self._holder == threading.get_ident():  # an abandoned thread no longer holds it
+                self._busy, self._holder = False, None
+                self._cond.notify_all()
 
 
 @dataclass
-class RunBatcher:
+class RunDevice:
+    """One job's view of the runtime's device: denoise items share batches within the job's run, and CPU-only
+    work steps off the device."""
+
     scheduler: DeviceScheduler
     run_key: str
 
     def denoise(self, item: Any) -> Any:
         return self.scheduler.denoise(item, self.run_key)
+
+    def released(self) -> Any:
+        return self.scheduler.released()
 
 
 def _unwrap(outcome: Optional[Any]) -> Any:

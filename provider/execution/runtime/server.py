@@ -11,7 +11,10 @@ with the log lines and denoising progress streamed into the task's own log while
   concurrent jobs of one DAG run, with the same UNet and shapes, share their UNet passes in one batch.
   ``max_batch`` 1 runs one job after the other.
 - A connection thread per client reads its ``cancel`` or notices it closing (the task was killed or timed
-  out) and sets the job's cancel event; the engine stops at the next denoising step.
+  out) and sets the job's cancel event; the engine stops at its next check (between nodes, at each
+  denoising step or tile). A job that has not stopped ``cancel_grace_seconds`` later (a node in a long step
+  without checks) is abandoned: its task is answered, the device goes to the next job and a new executor
+  thread replaces the job's, which ends when its step returns (a Python thread cannot be killed).
 - Models stay in the RAM/VRAM cache (LRU within ``ram_cache_gb``/``vram_cache_gb``); ``--preload`` loads
   named models at start. Each result carries the cache's hits, misses and load seconds for that job.
 - A failing segment is answered with its error and the runtime carries on; if the runtime itself dies, the
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from invokeai_provider.config import settings
 from invokeai_provider.errors import CanceledError, InvokeAIProviderError
 from invokeai_provider.execution.runtime.batching import DeviceScheduler, configured_max_batch
 from invokeai_provider.execution.runtime.protocol import (
@@ -64,6 +68,14 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     client_gone: bool = False
+    canceled_at: Optional[float] = None  # time.monotonic() of the first cancel
+    thread_ident: Optional[int] = None  # the executor thread running it
+    abandoned: bool = False
+
+    def cancel(self) -> None:
+        if self.canceled_at is None:
+            self.canceled_at = time.monotonic()
+        self.cancel_event.set()
 
     def send(self, message: dict[str, Any]) -> None:
         if self.client_gone or self.connection is None:
@@ -95,7 +107,7 @@ class RuntimeServer:
     def __init__(self, socket_path: str | os.PathLike[str], device: str = "cpu", *,
                  preload: Sequence[str] = (), model_root: Optional[str] = None,
                  ram_cache_gb: Optional[float] = None, vram_cache_gb: Optional[float] = None,
-                 max_batch: Optional[int] = None) -> None:
+                 max_batch: Optional[int] = None, cancel_grace_seconds: Optional[float] = None) -> None:
         self.socket_path = Path(socket_path)
         self.device = device
         self.preload = list(preload)
@@ -106,9 +118,13 @@ class RuntimeServer:
         self.jobs_run = 0
         self.jobs_failed = 0
         self.jobs_canceled = 0
+        self.jobs_abandoned = 0
+        self.cancel_grace_seconds = (cancel_grace_seconds if cancel_grace_seconds is not None
+                                     else settings().runtime_cancel_grace_seconds)
         self.preloaded: list[str] = []
         self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self._numbers = itertools.count(1)
+        self._executor_numbers = itertools.count(0)
         self._running: set[_Job] = set()
         self._running_lock = threading.Lock()
         self.device_scheduler = DeviceScheduler(max_batch if max_batch is not None else configured_max_batch())
@@ -123,9 +139,9 @@ class RuntimeServer:
         """Binds the socket and starts the executor and accept threads; returns at once."""
         self._check_device()
         self._bind()
-        self._threads = [threading.Thread(target=self._executor, name=f"runtime-executor-{n}", daemon=True)
-                         for n in range(self.device_scheduler.max_batch)]
+        self._threads = [self._executor_thread() for _ in range(self.device_scheduler.max_batch)]
         self._threads.append(threading.Thread(target=self._accept_loop, name="runtime-accept", daemon=True))
+        self._threads.append(threading.Thread(target=self._watchdog, name="runtime-watchdog", daemon=True))
         for thread in self._threads:
             thread.start()
         if self.preload:
@@ -149,12 +165,12 @@ class RuntimeServer:
         self._stop.set()
         with self._running_lock:
             for job in self._running:
-                job.cancel_event.set()
+                job.cancel()
         for _ in range(self.device_scheduler.max_batch):
             self._queue.put(None)
         if self._listener is not None:
             self._listener.close()
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(timeout=30)
         self.socket_path.unlink(missing_ok=True)
 
@@ -243,29 +259,68 @@ class RuntimeServer:
                 if not job.done.is_set():
                     log.info("job %d: its task disconnected; canceling", job.number)
                     job.client_gone = True
-                    job.cancel_event.set()
+                    job.cancel()
                 break
             if message.get("op") == "cancel":
                 log.info("job %d: canceled by its task", job.number)
-                job.cancel_event.set()
+                job.cancel()
         job.done.wait()
 
     # --- execution --------------------------------------------------------------------------------
+
+    def _executor_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._executor, name=f"runtime-executor-{next(self._executor_numbers)}",
+                                daemon=True)
 
     def _executor(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
+            job.thread_ident = threading.get_ident()
             with self._running_lock:
                 self._running.add(job)
             try:
                 with self.device_scheduler.job():
                     self._execute(job)
+            except CanceledError:
+                pass  # abandoned while it waited for the device; already answered
             finally:
                 with self._running_lock:
                     self._running.discard(job)
                 job.done.set()
+            if job.abandoned:  # a replacement took this thread's place when the job was abandoned
+                self.device_scheduler.forget(job.thread_ident)
+                log.info("job %d: its abandoned thread has ended", job.number)
+                return
+
+    def _watchdog(self) -> None:
+        """Abandons canceled jobs that have not stopped within the grace period."""
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            with self._running_lock:
+                overdue = [job for job in self._running if not job.abandoned and job.canceled_at is not None
+                           and job.thread_ident is not None and now - job.canceled_at >= self.cancel_grace_seconds]
+            for job in overdue:
+                self._abandon(job)
+
+    def _abandon(self, job: _Job) -> None:
+        job.abandoned = True
+        self.jobs_canceled += 1  # an abandoned job is a canceled one that did not stop in time
+        self.jobs_abandoned += 1
+        log.warning("job %d: still running %.1f s after it was canceled; abandoning it (the device goes to the next "
+                    "job, its thread stops at its next cancel check)", job.number, self.cancel_grace_seconds)
+        job.send(error_message(CanceledError(
+            f"canceled; the job did not stop within {self.cancel_grace_seconds:g} s, so the runtime gave the device "
+            "to the next job")))
+        job.client_gone = True  # nothing more goes to its task
+        job.done.set()  # its connection thread returns
+        assert job.thread_ident is not None
+        self.device_scheduler.abandon(job.thread_ident)
+        if not self._stop.is_set():
+            thread = self._executor_thread()
+            self._threads.append(thread)
+            thread.start()
 
     def _execute(self, job: _Job) -> None:
         """Runs one job on the device and answers its task; a failure is the job's, never the runtime's."""
@@ -278,6 +333,9 @@ class RuntimeServer:
             else:
                 job.send(self._run(job))
         except BaseException as exc:  # noqa: BLE001 - the job fails, the runtime carries on
+            if job.abandoned:
+                log.info("job %d (abandoned) stopped: %s", job.number, exc)
+                return
             if isinstance(exc, CanceledError) or job.cancel_event.is_set():
                 self.jobs_canceled += 1
             else:
@@ -300,7 +358,7 @@ class RuntimeServer:
         identity = self._identity()
         logger.info("running %s on %s (runtime pid %d, job %d)", env.task_id, self.device, os.getpid(), job.number)
         services = {"models": self._manager(env.model_root),
-                    "denoise_batcher": self.device_scheduler.for_run(f"{env.tenant}/{env.dag_id}/{env.run_id}")}
+                    "device": self.device_scheduler.for_run(f"{env.tenant}/{env.dag_id}/{env.run_id}")}
         state = run_graph_in_process(request["graph"], env, services,
                                      embedded_graph=request.get("embedded_graph"),
                                      workflow_json=request.get("workflow_json"), runtime=identity)
@@ -344,8 +402,9 @@ class RuntimeServer:
 
     @property
     def busy(self) -> bool:
+        """A job that is not abandoned is running (an abandoned one no longer holds the device)."""
         with self._running_lock:
-            return bool(self._running)
+            return any(not job.abandoned for job in self._running)
 
     def _identity(self) -> dict[str, Any]:
         return {"device": self.device, "pid": os.getpid(), "socket": str(self.socket_path),
@@ -355,10 +414,12 @@ class RuntimeServer:
         caches = {str(root): {**manager.cache.stats.as_dict(), "models": manager.cache.keys()}
                   for root, manager in list(self._managers.items())}  # the executor may add one meanwhile
         return {**self._identity(), "uptime_seconds": round(time.time() - self.started, 1),
-                "busy": self.busy, "running": len(self._running), "queued": self._queue.qsize(),
+                "busy": self.busy, "running": sum(not job.abandoned for job in list(self._running)),
+                "abandoned_running": sum(job.abandoned for job in list(self._running)), "queued": self._queue.qsize(),
                 "max_batch": self.device_scheduler.max_batch, "denoise_batches": self.device_scheduler.stats.as_dict(),
                 "jobs_run": self.jobs_run,
-                "jobs_failed": self.jobs_failed, "jobs_canceled": self.jobs_canceled, "preloaded": self.preloaded,
+                "jobs_failed": self.jobs_failed, "jobs_canceled": self.jobs_canceled,
+                "jobs_abandoned": self.jobs_abandoned, "preloaded": self.preloaded,
                 "model_caches": caches}
 
 

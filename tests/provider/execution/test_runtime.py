@@ -374,6 +374,111 @@ def test_a_closed_connection_cancels_the_job(tmp_path: Path, tiny_registry, runt
     assert not client.status()["busy"]
 
 
+def test_a_canceled_job_stuck_in_a_long_step_is_abandoned_and_the_next_job_starts(
+        tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer]) -> None:
+    """A node in a step without cancel checks: after the grace period the runtime answers the canceled task,
+    gives the device to the job queued behind it and replaces the executor thread; the old thread ends later."""
+    runtime = make_runtime(max_batch=1, cancel_grace_seconds=0.5)
+    client = RuntimeClient(str(runtime.socket_path))
+    env = {"dag_id": "slow", "task_id": "t", "tenant": "acme", "artifact_root": (tmp_path / "a").as_uri(),
+           "model_root": tiny_registry.root.as_uri()}
+    stuck = {"id": "stuck", "nodes": {"block": {"id": "block", "type": "test_blocking_step", "seconds": 6}},
+             "edges": []}
+    stuck_cancel, started = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run_stuck() -> None:
+        try:
+            client.run_graph({"graph": stuck, "env": {**env, "run_id": "stuck"}}, logger=logging.getLogger("stuck"),
+                             cancel_event=stuck_cancel, on_progress=lambda event: started.set())
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome["stuck"] = (exc, time.monotonic())
+
+    threading.Thread(target=run_stuck, daemon=True).start()
+    assert started.wait(30)
+    queued_done: dict[str, float] = {}
+
+    def run_queued() -> None:
+        client.run_graph({"graph": sd1_graph(steps=2), "env": {**env, "run_id": "queued"}},
+                         logger=logging.getLogger("queued"), cancel_event=threading.Event())
+        queued_done["at"] = time.monotonic()
+
+    queued = threading.Thread(target=run_queued, daemon=True)
+    queued.start()
+    time.sleep(0.5)
+    assert client.status()["queued"] == 1  # waits behind the stuck job
+    canceled_at = time.monotonic()
+    stuck_cancel.set()
+    queued.join(30)
+    assert "at" in queued_done, "the job queued behind the stuck one did not run"
+    exc, answered_at = outcome["stuck"]
+    assert isinstance(exc, CanceledError) and "did not stop within 0.5 s" in str(exc)
+    assert answered_at - canceled_at < 3  # not the 6 s the step takes
+    assert queued_done["at"] - canceled_at < 4.5  # the queued job started at once, not after the step
+    status = client.status()
+    assert status["jobs_abandoned"] == 1 and status["jobs_run"] == 1 and not status["busy"]
+    deadline = time.monotonic() + 20
+    while client.status()["abandoned_running"]:  # the old thread ends when its step returns
+        assert time.monotonic() < deadline, "the abandoned thread never ended"
+        time.sleep(0.2)
+    assert not [p for p in (tmp_path / "a").rglob("*") if "stuck" in p.parts and p.is_file()]
+    assert list((tmp_path / "a").rglob("queued/images/*.png"))
+
+
+def test_device_scheduler_released_lets_another_job_on_and_abandon_bars_the_old_thread() -> None:
+    from invokeai_provider.execution.runtime.batching import DeviceScheduler
+
+    scheduler = DeviceScheduler(1)
+    order: list[str] = []
+    in_release, other_done = threading.Event(), threading.Event()
+
+    def parser() -> None:
+        with scheduler.job():
+            with scheduler.released():  # CPU work: the other job gets the device meanwhile
+                in_release.set()
+                assert other_done.wait(5)
+                order.append("parsed")
+            order.append("encoded")
+
+    def other() -> None:
+        assert in_release.wait(5)
+        with scheduler.job():
+            order.append("other")
+        other_done.set()
+
+    threads = [threading.Thread(target=parser), threading.Thread(target=other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["other", "parsed", "encoded"]
+
+    holder_ident: list[int] = []
+    holding, abandoned = threading.Event(), threading.Event()
+    raised: list[BaseException] = []
+
+    def stuck() -> None:
+        holder_ident.append(threading.get_ident())
+        with scheduler.job():
+            holding.set()
+            assert abandoned.wait(5)
+            try:
+                with scheduler.released():
+                    pass
+            except CanceledError as exc:  # may not come back on the device
+                raised.append(exc)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    assert holding.wait(5)
+    scheduler.abandon(holder_ident[0])
+    with scheduler.job():  # free at once, although the stuck thread never gave it back
+        abandoned.set()
+    thread.join(5)
+    assert raised and "abandoned" in str(raised[0])
+    scheduler.forget(holder_ident[0])
+
+
 def test_preload_makes_the_first_task_a_cache_hit(tmp_path: Path, tiny_registry, runtime: RuntimeServer) -> None:
     client = RuntimeClient(str(runtime.socket_path))
     answer = client.preload(["tiny-sd1"], tiny_registry.root.as_uri())

@@ -21,8 +21,17 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
+from invokeai_provider.compiler.fed_constraints import apply_fed_constraints
 from invokeai_provider.compiler.model_choices import ModelNames
-from invokeai_provider.compiler.param_schema import allow_null, apply_constraints, base_schema, fits, kind_of, unwrap
+from invokeai_provider.compiler.param_schema import (
+    allow_null,
+    apply_constraints,
+    base_schema,
+    fits,
+    kind_of,
+    schema_problem,
+    unwrap,
+)
 from invokeai_provider.compiler.param_values import current_value, param_value
 from invokeai_provider.errors import BatchItemsTypeError, NodeFieldNotFoundError, NodeNotFoundError, WorkflowError
 from invokeai_provider.execution.tenants import TENANT_PARAM
@@ -111,6 +120,87 @@ def _is_prompt(node: "BaseInvocation", field_name: str, label: str, extra: Mappi
     return node.get_type() == "string" and field_name == "value" and "prompt" in label.lower()
 
 
+def _is_metadata_node(node: "BaseInvocation") -> bool:
+    ui = getattr(type(node), "UIConfig", None)
+    return ui is not None and ui.category == "metadata"
+
+
+def _passes_through(node: "BaseInvocation", inputs: Mapping[str, FieldInfo], field_name: str) -> bool:
+    """A primitive-like node: one input, given out unchanged under the same name (string, integer, scheduler,
+    "Any Model"); a loader's one input becomes other outputs."""
+    output_class = getattr(type(node), "output_class", None)
+    return len(inputs) == 1 and output_class is not None and field_name in output_class.model_fields
+
+
+def _fed_fields(document: "Document", node_id: str, field_name: str) -> list[tuple["BaseInvocation", str]]:
+    """The node inputs that output ``field_name`` feeds, in edge order with metadata nodes last: they say what a
+    primitive's value is for, and metadata only records it."""
+    graph = document.graph
+    fed = [(graph.nodes[e.destination.node_id], e.destination.field) for e in graph.output_edges(node_id, field_name)
+           if e.destination.node_id in graph.nodes]
+    return sorted(fed, key=lambda item: _is_metadata_node(item[0]))
+
+
+def _node_notes(document: "Document", node_id: str) -> str:
+    if document.workflow is None:
+        return ""
+    for raw in document.workflow.raw.get("nodes", []):
+        if isinstance(raw, Mapping) and str(raw.get("id")) == node_id:
+            data = raw.get("data")
+            return str(data.get("notes") or "").strip() if isinstance(data, Mapping) else ""
+    return ""
+
+
+def _help_text(document: "Document", ref: "FieldRef", node: "BaseInvocation", info: FieldInfo,
+               primitive: bool) -> str:
+    """The Param's help text, the workflow's own words first.
+
+    The exposed field's description in the workflow wins. A primitive (string, integer, "Any Model") only
+    says "The string value" of itself: its notes, then the description of the first field its output feeds
+    (a prompt, the steps), come before that. Other nodes describe each input, so their notes (about the
+    whole node) come only after the field's description.
+    """
+    if ref.description.strip():
+        return ref.description.strip()
+    notes = _node_notes(document, ref.node_id)
+    if not primitive:
+        return info.description or notes
+    if notes:
+        return notes
+    for target, field_name in _fed_fields(document, ref.node_id, ref.field_name):
+        fed = type(target).input_fields().get(field_name)
+        if fed is not None and fed.description:
+            return fed.description
+    return info.description or ""
+
+
+def _model_hints(node: "BaseInvocation", field_name: str) -> bool:
+    info = type(node).input_fields().get(field_name)
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    return extra.get("ui_model_type") is not None or extra.get("ui_model_base") is not None
+
+
+def _model_choices(document: "Document", ref: "FieldRef", node: "BaseInvocation",
+                   model_names: ModelNames) -> list[str]:
+    """Installed models the field takes. A field that takes any model ("Any Model") offers only those that
+    every typed model field it feeds takes (the SD1.5 loader's main models, not LoRAs or VAEs)."""
+    names = [str(n) for n in model_names(node.get_type(), ref.field_name) or []]
+    if not _model_hints(node, ref.field_name):
+        for target, field_name in _fed_fields(document, ref.node_id, ref.field_name):
+            if _model_hints(target, field_name):
+                allowed = {str(n) for n in model_names(target.get_type(), field_name) or []}
+                names = [n for n in names if n in allowed]
+    return list(dict.fromkeys(names))
+
+
+def _empty_is_default(schema: Mapping[str, Any], kind: str, extra: Mapping[str, Any]) -> bool:
+    """A text field whose node default is "" (a negative prompt): Airflow's form sends an emptied box as null
+    and marks a string Param without "null" required, so the Param takes null too; a null value leaves the
+    field unset, which gives the node's "" default."""
+    return (kind == "value" and schema.get("type") == "string" and "enum" not in schema
+            and not extra.get("orig_required") and extra.get("orig_default") == "")
+
+
 def _value_spec(document: "Document", ref: "FieldRef", namer: _Namer,
                 model_names: Optional[ModelNames], legacy: bool) -> ParamSpec:
     graph = document.graph
@@ -135,6 +225,7 @@ def _value_spec(document: "Document", ref: "FieldRef", namer: _Namer,
     kind = kind_of(inner)
     schema = base_schema(inner, info, ref.node_id, ref.field_name)
     apply_constraints(schema, info, settings, ref.node_id, ref.field_name)
+    apply_fed_constraints(schema, graph, ref.node_id, ref.field_name)
 
     node_label = document.workflow.node_label(ref.node_id) if document.workflow is not None else ""
     field_title = _field_title(info, ref.field_name)
@@ -148,7 +239,7 @@ def _value_spec(document: "Document", ref: "FieldRef", namer: _Namer,
     else:
         title, base_name = field_title, f"{_slug(node.get_type())}_{_slug(ref.field_name)}"
     schema["title"] = title
-    description = ref.description or info.description or ""
+    description = _help_text(document, ref, node, info, _passes_through(node, inputs, ref.field_name))
     if description and ref.show_description:
         schema["description"] = description
     section = ref.section if not legacy else (node_label or _type_title(node))
@@ -157,7 +248,7 @@ def _value_spec(document: "Document", ref: "FieldRef", namer: _Namer,
 
     default = param_value(kind, value) if has_value else None
     if kind == "model" and model_names is not None and schema.get("type") == "string":
-        names = list(dict.fromkeys(str(n) for n in model_names(node.get_type(), ref.field_name) or []))
+        names = _model_choices(document, ref, node, model_names)
         if names:
             if default not in (None, "") and default not in names:
                 names.append(str(default))
@@ -187,7 +278,7 @@ def _value_spec(document: "Document", ref: "FieldRef", namer: _Namer,
 
     if default is not None:
         schema["default"] = default
-        if nullable or kind == "board":
+        if nullable or kind == "board" or _empty_is_default(schema, kind, extra):
             allow_null(schema)
     elif not extra.get("orig_required") or kind == "board":
         allow_null(schema)
@@ -219,6 +310,7 @@ def _batch_specs(document: "Document", namer: _Namer) -> list[ParamSpec]:
             item_kind = kind_of(inner)
             item_schema = base_schema(inner, info, datum.node_path, datum.field_name)
             apply_constraints(item_schema, info, None, datum.node_path, datum.field_name)
+            apply_fed_constraints(item_schema, graph, datum.node_path, datum.field_name)
             items = [param_value(item_kind, i) for i in raw_items]
             for item in items:
                 if not fits(item_schema, item):
@@ -226,6 +318,11 @@ def _batch_specs(document: "Document", namer: _Namer) -> list[ParamSpec]:
                         f"batch data for {datum.node_path}.{datum.field_name}: item {json.dumps(item)[:80]} does not "
                         f"fit the field (expected {item_schema.get('type')})",
                         node_id=datum.node_path, field=datum.field_name)
+                problem = schema_problem(item_schema, item)
+                if problem:  # the trigger would refuse the document's own items as the Param's default
+                    raise BatchItemsTypeError(f"batch data for {datum.node_path}.{datum.field_name}: item "
+                                              f"{json.dumps(item)[:80]}: {problem}",
+                                              node_id=datum.node_path, field=datum.field_name)
             label = document.workflow.node_label(datum.node_path) if document.workflow is not None else ""
             schema: dict[str, Any] = {
                 "type": "array",

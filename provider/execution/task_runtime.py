@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSION_AXIS, SESSIONS, Plan, TaskPlan
 from invokeai_provider.config import settings
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.errors import BatchZippedLengthError, InvokeAIProviderError
 from invokeai_provider.execution.instances import RecordIndex, build_instances, collect_groups
 from invokeai_provider.graph.graph import Graph
 
@@ -139,10 +139,17 @@ def _run_sessions(compiled: CompiledDocument, env: TaskEnvironment) -> dict[str,
     from invokeai_provider.graph.batch import Batch
 
     raw = copy.deepcopy(compiled.batch or {})
+    given: dict[int, dict[str, int]] = {}  # zip group -> Param name -> how many items the run gave
     for spec in compiled.param_specs:
         if spec.kind == "batch" and spec.name in env.params and spec.batch_index is not None:
             group, datum = spec.batch_index
             raw["data"][group][datum]["items"] = list(env.params[spec.name] or [])
+            given.setdefault(group, {})[spec.name] = len(raw["data"][group][datum]["items"])
+    for counts in given.values():
+        if len(set(counts.values())) > 1:
+            raise BatchZippedLengthError(
+                "batch Params zipped together must have the same number of items, got "
+                + ", ".join(f"{name} {count}" for name, count in counts.items()))
     batch = Batch.model_validate(raw)
     sessions = [[fv.model_dump(mode="json") for fv in values] for values in batch.sessions()]
     env.logger.info("batch: %d sessions", len(sessions))
@@ -220,6 +227,7 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
         from invokeai_provider.graph.engine import ExecutionState
 
         Graph.from_dict(sub).validate()  # bad literals (a 1 MB prompt, a 100,000 px width) fail here, not on the device
+        env.logger.info("handing %d nodes to the GPU runtime at %s", len(sub["nodes"]), client.socket_path)
 
         result = client.run_graph(
             {"graph": sub, "embedded_graph": embedded_graph, "workflow_json": workflow_json,

@@ -57,9 +57,10 @@ def test_sdxl_workflow_form() -> None:
     assert "dpmpp_2m_k" in specs["scheduler"].schema["enum"]
     raw = json.loads(SDXL_WORKFLOW.read_text())
     assert raw["meta"]["version"] == "4.0.0"
-    loader = next(n for n in raw["nodes"] if n["id"] == "model")
+    loader = next(n for n in raw["nodes"] if n["id"] == "model_loader")
     assert loader["data"]["type"] == "sdxl_model_loader"
-    assert loader["data"]["inputs"]["model"]["value"]["base"] == "sdxl"
+    model = next(n for n in raw["nodes"] if n["id"] == "model")  # an "Any Model" node feeds the loader and metadata
+    assert model["data"]["inputs"]["model"]["value"]["base"] == "sdxl"
 
 
 def test_prompt_list_workflow_form() -> None:
@@ -104,7 +105,7 @@ def test_sdxl_workflow_runs(airflow_run) -> None:
     assert metadata["cfg_scale"] == 5.5
     assert metadata == image["metadata"]
     graph = json.loads(text["invokeai_graph"])
-    assert graph["nodes"]["model"]["type"] == "sdxl_model_loader"
+    assert graph["nodes"]["model_loader"]["type"] == "sdxl_model_loader"
     assert graph["nodes"]["scheduler"]["scheduler"] == "euler"
     assert len(set(png_pixels(image["uri"]))) > 1  # not a blank image
 
@@ -123,7 +124,7 @@ def test_run_sets_a_model_field_by_name(airflow_run) -> None:
 def test_run_refuses_an_unknown_model_name_naming_the_node_and_field(airflow_run) -> None:
     result = airflow_run(SD15_WORKFLOW, "model.model=no-such-model", expect_failure=True)
     assert result["returncode"] != 0
-    assert "node model (main_model_loader): field model:" in result["stderr"]
+    assert "node model (model_identifier): field model:" in result["stderr"]
     assert "no-such-model" in result["stderr"]
 
 
@@ -172,7 +173,8 @@ def test_prompt_list_batch_lists_must_have_the_same_length(airflow_run) -> None:
     states = {t["task_id"]: t["state"] for t in result["tasks"]}
     assert states.pop("batch_sessions") == "failed"
     assert set(states.values()) == {"upstream_failed"}
-    assert "same length" in run["stderr"]
+    assert ("batch Params zipped together must have the same number of items, got positive_prompt_value_batch 3, "
+            "seed_value_batch 2") in run["stderr"]
 
 
 def test_an_empty_batch_list_is_refused_at_the_trigger(airflow_run, artifact_root: Path) -> None:
@@ -194,7 +196,7 @@ def test_an_input_error_fails_its_task_for_good_without_retries(airflow_run) -> 
     run = json.loads(result["stdout"])
     [batch] = [t for t in run["tasks"] if t["task_id"] == "batch_sessions"]
     assert (batch["state"], batch["try_number"]) == ("failed", 1)
-    assert "same length" in result["stderr"]
+    assert "must have the same number of items, got positive_prompt_value_batch 3" in result["stderr"]
 
 
 # --- the hand-written DAG ---------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class ClusterClient:
         run = af.DagRunApi(self.api).trigger_dag_run(dag_id, af.TriggerDAGRunPostBody(logical_date=None, conf=conf))
         return run.dag_run_id
 
+    def mark_failed(self, dag_id: str, run_id: str) -> None:
+        """What a user does in the UI to stop a run: its running tasks are killed."""
+        af.DagRunApi(self.api).patch_dag_run(dag_id, run_id, af.DAGRunPatchBody(state="failed"))
+
     def run_ids(self, dag_id: str) -> list[str]:
         return [r.dag_run_id for r in af.DagRunApi(self.api).get_dag_runs(dag_id, limit=100).dag_runs]
 
@@ -117,6 +121,12 @@ def worker_of(hostname: Optional[str]) -> str:
 
 def service_pid(settings: ClusterSettings, name: str) -> int:
     return int(read_pids(Path(settings.state_dir))["services"][name])
+
+
+def task_logs(settings: ClusterSettings, dag_id: str, run_id: str) -> str:
+    """Every task log of a run, for the message of a failed assertion."""
+    base = Path(settings.home) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}" for log in sorted(base.glob("**/*.log")))
 
 
 def wait_for_task_log(settings: ClusterSettings, dag_id: str, run_id: str, needle: str, *, attempt: int = 1,

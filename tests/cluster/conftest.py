@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +18,25 @@ import pytest
 from cluster_client import ClusterClient
 
 REPO = Path(__file__).resolve().parents[2]
+TEST_WORKFLOWS = Path(__file__).with_name("workflows")
+
+
+def cluster_dags(target: Path) -> Path:
+    """The example dags/ plus this folder's test workflows (the blocking-step DAG of the cancel test)."""
+    shutil.copytree(REPO / "dags", target, ignore=shutil.ignore_patterns("__pycache__"))
+    for workflow in TEST_WORKFLOWS.glob("*.json"):
+        shutil.copy(workflow, target / "workflows" / workflow.name)
+    return target
+
+
+def node_pack_path(target: Path) -> str:
+    """A sys.path entry that registers tests/nodes_for_tests.py as a node pack (an entry point in a bare
+    dist-info), so the cluster's processes, the GPU runtime included, know the test_* node types."""
+    info = target / "invokeai_provider_test_nodes-0.0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: invokeai-provider-test-nodes\nVersion: 0.0.0\n")
+    (info / "entry_points.txt").write_text("[invokeai_provider.nodes]\ntest_nodes = nodes_for_tests\n")
+    return os.pathsep.join([str(target), str(REPO / "tests")])
 
 
 def _answers(port: int) -> bool:
@@ -37,10 +57,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterClient]
     from invokeai_provider.cluster.seaweed import free_port
 
     state_dir = tmp_path_factory.mktemp("cluster")
+    dags = cluster_dags(tmp_path_factory.mktemp("cluster-dags") / "dags")
+    extra_path = node_pack_path(tmp_path_factory.mktemp("cluster-node-pack"))
+    monkeypatch = pytest.MonkeyPatch()  # the cluster's services inherit this process's environment
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (extra_path, os.environ.get("PYTHONPATH")) if p))
     database = f"invokeai_e2e_{secrets.token_hex(4)}"
     try:
-        settings = local_cluster.up(state_dir, REPO / "dags", database=database, api_port=free_port(), redis_db=11,
+        settings = local_cluster.up(state_dir, dags, database=database, api_port=free_port(), redis_db=11,
                                     timeout=420)
         yield ClusterClient(settings)
     finally:
         local_cluster.down(state_dir, purge=True)
+        monkeypatch.undo()

@@ -16,7 +16,7 @@ def test_doc_md_names_the_workflow_and_lists_inputs():
     assert md.startswith("# SD1.5 text to image\n")
     assert "Text to image with a Stable Diffusion 1.x model" in md
     assert "The image carries InvokeAI's metadata" in md
-    assert "| Denoise: Steps | `denoise_steps` | Denoise (`denoise_latents`) | `steps` | `30` |" in md
+    assert "| Denoise: Steps | `denoise_steps` | Steps (`integer`) | `value` | `30` |" in md
     assert md.count("\n| ") == len(specs) + 2  # header and separator rows, then one row per input
 
 

@@ -42,4 +42,4 @@ def test_to_node_value_gives_a_graph_that_validates():
     from invokeai_provider.graph.graph import Graph
 
     rebuilt = Graph.from_dict(graph)
-    assert rebuilt.nodes["seed"].value == 1234 and rebuilt.nodes["denoise"].scheduler == "euler_a"
+    assert rebuilt.nodes["seed"].value == 1234 and rebuilt.nodes["scheduler"].scheduler == "euler_a"

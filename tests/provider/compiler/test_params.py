@@ -103,7 +103,7 @@ def test_shared_sd15_workflow_params():
                                        "noise_width", "noise_height", "l2i_board"]
     named = by_name(specs)
     positive = named["positive_prompt"].schema
-    assert positive["type"] == "string" and positive["format"] == "multiline"
+    assert positive["type"] == ["string", "null"] and positive["format"] == "multiline"  # compel's default is ""
     assert positive["default"] == "Super cute tiger cub, national geographic award-winning photograph"
     assert positive["title"] == "Positive Prompt" and positive["section"] == "Positive Compel Prompt"
     assert named["negative_prompt"].schema["default"] == ""

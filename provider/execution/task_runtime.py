@@ -226,7 +226,7 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
     if client is not None:
         from invokeai_provider.graph.engine import ExecutionState
 
-        Graph.from_dict(sub).validate()  # bad literals (a 1 MB prompt, a 100,000 px width) fail here, not on the device
+        _check_literals(sub)  # a 1 MB prompt or a 100,000 px width fails here, not in the runtime
         env.logger.info("handing %d nodes to the GPU runtime at %s", len(sub["nodes"]), client.socket_path)
 
         result = client.run_graph(
@@ -243,6 +243,21 @@ def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, An
         _log_model_cache(env.logger, result.get("cache") or {}, result.get("runtime"))
         return state
     return run_graph_in_process(sub, env, services, embedded_graph=embedded_graph, workflow_json=workflow_json)
+
+
+def _check_literals(sub: dict[str, Any]) -> None:
+    """Validates a (sub)graph's literal values as the runtime will, except model names (the runtime binds them
+    to its registry), so that bad input never takes a place in the runtime's queue."""
+    from invokeai_provider.models.model_manager.binding import model_fields_of
+
+    nodes = {}
+    for node_id, node in sub["nodes"].items():
+        try:
+            names = [f for f in model_fields_of(str(node.get("type"))) if isinstance(node.get(f), str)]
+        except InvokeAIProviderError:
+            names = []  # an unknown type: Graph.from_dict says so, naming the node
+        nodes[node_id] = {k: v for k, v in node.items() if k not in names}
+    Graph.from_dict({**sub, "nodes": nodes}).validate()
 
 
 def runtime_client_for(graph: dict[str, Any], logger: logging.Logger) -> Any:

@@ -1,4 +1,4 @@
-"""Tiny random-weight Stable Diffusion models, LoRAs and embeddings for tests and demos.
+"""Tiny random-weight Stable Diffusion models, VAEs, LoRAs and embeddings for tests and demos.
 
 No model hub is reachable, yet loaders, probers and denoise nodes need real files to chew on. The models built here
 are a few hundred MB at most and build in seconds, but keep every property that InvokeAI uses to *identify* a model:
@@ -58,6 +58,7 @@ __all__ = [
     "build_lora",
     "build_sd_config",
     "build_sd_model",
+    "build_vae",
     "cache_root",
     "clip_to_ldm",
     "clip_tokenizer",
@@ -235,9 +236,31 @@ def _construct(factory: Any, *, materialize: bool, seed: int, tag: str) -> Any:
     return model
 
 
+def _vae(base: str, seed: int, *, materialize: bool) -> Any:
+    """The base's tiny AutoencoderKL: four blocks (scale factor 8, as the real one) and the base's scaling factor.
+
+    The same seed gives the same weights whether it is built inside a pipeline or alone (``build_vae``)."""
+    from diffusers import AutoencoderKL
+
+    spec = _spec(base)
+    return _construct(
+        lambda: AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=64,
+            scaling_factor=spec.vae_scaling_factor,
+            force_upcast=base.startswith("sdxl"),
+        ),
+        materialize=materialize, seed=seed, tag=f"{base}/vae",
+    )
+
+
 def _components(base: str, variant: str, prediction_type: str, seed: int, *, materialize: bool) -> dict[str, Any]:
     """All pipeline components of one tiny model (meta tensors when ``materialize`` is False)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = _spec(base, variant)
@@ -246,19 +269,7 @@ def _components(base: str, variant: str, prediction_type: str, seed: int, *, mat
     components: dict[str, Any] = {
         "unet": _construct(lambda: UNet2DConditionModel(**unet_kwargs), materialize=materialize, seed=seed,
                            tag=f"{base}/{variant}/unet"),
-        "vae": _construct(
-            lambda: AutoencoderKL(
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(32, 32, 64, 64),
-                layers_per_block=1,
-                latent_channels=4,
-                sample_size=64,
-                scaling_factor=spec.vae_scaling_factor,
-                force_upcast=base.startswith("sdxl"),
-            ),
-            materialize=materialize, seed=seed, tag=f"{base}/vae",
-        ),
+        "vae": _vae(base, seed, materialize=materialize),
     }
     for te in spec.text_encoders:
         config = CLIPTextConfig(
@@ -363,6 +374,17 @@ def build_sd_model(
         from safetensors.torch import save_file
 
         save_file(_single_file_state_dict(base, components, prediction_type), str(dest), metadata={"format": "pt"})
+    return dest
+
+
+def build_vae(base: Base, dest: Path, *, seed: int = 0) -> Path:
+    """Build the base's tiny VAE alone as a diffusers folder (``config.json`` + safetensors) at ``dest``.
+
+    InvokeAI tells VAE bases apart by the folder name (``xl`` -> SDXL, ``sd2`` -> SD2, else SD1), so name
+    ``dest`` accordingly. Same arguments -> identical bytes, equal to the VAE inside ``build_sd_model``'s pipeline.
+    """
+    dest = _check_dest(dest)
+    _vae(base, seed, materialize=True).save_pretrained(dest, safe_serialization=True)
     return dest
 
 

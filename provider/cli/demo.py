@@ -1,5 +1,5 @@
 """``invokeai-airflow demo`` and ``run``: a document compiled into a DAG and run once through an embedded Airflow
-(SQLite home, local artifact store); the demo runs the SD1.5 workflow with a tiny model built on this machine."""
+(SQLite home, local artifact store); the demo runs an example workflow (SD1.5 or SDXL) with a tiny model built here."""
 
 from __future__ import annotations
 
@@ -8,49 +8,80 @@ import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from invokeai_provider.cli.conf_check import ParamValueError, check_conf
+from invokeai_provider.cli.demo_inputs import InputPath, resolve_input, set_argument
+from invokeai_provider.cli.embedded import quiet_asset_warnings, tasks_run_on_their_queue
 from invokeai_provider.cli.overrides import parse_set
-from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.cli.run_output import print_run
+from invokeai_provider.errors import InvokeAIProviderError, RunConfError
 
-DEMO_MODEL = "tiny-sd15"
-DEMO_WORKFLOW = Path(__file__).resolve().parents[2] / "dags" / "workflows" / "sd15-text-to-image.json"
+WORKFLOWS = Path(__file__).resolve().parents[2] / "dags" / "workflows"
 
 
-def ensure_demo_model(model_root: Optional[str]) -> None:
-    """Builds and installs the tiny random-weight SD1.5 model unless it is registered already."""
-    from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
+@dataclass(frozen=True)
+class DemoFamily:
+    """A demo: the example workflow it runs, the base of the tiny main model it installs, and its default size
+    and steps (small: the demo runs in well under a minute on two CPU cores)."""
 
-    registry = ModelRegistry(model_root)
-    try:
-        registry.find(DEMO_MODEL)
-    except UnknownModelError:
-        from invokeai_provider.models.model_manager.install import install_model
-        from invokeai_provider.models.testing.tiny import build_sd_model
+    workflow: str
+    base: str
+    size: int
+    steps: int
 
-        if registry.is_remote:  # built in a scratch folder and uploaded
-            import tempfile
 
-            with tempfile.TemporaryDirectory(prefix="invokeai-demo-model-") as scratch:
-                print(f"building the tiny random-weight SD1.5 model for {registry.location}", file=sys.stderr)
-                install_model(registry, str(build_sd_model("sd-1", Path(scratch) / DEMO_MODEL)), name=DEMO_MODEL)
-            return
-        target = registry.root / "tiny" / DEMO_MODEL
-        if not target.exists():
-            print(f"building the tiny random-weight SD1.5 model in {target}", file=sys.stderr)
-            build_sd_model("sd-1", target)
-        install_model(registry, str(target), name=DEMO_MODEL, inplace=True)
+DEMO_FAMILIES: dict[str, DemoFamily] = {
+    "sd15": DemoFamily("sd15-text-to-image.json", "sd-1", size=128, steps=12),
+    "sdxl": DemoFamily("sdxl-text-to-image.json", "sdxl", size=128, steps=4),
+}
+# The node inputs the demo sets, found in each workflow (`demo_inputs`): a Param name differs between workflows.
+DEMO_INPUTS: dict[str, InputPath] = {
+    "model": InputPath("denoise_latents", "unet", ("model",)),
+    "prompt": InputPath("denoise_latents", "positive_conditioning", ("prompt",)),
+    "seed": InputPath("noise", "seed"),
+    "steps": InputPath("denoise_latents", "steps"),
+    "width": InputPath("noise", "width"),
+    "height": InputPath("noise", "height"),
+}
+DEMO_MODEL = "tiny-sd15"  # the sd15 demo's model (the cluster installs it)
+DEMO_WORKFLOW = WORKFLOWS / DEMO_FAMILIES["sd15"].workflow
+
+
+def ensure_demo_model(model_root: Optional[str], family: str = "sd15") -> str:
+    """Builds and installs the family's tiny random-weight main model unless it is registered already (the
+    same helper as ``models install-tiny main``); returns its name."""
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    done = install_tiny(ModelRegistry(model_root), "main", DEMO_FAMILIES[family].base,
+                        log=lambda message: print(message, file=sys.stderr))
+    return done.config.name
+
+
+def demo_sets(workflow: Path, values: dict[str, Any]) -> list[str]:
+    """``run --set`` arguments that give the workflow's prompt, model, seed, steps and size these values."""
+    from invokeai_provider.compiler.params import param_specs
+    from invokeai_provider.graph.workflow import load_document
+
+    document = load_document(workflow.read_text(), str(workflow))
+    specs = param_specs(document, model_names=lambda node_type, field: [])  # names only: no registry needed
+    return [set_argument(resolve_input(document, specs, DEMO_INPUTS[key]), value) for key, value in values.items()]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Text to image through Airflow: the SD1.5 workflow DAG with the tiny model, one dag.test() run."""
-    ensure_demo_model(args.model_root)
-    if not DEMO_WORKFLOW.is_file():
-        raise InvokeAIProviderError(f"the demo workflow {DEMO_WORKFLOW} is missing (run the demo from a clone)")
-    sets = [f"model={DEMO_MODEL}", f"positive_prompt={json.dumps(args.prompt)}", f"seed={args.seed}",
-            f"denoise_steps={args.steps}", f"noise_width={args.size}", f"noise_height={args.size}"]
-    run_args = argparse.Namespace(file=str(DEMO_WORKFLOW), set=sets, artifacts=args.artifacts,
+    """Text to image through Airflow: an example workflow's DAG with its tiny model, one dag.test() run."""
+    family = DEMO_FAMILIES[args.family]
+    workflow = WORKFLOWS / family.workflow
+    if not workflow.is_file():
+        raise InvokeAIProviderError(f"the demo workflow {workflow} is missing (run the demo from a clone)")
+    model = ensure_demo_model(args.model_root, args.family)
+    size = family.size if args.size is None else args.size
+    values = {"model": model, "prompt": args.prompt, "seed": args.seed,
+              "steps": family.steps if args.steps is None else args.steps, "width": size, "height": size}
+    run_args = argparse.Namespace(file=str(workflow), set=demo_sets(workflow, values), artifacts=args.artifacts,
                                   model_root=args.model_root, home=args.home, dag_id=None, granularity="segment",
                                   json=False)
     return cmd_run(run_args)
@@ -115,12 +146,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_dag_file,
     )
     from invokeai_provider.compiler.dags import dag_id_for, load_compiled
+    from invokeai_provider.compiler.run_conf import check_run_conf
 
     if args.artifacts:
         os.environ["AIRFLOW__INVOKEAI__ARTIFACT_ROOT"] = args.artifacts
     if args.model_root:
         os.environ["AIRFLOW__INVOKEAI__MODEL_ROOT"] = args.model_root
     home = prepare_home(Path(args.home or os.environ.get("INVOKEAI_AIRFLOW_HOME") or ".airflow"))
+    quiet_asset_warnings()  # read when Airflow is first imported
     source = Path(args.file)
     dag_id = args.dag_id or dag_id_for(source)
     conf, node_sets = _split_sets(args.set or [])
@@ -133,28 +166,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(json.dumps(patched, indent=1))
     compiled = load_compiled(source, granularity=args.granularity)  # a broken document fails here, clearly
-    known = {spec.name for spec in compiled.param_specs}
-    unknown = sorted(set(conf) - known - {"tenant"})
-    if unknown:
-        raise InvokeAIProviderError(f"--set {', '.join(unknown)}: not a parameter of this DAG; expected one of: "
-                                    f"{', '.join(sorted(known)) or '(none)'} (or NODE_ID.FIELD=VALUE)")
+    schemas = _param_schemas(compiled)
+    try:  # what each compiled task would refuse (Airflow accepts any key)
+        check_run_conf(conf, schemas)
+    except RunConfError as exc:
+        raise RunConfError(f"{exc} (--set NAME=VALUE sets a Param, NODE_ID.FIELD=VALUE a node's input)") from None
+    try:  # one line naming the Param, before Airflow (which would print the whole schema) is started
+        check_conf(schemas, conf)
+    except ParamValueError as exc:
+        raise ParamValueError(f"DAG {dag_id!r}: no run was started: {exc}") from None
     write_dag_file(home, source, dag_id, args.granularity)
     migrate_database(home)
     print(f"running DAG {dag_id!r} through Airflow (home {home})", file=sys.stderr)
-    with _stdout_to_stderr():  # Airflow logs to stdout; stdout is for the result
-        result = run_dag(home, dag_id, conf)
-    if args.json:
-        json.dump(result.to_dict(), sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        for task in result.tasks:
-            label = f" [{task['label']}]" if task.get("label") else ""
-            index = f"[{task['map_index']}]" if task["map_index"] >= 0 else ""
-            print(f"task {task['task_id']}{index}{label}: {task['state']} (queue {task['queue']})", file=sys.stderr)
-        json.dump([{k: v for k, v in r.items() if k != "metadata"} for r in result.images], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        print(f"DAG run {result.run_id}: {result.state}, {len(result.images)} images", file=sys.stderr)
+    with _stdout_to_stderr(), tasks_run_on_their_queue():  # Airflow logs to stdout; stdout is for the result
+        try:
+            result = run_dag(home, dag_id, conf)
+        except InvokeAIProviderError as exc:  # Airflow's refusal ends with the whole schema: keep its first part
+            raise InvokeAIProviderError(str(exc).split("\n\n", 1)[0]) from None
+    print_run(result, as_json=args.json, out=sys.stdout, err=sys.stderr)
     return 0 if result.state == "success" else 1
+
+
+def _param_schemas(compiled: Any) -> dict[str, Any]:
+    """The DAG's Params by name, as Airflow validates them: the workflow's, then ``tenant``."""
+    from invokeai_provider.compiler.tenant_param import tenant_schema
+    from invokeai_provider.config import settings
+    from invokeai_provider.execution.tenants import TENANT_PARAM
+
+    return {**{spec.name: spec.schema for spec in compiled.param_specs},
+            TENANT_PARAM: tenant_schema(settings().default_tenant)}
 
 
 @contextlib.contextmanager
@@ -173,11 +213,14 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds ``demo`` and ``run``."""
-    demo = sub.add_parser("demo", help="text to image through Airflow with a tiny SD1.5 model built on this machine")
+    demo = sub.add_parser("demo", help="text to image through Airflow with a tiny model built on this machine")
+    demo.add_argument("--family", choices=sorted(DEMO_FAMILIES), default="sd15",
+                      help="sd15: dags/workflows/sd15-text-to-image.json with tiny-sd15; sdxl: "
+                           "sdxl-text-to-image.json with tiny-sdxl (default: sd15)")
     demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
     demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--steps", type=int, default=12)
-    demo.add_argument("--size", type=int, default=128, help="width and height in pixels (multiple of 8)")
+    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl)")
+    demo.add_argument("--size", type=int, help="width and height in pixels, a multiple of 8 (default: 128)")
     demo.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     demo.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
     demo.add_argument("--home", metavar="DIR", help="Airflow home for the embedded run (default: ./.airflow)")

@@ -1,10 +1,12 @@
-"""``invokeai-airflow models install|list``: the model registry of a model root."""
+"""``invokeai-airflow models install|install-tiny|list``: the model registry of a model root."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from invokeai_provider.errors import InvokeAIProviderError
 
 
 def cmd_models_install(args: argparse.Namespace) -> int:
@@ -16,6 +18,22 @@ def cmd_models_install(args: argparse.Namespace) -> int:
                            config_path=args.config)
     print(f"installed {config.name!r}: {config.base.value} {config.type.value} ({config.format.value}), "
           f"key {config.key}, {config.hash}")
+    return 0
+
+
+def cmd_models_install_tiny(args: argparse.Namespace) -> int:
+    """A tiny random-weight model of an InvokeAI type and base, so a deployment can be smoke-tested offline."""
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    try:
+        done = install_tiny(ModelRegistry(args.model_root), args.kind, args.base, args.name,
+                            log=lambda message: print(message, file=sys.stderr))
+    except ValueError as exc:  # a type, base or name the catalog refuses
+        raise InvokeAIProviderError(str(exc)) from None
+    c = done.config
+    what = f"{c.base.value} {c.type.value} ({c.format.value}), key {c.key}, {c.hash}"
+    print(f"installed {c.name!r}: {what}" if done.installed else f"{c.name!r} is already installed: {what}")
     return 0
 
 
@@ -33,7 +51,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds ``models install`` and ``models list``."""
+    """Adds ``models install``, ``models install-tiny`` and ``models list``."""
     models = sub.add_parser("models", help="install and list models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     install = models_sub.add_parser("install", help="install a model from a path, an http(s) URL or a HF repo id")
@@ -49,7 +67,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     install.add_argument("--model-root", metavar="URI",
                          help="model root, file:///path or s3://[CONN_ID@]bucket/prefix (default: [invokeai] model_root)")
     install.set_defaults(func=cmd_models_install)
+    _register_install_tiny(models_sub)
     listing = models_sub.add_parser("list", help="list the registered models")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     listing.set_defaults(func=cmd_models_list)
+
+
+def _register_install_tiny(models_sub: argparse._SubParsersAction) -> None:
+    from invokeai_provider.models.testing.tiny_catalog import TINY_MODELS, kind_names
+
+    bases = list(dict.fromkeys(base.value for _, base in TINY_MODELS))
+    tiny = models_sub.add_parser(
+        "install-tiny", help="build a tiny random-weight model of an InvokeAI model type and install it",
+        description="Builds a tiny random-weight model (no model hub needed) and installs it like `models install`. "
+                    "Default names: tiny-sd15, tiny-sd2, tiny-sdxl for main models, tiny-<base>-<kind> for the "
+                    "others (tiny-sd15-vae, tiny-sdxl-lora, ...). Installing a name again is a no-op.")
+    tiny.add_argument("kind", metavar="KIND", help=f"InvokeAI model type: {', '.join(kind_names())} "
+                                                   "(textual_inversion is embedding)")
+    tiny.add_argument("--base", default="sd-1", choices=bases, help="base model (default: sd-1)")
+    tiny.add_argument("--name", help="name to register it under (default: tiny-<base>[-<kind>])")
+    tiny.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
+    tiny.set_defaults(func=cmd_models_install_tiny)

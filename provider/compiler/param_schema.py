@@ -21,8 +21,7 @@ from invokeai_provider.core.fields import BoardField, ImageField, ModelIdentifie
 from invokeai_provider.errors import WorkflowError
 from invokeai_provider.execution.tenants import ARTIFACT_NAME_PATTERN
 
-__all__ = ["allow_null", "apply_constraints", "base_schema", "fits", "kind_of", "schema_problem", "scheduler_label",
-           "unwrap"]
+__all__ = ["allow_null", "apply_constraints", "base_schema", "fits", "kind_of", "scheduler_label", "unwrap"]
 
 
 _SCHEDULER_WORDS = {
@@ -294,15 +293,6 @@ def allow_null(schema: dict[str, Any]) -> None:
         schema["type"] = [*types_, "null"]
     if "enum" in schema and None not in schema["enum"]:
         schema["enum"] = [*schema["enum"], None]
-
-
-def schema_problem(schema: Mapping[str, Any], value: Any) -> Optional[str]:
-    """Why ``value`` breaks ``schema`` (bounds, multipleOf, lengths, pattern), as the trigger would say; None when
-    it fits. Airflow's Params validate with jsonschema too."""
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(dict(schema)).iter_errors(value))
-    return None if error is None else error.message[:200]
 
 
 def fits(schema: Mapping[str, Any], item: Any) -> bool:

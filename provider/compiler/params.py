@@ -23,13 +23,13 @@ from pydantic_core import to_jsonable_python
 
 from invokeai_provider.compiler.fed_constraints import apply_fed_constraints
 from invokeai_provider.compiler.model_choices import ModelNames
+from invokeai_provider.compiler.param_check import schema_problem
 from invokeai_provider.compiler.param_schema import (
     allow_null,
     apply_constraints,
     base_schema,
     fits,
     kind_of,
-    schema_problem,
     unwrap,
 )
 from invokeai_provider.compiler.param_values import current_value, param_value

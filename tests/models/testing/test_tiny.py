@@ -388,3 +388,15 @@ def test_embeddings(tmp_path: Path) -> None:
     assert not torch.equal(sd1["emb_params"], other["emb_params"])
     with pytest.raises(ValueError):
         tiny.build_embedding("sdxl-refiner", tmp_path / "refiner.safetensors")
+
+
+@pytest.mark.parametrize("base", ["sd-1", "sdxl"])
+def test_build_vae_is_the_pipelines_vae(build: Builder, tmp_path: Path, base: str) -> None:
+    """The standalone VAE equals the one inside the pipeline of the same seed, config and weights."""
+    alone = tiny.build_vae(base, tmp_path / f"{base}-vae")
+    inside = build(base) / "vae"
+    assert json.loads((alone / "config.json").read_text()) == json.loads((inside / "config.json").read_text())
+    assert _sha(alone / "diffusion_pytorch_model.safetensors") == _sha(inside / "diffusion_pytorch_model.safetensors")
+    other = load_file(tiny.build_vae(base, tmp_path / "other", seed=3) / "diffusion_pytorch_model.safetensors")
+    assert not torch.equal(other["decoder.conv_out.weight"],
+                           load_file(alone / "diffusion_pytorch_model.safetensors")["decoder.conv_out.weight"])

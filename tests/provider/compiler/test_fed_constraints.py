@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from invokeai_provider.compiler.param_schema import schema_problem
+from invokeai_provider.compiler.param_check import schema_problem
 from invokeai_provider.compiler.params import airflow_params, param_specs
 from invokeai_provider.errors import BatchItemsTypeError
 from invokeai_provider.graph.workflow import load_document
@@ -44,9 +44,8 @@ def test_batch_items_take_the_constraints_of_the_fields_they_reach() -> None:
     assert (width["multipleOf"], width["exclusiveMinimum"], width["maximum"]) == (8, 0, 16384)
     prompt = specs["string_value_batch"].schema["items"]
     assert prompt["maxLength"] == 10000  # through the relay primitive to compel.prompt
-    assert schema_problem(specs["integer_value_batch"].schema, [64, 100]) == "100 is not a multiple of 8"
-    assert schema_problem(specs["integer_value_batch"].schema, [100_000]) == \
-        "100000 is greater than the maximum of 16384"
+    assert schema_problem(specs["integer_value_batch"].schema, [64, 100]) == "item [1]: not a multiple of 8"
+    assert schema_problem(specs["integer_value_batch"].schema, [100_000]) == "item [0]: above the maximum 16384"
 
 
 def test_the_trigger_refuses_a_batch_width_of_100_and_an_over_long_prompt() -> None:
@@ -65,7 +64,7 @@ def test_the_trigger_refuses_a_batch_width_of_100_and_an_over_long_prompt() -> N
 def test_a_batch_document_whose_own_items_break_the_limits_does_not_compile() -> None:
     with pytest.raises(BatchItemsTypeError) as caught:
         _specs(_batch_doc([64, 100], ["a cat"]))
-    assert str(caught.value) == "batch data for width.value: item 100: 100 is not a multiple of 8"
+    assert str(caught.value) == "batch data for width.value: item 100: not a multiple of 8"
     assert (caught.value.node_id, caught.value.field) == ("width", "value")
 
 

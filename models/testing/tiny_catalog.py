@@ -1,0 +1,145 @@
+"""Which tiny random-weight model stands for each InvokeAI model type and base: the one table to extend.
+
+``models install-tiny`` and the demo build from here, so a smoke test of any deployment needs no model hub. An
+entry says how to build the model (a builder of ``tiny``), what it is called by default and where its files go
+under the build folder. A new family (FLUX, SD3, ...) adds its bases and builders to ``TINY_MODELS``; everything
+else (the command, its choices, its tests) reads the table.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from invokeai_provider.core.taxonomy import BaseModelType, ModelType
+
+__all__ = ["TINY_MODELS", "TinyModel", "base_slug", "check_name", "default_name", "kind_names", "resolve_kind",
+           "seed_for", "tiny_model"]
+
+Builder = Callable[[str, Path, int], Path]
+
+
+def _main(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny import build_sd_model
+
+    return build_sd_model(base, dest, seed=seed)  # type: ignore[arg-type]
+
+
+def _vae(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny import build_vae
+
+    return build_vae(base, dest, seed=seed)  # type: ignore[arg-type]
+
+
+def _lora(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny import build_lora
+
+    return build_lora(base, dest, style="kohya", seed=seed)  # type: ignore[arg-type]
+
+
+def _embedding(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny import build_embedding
+
+    return build_embedding(base, dest, tokens=2, seed=seed)  # type: ignore[arg-type]
+
+
+# InvokeAI's base strings -> the short form in default names (the demo and example workflows use tiny-sd15/tiny-sdxl)
+_SLUGS = {BaseModelType.StableDiffusion1: "sd15", BaseModelType.StableDiffusion2: "sd2",
+          BaseModelType.StableDiffusionXL: "sdxl", BaseModelType.StableDiffusionXLRefiner: "sdxl-refiner"}
+# Other spellings of a type that people (and InvokeAI's enum member names) use for it
+_KIND_ALIASES = {"textual_inversion": ModelType.TextualInversion, "ti": ModelType.TextualInversion}
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """One buildable tiny model: its InvokeAI type and base, its builder and the shape of what it writes."""
+
+    type: ModelType
+    base: BaseModelType
+    build: Builder
+    suffix: str = ""  # ".safetensors" for a single file, "" for a diffusers folder
+    # InvokeAI reads a VAE's base from its folder name ("xl", "sd2"): the folder then carries the base, not the name
+    named_by_base: bool = False
+
+    def relative_path(self, name: str) -> Path:
+        """Where the model's files go under a build folder, as a relative path."""
+        if self.named_by_base:
+            return Path(name) / f"{base_slug(self.base)}-{self.type.value}"
+        return Path(f"{name}{self.suffix}")
+
+
+def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
+    sd = (BaseModelType.StableDiffusion1, BaseModelType.StableDiffusion2, BaseModelType.StableDiffusionXL)
+    table: dict[tuple[ModelType, BaseModelType], TinyModel] = {}
+    for base in (*sd, BaseModelType.StableDiffusionXLRefiner):
+        table[ModelType.Main, base] = TinyModel(ModelType.Main, base, _main)
+    for base in sd:
+        table[ModelType.VAE, base] = TinyModel(ModelType.VAE, base, _vae, named_by_base=True)
+        table[ModelType.LoRA, base] = TinyModel(ModelType.LoRA, base, _lora, ".safetensors")
+        table[ModelType.TextualInversion, base] = TinyModel(ModelType.TextualInversion, base, _embedding,
+                                                            ".safetensors")
+    return table
+
+
+TINY_MODELS: dict[tuple[ModelType, BaseModelType], TinyModel] = _entries()
+
+
+def kind_names() -> list[str]:
+    """The model types that have a tiny model, by InvokeAI's type string."""
+    return list(dict.fromkeys(kind.value for kind, _ in TINY_MODELS))
+
+
+def resolve_kind(kind: str) -> ModelType:
+    """A type string (``main``, ``vae``, ``lora``, ``embedding``) or an alias (``textual_inversion``)."""
+    text = kind.strip().lower()
+    if text in _KIND_ALIASES:
+        return _KIND_ALIASES[text]
+    try:
+        found = ModelType(text)
+    except ValueError:
+        found = None
+    if found is None or not any(k == found for k, _ in TINY_MODELS):
+        raise ValueError(f"no tiny model of type {kind!r}; expected one of: {', '.join(kind_names())} "
+                         f"(or {', '.join(sorted(_KIND_ALIASES))})")
+    return found
+
+
+def tiny_model(kind: str | ModelType, base: str | BaseModelType) -> TinyModel:
+    """The table entry for a type and base; the error lists the bases that type has."""
+    model_type = kind if isinstance(kind, ModelType) else resolve_kind(kind)
+    bases = [b.value for k, b in TINY_MODELS if k == model_type]
+    try:
+        return TINY_MODELS[model_type, BaseModelType(base)]
+    except (KeyError, ValueError):
+        raise ValueError(f"no tiny {model_type.value} model for base {str(getattr(base, 'value', base))!r}; "
+                         f"expected one of: {', '.join(bases)}") from None
+
+
+def base_slug(base: BaseModelType) -> str:
+    return _SLUGS.get(base, base.value)
+
+
+def default_name(entry: TinyModel) -> str:
+    """``tiny-sd15`` for the SD1 main model, ``tiny-sdxl-lora`` for the SDXL LoRA, and so on."""
+    slug = base_slug(entry.base)
+    return f"tiny-{slug}" if entry.type == ModelType.Main else f"tiny-{slug}-{entry.type.value}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """A model name that is also a safe file name (it names the build folder)."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"model name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                         "or digit")
+    return name
+
+
+def seed_for(name: str) -> int:
+    """Weights seeded by the name: two tiny models of one kind under different names are different models (the
+    registry refuses a second copy of identical files), and the same name always gives the same bytes."""
+    return zlib.crc32(name.encode())

@@ -25,7 +25,7 @@ from invokeai_provider.core.invocation import (
     invocation,
     invocation_output,
 )
-from invokeai_provider.core.limits import IMAGE_SIDE, size_problem
+from invokeai_provider.core.limits import IMAGE_SIDE, FieldLimit, size_problem
 from invokeai_provider.core.taxonomy import BaseModelType
 from invokeai_provider.errors import NodeInputError, field_error
 from invokeai_provider.operators.core.primitives import LatentsOutput
@@ -60,8 +60,10 @@ _ANTIALIAS = "Whether or not to apply antialiasing (bilinear or bicubic only)"
 
 
 def _multiple_of(field: Any, multiple: int) -> Any:
-    """Adds pydantic's multiple-of constraint (InvokeAI's ``multiple_of=``) to an InputField."""
-    field.metadata.append(MultipleOf(multiple))
+    """Adds pydantic's multiple-of constraint (InvokeAI's ``multiple_of=``) to an InputField, before any limit
+    (`core.limits`): a constraint after the limit's validator would be checked but left out of the JSON schema."""
+    limits = [i for i, meta in enumerate(field.metadata) if isinstance(meta, FieldLimit)]
+    field.metadata.insert(limits[0] if limits else len(field.metadata), MultipleOf(multiple))
     return field
 
 

@@ -81,14 +81,15 @@ migrate_database(home)
 @pytest.fixture(scope="session")
 def airflow_python(airflow_env: dict[str, str]) -> Callable[[str], Any]:
     """Runs Python code in a fresh process whose Airflow points at the session's home; returns its JSON
-    output (the last line of stdout)."""
+    output (the last line of stdout), and with ``logs=True`` also everything it printed (the task logs)."""
 
-    def run(code: str, extra_env: Optional[dict[str, str]] = None) -> Any:
+    def run(code: str, extra_env: Optional[dict[str, str]] = None, logs: bool = False) -> Any:
         env = {**airflow_env, **(extra_env or {})}
         result = subprocess.run([sys.executable, "-c", PREAMBLE + code], env=env, capture_output=True, text=True,
                                 timeout=600, cwd=REPO_ROOT)
         if result.returncode != 0:
             raise AirflowRunError(f"script failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        value = json.loads(result.stdout.strip().splitlines()[-1])
+        return (value, result.stdout + result.stderr) if logs else value
 
     return run

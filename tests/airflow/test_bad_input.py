@@ -28,25 +28,15 @@ print(json.dumps(result.to_dict(), default=str))
 """
 
 
-def test_unknown_conf_keys_fail_the_first_task_for_good_naming_them(airflow_env: dict[str, str],
-                                                                   tmp_path: Path) -> None:
+def test_unknown_conf_keys_fail_the_first_task_for_good_naming_them(airflow_python, tmp_path: Path) -> None:
     """Triggered as the REST API would (the CLI's `run` refuses unknown keys itself): Airflow accepts the conf, the
     run's task refuses it before any work, on its first try although the DAG gives tasks two retries."""
-    import subprocess
-    import sys
-
-    from conftest import PREAMBLE
-
-    env = {**airflow_env, "INVOKEAI_AIRFLOW_HOME": str(tmp_path / "home"), "EXAMPLE_DAGS": str(REPO_ROOT / "dags"),
-           "AIRFLOW__INVOKEAI__TASK_RETRIES": "2", "AIRFLOW__INVOKEAI__ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri()}
-    result = subprocess.run([sys.executable, "-c", PREAMBLE + UNKNOWN_KEYS_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=600, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    run = json.loads(result.stdout.strip().splitlines()[-1])
+    run, output = airflow_python(UNKNOWN_KEYS_SCRIPT, logs=True, extra_env={
+        "INVOKEAI_AIRFLOW_HOME": str(tmp_path / "home"), "EXAMPLE_DAGS": str(REPO_ROOT / "dags"),
+        "AIRFLOW__INVOKEAI__TASK_RETRIES": "2", "AIRFLOW__INVOKEAI__ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri()})
     assert run["state"] == "failed" and run["images"] == []
     tries = {t["task_id"]: (t["state"], t["try_number"]) for t in run["tasks"]}
     assert set(tries.values()) == {("failed", 1)}, tries  # one task, failed on its first try
-    output = result.stdout + result.stderr
     assert ("run conf: unknown keys 'frobnicate', 'width' (did you mean 'noise_width'?); this DAG's Params are: "
             in output), output[-3000:]
     assert written(tmp_path / "artifacts", "sd15-text-to-image") == []

@@ -30,13 +30,14 @@ def cluster_dags(target: Path) -> Path:
 
 
 def node_pack_path(target: Path) -> str:
-    """A sys.path entry that registers tests/nodes_for_tests.py as a node pack (an entry point in a bare
-    dist-info), so the cluster's processes, the GPU runtime included, know the test_* node types."""
+    """A sys.path entry holding a copy of tests/nodes_for_tests.py registered as a node pack (an entry point in a
+    bare dist-info), so the cluster's processes, the GPU runtime included, know the test_* node types."""
+    shutil.copy(REPO / "tests" / "nodes_for_tests.py", target / "nodes_for_tests.py")
     info = target / "invokeai_provider_test_nodes-0.0.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: invokeai-provider-test-nodes\nVersion: 0.0.0\n")
     (info / "entry_points.txt").write_text("[invokeai_provider.nodes]\ntest_nodes = nodes_for_tests\n")
-    return os.pathsep.join([str(target), str(REPO / "tests")])
+    return str(target)
 
 
 def _answers(port: int) -> bool:
@@ -59,13 +60,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterClient]
     state_dir = tmp_path_factory.mktemp("cluster")
     dags = cluster_dags(tmp_path_factory.mktemp("cluster-dags") / "dags")
     extra_path = node_pack_path(tmp_path_factory.mktemp("cluster-node-pack"))
-    monkeypatch = pytest.MonkeyPatch()  # the cluster's services inherit this process's environment
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (extra_path, os.environ.get("PYTHONPATH")) if p))
     database = f"invokeai_e2e_{secrets.token_hex(4)}"
     try:
-        settings = local_cluster.up(state_dir, dags, database=database, api_port=free_port(), redis_db=11,
-                                    timeout=420)
+        with pytest.MonkeyPatch.context() as patch:  # the cluster's supervisor, started by up(), keeps this environment
+            patch.setenv("PYTHONPATH", os.pathsep.join(p for p in (extra_path, os.environ.get("PYTHONPATH")) if p))
+            settings = local_cluster.up(state_dir, dags, database=database, api_port=free_port(), redis_db=11,
+                                        timeout=420)
         yield ClusterClient(settings)
     finally:
         local_cluster.down(state_dir, purge=True)
-        monkeypatch.undo()

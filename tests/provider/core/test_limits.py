@@ -78,7 +78,9 @@ def test_limits_leave_the_invokeai_schemas_unchanged() -> None:
     width = InvocationRegistry.get_invocation_class("noise").model_json_schema()["properties"]["width"]
     prompt = InvocationRegistry.get_invocation_class("compel").model_json_schema()["properties"]["prompt"]
     assert "maximum" not in width and "maxLength" not in prompt
-    assert width["multiple_of"] == 8 and width["exclusiveMinimum"] == 0
+    assert width["multipleOf"] == 8 and width["exclusiveMinimum"] == 0 and "multiple_of" not in width
+    resized = InvocationRegistry.get_invocation_class("lresize").model_json_schema()["properties"]["width"]["anyOf"][0]
+    assert (resized["minimum"], resized["multipleOf"]) == (64, 8) and "maximum" not in resized
 
 
 def test_a_computed_size_over_the_limit_fails_before_the_image_is_made(run) -> None:

@@ -72,6 +72,7 @@ class DeviceScheduler:
         self._busy = False  # a job's thread is on the device
         self._holder: Optional[int] = None  # that thread's ident
         self._wanting = 0  # job threads waiting to get on the device (not parked ones)
+        self._away = 0  # job threads off the device for CPU work (`released`); they come back to it
         self._parked: list[_Parked] = []
         self._abandoned: set[int] = set()  # threads of abandoned jobs: never on the device again
 
@@ -86,12 +87,15 @@ class DeviceScheduler:
 
     @contextmanager
     def released(self) -> Iterator[None]:
-        """Off the device for CPU-only work inside a job, so other jobs use it meanwhile; back on it after."""
+        """Off the device for CPU-only work inside a job, so other jobs use it meanwhile; back on it after.
+        Parked denoise items still wait for such a job, as for one on the device: it may bring an item to batch."""
         self._give_device()
+        with self._cond:
+            self._away += 1
         try:
             yield
         finally:
-            self._take_device()
+            self._take_device(returning=True)
 
     def abandon(self, thread_ident: int) -> None:
         """Takes the device from a canceled job's thread that did not stop; that thread cannot take it again
@@ -122,7 +126,8 @@ class DeviceScheduler:
             if self._holder == me:
                 self._busy, self._holder = False, None
             self._cond.notify_all()
-            while not mine.done and (mine.taken or self._parked[0] is not mine or self._busy or self._wanting):
+            while not mine.done and (mine.taken or self._parked[0] is not mine or self._busy or self._wanting
+                                     or self._away):
                 if me in self._abandoned and not mine.taken:
                     self._parked.remove(mine)
                     raise CanceledError("the job was abandoned while its denoise item waited for a batch")
@@ -146,9 +151,12 @@ class DeviceScheduler:
             self._cond.notify_all()
         return _unwrap(mine.outcome)
 
-    def _take_device(self) -> None:
+    def _take_device(self, returning: bool = False) -> None:
+        """``returning``: from `released` (away until it is wanting, in one step, so no batch starts between)."""
         me = threading.get_ident()
         with self._cond:
+            if returning:
+                self._away -= 1
             self._wanting += 1
             try:
                 while self._busy or me in self._abandoned:

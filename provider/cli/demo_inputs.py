@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from invokeai_provider.compiler.fed_constraints import passes_through
 from invokeai_provider.errors import InvokeAIProviderError
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def resolve_input(document: "Document", specs: Sequence["ParamSpec"], path: Inpu
         if edge is None:
             return Target(None, node_id, field)
         source = edge.source
-        if set(type(document.graph.nodes[source.node_id]).input_fields()) != {source.field}:
+        if not passes_through(type(document.graph.nodes[source.node_id]), source.field):
             raise InvokeAIProviderError(f"cannot set {path}: {node_id}.{field} is computed by {source} (not a form "
                                         "field or a pass-through node)")
         node_id, field = source.node_id, source.field  # a relay (primitive): its one input is its output

@@ -3,9 +3,9 @@
 Saved workflows expose a primitive (``string``, ``integer`` …) whose value an edge carries to the field that
 uses it: a prompt to ``compel.prompt``, a width to ``noise.width``. The primitive's own field has no bounds,
 so without this the trigger form would take a 1 MB prompt or a width of 100 and the run would fail later
-in a task. A value passes through unchanged from a primitive's ``value`` input to its ``value`` output;
-every field reached that way (through chains of primitives too) adds its constraints to the Param, for
-single values and for batch items alike.
+in a task. A value passes through a node unchanged when that node's one input is also the name of an output
+(a primitive's ``value``, the scheduler node's ``scheduler``); every field reached that way (through chains
+of such nodes too) adds its constraints to the Param, for single values and for batch items alike.
 """
 
 from __future__ import annotations
@@ -15,34 +15,32 @@ from typing import TYPE_CHECKING, Any, Iterator
 from invokeai_provider.compiler.param_schema import apply_constraints
 
 if TYPE_CHECKING:
+    from invokeai_provider.core.invocation import BaseInvocation
     from invokeai_provider.graph.graph import Graph
 
-__all__ = ["apply_fed_constraints", "fed_fields"]
-
-VALUE = "value"
+__all__ = ["apply_fed_constraints", "fed_fields", "passes_through"]
 
 
-def _passes_value_through(graph: "Graph", node_id: str, field_name: str) -> bool:
-    """A primitive: its one input is ``value`` and its output's ``value`` is that input unchanged."""
-    node_class = type(graph.nodes[node_id])
-    return (field_name == VALUE and list(node_class.input_fields()) == [VALUE]
-            and VALUE in node_class.get_output_annotation().model_fields)
+def passes_through(node_class: type["BaseInvocation"], field_name: str) -> bool:
+    """Whether the node's output ``field_name`` is its one input of that name, unchanged (a relay)."""
+    return (list(node_class.input_fields()) == [field_name]
+            and field_name in node_class.get_output_annotation().model_fields)
 
 
 def fed_fields(graph: "Graph", node_id: str, field_name: str) -> Iterator[tuple[str, str]]:
     """(node id, field) of every input a value set on ``node_id.field_name`` reaches unchanged."""
     seen: set[str] = set()
-    pending = [node_id] if _passes_value_through(graph, node_id, field_name) else []
+    pending = [(node_id, field_name)] if passes_through(type(graph.nodes[node_id]), field_name) else []
     while pending:
-        current = pending.pop()
+        current, field = pending.pop()
         if current in seen:
             continue
         seen.add(current)
-        for edge in graph.output_edges(current, VALUE):
+        for edge in graph.output_edges(current, field):
             target, target_field = edge.destination.node_id, edge.destination.field
             yield target, target_field
-            if _passes_value_through(graph, target, target_field):
-                pending.append(target)
+            if passes_through(type(graph.nodes[target]), target_field):
+                pending.append((target, target_field))
 
 
 def apply_fed_constraints(schema: dict[str, Any], graph: "Graph", node_id: str, field_name: str) -> None:

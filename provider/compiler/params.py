@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
-from invokeai_provider.compiler.fed_constraints import apply_fed_constraints
+from invokeai_provider.compiler.fed_constraints import apply_fed_constraints, passes_through
 from invokeai_provider.compiler.model_choices import ModelNames
 from invokeai_provider.compiler.param_check import schema_problem
 from invokeai_provider.compiler.param_schema import (
@@ -123,13 +123,6 @@ def _is_prompt(node: "BaseInvocation", field_name: str, label: str, extra: Mappi
 def _is_metadata_node(node: "BaseInvocation") -> bool:
     ui = getattr(type(node), "UIConfig", None)
     return ui is not None and ui.category == "metadata"
-
-
-def _passes_through(node: "BaseInvocation", inputs: Mapping[str, FieldInfo], field_name: str) -> bool:
-    """A primitive-like node: one input, given out unchanged under the same name (string, integer, scheduler,
-    "Any Model"); a loader's one input becomes other outputs."""
-    output_class = getattr(type(node), "output_class", None)
-    return len(inputs) == 1 and output_class is not None and field_name in output_class.model_fields
 
 
 def _fed_fields(document: "Document", node_id: str, field_name: str) -> list[tuple["BaseInvocation", str]]:
@@ -239,7 +232,7 @@ def _value_spec(document: "Document", ref: "FieldRef", namer: _Namer,
     else:
         title, base_name = field_title, f"{_slug(node.get_type())}_{_slug(ref.field_name)}"
     schema["title"] = title
-    description = _help_text(document, ref, node, info, _passes_through(node, inputs, ref.field_name))
+    description = _help_text(document, ref, node, info, passes_through(type(node), ref.field_name))
     if description and ref.show_description:
         schema["description"] = description
     section = ref.section if not legacy else (node_label or _type_title(node))

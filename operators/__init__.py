@@ -8,6 +8,10 @@ class; that access imports Airflow's task SDK.
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import Any
 
 # Modules of built-in node families, imported by invokeai_provider.core.registry.load_node_packs().
@@ -43,6 +47,27 @@ NODE_FAMILIES: tuple[str, ...] = (
     "upscale.esrgan",
     "upscale.spandrel",
 )
+
+
+# Old import paths of node modules -> where they live now, kept for node packs and DAG files written against them.
+OLD_MODULE_PATHS: dict[str, str] = {f"{__name__}.primitives": f"{__name__}.core.primitives"}
+
+
+class _OldModulePaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports an old module path as its current module (the same module object), with no file at the old path."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        return importlib.util.spec_from_loader(fullname, self) if fullname in OLD_MODULE_PATHS else None
+
+    def create_module(self, spec: Any) -> Any:
+        return importlib.import_module(OLD_MODULE_PATHS[spec.name])
+
+    def exec_module(self, module: Any) -> None:
+        """The current module ran when it was imported."""
+
+
+if not any(isinstance(finder, _OldModulePaths) for finder in sys.meta_path):
+    sys.meta_path.append(_OldModulePaths())
 
 
 def __getattr__(name: str) -> Any:

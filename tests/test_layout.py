@@ -28,8 +28,7 @@ MODELS = f"{PACKAGE}.models"
 OPERATORS = f"{PACKAGE}.operators"
 
 # Old import paths kept for node packs and DAG files written against them; each only aliases its new module.
-COMPAT_ALIASES = {f"{PACKAGE}.{name}" for name in ("invocation", "batch", "engine", "compile", "dag_factory")} | {
-    f"{OPERATORS}.primitives"}
+COMPAT_ALIASES = {f"{PACKAGE}.{name}" for name in ("invocation", "batch", "engine", "compile", "dag_factory")}
 # `invokeai_provider.operators.<Name>Operator` is built on first access from the operator factory (README,
 # "Operators"): the one import from the node side up to the Airflow side, and only inside __getattr__/__dir__.
 ALLOWED = {(OPERATORS, f"{PACKAGE}.airflow.operator"),

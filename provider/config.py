@@ -308,9 +308,13 @@ class Settings:
         return self._list("runtime_preload")
 
 
-def settings() -> Settings:
-    """The ``[invokeai]`` section as it is configured now (read afresh on every call)."""
-    return Settings({name: value for name in OPTIONS if (value := _configured(name)) is not None})
+def settings(*only: str) -> Settings:
+    """The ``[invokeai]`` section as it is configured now (read afresh on every call). ``only`` names the options
+    a hot path needs (a node field's limit, checked on every validation): just those are read, the others keep
+    their defaults."""
+    for name in only:
+        _check_name(name)
+    return Settings({name: value for name in (only or OPTIONS) if (value := _configured(name)) is not None})
 
 
 __all__ = ["OPTIONS", "SECTION", "ConfigError", "Settings", "env_var", "settings"]

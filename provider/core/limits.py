@@ -35,7 +35,7 @@ class FieldLimit:
 
     @property
     def limit(self) -> int:
-        return int(getattr(settings(), self.option))
+        return int(getattr(settings(self.option), self.option))
 
     def measure(self, value: Any) -> int:
         raise NotImplementedError
@@ -114,7 +114,7 @@ def size_problem(width: int, height: int) -> Optional[str]:
     """The error text for an image of ``width`` x ``height`` with a side beyond ``[invokeai] max_image_side`` or
     an area beyond ``max_image_pixels``, else None. Nodes whose output size is computed (a scale factor)
     check it with this before making the image."""
-    config = settings()
+    config = settings("max_image_side", "max_image_pixels")
     if max(width, height) > config.max_image_side:
         return (f"{width} x {height} has a side over {config.max_image_side:,} pixels "
                 f"([invokeai] max_image_side, {env_var('max_image_side')})")

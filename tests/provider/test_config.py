@@ -185,3 +185,15 @@ def test_the_config_module_stays_light() -> None:
             "'invokeai_provider.errors'))))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_settings_can_read_just_the_options_a_hot_path_needs(monkeypatch):
+    from invokeai_provider.config import settings
+
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__MAX_PROMPT_LENGTH", "77")
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__TASK_RETRIES", "9")
+    only = settings("max_prompt_length")
+    assert only.max_prompt_length == 77 and only.task_retries == 2  # the option not asked for keeps its default
+    assert settings().task_retries == 9
+    with pytest.raises(KeyError, match="unknown"):
+        settings("max_prompt_lenght")

@@ -58,15 +58,13 @@ class FieldLimit:
 
 
 class TextLengthLimit(FieldLimit):
-    """At most ``[invokeai] <option>`` characters (a string, or each string of a list)."""
+    """At most ``[invokeai] <option>`` characters."""
 
     @property
     def max_length(self) -> int:
         return self.limit
 
     def measure(self, value: Any) -> int:
-        if isinstance(value, (list, tuple)):
-            return max((len(v) for v in value if isinstance(v, str)), default=0)
         return len(value) if isinstance(value, str) else 0
 
 
@@ -97,17 +95,17 @@ class ImageAreaError(ValueError):
         self.field = field
 
 
-def check_image_area(node: Any, width_field: str = "width", height_field: str = "height") -> None:
-    """Raises `ImageAreaError` when a node's width and height are both image sides (`IMAGE_SIDE`) and their
+def check_image_area(node: Any) -> None:
+    """Raises `ImageAreaError` when a node's ``width`` and ``height`` are both image sides (`IMAGE_SIDE`) and their
     product exceeds ``[invokeai] max_image_pixels``."""
     fields = type(node).model_fields
-    if not (_limited_by(fields.get(width_field), ImageSideLimit) and _limited_by(fields.get(height_field), ImageSideLimit)):
+    if not (_limited_by(fields.get("width"), ImageSideLimit) and _limited_by(fields.get("height"), ImageSideLimit)):
         return
-    width, height = getattr(node, width_field, None), getattr(node, height_field, None)
+    width, height = getattr(node, "width", None), getattr(node, "height", None)
     if isinstance(width, int) and isinstance(height, int):
         problem = size_problem(width, height)
         if problem:
-            raise ImageAreaError(problem, width_field)
+            raise ImageAreaError(problem, "width")
 
 
 def size_problem(width: int, height: int) -> Optional[str]:

@@ -295,7 +295,7 @@ class EnginePath:
         self.graph = Graph.from_dict(bind_model_fields(t2i_graph(spec, name, size=size, steps=steps, seed=0),
                                                        self.registry))
         self.backend = LocalArtifactBackend(work / f"artifacts-{spec.key}")
-        self.sessions_run = 0
+        self.runs = 0
         self.last_png: bytes | None = None
 
     def sessions(self, seeds: list[int]) -> list[dict[str, Any]]:
@@ -307,17 +307,18 @@ class EnginePath:
         return [g.to_dict() for g in graphs]
 
     def run(self, sessions: list[dict[str, Any]]) -> None:
-        from invokeai_provider.core.context import RunContext
-        from invokeai_provider.graph.engine import run_graph
-        from invokeai_provider.graph.graph import Graph
+        """The sessions of one batch in one engine call, as a chunk of a mapped task runs them."""
+        from invokeai_provider.execution.graph_runs import GraphJob, TaskEnvironment, run_graphs
         from invokeai_provider.storage.base import RunStore
 
-        for doc in sessions:
-            self.sessions_run += 1
-            store = RunStore(self.backend, dag_id="bench_sd", run_id=f"session-{self.sessions_run}")
-            state = run_graph(Graph.from_dict(doc), RunContext(store=store, services={"models": self.manager}))
-            [image] = state.outputs_of("decode")
-            self.last_png = store.read("images", image.image.image_name)
+        self.runs += 1
+        run_id = f"batch-{self.runs}"
+        jobs = [GraphJob(doc, TaskEnvironment(dag_id="bench_sd", run_id=run_id, task_id="t2i", item=index,
+                                              artifact_root=self.backend.uri("")), persist=["decode"])
+                for index, doc in enumerate(sessions)]
+        states = run_graphs(jobs, {"models": self.manager}, workflow_json=None)
+        [image] = states[-1].outputs_of("decode")
+        self.last_png = RunStore(self.backend, dag_id="bench_sd", run_id=run_id).read("images", image.image.image_name)
 
     def engine_scheduler(self, folder: Path) -> Any:
         from invokeai_provider.models.stable_diffusion.schedulers import make_scheduler

@@ -41,13 +41,23 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
     "vram_cache_gb": ("0", "VRAM budget of the model cache, in GiB (0: as much as the device allows)."),
     "task_retries": ("2", "Retries of every compiled workflow task (a DAG's default_args may override it)."),
     "task_retry_delay_seconds": ("10", "Seconds between a failed try of a compiled task and its retry."),
+    "node_cache_size": ("512", "Node outputs kept per task (InvokeAI's invocation cache): a node whose inputs equal an "
+                               "earlier node's in the same task reuses its output (e.g. one prompt encoded once for "
+                               "a chunk of sessions). 0 disables it."),
     "runtime_socket": (None, "Unix socket of this worker's GPU runtime (`invokeai-airflow runtime serve`); GPU segments "
                              "run there with warm models. Unset: tasks run their nodes in-process."),
     "runtime_connect_seconds": ("10", "How long a task waits for a configured runtime that does not answer (it may be "
                                       "restarting) before it runs its nodes in-process."),
     "runtime_max_batch": ("4", "Most denoise nodes of one DAG run (same UNet, size and steps) the GPU runtime runs as one "
                                "batch; also how many tasks it admits at a time. 1: one task after the other."),
+    "map_chunk_size": ("16", "Items (batch sessions or iteration paths) each mapped task runs in one engine call; their "
+                             "denoise nodes share UNet passes. Larger chunks mean fewer Airflow tasks per image; a "
+                             "run with more items than [core] max_map_length times this gets larger chunks. "
+                             "compile_dag(chunk_size=...) and `compile --chunk-size` override it per workflow."),
     "runtime_preload": (None, "Comma-separated model names or keys the runtime loads at start and keeps warm."),
+    "keep_intermediates": ("false", "Also write the tensors and conditioning that nodes pass to each other inside a task "
+                                    "to the artifact store (for debugging); by default they stay in memory and only the "
+                                    "ones another task or the run's outputs read are stored."),
     "s3_conn_id": ("invokeai_s3", "Airflow connection (type invokeai_s3 or aws) holding the key id (login), secret "
                                   "(password) and extras endpoint_url / region_name for s3:// roots that name no "
                                   "connection; when it does not exist boto3's default credential chain (AWS_* "
@@ -74,6 +84,8 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
 }
 
 _N = TypeVar("_N", int, float)
+_BOOLEANS = {"true": True, "t": True, "1": True, "yes": True, "on": True,
+             "false": False, "f": False, "0": False, "no": False, "off": False}
 
 
 class ConfigError(InvokeAIProviderError, ValueError):
@@ -158,6 +170,14 @@ class Settings:
     def _list(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in (self.raw(name) or "").split(",") if item.strip())
 
+    def _bool(self, name: str) -> bool:
+        """true/false (also 1/0, yes/no, on/off, t/f), in any case."""
+        value = self.raw(name)
+        answer = _BOOLEANS.get((value or "").strip().lower())
+        if answer is None:
+            raise _invalid(name, value, "true or false")
+        return answer
+
     # --- storage ------------------------------------------------------------------------------------
 
     @property
@@ -189,6 +209,11 @@ class Settings:
     @property
     def s3_retry_seconds(self) -> float:
         return self._float("s3_retry_seconds", "seconds")
+
+    @property
+    def keep_intermediates(self) -> bool:
+        """Whether the tensors and conditioning passed between nodes inside a task are stored too (debugging)."""
+        return self._bool("keep_intermediates")
 
     # --- models -------------------------------------------------------------------------------------
 
@@ -261,6 +286,10 @@ class Settings:
         return self._float("task_retry_delay_seconds", "seconds")
 
     @property
+    def node_cache_size(self) -> int:
+        return self._int("node_cache_size", minimum=0)
+
+    @property
     def workflow_granularity(self) -> str:
         return self._text("workflow_granularity")
 
@@ -299,6 +328,10 @@ class Settings:
         return self._int("runtime_max_batch", minimum=1)
 
     @property
+    def map_chunk_size(self) -> int:
+        return self._int("map_chunk_size", minimum=1)
+
+    @property
     def runtime_cancel_grace_seconds(self) -> float:
         return self._number("runtime_cancel_grace_seconds", float, "a number of seconds", 0.0)
 
@@ -317,4 +350,16 @@ def settings(*only: str) -> Settings:
     return Settings({name: value for name in (only or OPTIONS) if (value := _configured(name)) is not None})
 
 
-__all__ = ["OPTIONS", "SECTION", "ConfigError", "Settings", "env_var", "settings"]
+def airflow_max_map_length() -> int:
+    """Airflow's ``[core] max_map_length`` (default 1024): the most mapped instances one task may have."""
+    value = os.environ.get("AIRFLOW__CORE__MAX_MAP_LENGTH")
+    configuration = sys.modules.get("airflow.configuration")
+    if not value and configuration is not None:
+        value = configuration.conf.get("core", "max_map_length", fallback=None)
+    try:
+        return max(int(value), 1) if value else 1024
+    except ValueError:
+        raise ConfigError(f"[core] max_map_length: expected a whole number, got {value!r}") from None
+
+
+__all__ = ["OPTIONS", "SECTION", "ConfigError", "Settings", "airflow_max_map_length", "env_var", "settings"]

@@ -36,8 +36,10 @@ def _encode(node: BaseInvocation, context: "InvocationContext", clip: CLIPField,
     import torch
     from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
 
+    from invokeai_provider.models.stable_diffusion.prompt_parsing import parse_prompt
+
     with context.util.off_device():
-        conjunction = Compel.parse_prompt_string(prompt)
+        conjunction = parse_prompt(prompt)
 
     from invokeai_provider.models.patches.apply import prompt_embeddings
     from invokeai_provider.models.stable_diffusion.extensions import clip_skip

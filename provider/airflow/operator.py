@@ -25,7 +25,8 @@ from invokeai_provider.compiler.plan import node_class_produces_images
 from invokeai_provider.compiler.run_conf import check_run_conf
 from invokeai_provider.config import settings
 from invokeai_provider.errors import InvokeAIProviderError, is_input_error
-from invokeai_provider.execution.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, TaskEnvironment, run_task
+from invokeai_provider.execution.graph_runs import TaskEnvironment
+from invokeai_provider.execution.task_runtime import RECORDS_KEY, CompiledDocument, SkipTask, run_task
 from invokeai_provider.execution.tenants import InvalidTenantError, resolve_tenant
 from invokeai_provider.execution.usage import USAGE_XCOM_KEY, UsageMeter, store_usage
 

@@ -13,7 +13,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     source = Path(args.file)
     dag_id = args.dag_id or dag_id_for(source)
-    text = render_dag_file(source, dag_id=dag_id, granularity=args.granularity, source_name=source.name)
+    text = render_dag_file(source, dag_id=dag_id, granularity=args.granularity, source_name=source.name,
+                           chunk_size=args.chunk_size)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -22,11 +23,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds ``compile``."""
     compile_cmd = sub.add_parser("compile", help="write a readable Airflow DAG file for a graph or workflow")
     compile_cmd.add_argument("file", help="graph or workflow JSON file")
     compile_cmd.add_argument("--dag-id", help="DAG id (default: the file name)")
     compile_cmd.add_argument("--granularity", choices=("segment", "node"), default="segment")
+    compile_cmd.add_argument("--chunk-size", type=_positive, metavar="N",
+                             help="batch sessions or iteration items per mapped task instance "
+                                  "(default: [invokeai] map_chunk_size when the task runs)")
     compile_cmd.add_argument("-o", "--output", metavar="OUT.py", help="output file (default: stdout)")
     compile_cmd.set_defaults(func=cmd_compile)

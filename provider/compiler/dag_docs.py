@@ -5,14 +5,57 @@ planned tasks.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from invokeai_provider.execution.chunks import chunk_ranges, describe_ranges
 
 if TYPE_CHECKING:
     from invokeai_provider.compiler.params import ParamSpec
     from invokeai_provider.execution.task_runtime import CompiledDocument
     from invokeai_provider.graph.workflow import Document
 
-__all__ = ["dag_doc_md", "workflow_doc_md"]
+__all__ = ["MappedChunks", "dag_doc_md", "planned_chunks", "workflow_doc_md"]
+
+
+@dataclass(frozen=True)
+class MappedChunks:
+    """How a mapped task's items are grouped: ``items`` None when only the run knows (iterations, batch Params)."""
+
+    task_id: str
+    axes: str
+    items: Optional[int]
+    size: Optional[int]  # None: [invokeai] map_chunk_size at run time
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    def describe(self) -> str:
+        size = f"{self.size}" if self.size is not None else "[invokeai] map_chunk_size"
+        if self.items is None:
+            return f"`{self.task_id}` over {self.axes}: chunks of {size} items (the count is known when the run starts)"
+        return (f"`{self.task_id}` over {self.axes}: {self.items:,} items in {len(self.ranges):,} chunks of {self.size} "
+                f"({describe_ranges(self.ranges)})")
+
+
+def planned_chunks(compiled: "CompiledDocument") -> list[MappedChunks]:
+    """The mapped tasks' chunks. A task mapped over the document's batch alone has a known item count (the
+    batch's sessions, as long as no batch Param changes them); the size is the effective one for that count."""
+    from invokeai_provider.compiler.plan import SESSION_AXIS
+    from invokeai_provider.graph.batch import Batch
+
+    plan = compiled.plan
+    result = []
+    for task in plan.tasks:
+        if not task.mapped:
+            continue
+        axes = ", ".join(plan.axis_labels.get(a, a) for a in task.scope)
+        count = Batch.model_validate(compiled.batch).session_count() if (
+            task.scope == [SESSION_AXIS] and compiled.batch) else None
+        if count is None:
+            result.append(MappedChunks(task.task_id, axes, None, compiled.chunk_size))
+            continue
+        size = compiled.effective_chunk_size(count)
+        result.append(MappedChunks(task.task_id, axes, count, size, tuple(chunk_ranges(count, size))))
+    return result
 
 
 def _cell(text: Any) -> str:
@@ -73,6 +116,10 @@ def dag_doc_md(compiled: "CompiledDocument", document: "Document") -> str:
         mapped = ", ".join(plan.axis_labels.get(a, a) for a in task.scope) if task.mapped else ""
         nodes = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
         lines.append(f"| `{task.task_id}` | {task.queue} | {mapped} | {nodes} |")
+    chunks = planned_chunks(compiled)
+    if chunks:
+        lines += ["", "## Mapped items", "", "Each mapped task instance runs a chunk of items in one engine call:", ""]
+        lines += [f"- {c.describe()}" for c in chunks]
     lines += ["", "The `tenant` Param (section *Run*) is the storage prefix of the run's images and usage records: "
               "`<tenant>/runs/...`, `<tenant>/usage/...`."]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, MutableMapping, Optional
+from typing import Any, Mapping, MutableMapping, Optional, Union
 
 from airflow.sdk import DAG
 
@@ -57,10 +57,13 @@ class BrokenWorkflowDAG(DAG):
 
 def load_workflow_dags(folder: str | Path, namespace: Optional[MutableMapping[str, Any]] = None, *,
                        granularity: str = "segment", dag_id_prefix: str = "",
+                       chunk_size: Union[int, Mapping[str, int], None] = None,
                        **dag_kwargs: Any) -> dict[str, DAG]:
     """Compiles every ``*.json`` in ``folder`` into a DAG and puts it in ``namespace`` (a module's globals).
 
     :param granularity: ``segment`` (default) or ``node``, for every DAG of the folder
+    :param chunk_size: items per mapped task instance, for every DAG, or per dag_id (a mapping; the DAGs it does
+        not name use ``[invokeai] map_chunk_size``)
     :param dag_kwargs: passed to each DAG (schedule, default_args, tags, ...)
     """
     from airflow.sdk import get_parsing_context
@@ -76,7 +79,8 @@ def load_workflow_dags(folder: str | Path, namespace: Optional[MutableMapping[st
         if wanted is not None and dag_id != wanted:
             continue
         try:
-            dag = compile_dag(path, dag_id=dag_id, granularity=granularity, **dag_kwargs)
+            size = chunk_size.get(dag_id) if isinstance(chunk_size, Mapping) else chunk_size
+            dag = compile_dag(path, dag_id=dag_id, granularity=granularity, chunk_size=size, **dag_kwargs)
         except Exception as exc:  # one broken workflow must not hide the others
             relative = path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
             log.error("workflow %s does not compile: %s", relative, exc)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 Source = Union[str, Path, Mapping[str, Any], "Document"]
 
-_CACHE: dict[tuple[str, str], CompiledDocument] = {}
+_CACHE: dict[tuple[str, str, Optional[int]], CompiledDocument] = {}
 _CACHE_LOCK = threading.Lock()
 LABEL_TEMPLATE = "{{ invokeai_label }}"
 
@@ -54,27 +54,34 @@ def document_text(source: Source) -> tuple[str, str]:
     raise TypeError(f"cannot compile a {type(source).__name__}")
 
 
-def load_compiled(source: Source, *, granularity: str = "segment",
-                  model_names: Any = None) -> CompiledDocument:
-    """Parses, validates and plans a document; cached by (content hash, granularity)."""
+def load_compiled(source: Source, *, granularity: str = "segment", model_names: Any = None,
+                  chunk_size: Optional[int] = None) -> CompiledDocument:
+    """Parses, validates and plans a document; cached by (content hash, granularity, chunk size).
+
+    :param chunk_size: items per mapped task instance (None: ``[invokeai] map_chunk_size`` when the task runs)
+    """
     from invokeai_provider.graph.workflow import Document, load_document
 
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InvokeAIProviderError(f"chunk_size: expected a whole number of at least 1, got {chunk_size!r}")
     if isinstance(source, Document):
-        return _compile_document(source, granularity, model_names, "")
+        return _compile_document(source, granularity, model_names, "", chunk_size)
     text, stem = document_text(source)
-    key = (hashlib.sha256(text.encode()).hexdigest(), granularity)
+    key = (hashlib.sha256(text.encode()).hexdigest(), granularity, chunk_size)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
     path = document_path(source)
-    compiled = _compile_document(load_document(text, str(path) if path else ""), granularity, model_names, stem)
+    compiled = _compile_document(load_document(text, str(path) if path else ""), granularity, model_names, stem,
+                                 chunk_size)
     with _CACHE_LOCK:
         _CACHE[key] = compiled
     return compiled
 
 
-def _compile_document(document: "Document", granularity: str, model_names: Any, stem: str) -> CompiledDocument:
+def _compile_document(document: "Document", granularity: str, model_names: Any, stem: str,
+                      chunk_size: Optional[int]) -> CompiledDocument:
     from invokeai_provider.compiler.dag_docs import dag_doc_md
     from invokeai_provider.compiler.model_choices import registry_model_names
     from invokeai_provider.compiler.params import param_specs
@@ -88,7 +95,8 @@ def _compile_document(document: "Document", granularity: str, model_names: Any, 
                       has_batch=document.batch is not None, name=name)
     specs = param_specs(document, model_names=model_names if model_names is not None else registry_model_names())
     compiled = CompiledDocument(plan=plan, param_specs=specs, workflow_json=workflow.raw if workflow else None,
-                                batch=document.batch.model_dump(mode="json") if document.batch else None, name=name)
+                                batch=document.batch.model_dump(mode="json") if document.batch else None, name=name,
+                                chunk_size=chunk_size)
     compiled.doc_md = dag_doc_md(compiled, document)
     return compiled
 
@@ -102,7 +110,8 @@ def dag_id_for(path: Path, prefix: str = "") -> str:
 
 
 def plan_key(dag_id: str, compiled: CompiledDocument) -> str:
-    return f"{dag_id}@{compiled.plan.content_hash[:16]}"
+    chunks = f"/chunks{compiled.chunk_size}" if compiled.chunk_size else ""
+    return f"{dag_id}@{compiled.plan.content_hash[:16]}{chunks}"
 
 
 @dataclass
@@ -172,17 +181,19 @@ def dag_params(compiled: CompiledDocument) -> dict[str, Any]:
 
 
 def compile_dag(source: Source, *, dag_id: str, granularity: str = "segment", model_names: Any = None,
-                **dag_kwargs: Any) -> "DAG":
+                chunk_size: Optional[int] = None, **dag_kwargs: Any) -> "DAG":
     """Compiles a graph, workflow or batch document into a DAG.
 
     :param source: a path, JSON text, a parsed dict or a Document
     :param dag_id: the DAG's id
     :param granularity: ``segment`` (default: connected nodes of one scope share a task) or ``node``
+    :param chunk_size: items (batch sessions, iteration paths) per mapped task instance; default
+        ``[invokeai] map_chunk_size`` (`invokeai_provider.execution.chunks`)
     :param dag_kwargs: passed to ``DAG`` (schedule, tags, default_args, ...); ``schedule`` defaults to None
     """
     from airflow.sdk import DAG
 
-    compiled = load_compiled(source, granularity=granularity, model_names=model_names)
+    compiled = load_compiled(source, granularity=granularity, model_names=model_names, chunk_size=chunk_size)
     key = plan_key(dag_id, compiled)
     from invokeai_provider.airflow.operator import register_compiled
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from invokeai_provider.compiler.dags import Source, TaskCall, document_text, load_compiled, task_calls
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SESSIONS
@@ -250,10 +250,13 @@ def _call_lines(call: TaskCall, compiled: "CompiledDocument", names: dict[str, s
     return lines
 
 
-def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment", source_name: str = "") -> str:
+def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment", source_name: str = "",
+                    chunk_size: Optional[int] = None) -> str:
     """A readable DAG file: the workflow embedded as indented JSON, then one operator call per planned task."""
+    from invokeai_provider.compiler.dag_docs import planned_chunks
+
     text, stem = document_text(source)
-    compiled = load_compiled(source, granularity=granularity)  # from the file itself: errors name it
+    compiled = load_compiled(source, granularity=granularity, chunk_size=chunk_size)  # from the file: errors name it
     calls = task_calls(compiled)
     plan = compiled.plan
     names = {c.task.task_id: _variable(c.task.task_id) for c in calls}
@@ -268,6 +271,11 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
         what = ", ".join(plan.node_labels.get(n, n) for n in task.nodes) or task.kind
         mapped = f", mapped over {', '.join(plan.axis_labels.get(a, a) for a in task.scope)}" if task.mapped else ""
         out += _words(f"{task.task_id} ({task.kind}, queue {task.queue}{mapped}): {what}", "- ", "  ")
+    chunks = planned_chunks(compiled)
+    if chunks:
+        out += ["", "Mapped items, a chunk per mapped task instance:", ""]
+        for mapped_chunks in chunks:
+            out += _words(mapped_chunks.describe().replace("`", ""), "- ", "  ")
     out += ["", "The workflow is embedded below (DOCUMENT). Edit the workflow and compile again rather than editing the",
             "tasks: when parsed, this file checks that the workflow still plans exactly these tasks"
             + (", with these node inputs." if node_ops else "."), '"""', "",
@@ -279,10 +287,12 @@ def render_dag_file(source: Source, *, dag_id: str, granularity: str = "segment"
     if node_ops:
         out.append("from invokeai_provider.compiler.render import check_node_inputs")
         out += _wrap(node_ops, "from invokeai_provider.operators import (", "    ", ")")
-    out += ["", f"DAG_ID = {dag_id!r}", f"GRANULARITY = {granularity!r}", "",
+    out += ["", f"DAG_ID = {dag_id!r}", f"GRANULARITY = {granularity!r}",
+            *([f"CHUNK_SIZE = {chunk_size!r}  # items per mapped task instance"] if chunk_size else []), "",
             "# The InvokeAI document (its content unchanged, indented).",
             "DOCUMENT = json.loads(r'''", _embedded_json(json.loads(text)), "''')", "",
-            "compiled = load_compiled(DOCUMENT, granularity=GRANULARITY)"]
+            "compiled = load_compiled(DOCUMENT, granularity=GRANULARITY"
+            + (", chunk_size=CHUNK_SIZE)" if chunk_size else ")")]
     out += _wrap([repr(c.task.task_id) for c in calls], "check_plan(compiled, [", "                      ", "])")
     out += ["KEY = plan_key(DAG_ID, compiled)", "register_compiled(KEY, compiled)", "",
             "with DAG(dag_id=DAG_ID, params=dag_params(compiled), doc_md=compiled.doc_md, schedule=None,",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from invokeai_provider.core.invocation import BaseInvocation
+    from invokeai_provider.storage.intermediates import IntermediateObjects
 
 METADATA_CHUNK = "invokeai_metadata"
 GRAPH_CHUNK = "invokeai_graph"
@@ -40,12 +41,16 @@ class RunContext:
     name_prefix: str = ""
     task_id: Optional[str] = None
     map_index: Optional[int] = None
+    item_index: Optional[int] = None  # a mapped item's position among all items (chunks keep it)
     graph_json: Optional[dict[str, Any]] = None
     workflow_json: Optional[dict[str, Any]] = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     on_progress: Optional[ProgressCallback] = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("invokeai_provider.node"))
     services: dict[str, Any] = field(default_factory=dict)
+    intermediates: Optional["IntermediateObjects"] = None  # set: tensors and conditioning stay in memory
+    # set: equal nodes share their output (a graph.node_cache.NodeCache, typed Any: the core imports nothing above it)
+    node_cache: Optional[Any] = None
 
 
 class _NodeScope:
@@ -116,6 +121,7 @@ class ImagesInterface:
             "tenant": run.store.tenant,
             "task_id": run.task_id,
             "map_index": run.map_index,
+            "item_index": run.item_index,
         }
         self._scope.records.append(record)
         run.store.record({"kind": "image", **{k: v for k, v in record.items() if k != "metadata"}})
@@ -144,7 +150,8 @@ class ImagesInterface:
 
 
 class TensorsInterface:
-    """Tensors as safetensors objects; never pickle."""
+    """Tensors as safetensors objects; never pickle. With ``run.intermediates`` set they stay in memory for the
+    engine call (`invokeai_provider.storage.intermediates`) and only the ones read outside it are written."""
 
     kind = "tensors"
 
@@ -158,19 +165,34 @@ class TensorsInterface:
         return self.load_dict(name)["tensor"]
 
     def save_dict(self, tensors: dict[str, Any], metadata: Optional[dict[str, str]] = None) -> str:
+        """Holds the object in the run's intermediates when it has them (the engine call persists the ones
+        read outside it), else writes it to the store."""
+        name = self._scope.next_name(self.kind)
+        intermediates = self._scope.run.intermediates
+        if intermediates is not None:
+            intermediates.put(self.kind, name, tensors, metadata)
+            return name
         from safetensors.torch import save
 
-        name = self._scope.next_name(self.kind)
         data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
         self._scope.run.store.write(self.kind, name + ".safetensors", data)
         return name
 
     def load_dict(self, name: str) -> dict[str, Any]:
+        """From the run's intermediates when held there, else from the store (other tasks' objects)."""
+        intermediates = self._scope.run.intermediates
+        held = intermediates.get(self.kind, name) if intermediates is not None else None
+        if held is not None:
+            return held[0]
         from safetensors.torch import load
 
         return load(self._scope.run.store.read(self.kind, name + ".safetensors"))
 
     def load_metadata(self, name: str) -> dict[str, str]:
+        intermediates = self._scope.run.intermediates
+        metadata = intermediates.metadata(self.kind, name) if intermediates is not None else None
+        if metadata is not None:
+            return metadata
         data = self._scope.run.store.read(self.kind, name + ".safetensors")
         header_len = int.from_bytes(data[:8], "little")
         return json.loads(data[8:8 + header_len]).get("__metadata__", {})

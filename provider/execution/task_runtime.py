@@ -1,25 +1,24 @@
 """What a compiled task does when it runs: no Airflow import, so it is testable and reusable by a runtime.
 
 A task receives the compiled document (plan, params, workflow), its own task id, the run's Param values,
-and either its upstream tasks' outputs (unmapped) or its instance (mapped). It runs its nodes with the
-engine, publishes the boundary values other tasks read, and computes the instance lists of the mapped
-tasks it feeds.
+and either its upstream tasks' outputs (unmapped) or its instance (mapped: a chunk of items, see
+`invokeai_provider.execution.chunks`). It runs its nodes with the engine (`invokeai_provider.execution.graph_runs`),
+publishes the boundary values other tasks read, and computes the instance lists of the mapped tasks it feeds.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from invokeai_provider.compiler.plan import COLLECT_TASK, FANOUT, SEGMENT, SESSION_AXIS, SESSIONS, Plan, TaskPlan
-from invokeai_provider.config import settings
+from invokeai_provider.config import airflow_max_map_length, settings
 from invokeai_provider.errors import BatchZippedLengthError, InvokeAIProviderError
+from invokeai_provider.execution.chunks import chunk_instances, chunk_label, effective_chunk_size, is_chunk
+from invokeai_provider.execution.graph_runs import GraphJob, TaskEnvironment, run_graphs
 from invokeai_provider.execution.instances import RecordIndex, build_instances, collect_groups
-from invokeai_provider.graph.graph import Graph
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +35,13 @@ class CompiledDocument:
     batch: Optional[dict[str, Any]] = None  # the document's Batch as a dict
     name: str = ""
     doc_md: str = ""  # the DAG's docs, made once per compile
+    chunk_size: Optional[int] = None  # items per mapped task instance; None: [invokeai] map_chunk_size at run time
 
-
-@dataclass
-class TaskEnvironment:
-    """The Airflow side of a task run, as plain values."""
-
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: Optional[int] = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("invokeai_provider.task"))
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    artifact_root: Optional[str] = None
-    model_root: Optional[str] = None
-    tenant: Optional[str] = None
-    usage: Optional[Any] = None  # invokeai_provider.execution.usage.UsageMeter: what the task's nodes use
+    def effective_chunk_size(self, items: int) -> int:
+        """Items per chunk for a mapped task of ``items`` items: the configured size, made larger where the
+        items would otherwise need more than ``[core] max_map_length`` mapped instances."""
+        configured = self.chunk_size or settings("map_chunk_size").map_chunk_size
+        return effective_chunk_size(items, configured, airflow_max_map_length())
 
 
 def graph_with_params(compiled: CompiledDocument, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,15 +69,17 @@ def literal_conditions(graph: dict[str, Any], task: TaskPlan) -> dict[str, Any]:
 
 def emitted_instances(compiled: CompiledDocument, graph: dict[str, Any], task: TaskPlan,
                       index: RecordIndex) -> dict[str, list[dict[str, Any]]]:
-    """Instance lists of the mapped tasks this task feeds (at most one: it becomes the return value)."""
+    """Instance lists of the mapped tasks this task feeds (at most one: it becomes the return value): one
+    instance per chunk of items (`invokeai_provider.execution.chunks`)."""
     plan = compiled.plan
     result = {}
     for target_id in task.emits_for:
         target = plan.task(target_id)
-        result[target_id] = build_instances(
+        items = build_instances(
             scope=target.scope, inputs=target.inputs, guards=target.guards, nodes=target.nodes,
             literal_conditions=literal_conditions(graph, target), feeders=plan.axis_feeders,
             axis_labels=plan.axis_labels, index=index)
+        result[target_id] = chunk_instances(items, compiled.effective_chunk_size(len(items)))
     return result
 
 
@@ -115,15 +106,21 @@ def run_task(compiled: CompiledDocument, env: TaskEnvironment, *, upstream: Opti
         index.add(task.task_id, output)
     elif task.kind == SEGMENT:
         if instance is None:
-            instances = build_instances(scope=task.scope, inputs=task.inputs, guards=task.guards, nodes=task.nodes,
-                                        literal_conditions=literal_conditions(graph, task),
-                                        feeders=plan.axis_feeders, axis_labels=plan.axis_labels, index=index)
-            if len(instances) != 1:
-                raise InvokeAIProviderError(f"task {task.task_id}: expected one instance, got {len(instances)}")
-            instance = instances[0]
-        if instance.get("skip"):
-            raise SkipTask(str(instance["skip"]))
-        output = run_segment(compiled, task, graph, instance, env, services or {})
+            items = build_instances(scope=task.scope, inputs=task.inputs, guards=task.guards, nodes=task.nodes,
+                                    literal_conditions=literal_conditions(graph, task),
+                                    feeders=plan.axis_feeders, axis_labels=plan.axis_labels, index=index)
+            if len(items) != 1:
+                raise InvokeAIProviderError(f"task {task.task_id}: expected one instance, got {len(items)}")
+            first: Optional[int] = None
+        elif is_chunk(instance):
+            items, first = list(instance["items"]), int(instance["first"])
+        else:  # one item, from a DAG run that began before chunking
+            items, first = [dict(instance)], env.map_index
+        skipped = [item for item in items if item.get("skip")]
+        if len(skipped) == len(items):
+            raise SkipTask(str(skipped[0]["skip"]) if len(items) == 1 else
+                           f"every item of the chunk skips itself ({skipped[0]['skip']})")
+        output = run_segment(compiled, task, graph, items, first, env, services or {})
         index.add(task.task_id, output)
     else:
         raise InvokeAIProviderError(f"task {task.task_id}: unknown kind {task.kind!r}")
@@ -156,211 +153,59 @@ def _run_sessions(compiled: CompiledDocument, env: TaskEnvironment) -> dict[str,
     return {"scope": [], "records": [{"path": [], "values": {f"{SESSION_AXIS}.sessions": sessions}}]}
 
 
-def _mentions_model(value: Any) -> bool:
-    """A model identifier anywhere in a value (model fields, or UNet/CLIP/VAE fields from another task)."""
-    if isinstance(value, dict):
-        return {"key", "base", "type"} <= value.keys() or any(_mentions_model(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_mentions_model(v) for v in value)
-    return False
+def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any], items: Sequence[Mapping[str, Any]],
+                first: Optional[int], env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
+    """Runs a segment's nodes for each item (an unmapped task's one instance, or a chunk's items from position
+    ``first``) in one engine call, boundary values and batch values written in as literals. Items that skip
+    themselves (a lazy-if branch not taken) publish nothing, as a skipped task instance would."""
+    leaves = [n for n in task.nodes if n in compiled.plan.leaves]
+    positions = [None if first is None else first + number for number in range(len(items))]
+    runnable = [(position, item) for position, item in zip(positions, items) if not item.get("skip")]
+    jobs = [GraphJob(_segment_graph(task, graph, item), env.for_item(position),
+                     embedded_graph=_session_graph(graph, item), persist=[*task.outputs, *leaves])
+            for position, item in runnable]
+    states = run_graphs(jobs, services, workflow_json=compiled.workflow_json)
+    records, images, outputs = [], [], []
+    for (position, item), state in zip(runnable, states):
+        values: dict[str, Any] = {}
+        for key in task.outputs:
+            node_id, _, field_name = key.rpartition(".")
+            produced = state.outputs_of(node_id)
+            if produced:
+                values[key] = getattr(produced[0], field_name)
+        records.append({"path": list(item.get("path") or []), "values": _jsonable(values)})
+        images += _images(state)
+        outputs.append({n: state.outputs_of(n)[0].model_dump(mode="json") for n in leaves if state.outputs_of(n)})
+        env.logger.info("task %s%s: ran %d nodes in %.2f s (%s)", env.task_id,
+                        f" item {position}" if position is not None and len(items) > 1 else "", len(state.history),
+                        sum(state.timings.values()), ", ".join(
+                            f"{k} {v:.2f}s" for k, v in sorted(state.timings.items(), key=lambda kv: -kv[1])[:5]))
+    return {"scope": task.scope, "records": records,
+            "outputs": outputs[0] if len(items) == 1 and outputs else _chunk_outputs(runnable, outputs),
+            "images": images, "label": chunk_label(items, first or 0)}
 
 
-def _model_services(graph: dict[str, Any], env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
-    from invokeai_provider.models.model_manager.binding import graph_names_models
-
-    if "models" in services or not (graph_names_models(graph) or _mentions_model(list(graph["nodes"].values()))):
-        return services
-    return {**services, "models": shared_model_manager(env.model_root)}
+def _chunk_outputs(runnable: list[tuple[Optional[int], Mapping[str, Any]]],
+                   outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A chunk's leaf outputs, for people: per item position."""
+    return {str(position): output for (position, _), output in zip(runnable, outputs) if output}
 
 
-_MANAGERS: dict[Optional[str], Any] = {}
-_MANAGERS_LOCK = threading.Lock()
-
-
-def shared_model_manager(model_root: Optional[str]) -> Any:
-    """One model manager per model root in this process (a task process, or a long-lived runtime)."""
-    from invokeai_provider.models.model_manager.manager import ModelManager
-    from invokeai_provider.models.model_manager.registry import ModelRegistry
-
-    with _MANAGERS_LOCK:
-        if model_root not in _MANAGERS:
-            _MANAGERS[model_root] = ModelManager(ModelRegistry(model_root))
-        return _MANAGERS[model_root]
-
-
-def run_segment(compiled: CompiledDocument, task: TaskPlan, graph: dict[str, Any], instance: Mapping[str, Any],
-                env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
-    """Runs a segment's nodes with the engine, boundary values and batch values written in as literals."""
+def _segment_graph(task: TaskPlan, graph: dict[str, Any], item: Mapping[str, Any]) -> dict[str, Any]:
+    """The segment's nodes and inner edges, with the item's batch values and boundary values as literals."""
     members = set(task.nodes)
     nodes = {n: dict(graph["nodes"][n]) for n in task.nodes}
-    for fv in instance.get("field_values") or []:
+    for fv in item.get("field_values") or []:
         nodes[fv["node_path"]][fv["field_name"]] = fv["value"]
-    for key, value in (instance.get("inputs") or {}).items():
+    for key, value in (item.get("inputs") or {}).items():
         node_id, _, field_name = key.rpartition(".")
         nodes[node_id][field_name] = value
     edges = [e for e in graph["edges"] if e["source"]["node_id"] in members and e["destination"]["node_id"] in members]
-    sub = {"id": graph.get("id"), "nodes": nodes, "edges": edges}
-    state = _run_graph(sub, env, services, embedded_graph=_session_graph(graph, instance),
-                       workflow_json=compiled.workflow_json)
-    values: dict[str, Any] = {}
-    for key in task.outputs:
-        node_id, _, field_name = key.rpartition(".")
-        produced = state.outputs_of(node_id)
-        if produced:
-            values[key] = getattr(produced[0], field_name)
-    outputs = {n: state.outputs_of(n)[0].model_dump(mode="json") for n in task.nodes
-               if n in compiled.plan.leaves and state.outputs_of(n)}
-    env.logger.info("task %s: ran %d nodes in %.2f s (%s)", env.task_id, len(state.history),
-                    sum(state.timings.values()),
-                    ", ".join(f"{k} {v:.2f}s" for k, v in sorted(state.timings.items(), key=lambda kv: -kv[1])[:5]))
-    return {"scope": task.scope, "records": [{"path": list(instance.get("path") or []), "values": _jsonable(values)}],
-            "outputs": outputs, "images": _images(state), "label": instance.get("label", "")}
-
-
-def _run_graph(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
-               embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]]) -> Any:
-    """Runs a task's (sub)graph: in the host's GPU runtime when one is configured, answering and the graph has
-    GPU nodes (models stay warm there across tasks), else in this process. PNGs embed ``embedded_graph``
-    (default: the graph itself)."""
-    client = None if services else runtime_client_for(sub, env.logger)
-    if client is not None:
-        from invokeai_provider.graph.engine import ExecutionState
-
-        _check_literals(sub)  # a 1 MB prompt or a 100,000 px width fails here, not in the runtime
-        env.logger.info("handing %d nodes to the GPU runtime at %s", len(sub["nodes"]), client.socket_path)
-
-        result = client.run_graph(
-            {"graph": sub, "embedded_graph": embedded_graph, "workflow_json": workflow_json,
-             "env": {"dag_id": env.dag_id, "run_id": env.run_id, "task_id": env.task_id, "map_index": env.map_index,
-                     "tenant": env.tenant, "artifact_root": env.artifact_root, "model_root": env.model_root}},
-            logger=env.logger, cancel_event=env.cancel_event,
-            on_progress=env.usage.progress_callback(env.logger) if env.usage is not None else None)
-        state = ExecutionState.from_dict(result["state"])
-        if env.usage is not None:
-            env.usage.add_state(state)
-            env.usage.add_models(result.get("models") or {})
-            env.usage.add_model_cache(result.get("cache") or {}, runtime=result.get("runtime"))
-        _log_model_cache(env.logger, result.get("cache") or {}, result.get("runtime"))
-        return state
-    return run_graph_in_process(sub, env, services, embedded_graph=embedded_graph, workflow_json=workflow_json)
-
-
-def _check_literals(sub: dict[str, Any]) -> None:
-    """Validates a (sub)graph's literal values as the runtime will, except model names (the runtime binds them
-    to its registry), so that bad input never takes a place in the runtime's queue."""
-    from invokeai_provider.models.model_manager.binding import model_fields_of
-
-    nodes = {}
-    for node_id, node in sub["nodes"].items():
-        try:
-            names = [f for f in model_fields_of(str(node.get("type"))) if isinstance(node.get(f), str)]
-        except InvokeAIProviderError:
-            names = []  # an unknown type: Graph.from_dict says so, naming the node
-        nodes[node_id] = {k: v for k, v in node.items() if k not in names}
-    Graph.from_dict({**sub, "nodes": nodes}).validate()
-
-
-def runtime_client_for(graph: dict[str, Any], logger: logging.Logger) -> Any:
-    """The GPU runtime's client when ``[invokeai] runtime_socket`` is set, the graph has a GPU node and the
-    runtime answers; None means: run in this process."""
-    from invokeai_provider.config import settings
-
-    config = settings()
-    path = config.runtime_socket
-    if not path or not _has_gpu_node(graph):
-        return None
-    from invokeai_provider.execution.runtime.client import RuntimeClient
-
-    client = RuntimeClient(path)
-    if client.wait_until_answering(config.runtime_connect_seconds):
-        return client
-    logger.warning("GPU runtime at %s is not answering; running this task's nodes in-process (cold model cache)",
-                   path)
-    return None
-
-
-def _has_gpu_node(graph: dict[str, Any]) -> bool:
-    from invokeai_provider.core.registry import InvocationRegistry
-
-    for node in graph["nodes"].values():
-        try:
-            if InvocationRegistry.get_invocation_class(node.get("type")).UIConfig.gpu:
-                return True
-        except InvokeAIProviderError:
-            continue  # an unknown type fails with its own error in whichever process runs it
-    return False
-
-
-def _log_model_cache(logger: logging.Logger, cache: dict[str, Any], runtime: Optional[dict[str, Any]]) -> None:
-    if not cache:
-        return
-    where = f"GPU runtime {runtime.get('device')} (pid {runtime.get('pid')})" if runtime else "this process"
-    logger.info("model cache in %s: %d hits, %d misses, %.2f s loading%s", where, cache.get("hits", 0),
-                cache.get("misses", 0), cache.get("load_seconds", 0.0),
-                f" ({', '.join(cache['loaded'])})" if cache.get("loaded") else "")
-
-
-def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
-                         embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]],
-                         runtime: Optional[dict[str, Any]] = None) -> Any:
-    """Binds model names, validates and runs a (sub)graph here: in a task process, or in the GPU runtime
-    (``runtime`` describes it, for the usage record)."""
-    from invokeai_provider.graph.engine import Engine, ExecutionState
-
-    services = _model_services(sub, env, services)
-    manager = services.get("models")
-    tracking = manager.cache.track() if hasattr(manager, "cache") else contextlib.nullcontext()
-    if env.usage is not None and "models" in services:
-        services = {**services, "models": env.usage.models_service(services["models"])}
-    if "models" in services:
-        from invokeai_provider.models.model_manager.binding import bind_model_fields
-
-        registry = services["models"].registry
-        sub = bind_model_fields(sub, registry)
-        if embedded_graph is not None:
-            embedded_graph = bind_model_fields(embedded_graph, registry)
-    if embedded_graph is None:
-        embedded_graph = sub
-    run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services)
-    from invokeai_provider.execution.tenants import check_references
-
-    check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
-    graph = Graph.from_dict(sub)
-    graph.validate()
-    with tracking as stats:
-        try:
-            state = Engine(run).run(ExecutionState(graph))
-        finally:
-            if stats is not None:
-                cache = stats.report()
-                if env.usage is not None:
-                    env.usage.add_model_cache(cache, runtime=runtime)
-                if runtime is None:
-                    _log_model_cache(env.logger, cache, None)
-    if env.usage is not None:
-        env.usage.add_state(state)
-    return state
+    return {"id": graph.get("id"), "nodes": nodes, "edges": edges}
 
 
 def _images(state: Any) -> list[dict[str, Any]]:
     return [record for records in state.records.values() for record in records]
-
-
-def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json: Optional[dict[str, Any]],
-                 services: dict[str, Any]) -> Any:
-    """The engine's run context for a task: the run's store, and names unique per mapped instance."""
-    from invokeai_provider.core.context import RunContext
-    from invokeai_provider.execution.tenants import check_tenant
-    from invokeai_provider.storage.base import open_run_store
-
-    store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or settings().default_tenant),
-                           dag_id=env.dag_id, run_id=env.run_id)
-    mapped = env.map_index is not None and env.map_index >= 0
-    on_progress = env.usage.progress_callback(env.logger) if env.usage is not None else None
-    return RunContext(store=store, name_prefix=f"m{env.map_index}." if mapped else "", task_id=env.task_id,
-                      map_index=env.map_index if mapped else None, graph_json=graph_json,
-                      workflow_json=workflow_json, cancel_event=env.cancel_event, logger=env.logger,
-                      services=services, on_progress=on_progress)
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -379,29 +224,10 @@ def _session_graph(graph: dict[str, Any], instance: Mapping[str, Any]) -> dict[s
     return session
 
 
-def workflow_with_values(workflow_json: Optional[dict[str, Any]], graph: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """The workflow embedded in PNGs, with the values this run used (Params, batch values), so loading
-    it in InvokeAI reproduces the image."""
-    if workflow_json is None:
-        return None
-    workflow = copy.deepcopy(workflow_json)
-    for wf_node in workflow.get("nodes", []):
-        values = graph["nodes"].get(str(wf_node.get("id")))
-        inputs = (wf_node.get("data") or {}).get("inputs") if values else None
-        if not isinstance(inputs, dict):
-            continue
-        for name, spec in inputs.items():
-            if isinstance(spec, dict) and name in values and "value" in spec:
-                spec["value"] = values[name]
-    return workflow
-
-
-
-
 def run_single_node(node_class: Any, node_id: str, inputs: Mapping[str, Any], env: TaskEnvironment,
                     services: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Runs one node from a hand-written DAG's operator; returns its output (JSON) and image records."""
     node = {"id": node_id, "type": node_class.get_type(), **_jsonable(dict(inputs))}
     graph = {"id": f"{env.dag_id}.{node_id}", "nodes": {node_id: node}, "edges": []}
-    state = _run_graph(graph, env, dict(services or {}), embedded_graph=None, workflow_json=None)
+    [state] = run_graphs([GraphJob(graph, env, persist=[node_id])], dict(services or {}), workflow_json=None)
     return state.outputs_of(node_id)[0].model_dump(mode="json"), _images(state)

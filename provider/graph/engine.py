@@ -506,7 +506,15 @@ class Engine:
         try:
             invocation = self._hydrate(state, node)
             context = InvocationContext(self.run_context, invocation, node.exec_id)
-            output = invocation.invoke_internal(context)
+            cache = self.run_context.node_cache
+            key = cache.key(invocation) if cache is not None else None
+            if key is None:
+                output = invocation.invoke_internal(context)
+            else:  # InvokeAI's invocation cache: a hit runs nothing and writes no records
+                device = self.run_context.services.get("device")
+                output, _hit = cache.get_or_compute(
+                    key, lambda: invocation.invoke_internal(context), keep=lambda: not context.records,
+                    waiting=getattr(device, "waiting", None), cancel_event=self.run_context.cancel_event)
         except CanceledError:
             state.canceled = True
             raise

@@ -72,6 +72,8 @@ def test_the_typed_defaults_are_the_declared_ones(unset: Path) -> None:
         value = getattr(s, name)
         if default is None:  # unset, or computed per process: the description says which
             assert value in (None, ()) or "default" in description, name
+        elif isinstance(value, bool):
+            assert value is (default == "true"), name
         elif isinstance(value, (int, float)):
             assert value == float(default), name
         else:
@@ -140,6 +142,7 @@ def test_airflow_cfg_is_read_once_airflow_is_loaded_and_the_environment_wins(uns
     ("s3_retry_seconds", "long", "a number of seconds"),
     ("model_cache_gb", "lots", "a number of GiB"),
     ("ram_cache_gb", "8G", "a number of GiB"),
+    ("keep_intermediates", "sometimes", "true or false"),
 ])
 def test_a_bad_value_names_the_option_its_variable_and_the_value(unset: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  option: str, value: str, expected: str) -> None:
@@ -197,3 +200,13 @@ def test_settings_can_read_just_the_options_a_hot_path_needs(monkeypatch):
     assert settings().task_retries == 9
     with pytest.raises(KeyError, match="unknown"):
         settings("max_prompt_lenght")
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("TRUE", True), (" 1 ", True), ("yes", True),
+                                             ("on", True), ("false", False), ("False", False), ("0", False),
+                                             ("no", False), ("off", False)])
+def test_keep_intermediates_is_a_boolean(unset: Path, monkeypatch: pytest.MonkeyPatch, value: str,
+                                         expected: bool) -> None:
+    assert settings().keep_intermediates is False
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__KEEP_INTERMEDIATES", value)
+    assert settings().keep_intermediates is expected

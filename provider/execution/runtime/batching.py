@@ -9,7 +9,9 @@ hands each its latents. So batches form by themselves when tasks of a mapped run
 and a lone task waits for nobody. Each item keeps its own scheduler and seeds (see
 `models.stable_diffusion.denoise_loop`), so a batched item gives the same image as an unbatched one.
 
-A node doing CPU-only work (parsing a prompt) steps off the device meanwhile (`DeviceScheduler.released`).
+A node doing CPU-only work (parsing a prompt) steps off the device meanwhile (`DeviceScheduler.released`);
+so does a job waiting for a node output that another job is computing (`DeviceScheduler.waiting`, the node
+cache), without holding back parked denoise items, since the output it waits for may come from one of them.
 A canceled job that does not stop in time is abandoned (`DeviceScheduler.abandon`): its thread loses the
 device at once and can never take it again, so the next job starts while the old thread finishes the
 step it is in and then stops at its next cancel check.
@@ -96,6 +98,17 @@ class DeviceScheduler:
             yield
         finally:
             self._take_device(returning=True)
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Off the device while this job waits for another job's result (a node output it computes: the node
+        cache); back on it after. Unlike `released`, parked denoise items do not wait for such a job: the result
+        it waits for may be one of theirs."""
+        self._give_device()
+        try:
+            yield
+        finally:
+            self._take_device()
 
     def abandon(self, thread_ident: int) -> None:
         """Takes the device from a canceled job's thread that did not stop; that thread cannot take it again
@@ -187,6 +200,9 @@ class RunDevice:
 
     def released(self) -> Any:
         return self.scheduler.released()
+
+    def waiting(self) -> Any:
+        return self.scheduler.waiting()
 
 
 def _unwrap(outcome: Optional[Any]) -> Any:

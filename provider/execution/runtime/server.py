@@ -50,7 +50,7 @@ from invokeai_provider.execution.usage import UsageMeter
 
 log = logging.getLogger("invokeai_provider.runtime")
 
-_ENV_FIELDS = ("dag_id", "run_id", "task_id", "map_index", "tenant", "artifact_root", "model_root")
+_ENV_FIELDS = ("dag_id", "run_id", "task_id", "map_index", "item", "tenant", "artifact_root", "model_root")
 
 
 class RuntimeStartError(InvokeAIProviderError):
@@ -346,7 +346,7 @@ class RuntimeServer:
             self._release_device_memory()
 
     def _run(self, job: _Job) -> dict[str, Any]:
-        from invokeai_provider.execution.task_runtime import TaskEnvironment, run_graph_in_process
+        from invokeai_provider.execution.graph_runs import TaskEnvironment, run_graph_in_process
 
         request = job.request
         values = {k: (request.get("env") or {}).get(k) for k in _ENV_FIELDS}
@@ -361,7 +361,8 @@ class RuntimeServer:
                     "device": self.device_scheduler.for_run(f"{env.tenant}/{env.dag_id}/{env.run_id}")}
         state = run_graph_in_process(request["graph"], env, services,
                                      embedded_graph=request.get("embedded_graph"),
-                                     workflow_json=request.get("workflow_json"), runtime=identity)
+                                     workflow_json=request.get("workflow_json"), runtime=identity,
+                                     persist=request.get("persist"))
         self.jobs_run += 1
         return {"type": "result", "state": state.to_dict(), "models": meter.models,
                 "cache": meter.model_cache, "runtime": identity}

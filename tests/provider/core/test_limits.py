@@ -110,7 +110,7 @@ class _NoLoads:
 
 
 def test_a_huge_width_in_a_text_to_image_graph_stops_before_any_model_loads(tmp_path, tiny_registry) -> None:
-    from invokeai_provider.execution.task_runtime import TaskEnvironment, run_graph_in_process
+    from invokeai_provider.execution.graph_runs import TaskEnvironment, run_graph_in_process
 
     graph = sd1_graph(size=64)
     graph["nodes"]["noise"]["width"] = 100_000

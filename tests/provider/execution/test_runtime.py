@@ -19,7 +19,8 @@ from helpers import sd1_graph
 from invokeai_provider.errors import CanceledError, NodeExecutionError
 from invokeai_provider.execution.runtime.client import RuntimeClient, RuntimeCrashedError
 from invokeai_provider.execution.runtime.server import RuntimeServer, RuntimeStartError
-from invokeai_provider.execution.task_runtime import TaskEnvironment, run_task
+from invokeai_provider.execution.graph_runs import TaskEnvironment
+from invokeai_provider.execution.task_runtime import run_task
 from invokeai_provider.execution.usage import UsageMeter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -586,7 +587,8 @@ def _now() -> Any:
 TASK_PROCESS = """
 import json, logging, sys
 from invokeai_provider.compiler.dags import load_compiled
-from invokeai_provider.execution.task_runtime import TaskEnvironment, run_task
+from invokeai_provider.execution.graph_runs import TaskEnvironment
+from invokeai_provider.execution.task_runtime import run_task
 from invokeai_provider.execution.usage import UsageMeter
 graph, artifacts, model_root = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 compiled = load_compiled(graph, model_names=None)

@@ -14,7 +14,8 @@ from invokeai_provider.cli.app import main as cli_main
 from invokeai_provider.compiler.params import param_specs
 from invokeai_provider.compiler.tenant_param import tenant_schema
 from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
-from invokeai_provider.execution.task_runtime import TaskEnvironment, run_single_node, run_task
+from invokeai_provider.execution.graph_runs import TaskEnvironment
+from invokeai_provider.execution.task_runtime import run_single_node, run_task
 from invokeai_provider.execution.tenants import (
     ARTIFACT_NAME_PATTERN,
     ArtifactReferenceError,

@@ -1,0 +1,346 @@
+"""Running a task's graphs: in the host's GPU runtime or in this process, one graph or several together.
+
+An engine call is the unit of work of a task: one graph (an unmapped segment) or the items of a chunk (one
+graph per batch session or iteration path, see `invokeai_provider.execution.chunks`). Inside one call:
+
+- tensors and conditioning that nodes pass each other stay in memory (`storage.intermediates`); only the
+  objects referenced by values another task or the run's outputs read (``persist``) go to the store,
+  unless ``[invokeai] keep_intermediates`` is set;
+- equal nodes share their output (`graph.node_cache`, InvokeAI's invocation cache), e.g. one prompt is
+  encoded once for all the sessions of a chunk;
+- the graphs of a chunk run in threads that take turns on the device (`runtime.batching.DeviceScheduler`),
+  so their denoise nodes meet and share UNet passes, here as in the GPU runtime. With a runtime, each graph
+  is its own runtime job, all sent at once, and they batch there the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from invokeai_provider.config import settings
+from invokeai_provider.errors import CanceledError, InvokeAIProviderError
+from invokeai_provider.graph.graph import Graph
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskEnvironment:
+    """The Airflow side of a task run, as plain values."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: Optional[int] = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("invokeai_provider.task"))
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    artifact_root: Optional[str] = None
+    model_root: Optional[str] = None
+    tenant: Optional[str] = None
+    usage: Optional[Any] = None  # invokeai_provider.execution.usage.UsageMeter: what the task's nodes use
+    item: Optional[int] = None  # a chunk item's position among all the mapped task's items: names its objects
+
+    def for_item(self, position: Optional[int]) -> "TaskEnvironment":
+        return dataclasses.replace(self, item=position)
+
+
+@dataclass
+class GraphJob:
+    """One graph of an engine call.
+
+    :param graph: the (sub)graph to run
+    :param env: its environment (``item`` set for a chunk's item)
+    :param embedded_graph: the graph written into its PNGs (default: ``graph``)
+    :param persist: ``node.field`` values and whole ``node`` outputs that leave the call: the objects they
+        reference are written to the store. None: every object is written as it is saved (no intermediates)
+    """
+
+    graph: dict[str, Any]
+    env: TaskEnvironment
+    embedded_graph: Optional[dict[str, Any]] = None
+    persist: Optional[list[str]] = None
+
+
+def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
+               workflow_json: Optional[dict[str, Any]]) -> list[Any]:
+    """Runs the graphs of one engine call; their ExecutionStates in job order.
+
+    When one fails, the others are canceled and the first failure (in job order) is raised: a chunk is
+    retried as a whole, and its deterministic names make the retry overwrite what this try wrote."""
+    if not jobs:
+        return []
+    if len(jobs) == 1:
+        return [_run_graph(jobs[0], services, workflow_json=workflow_json)]
+    shared: dict[str, Any] = {}
+    if services or runtime_client_for(jobs[0].graph, jobs[0].env.logger) is None:  # in this process
+        from invokeai_provider.execution.runtime.batching import DeviceScheduler
+
+        scheduler = DeviceScheduler(min(len(jobs), settings("runtime_max_batch").runtime_max_batch))
+        shared = {"scheduler": scheduler, "node_cache": _node_cache(), "intermediates": _intermediates()}
+    states: list[Any] = [None] * len(jobs)
+    errors: list[Optional[BaseException]] = [None] * len(jobs)
+
+    def run(number: int) -> None:
+        job = jobs[number]
+        try:
+            scheduler = shared.get("scheduler")
+            if scheduler is None:
+                states[number] = _run_graph(job, services, workflow_json=workflow_json)
+                return
+            with scheduler.job():
+                states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")},
+                                            workflow_json=workflow_json, node_cache=shared["node_cache"],
+                                            intermediates=shared["intermediates"])
+        except BaseException as exc:  # noqa: BLE001 - raised below, in job order
+            errors[number] = exc
+            if not isinstance(exc, CanceledError):
+                job.env.cancel_event.set()  # the chunk fails: its other items stop at their next check
+
+    threads = [threading.Thread(target=run, args=(n,), name=f"graph-{n}", daemon=True) for n in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failures = [e for e in errors if e is not None]
+    if failures:
+        raise next((e for e in failures if not isinstance(e, CanceledError)), failures[0])
+    return states
+
+
+def _run_graph(job: GraphJob, services: dict[str, Any], *, workflow_json: Optional[dict[str, Any]],
+               node_cache: Any = None, intermediates: Any = None) -> Any:
+    """Runs one graph: in the host's GPU runtime when one is configured, answering and the graph has GPU nodes
+    (models stay warm there across tasks), else in this process."""
+    env = job.env
+    client = None if services else runtime_client_for(job.graph, env.logger)
+    if client is None:
+        return run_graph_in_process(job.graph, env, services, embedded_graph=job.embedded_graph,
+                                    workflow_json=workflow_json, persist=job.persist, node_cache=node_cache,
+                                    intermediates=intermediates)
+    from invokeai_provider.graph.engine import ExecutionState
+
+    _check_literals(job.graph)  # a 1 MB prompt or a 100,000 px width fails here, not in the runtime
+    env.logger.info("handing %d nodes to the GPU runtime at %s", len(job.graph["nodes"]), client.socket_path)
+    result = client.run_graph(
+        {"graph": job.graph, "embedded_graph": job.embedded_graph, "workflow_json": workflow_json,
+         "persist": job.persist,
+         "env": {"dag_id": env.dag_id, "run_id": env.run_id, "task_id": env.task_id, "map_index": env.map_index,
+                 "item": env.item, "tenant": env.tenant, "artifact_root": env.artifact_root,
+                 "model_root": env.model_root}},
+        logger=env.logger, cancel_event=env.cancel_event,
+        on_progress=env.usage.progress_callback(env.logger) if env.usage is not None else None)
+    state = ExecutionState.from_dict(result["state"])
+    if env.usage is not None:
+        env.usage.add_state(state)
+        env.usage.add_models(result.get("models") or {})
+        env.usage.add_model_cache(result.get("cache") or {}, runtime=result.get("runtime"))
+    _log_model_cache(env.logger, result.get("cache") or {}, result.get("runtime"))
+    return state
+
+
+def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
+                         embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]],
+                         runtime: Optional[dict[str, Any]] = None, persist: Optional[list[str]] = None,
+                         node_cache: Any = None, intermediates: Any = None) -> Any:
+    """Binds model names, validates and runs a (sub)graph here: in a task process, or in the GPU runtime
+    (``runtime`` describes it, for the usage record). ``persist``: see `GraphJob`; ``node_cache`` and
+    ``intermediates`` are shared by the graphs of one engine call (new ones when not given)."""
+    from invokeai_provider.graph.engine import Engine, ExecutionState
+
+    services = _model_services(sub, env, services)
+    manager = services.get("models")
+    tracking = manager.cache.track() if hasattr(manager, "cache") else contextlib.nullcontext()
+    if env.usage is not None and "models" in services:
+        services = {**services, "models": env.usage.models_service(services["models"])}
+    if "models" in services:
+        from invokeai_provider.models.model_manager.binding import bind_model_fields
+
+        registry = services["models"].registry
+        sub = bind_model_fields(sub, registry)
+        if embedded_graph is not None:
+            embedded_graph = bind_model_fields(embedded_graph, registry)
+    if embedded_graph is None:
+        embedded_graph = sub
+    if intermediates is None and persist is not None:
+        intermediates = _intermediates()
+    run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services,
+                       node_cache=node_cache if node_cache is not None else _node_cache(), intermediates=intermediates)
+    from invokeai_provider.execution.tenants import check_references
+
+    check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
+    graph = Graph.from_dict(sub)
+    graph.validate()
+    with tracking as stats:
+        try:
+            state = Engine(run).run(ExecutionState(graph))
+        finally:
+            if stats is not None:
+                cache = stats.report()
+                if env.usage is not None:
+                    env.usage.add_model_cache(cache, runtime=runtime)
+                if runtime is None:
+                    _log_model_cache(env.logger, cache, None)
+    if run.intermediates is not None and persist is not None:
+        run.intermediates.persist_referenced(run.store, persisted_values(state, persist))
+    if env.usage is not None:
+        env.usage.add_state(state)
+    return state
+
+
+def persisted_values(state: Any, persist: Sequence[str]) -> list[Any]:
+    """The JSON of the outputs that leave the engine call: ``node.field`` values and whole ``node`` outputs."""
+    values = []
+    for key in persist:
+        node_id, _, field_name = key.rpartition(".") if key not in state.graph.nodes else (key, "", "")
+        for output in state.outputs_of(node_id):
+            dumped = output.model_dump(mode="json")
+            values.append(dumped.get(field_name) if field_name else dumped)
+    return values
+
+
+def _node_cache() -> Any:
+    """InvokeAI's invocation cache for one engine call (None when ``node_cache_size`` is 0)."""
+    size = settings("node_cache_size").node_cache_size
+    if size <= 0:
+        return None
+    from invokeai_provider.graph.node_cache import NodeCache
+
+    return NodeCache(size)
+
+
+def _intermediates() -> Any:
+    """Where one engine call keeps the tensors its nodes pass each other (None: ``keep_intermediates``)."""
+    if settings("keep_intermediates").keep_intermediates:
+        return None
+    from invokeai_provider.storage.intermediates import IntermediateObjects
+
+    return IntermediateObjects()
+
+
+def _check_literals(sub: dict[str, Any]) -> None:
+    """Validates a (sub)graph's literal values as the runtime will, except model names (the runtime binds them
+    to its registry), so that bad input never takes a place in the runtime's queue."""
+    from invokeai_provider.models.model_manager.binding import model_fields_of
+
+    nodes = {}
+    for node_id, node in sub["nodes"].items():
+        try:
+            names = [f for f in model_fields_of(str(node.get("type"))) if isinstance(node.get(f), str)]
+        except InvokeAIProviderError:
+            names = []  # an unknown type: Graph.from_dict says so, naming the node
+        nodes[node_id] = {k: v for k, v in node.items() if k not in names}
+    Graph.from_dict({**sub, "nodes": nodes}).validate()
+
+
+def runtime_client_for(graph: dict[str, Any], logger: logging.Logger) -> Any:
+    """The GPU runtime's client when ``[invokeai] runtime_socket`` is set, the graph has a GPU node and the
+    runtime answers; None means: run in this process."""
+    config = settings()
+    path = config.runtime_socket
+    if not path or not _has_gpu_node(graph):
+        return None
+    from invokeai_provider.execution.runtime.client import RuntimeClient
+
+    client = RuntimeClient(path)
+    if client.wait_until_answering(config.runtime_connect_seconds):
+        return client
+    logger.warning("GPU runtime at %s is not answering; running this task's nodes in-process (cold model cache)",
+                   path)
+    return None
+
+
+def _has_gpu_node(graph: dict[str, Any]) -> bool:
+    from invokeai_provider.core.registry import InvocationRegistry
+
+    for node in graph["nodes"].values():
+        try:
+            if InvocationRegistry.get_invocation_class(node.get("type")).UIConfig.gpu:
+                return True
+        except InvokeAIProviderError:
+            continue  # an unknown type fails with its own error in whichever process runs it
+    return False
+
+
+def _log_model_cache(logger: logging.Logger, cache: dict[str, Any], runtime: Optional[dict[str, Any]]) -> None:
+    if not cache:
+        return
+    where = f"GPU runtime {runtime.get('device')} (pid {runtime.get('pid')})" if runtime else "this process"
+    logger.info("model cache in %s: %d hits, %d misses, %.2f s loading%s", where, cache.get("hits", 0),
+                cache.get("misses", 0), cache.get("load_seconds", 0.0),
+                f" ({', '.join(cache['loaded'])})" if cache.get("loaded") else "")
+
+
+def _mentions_model(value: Any) -> bool:
+    """A model identifier anywhere in a value (model fields, or UNet/CLIP/VAE fields from another task)."""
+    if isinstance(value, dict):
+        return {"key", "base", "type"} <= value.keys() or any(_mentions_model(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_mentions_model(v) for v in value)
+    return False
+
+
+def _model_services(graph: dict[str, Any], env: TaskEnvironment, services: dict[str, Any]) -> dict[str, Any]:
+    from invokeai_provider.models.model_manager.binding import graph_names_models
+
+    if "models" in services or not (graph_names_models(graph) or _mentions_model(list(graph["nodes"].values()))):
+        return services
+    return {**services, "models": shared_model_manager(env.model_root)}
+
+
+_MANAGERS: dict[Optional[str], Any] = {}
+_MANAGERS_LOCK = threading.Lock()
+
+
+def shared_model_manager(model_root: Optional[str]) -> Any:
+    """One model manager per model root in this process (a task process, or a long-lived runtime)."""
+    from invokeai_provider.models.model_manager.manager import ModelManager
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+
+    with _MANAGERS_LOCK:
+        if model_root not in _MANAGERS:
+            _MANAGERS[model_root] = ModelManager(ModelRegistry(model_root))
+        return _MANAGERS[model_root]
+
+
+def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json: Optional[dict[str, Any]],
+                 services: dict[str, Any], *, node_cache: Any = None, intermediates: Any = None) -> Any:
+    """The engine's run context for a graph: the run's store, and names unique per mapped item."""
+    from invokeai_provider.core.context import RunContext
+    from invokeai_provider.execution.tenants import check_tenant
+    from invokeai_provider.storage.base import open_run_store
+
+    store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or settings().default_tenant),
+                           dag_id=env.dag_id, run_id=env.run_id)
+    mapped = env.map_index is not None and env.map_index >= 0
+    position = env.item if env.item is not None else env.map_index if mapped else None
+    on_progress = env.usage.progress_callback(env.logger) if env.usage is not None else None
+    return RunContext(store=store, name_prefix=f"m{position}." if position is not None else "",
+                      task_id=env.task_id, map_index=env.map_index if mapped else None, item_index=position,
+                      graph_json=graph_json, workflow_json=workflow_json, cancel_event=env.cancel_event,
+                      logger=env.logger, services=services, on_progress=on_progress, node_cache=node_cache,
+                      intermediates=intermediates)
+
+
+def workflow_with_values(workflow_json: Optional[dict[str, Any]], graph: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The workflow embedded in PNGs, with the values this run used (Params, batch values), so loading
+    it in InvokeAI reproduces the image."""
+    if workflow_json is None:
+        return None
+    import copy
+
+    workflow = copy.deepcopy(workflow_json)
+    for wf_node in workflow.get("nodes", []):
+        values = graph["nodes"].get(str(wf_node.get("id")))
+        inputs = (wf_node.get("data") or {}).get("inputs") if values else None
+        if not isinstance(inputs, dict):
+            continue
+        for name, spec in inputs.items():
+            if isinstance(spec, dict) and name in values and "value" in spec:
+                spec["value"] = values[name]
+    return workflow

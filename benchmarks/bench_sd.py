@@ -14,11 +14,12 @@ Modes:
 Both paths use the same folders, dtype, device, prompt, size, steps, guidance (7.5) and scheduler ("euler" ->
 EulerDiscreteScheduler from the model's scheduler config; the script checks that both build the same timesteps).
 
-- engine: the InvokeAI text-to-image graph (model loader -> 2 prompts -> noise -> denoise_latents -> l2i), run by
-  ``invokeai_provider.graph.engine.run_graph`` with one ``ModelManager`` (warm model cache). Batch N is run the way
-  InvokeAI runs a batch: an ``invokeai_provider.graph.batch.Batch`` over ``noise.seed`` expands to N sessions (graphs),
-  run one after another. Each session stores its conditioning, noise and latents as safetensors and its image as a
-  PNG in a local artifact store (the PNG encoding time is also measured on its own).
+- engine: the InvokeAI text-to-image graph (model loader -> 2 prompts -> noise -> denoise_latents -> l2i) with one
+  ``ModelManager`` (warm model cache). Batch N is an ``invokeai_provider.graph.batch.Batch`` over ``noise.seed``
+  expanded to N sessions (graphs), run as a chunk of a mapped task runs them: one engine call
+  (``invokeai_provider.execution.graph_runs.run_graphs``) whose sessions share the node cache (the prompts are
+  encoded once), keep their tensors in memory and denoise as one batch. Each session's image is a PNG in a local
+  artifact store (the PNG encoding time is also measured on its own).
 - diffusers: ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` from the same folder, one call with
   ``num_images_per_prompt=N``, ``output_type="pil"``.
 
@@ -307,7 +308,10 @@ class EnginePath:
         return [g.to_dict() for g in graphs]
 
     def run(self, sessions: list[dict[str, Any]]) -> None:
-        """The sessions of one batch in one engine call, as a chunk of a mapped task runs them."""
+        """A batch's sessions as a mapped task runs them: a chunk of ``[invokeai] map_chunk_size`` sessions per
+        engine call (shared node cache, intermediates in memory, denoise nodes batched)."""
+        from invokeai_provider.config import settings
+        from invokeai_provider.execution.chunks import chunk_ranges
         from invokeai_provider.execution.graph_runs import GraphJob, TaskEnvironment, run_graphs
         from invokeai_provider.storage.base import RunStore
 
@@ -316,7 +320,8 @@ class EnginePath:
         jobs = [GraphJob(doc, TaskEnvironment(dag_id="bench_sd", run_id=run_id, task_id="t2i", item=index,
                                               artifact_root=self.backend.uri("")), persist=["decode"])
                 for index, doc in enumerate(sessions)]
-        states = run_graphs(jobs, {"models": self.manager}, workflow_json=None)
+        for first, last in chunk_ranges(len(jobs), settings("map_chunk_size").map_chunk_size):
+            states = run_graphs(jobs[first:last + 1], {"models": self.manager}, workflow_json=None)
         [image] = states[-1].outputs_of("decode")
         self.last_png = RunStore(self.backend, dag_id="bench_sd", run_id=run_id).read("images", image.image.image_name)
 
@@ -542,9 +547,9 @@ def main() -> None:
     size_text = ", ".join(f"{SPECS[m].label} {args.size or sizes[m]}px" for m in args.models)
     print(f"  {size_text}; {steps} steps; scheduler {SCHEDULER}; cfg {CFG_SCALE}; median of {args.repeats} timed "
           f"runs per cell after one untimed warm-up per (path, batch); first load excluded")
-    print("  engine batch N = an InvokeAI Batch over noise.seed -> N sessions run in sequence (one ModelManager, "
-          "warm cache), each saving a PNG; diffusers batch N = one pipeline call, num_images_per_prompt=N, "
-          "output_type='pil'", flush=True)
+    print("  engine batch N = an InvokeAI Batch over noise.seed -> N sessions in one engine call (one ModelManager, "
+          "warm cache, shared node cache, denoised as one batch), each saving a PNG; diffusers batch N = one pipeline "
+          "call, num_images_per_prompt=N, output_type='pil'", flush=True)
 
     work_context = (contextlib.nullcontext(str(args.workdir)) if args.workdir
                     else tempfile.TemporaryDirectory(prefix="bench-sd-"))

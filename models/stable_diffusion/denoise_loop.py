@@ -67,10 +67,9 @@ class DenoiseItem:
         return json.dumps({"unet": self.unet_spec, "latents": list(self.orig_latents.shape), "conditioning": shapes,
                            "timesteps": [float(t) for t in self.timesteps]}, sort_keys=True)
 
-    def start(self, unet: Any) -> None:
+    def start(self, unet: Any, device: Any, dtype: Any) -> None:
         import torch
 
-        device, dtype = unet.device, unet.dtype
         self.orig_latents = self.orig_latents.to(device=device, dtype=torch.float32)
         if self.noise is None:
             generator = torch.Generator(device="cpu").manual_seed(self.seed)
@@ -154,13 +153,14 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
     if not active:
         return [outcomes[n] for n in range(len(items))]
     with items[active[0]].open_unet() as unet:
+        device, dtype = unet.device, unet.dtype  # diffusers walks every module for these: once per batch
         for number in active:
-            items[number].start(unet)
+            items[number].start(unet, device, dtype)
         conditioning = _batched_conditioning([items[n] for n in active])
         for index, t in enumerate(items[active[0]].timesteps):
             inputs = [items[n].model_input(t) for n in active]
             embeds, added = conditioning
-            prediction = unet(torch.cat(inputs).to(unet.dtype), t, encoder_hidden_states=embeds,
+            prediction = unet(torch.cat(inputs).to(dtype), t, encoder_hidden_states=embeds,
                               added_cond_kwargs=added or None).sample.float()
             for number, part in zip(active, prediction.split([len(x) for x in inputs])):
                 try:

@@ -33,14 +33,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def add_chunk_size_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--chunk-size N``: batch sessions or iteration items that run in one engine call."""
+    parser.add_argument("--chunk-size", type=_positive, metavar="N",
+                        help=f"batch sessions or iteration items {what} (default: [invokeai] map_chunk_size)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds ``compile``."""
     compile_cmd = sub.add_parser("compile", help="write a readable Airflow DAG file for a graph or workflow")
     compile_cmd.add_argument("file", help="graph or workflow JSON file")
     compile_cmd.add_argument("--dag-id", help="DAG id (default: the file name)")
     compile_cmd.add_argument("--granularity", choices=("segment", "node"), default="segment")
-    compile_cmd.add_argument("--chunk-size", type=_positive, metavar="N",
-                             help="batch sessions or iteration items per mapped task instance "
-                                  "(default: [invokeai] map_chunk_size when the task runs)")
+    add_chunk_size_option(compile_cmd, "per mapped task instance")
     compile_cmd.add_argument("-o", "--output", metavar="OUT.py", help="output file (default: stdout)")
     compile_cmd.set_defaults(func=cmd_compile)

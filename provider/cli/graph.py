@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from invokeai_provider.cli.compile import add_chunk_size_option
 from invokeai_provider.cli.overrides import apply_overrides, parse_set
 
 
@@ -25,12 +26,13 @@ def _model_services(graph_dict: dict[str, Any], model_root: Optional[str]) -> di
 
 
 def cmd_graph_run(args: argparse.Namespace) -> int:
-    from invokeai_provider.core.context import RunContext
+    from invokeai_provider.config import settings
+    from invokeai_provider.execution.chunks import chunk_ranges
+    from invokeai_provider.execution.graph_runs import GraphJob, TaskEnvironment, run_graphs
+    from invokeai_provider.execution.tenants import check_tenant, resolve_tenant
     from invokeai_provider.graph.batch import expand_batch
-    from invokeai_provider.graph.engine import Engine, ExecutionState
     from invokeai_provider.graph.graph import Graph
     from invokeai_provider.graph.workflow import load_document
-    from invokeai_provider.storage.base import open_run_store
 
     document = load_document(Path(args.file).read_text(), args.file)
     graph_dict = apply_overrides(document.graph.to_dict(), parse_set(args.set or []))
@@ -42,22 +44,22 @@ def cmd_graph_run(args: argparse.Namespace) -> int:
     graph = Graph.from_dict(graph_dict)
     graph.validate()
     sessions = expand_batch(graph, document.batch)[0] if document.batch else [graph]
-    run_id = args.run_id or f"cli-{uuid.uuid4().hex[:12]}"
-    from invokeai_provider.execution.tenants import check_tenant, resolve_tenant
-
     tenant = check_tenant(args.tenant, field="--tenant") if args.tenant is not None else resolve_tenant()
-    store = open_run_store(args.artifacts, tenant=tenant,
-                           dag_id=Path(args.file).stem, run_id=run_id)
-    workflow_json = document.workflow.raw if document.workflow else None
+    env = TaskEnvironment(dag_id=Path(args.file).stem, run_id=args.run_id or f"cli-{uuid.uuid4().hex[:12]}",
+                          task_id="graph", artifact_root=args.artifacts, model_root=args.model_root, tenant=tenant)
+    leaves = list(graph.leaves())
+    jobs = [GraphJob(session.to_dict(), env.for_item(index if document.batch else None), persist=leaves)
+            for index, session in enumerate(sessions)]
     results = []
-    for index, session in enumerate(sessions):
-        run = RunContext(store=store, graph_json=session.to_dict(), workflow_json=workflow_json,
-                         name_prefix=f"s{index}." if document.batch else "", services=services)
-        state = Engine(run).run(ExecutionState(session))
-        results.append(state.leaf_outputs())
-        for records in state.records.values():
-            for record in records:
-                print(f"saved {record['uri']}", file=sys.stderr)
+    # a batch's sessions in chunks, as a mapped task runs them: one engine call each (shared node cache,
+    # intermediates in memory, denoise nodes batched), so memory stays that of one chunk however long the batch
+    for first, last in chunk_ranges(len(jobs), args.chunk_size or settings("map_chunk_size").map_chunk_size):
+        for state in run_graphs(jobs[first:last + 1], services,
+                                workflow_json=document.workflow.raw if document.workflow else None):
+            results.append(state.leaf_outputs())
+            for records in state.records.values():
+                for record in records:
+                    print(f"saved {record['uri']}", file=sys.stderr)
     json.dump(results if document.batch else results[0], sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -89,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     run.add_argument("--tenant", help="storage tenant prefix (default: [invokeai] default_tenant, itself 'default')")
     run.add_argument("--run-id", help="run id used in artifact keys (default: a new one)")
+    add_chunk_size_option(run, "run together in one engine call")
     run.set_defaults(func=cmd_graph_run)
     validate = graph_sub.add_parser("validate", help="check a graph or workflow without running it")
     validate.add_argument("file")

@@ -71,38 +71,49 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
                workflow_json: Optional[dict[str, Any]]) -> list[Any]:
     """Runs the graphs of one engine call; their ExecutionStates in job order.
 
-    When one fails, the others are canceled and the first failure (in job order) is raised: a chunk is
-    retried as a whole, and its deterministic names make the retry overwrite what this try wrote."""
+    Up to ``[invokeai] runtime_max_batch`` graphs run at a time (a batch's worth), the next one starting as one
+    ends, in job order. When one fails, the others are canceled and the first failure (in job order) is
+    raised: a chunk is retried as a whole, and its deterministic names make the retry overwrite this try's."""
     if not jobs:
         return []
     if len(jobs) == 1:
         return [_run_graph(jobs[0], services, workflow_json=workflow_json)]
+    width = min(len(jobs), settings("runtime_max_batch").runtime_max_batch)
     shared: dict[str, Any] = {}
     if services or runtime_client_for(jobs[0].graph, jobs[0].env.logger) is None:  # in this process
         from invokeai_provider.execution.runtime.batching import DeviceScheduler
 
-        scheduler = DeviceScheduler(min(len(jobs), settings("runtime_max_batch").runtime_max_batch))
-        shared = {"scheduler": scheduler, "node_cache": _node_cache(), "intermediates": _intermediates()}
+        shared = {"scheduler": DeviceScheduler(width), "node_cache": _node_cache(), "intermediates": _intermediates()}
     states: list[Any] = [None] * len(jobs)
     errors: list[Optional[BaseException]] = [None] * len(jobs)
+    pending = iter(range(len(jobs)))
+    lock = threading.Lock()
 
     def run(number: int) -> None:
         job = jobs[number]
-        try:
-            scheduler = shared.get("scheduler")
-            if scheduler is None:
-                states[number] = _run_graph(job, services, workflow_json=workflow_json)
-                return
-            with scheduler.job():
-                states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")},
-                                            workflow_json=workflow_json, node_cache=shared["node_cache"],
-                                            intermediates=shared["intermediates"])
-        except BaseException as exc:  # noqa: BLE001 - raised below, in job order
-            errors[number] = exc
-            if not isinstance(exc, CanceledError):
-                job.env.cancel_event.set()  # the chunk fails: its other items stop at their next check
+        scheduler = shared.get("scheduler")
+        if scheduler is None:
+            states[number] = _run_graph(job, services, workflow_json=workflow_json)
+            return
+        with scheduler.job():
+            states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")},
+                                        workflow_json=workflow_json, node_cache=shared["node_cache"],
+                                        intermediates=shared["intermediates"])
 
-    threads = [threading.Thread(target=run, args=(n,), name=f"graph-{n}", daemon=True) for n in range(len(jobs))]
+    def worker() -> None:
+        while True:
+            with lock:
+                number = next(pending, None)
+            if number is None:
+                return
+            try:
+                run(number)
+            except BaseException as exc:  # noqa: BLE001 - raised below, in job order
+                errors[number] = exc
+                if not isinstance(exc, CanceledError):
+                    jobs[number].env.cancel_event.set()  # the chunk fails: the other items stop at their next check
+
+    threads = [threading.Thread(target=worker, name=f"graph-worker-{n}", daemon=True) for n in range(width)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -19,13 +19,17 @@ from cluster_client import ClusterClient
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_WORKFLOWS = Path(__file__).with_name("workflows")
+TEST_DAG_FILES = Path(__file__).with_name("dag_files")
 
 
 def cluster_dags(target: Path) -> Path:
-    """The example dags/ plus this folder's test workflows (the blocking-step DAG of the cancel test)."""
+    """The example dags/ plus this folder's test workflows (the blocking-step DAG of the cancel test) and DAG
+    files (the batch workflow compiled with explicit chunk sizes)."""
     shutil.copytree(REPO / "dags", target, ignore=shutil.ignore_patterns("__pycache__"))
     for workflow in TEST_WORKFLOWS.glob("*.json"):
         shutil.copy(workflow, target / "workflows" / workflow.name)
+    for dag_file in TEST_DAG_FILES.glob("*.py"):
+        shutil.copy(dag_file, target / dag_file.name)
     return target
 
 

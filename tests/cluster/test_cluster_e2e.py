@@ -7,18 +7,21 @@ The workflow DAGs of dags/ run on the CeleryExecutor: GPU-queue tasks on the `gp
 from __future__ import annotations
 
 import json
+import math
 import urllib.request
 
 import airflow_client.client as af
 import pytest
 
 from cluster_client import ClusterClient, wait_for_task_log, worker_of
+from invokeai_provider.config import OPTIONS
 from invokeai_provider.execution.runtime.client import RuntimeClient
 
 SD15 = "sd15-text-to-image"
 BATCH = "prompt-list-batch"
 SD15_TASK = "sd1_5_text_to_image"
 TINY = {"model": "tiny-sd15", "denoise_steps": 4, "noise_width": 64, "noise_height": 64}
+DEFAULT_CHUNK = int(OPTIONS["map_chunk_size"][0])
 TINY_BATCH = {"model": "tiny-sd15", "steps": 4, "width": 64, "height": 64}
 
 
@@ -101,7 +104,7 @@ def test_ten_prompt_batch_makes_ten_images(cluster: ClusterClient) -> None:
 
     tis = assert_ran_on_their_queues(cluster, BATCH, run_id)
     assert {ti.queue for ti in tis} == {"gpu", "default"}
-    assert sum(ti.queue == "gpu" for ti in tis) == 10
+    assert sum(ti.queue == "gpu" for ti in tis) == math.ceil(10 / DEFAULT_CHUNK)  # mapped instances, in chunks
 
     images = image_keys(cluster, cluster.run_prefix("default", BATCH, run_id))
     assert len(images) == 10

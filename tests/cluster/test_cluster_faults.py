@@ -40,7 +40,7 @@ def test_gpu_worker_killed_during_denoise_is_retried_without_duplicates(cluster:
     assert cluster.wait(BATCH, run_id, timeout=900) == "success"
     assert service_pid(cluster.settings, "worker-gpu") != worker  # the supervisor started a new one
     gpu_tis = [ti for ti in cluster.task_instances(BATCH, run_id) if ti.queue == "gpu"]
-    assert len(gpu_tis) == 3 and all(worker_of(ti.hostname) == "worker-gpu" for ti in gpu_tis)
+    assert len(gpu_tis) == 1 and all(worker_of(ti.hostname) == "worker-gpu" for ti in gpu_tis)  # one chunk of 3
     retried = [ti for ti in gpu_tis if ti.try_number >= 2]
     assert retried, "the killed try was not retried"
     tries = cluster.task_tries(BATCH, run_id, retried[0].task_id, retried[0].map_index)
@@ -48,7 +48,7 @@ def test_gpu_worker_killed_during_denoise_is_retried_without_duplicates(cluster:
 
     prefix = cluster.run_prefix("default", BATCH, run_id)
     objects = _objects_by_kind(cluster, prefix)
-    assert set(objects) <= {"images", "manifest", "tensors", "conditioning"}, objects
+    assert set(objects) == {"images", "manifest"}, objects  # intermediates stay in memory
     images = objects["images"]
     assert len(images) == 3, images
     made = sorted(json.loads(cluster.png_text(k)["invokeai_metadata"])["positive_prompt"] for k in images)

@@ -82,17 +82,17 @@ class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
     fp32: bool = InputField(default=False, description=FP32_DESCRIPTION)
 
     def invoke(self, context: "InvocationContext") -> ImageOutput:
-        import torch
-
         from invokeai_provider.models.image_util.arrays import to_uint8
+        from invokeai_provider.models.stable_diffusion.vae_decode import DecodeItem, decode_alone
 
         latents = context.tensors.load(self.latents.latents_name)
         context.util.signal_progress("Running VAE decoder")
-        with open_vae(self, context, self.vae, self.fp32, self.tiled, self.tile_size) as vae, torch.no_grad():
-            latents = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-            decoded = vae.decode(latents, return_dict=False)[0]
-            decoded = (decoded / 2 + 0.5).clamp(0, 1)
-        return save_image(self, context, to_uint8(decoded[0].permute(1, 2, 0).float().cpu().numpy(), scale=255))
+        item = DecodeItem(lambda: open_vae(self, context, self.vae, self.fp32, self.tiled, self.tile_size),
+                          {"vae": self.vae.model_dump(mode="json"), "fp32": self.fp32, "tiled": self.tiled,
+                           "tile_size": self.tile_size}, latents)
+        device = context.services.get("device")  # where a device is shared, decodes of one run share a VAE pass
+        decoded = device.decode(item) if device is not None else decode_alone(item)
+        return save_image(self, context, to_uint8(decoded.permute(1, 2, 0).numpy(), scale=255))
 
 
 def image_to_tensor(image: Any, normalize: bool = True) -> "torch.Tensor":

@@ -1,5 +1,5 @@
 """The GPU runtime's device: one job on it at a time, except that denoise nodes of one DAG run meet and
-share their UNet passes.
+share their UNet passes (and latents-to-image nodes their VAE passes).
 
 Jobs run in threads of the runtime, each holding the device for its whole run. A denoise node hands its
 prepared item to `DeviceScheduler.denoise` and gives the device up while it waits (parks). When nobody
@@ -43,8 +43,9 @@ def configured_max_batch() -> int:
 
 @dataclass(eq=False)
 class _Parked:
-    item: Any  # a DenoiseItem
+    item: Any  # a DenoiseItem, a DecodeItem
     key: str
+    runner: Any  # items of one key -> their outcomes
     taken: bool = False  # in a batch that is running
     done: bool = False
     outcome: Any = None
@@ -132,8 +133,19 @@ class DeviceScheduler:
         """The item's latents, denoised with the other parked items of its key; called on the device."""
         from invokeai_provider.models.stable_diffusion.denoise_loop import run_denoise
 
+        return self.batched(item, run_key, run_denoise, counted=True)
+
+    def decode(self, item: Any, run_key: str) -> Any:
+        """The item's image tensor, VAE-decoded with the other parked items of its key; called on the device."""
+        from invokeai_provider.models.stable_diffusion.vae_decode import run_decode
+
+        return self.batched(item, run_key, run_decode)
+
+    def batched(self, item: Any, run_key: str, runner: Any, counted: bool = False) -> Any:
+        """Parks the item (its ``batch_key()`` says which others it may share a pass with) until its batch runs;
+        ``runner`` takes the batch's items and returns their outcomes. ``counted``: in `stats` (denoise)."""
         me = threading.get_ident()
-        mine = _Parked(item, f"{run_key}\n{item.batch_key()}")
+        mine = _Parked(item, f"{run_key}\n{type(item).__name__}\n{item.batch_key()}", runner)
         with self._cond:
             self._parked.append(mine)
             if self._holder == me:
@@ -154,13 +166,14 @@ class DeviceScheduler:
                 parked.taken = True
             self._busy, self._holder = True, me
         try:
-            outcomes: list[Any] = run_denoise([p.item for p in group])
-        except BaseException as exc:  # noqa: BLE001 - a failing UNet pass fails every item of the batch
+            outcomes: list[Any] = mine.runner([p.item for p in group])
+        except BaseException as exc:  # noqa: BLE001 - a failing pass fails every item of the batch
             outcomes = [exc] * len(group)
         with self._cond:
             for parked, outcome in zip(group, outcomes):
                 parked.outcome, parked.done = outcome, True
-            self.stats.add(len(group))
+            if counted:
+                self.stats.add(len(group))
             self._cond.notify_all()
         return _unwrap(mine.outcome)
 
@@ -197,6 +210,9 @@ class RunDevice:
 
     def denoise(self, item: Any) -> Any:
         return self.scheduler.denoise(item, self.run_key)
+
+    def decode(self, item: Any) -> Any:
+        return self.scheduler.decode(item, self.run_key)
 
     def released(self) -> Any:
         return self.scheduler.released()

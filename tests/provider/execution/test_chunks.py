@@ -151,3 +151,23 @@ def test_a_retried_chunk_overwrites_its_own_images(tmp_path: Path, tiny_registry
     outputs, root = run_batch(tmp_path, tiny_registry, document, 2, "retry")  # every chunk again
     assert sorted(p.name for p in (root / "images").iterdir()) == [f"m{i}.decode-0.png" for i in range(4)]
     assert len(list((root / "manifest").iterdir())) == 4
+
+
+def test_a_chunks_items_share_their_unet_and_vae_passes(tmp_path: Path, tiny_registry,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from invokeai_provider.models.stable_diffusion import denoise_loop, vae_decode
+
+    batches: list[tuple[str, int]] = []
+
+    def counting(kind: str, runner: Any) -> Any:
+        def run(items: list[Any]) -> Any:
+            batches.append((kind, len(items)))
+            return runner(items)
+        return run
+
+    monkeypatch.setattr(denoise_loop, "run_denoise", counting("unet", denoise_loop.run_denoise))
+    monkeypatch.setattr(vae_decode, "run_decode", counting("vae", vae_decode.run_decode))
+    monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_MAX_BATCH", "3")
+    outputs, _ = run_batch(tmp_path, tiny_registry, prompt_batch(3), 3, "shared")
+    assert len(outputs) == 1 and len(outputs[0]["images"]) == 3
+    assert sorted(batches) == [("unet", 3), ("vae", 3)]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -160,6 +161,8 @@ def main() -> None:
                   "type": "main"}
     diffusers = bench_sd.DiffusersPath(spec, folder, device=device, dtype=dtype, size=size, steps=steps) \
         if args.mode == "gpu" else None
+    for stale in (work / "registry-sd15", work / "artifacts-sd15"):  # the engine path's, from an earlier run
+        shutil.rmtree(stale, ignore_errors=True)
     engine = bench_sd.EnginePath(spec, folder, work, device=device, dtype=dtype, size=size, steps=steps)
     engine.run(engine.sessions([0]))  # warm
 
@@ -167,10 +170,11 @@ def main() -> None:
     for chunk_size in chunk_sizes:
         dags = work / f"dags-chunks{chunk_size}"
         (dags / "documents").mkdir(parents=True, exist_ok=True)
-        (dags / "bench_dags.py").write_text(bench_runtime.DAG_FILE)
+        (dags / "bench_dags.py").write_text(bench_runtime.DAG_FILE.replace(
+            "globals())", f"globals(), chunk_size={chunk_size})"))  # compile_dag's per-workflow override
         dag_ids = {count: write_batch(dags / "documents", identifier, count, size=size, steps=steps)
                    for count in counts}
-        os.environ["AIRFLOW__INVOKEAI__MAP_CHUNK_SIZE"] = str(chunk_size)  # the cluster's processes inherit it
+        os.environ["AIRFLOW__INVOKEAI__MAP_CHUNK_SIZE"] = str(chunk_size)  # this process's engine chunks
         cluster = bench_runtime.Cluster(work, dags, runtime=True, model_root=model_root.as_uri(),
                                         gpu_concurrency=args.gpu_concurrency, label=f"chunks{chunk_size}",
                                         max_batch=args.max_batch)

@@ -166,10 +166,7 @@ def _is_gpu(graph: Graph, node_id: str) -> bool:
 
 def node_class_produces_images(node_class: type) -> bool:
     """Nodes whose output carries an image (they save it): their tasks record Asset events."""
-    from invokeai_provider.core.fields import ImageField
-
-    output_class = node_class.get_output_annotation()  # type: ignore[attr-defined]
-    return any(info.annotation is ImageField for info in output_class.model_fields.values())
+    return bool(node_class.produces_images())  # type: ignore[attr-defined]
 
 
 def _produces_images(graph: Graph, node_id: str) -> bool:

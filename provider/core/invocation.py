@@ -174,6 +174,14 @@ class BaseInvocation(ABC, BaseModel):
     def get_output_annotation(cls) -> type[BaseInvocationOutput]:
         return cls.output_class
 
+    @classmethod
+    def produces_images(cls) -> bool:
+        """Whether its output carries an image (it saves one): its tasks record Asset events, and the node
+        cache never reuses its output (each session gets its own image)."""
+        from invokeai_provider.core.fields import ImageField
+
+        return any(info.annotation is ImageField for info in cls.get_output_annotation().model_fields.values())
+
     @abstractmethod
     def invoke(self, context: "InvocationContext") -> BaseInvocationOutput:
         """Runs the node. Inputs are all present and validated when this is called."""

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -113,15 +114,26 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
                 if not isinstance(exc, CanceledError):
                     jobs[number].env.cancel_event.set()  # the chunk fails: the other items stop at their next check
 
-    threads = [threading.Thread(target=worker, name=f"graph-worker-{n}", daemon=True) for n in range(width)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for future in [_workers().submit(worker) for _ in range(width)]:
+        future.result()
     failures = [e for e in errors if e is not None]
     if failures:
         raise next((e for e in failures if not isinstance(e, CanceledError)), failures[0])
     return states
+
+
+_WORKERS: Optional[ThreadPoolExecutor] = None
+_WORKERS_LOCK = threading.Lock()
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The threads that run the graphs of engine calls, kept across calls: a new thread would start a new
+    OpenMP team for torch's CPU kernels, and its first passes run measurably slower."""
+    global _WORKERS
+    with _WORKERS_LOCK:
+        if _WORKERS is None:
+            _WORKERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="graph-worker")
+        return _WORKERS
 
 
 def _run_graph(job: GraphJob, services: dict[str, Any], *, workflow_json: Optional[dict[str, Any]],

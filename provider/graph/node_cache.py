@@ -21,7 +21,6 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Callable, ContextManager, Optional
 
-from invokeai_provider.core.fields import ImageField
 from invokeai_provider.core.invocation import BaseInvocation, BaseInvocationOutput
 from invokeai_provider.errors import CanceledError
 from invokeai_provider.graph.graph import COLLECT, IF, ITERATE
@@ -34,9 +33,7 @@ _CANCEL_POLL_SECONDS = 0.05
 
 @functools.lru_cache(maxsize=None)
 def _produces_images(node_class: type[BaseInvocation]) -> bool:
-    """The compiler's test (``compiler.plan.node_class_produces_images``): an ImageField output field."""
-    output_class = node_class.get_output_annotation()
-    return any(info.annotation is ImageField for info in output_class.model_fields.values())
+    return node_class.produces_images()  # once per class: this runs for every executed node
 
 
 def cacheable(invocation: BaseInvocation) -> bool:

@@ -113,36 +113,34 @@ def test_plain_prompts_never_reach_compel(monkeypatch, prompt):
     assert conjunction.prompts[0].children[0].weight == 1.0
 
 
+@pytest.fixture
+def compel_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The prompts compel's parser is asked to parse from here on (it still parses them)."""
+    calls: list[str] = []
+    real = Compel.parse_prompt_string
+
+    def counted(cls: type, text: str) -> Conjunction:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(Compel, "parse_prompt_string", classmethod(counted))
+    return calls
+
+
 @pytest.mark.parametrize("prompt", ["a (red)++ cat", "a cat-", 'a "cat"', "a+ cat", "a\\(b", "(a, b).and()",
                                     "withLora(x)", "cat.swap(dog)", "x=1"])
-def test_prompts_with_syntax_go_to_compel(monkeypatch, prompt):
-    calls: list[str] = []
-    real = Compel.parse_prompt_string
-
-    def counted(cls: type, text: str) -> Conjunction:
-        calls.append(text)
-        return real(text)
-
-    monkeypatch.setattr(Compel, "parse_prompt_string", classmethod(counted))
-    assert repr(parse_prompt(prompt)) == repr(real(prompt))
-    assert calls == [prompt]
+def test_prompts_with_syntax_go_to_compel(compel_calls, prompt):
+    assert repr(parse_prompt(prompt)) == repr(Compel.parse_prompt_string(prompt))
+    assert compel_calls == [prompt, prompt]  # ours, then the reference
 
 
-def test_a_prompt_is_parsed_once_and_every_caller_gets_its_own_copy(monkeypatch):
-    calls: list[str] = []
-    real = Compel.parse_prompt_string
-
-    def counted(cls: type, text: str) -> Conjunction:
-        calls.append(text)
-        return real(text)
-
-    monkeypatch.setattr(Compel, "parse_prompt_string", classmethod(counted))
+def test_a_prompt_is_parsed_once_and_every_caller_gets_its_own_copy(compel_calls):
     first = parse_prompt("a (red)++ cat")
     first.prompts[0].children[0].text = "changed"
     first.weights.append(2.0)
     second = parse_prompt("a (red)++ cat")
-    assert calls == ["a (red)++ cat"]
-    assert second is not first and structure(second) == structure(real("a (red)++ cat"))
+    assert compel_calls == ["a (red)++ cat"]
+    assert second is not first and structure(second) == structure(Compel.parse_prompt_string("a (red)++ cat"))
     plain = parse_prompt(ASTRONAUT)
     plain.prompts[0].children.clear()
     assert parse_prompt(ASTRONAUT).prompts[0].children[0].text == ASTRONAUT

@@ -77,11 +77,12 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
     raised: a chunk is retried as a whole, and its deterministic names make the retry overwrite this try's."""
     if not jobs:
         return []
+    client = None if services else runtime_client_for(jobs[0].graph, jobs[0].env.logger)  # asked once per call
     if len(jobs) == 1:
-        return [_run_graph(jobs[0], services, workflow_json=workflow_json)]
+        return [_run_graph(jobs[0], services, client, workflow_json=workflow_json)]
     width = min(len(jobs), settings("runtime_max_batch").runtime_max_batch)
     shared: dict[str, Any] = {}
-    if services or runtime_client_for(jobs[0].graph, jobs[0].env.logger) is None:  # in this process
+    if client is None:  # in this process
         from invokeai_provider.execution.runtime.batching import DeviceScheduler
 
         shared = {"scheduler": DeviceScheduler(width), "node_cache": _node_cache(), "intermediates": _intermediates()}
@@ -94,10 +95,10 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
         job = jobs[number]
         scheduler = shared.get("scheduler")
         if scheduler is None:
-            states[number] = _run_graph(job, services, workflow_json=workflow_json)
+            states[number] = _run_graph(job, services, client, workflow_json=workflow_json)
             return
         with scheduler.job():
-            states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")},
+            states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")}, None,
                                         workflow_json=workflow_json, node_cache=shared["node_cache"],
                                         intermediates=shared["intermediates"])
 
@@ -136,12 +137,11 @@ def _workers() -> ThreadPoolExecutor:
         return _WORKERS
 
 
-def _run_graph(job: GraphJob, services: dict[str, Any], *, workflow_json: Optional[dict[str, Any]],
+def _run_graph(job: GraphJob, services: dict[str, Any], client: Any, *, workflow_json: Optional[dict[str, Any]],
                node_cache: Any = None, intermediates: Any = None) -> Any:
-    """Runs one graph: in the host's GPU runtime when one is configured, answering and the graph has GPU nodes
-    (models stay warm there across tasks), else in this process."""
+    """Runs one graph: in the host's GPU runtime when ``client`` is its client (`runtime_client_for`: one is
+    configured, answering and the graph has GPU nodes, so models stay warm there across tasks), else here."""
     env = job.env
-    client = None if services else runtime_client_for(job.graph, env.logger)
     if client is None:
         return run_graph_in_process(job.graph, env, services, embedded_graph=job.embedded_graph,
                                     workflow_json=workflow_json, persist=job.persist, node_cache=node_cache,

@@ -54,22 +54,29 @@ def nested_iterate_graph() -> dict[str, Any]:
                edge("times", "value", "inner_col", "item"), edge("inner_col", "collection", "outer_col", "item")])
 
 
-@pytest.mark.parametrize("granularity", ["segment", "node"])
-def test_nested_iterate_collect_matches_engine(tmp_path: Path, airflow_run, granularity: str) -> None:
+@pytest.mark.parametrize("granularity,chunk_size", [("segment", 1), ("node", 2)])
+def test_nested_iterate_collect_matches_engine(tmp_path: Path, airflow_run, granularity: str,
+                                               chunk_size: int) -> None:
     document = nested_iterate_graph()
     expected = engine_outputs(document)["outer_col"][0]["collection"]
     assert expected == [[0, 10], [0, 10, 20]]
     run = airflow_run(write(tmp_path, "nested.json", document), granularity=granularity,
-                      dag_id=f"nested_{granularity}")
+                      dag_id=f"nested_{granularity}", extra_env={"AIRFLOW__INVOKEAI__MAP_CHUNK_SIZE": str(chunk_size)})
     assert run["state"] == "success"
     assert record_values(run, "outer_col") == [{"outer_col.collection": expected}]
     assert record_values(run, "inner_col") == [{"inner_col.collection": [0, 10]},
                                                {"inner_col.collection": [0, 10, 20]}]
-    # the inner segment ran once per (outer, inner) path: 2 + 3 mapped instances, labelled by item
+    # the inner segment ran for each (outer, inner) path, 2 + 3 items: one mapped instance per item, labelled by
+    # it, or one per chunk of two items, labelled by their range
     times_task = "times"
     mapped = sorted((t["map_index"], t["label"]) for t in run["tasks"] if t["task_id"] == times_task)
-    assert [m for m, _ in mapped] == [0, 1, 2, 3, 4]
-    assert mapped[2][1].startswith("outer_it[1]=3, inner_it[0]=0")
+    if chunk_size == 1:
+        assert [m for m, _ in mapped] == [0, 1, 2, 3, 4]
+        assert mapped[2][1].startswith("outer_it[1]=3, inner_it[0]=0")
+    else:
+        assert [m for m, _ in mapped] == [0, 1, 2]
+        assert mapped[1][1].startswith("items 2-3: outer_it[1]=3, inner_it[0]=0")
+        assert mapped[2][1] == "outer_it[1]=3, inner_it[2]=2"  # the last chunk has one item
 
 
 def lazy_if_graph(condition: bool) -> dict[str, Any]:
@@ -136,20 +143,21 @@ def test_prompt_list_of_five_makes_five_images_in_order(tmp_path: Path, airflow_
     run = airflow_run(write(tmp_path, "prompts.json", sd_prompt_list_graph(prompts)), dag_id="prompt_list")
     assert run["state"] == "success"
     gpu = [t for t in run["tasks"] if t["queue"] == "gpu" and t["map_index"] >= 0]
-    assert sorted(t["map_index"] for t in gpu) == [0, 1, 2, 3, 4]
+    assert [t["map_index"] for t in gpu] == [0]  # the five prompts in one chunk ([invokeai] map_chunk_size 16)
     assert {t["task_id"] for t in gpu} == {"decode"}  # one fused GPU segment, mapped over the prompts
     # the negative prompt is outside the iteration: encoded once, in its own task, for every instance
     assert ("neg", -1) in task_states(run)
-    images = sorted(run["images"], key=lambda r: r["map_index"])
-    assert [r["map_index"] for r in images] == [0, 1, 2, 3, 4]
+    images = sorted(run["images"], key=lambda r: r["item_index"])
+    assert [r["item_index"] for r in images] == [0, 1, 2, 3, 4]
+    assert [r["map_index"] for r in images] == [0] * 5
     for prompt, record in zip(prompts, images):
         with Image.open(uri_path(record["uri"])) as png:
             metadata = json.loads(png.info["invokeai_metadata"])
         assert metadata["positive_prompt"] == prompt
         assert record["metadata"]["positive_prompt"] == prompt
         assert (record["width"], record["height"]) == (64, 64)
-    labels = {t["map_index"]: t["label"] for t in gpu}
-    assert labels[3] == "each[3]=a white lighthouse"
+    [label] = [t["label"] for t in gpu]
+    assert label == "items 0-4: each[0]=a red lighthouse … each[4]=a black lighthouse"
 
 
 def test_segment_and_node_granularity_make_identical_images(airflow_run) -> None:

@@ -132,7 +132,8 @@ def test_prompt_list_batch_one_image_per_prompt(airflow_run) -> None:
     prompts = ["a red apple on a plate", "a blue boat at sea", "a green hill under clouds"]
     seeds = [11, 22, 33]
     run = airflow_run(PROMPT_LIST_WORKFLOW, "model=tiny-sd1", "width=64", "height=64", "steps=2",
-                      f"positive_prompt_value_batch={json.dumps(prompts)}", f"seed_value_batch={json.dumps(seeds)}")
+                      f"positive_prompt_value_batch={json.dumps(prompts)}", f"seed_value_batch={json.dumps(seeds)}",
+                      extra_env={"AIRFLOW__INVOKEAI__MAP_CHUNK_SIZE": "1"})  # one instance per session
     assert run["state"] == "success"
     states = task_states(run)
     assert set(states.values()) == {"success"}

@@ -157,8 +157,8 @@ class DeviceScheduler:
                     self._parked.remove(mine)
                     raise CanceledError("the job was abandoned while its denoise item waited for a batch")
                 self._cond.wait()
-            if mine.done:  # another thread denoised it in its batch; back on the device for the rest of the job
-                self._take_device()
+            if mine.done:  # another thread ran it in its batch; back on the device for the rest of the job
+                self._take_device(counted=True)
                 return _unwrap(mine.outcome)
             group = [p for p in self._parked if p.key == mine.key][:self.max_batch]
             self._parked = [p for p in self._parked if p not in group]
@@ -172,18 +172,23 @@ class DeviceScheduler:
         with self._cond:
             for parked, outcome in zip(group, outcomes):
                 parked.outcome, parked.done = outcome, True
+            # the batch's other threads want the device back from now on, before they even wake: the next item this
+            # thread parks (its decode after its denoise) waits for them, so their items can join its batch
+            self._wanting += len(group) - 1
             if counted:
                 self.stats.add(len(group))
             self._cond.notify_all()
         return _unwrap(mine.outcome)
 
-    def _take_device(self, returning: bool = False) -> None:
-        """``returning``: from `released` (away until it is wanting, in one step, so no batch starts between)."""
+    def _take_device(self, returning: bool = False, counted: bool = False) -> None:
+        """``returning``: from `released` (away until it is wanting, in one step, so no batch starts between);
+        ``counted``: a thread whose item another ran in a batch, already counted as wanting by that thread."""
         me = threading.get_ident()
         with self._cond:
             if returning:
                 self._away -= 1
-            self._wanting += 1
+            if not counted:
+                self._wanting += 1
             try:
                 while self._busy or me in self._abandoned:
                     if me in self._abandoned:

@@ -85,7 +85,7 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
     if client is None:  # in this process
         from invokeai_provider.execution.runtime.batching import DeviceScheduler
 
-        shared = {"scheduler": DeviceScheduler(width), "node_cache": _node_cache(), "intermediates": _intermediates()}
+        shared = {"scheduler": DeviceScheduler(width), "call": EngineCall.open(jobs[0].env)}
     states: list[Any] = [None] * len(jobs)
     errors: list[Optional[BaseException]] = [None] * len(jobs)
     pending = iter(range(len(jobs)))
@@ -99,8 +99,7 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
             return
         with scheduler.job():
             states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")}, None,
-                                        workflow_json=workflow_json, node_cache=shared["node_cache"],
-                                        intermediates=shared["intermediates"])
+                                        workflow_json=workflow_json, call=shared["call"])
 
     def worker() -> None:
         while True:
@@ -138,14 +137,13 @@ def _workers() -> ThreadPoolExecutor:
 
 
 def _run_graph(job: GraphJob, services: dict[str, Any], client: Any, *, workflow_json: Optional[dict[str, Any]],
-               node_cache: Any = None, intermediates: Any = None) -> Any:
+               call: Optional["EngineCall"] = None) -> Any:
     """Runs one graph: in the host's GPU runtime when ``client`` is its client (`runtime_client_for`: one is
     configured, answering and the graph has GPU nodes, so models stay warm there across tasks), else here."""
     env = job.env
     if client is None:
         return run_graph_in_process(job.graph, env, services, embedded_graph=job.embedded_graph,
-                                    workflow_json=workflow_json, persist=job.persist, node_cache=node_cache,
-                                    intermediates=intermediates)
+                                    workflow_json=workflow_json, persist=job.persist, call=call)
     from invokeai_provider.graph.engine import ExecutionState
 
     _check_literals(job.graph)  # a 1 MB prompt or a 100,000 px width fails here, not in the runtime
@@ -170,10 +168,10 @@ def _run_graph(job: GraphJob, services: dict[str, Any], client: Any, *, workflow
 def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: dict[str, Any], *,
                          embedded_graph: Optional[dict[str, Any]], workflow_json: Optional[dict[str, Any]],
                          runtime: Optional[dict[str, Any]] = None, persist: Optional[list[str]] = None,
-                         node_cache: Any = None, intermediates: Any = None) -> Any:
+                         call: Optional["EngineCall"] = None) -> Any:
     """Binds model names, validates and runs a (sub)graph here: in a task process, or in the GPU runtime
-    (``runtime`` describes it, for the usage record). ``persist``: see `GraphJob`; ``node_cache`` and
-    ``intermediates`` are shared by the graphs of one engine call (new ones when not given)."""
+    (``runtime`` describes it, for the usage record). ``persist``: see `GraphJob`; ``call``: what the graphs of
+    one engine call share (a new one when not given)."""
     from invokeai_provider.graph.engine import Engine, ExecutionState
 
     services = _model_services(sub, env, services)
@@ -190,10 +188,8 @@ def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: di
             embedded_graph = bind_model_fields(embedded_graph, registry)
     if embedded_graph is None:
         embedded_graph = sub
-    if intermediates is None and persist is not None:
-        intermediates = _intermediates()
-    run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services,
-                       node_cache=node_cache if node_cache is not None else _node_cache(), intermediates=intermediates)
+    call = call or EngineCall.open(env, intermediates=persist is not None)
+    run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services, call)
     from invokeai_provider.execution.tenants import check_references
 
     check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
@@ -227,23 +223,35 @@ def persisted_values(state: Any, persist: Sequence[str]) -> list[Any]:
     return values
 
 
-def _node_cache() -> Any:
-    """InvokeAI's invocation cache for one engine call (None when ``node_cache_size`` is 0)."""
-    size = settings("node_cache_size").node_cache_size
-    if size <= 0:
-        return None
-    from invokeai_provider.graph.node_cache import NodeCache
+@dataclass
+class EngineCall:
+    """What the graphs of one engine call share in this process: the run's store (opened once: an S3 root
+    resolves its connection once), InvokeAI's invocation cache (None when ``node_cache_size`` is 0) and the
+    tensors the nodes pass each other (None: written to the store as saved, ``keep_intermediates``)."""
 
-    return NodeCache(size)
+    store: Any
+    node_cache: Any = None
+    intermediates: Any = None
 
+    @classmethod
+    def open(cls, env: TaskEnvironment, intermediates: bool = True) -> "EngineCall":
+        from invokeai_provider.execution.tenants import check_tenant
+        from invokeai_provider.storage.base import open_run_store
 
-def _intermediates() -> Any:
-    """Where one engine call keeps the tensors its nodes pass each other (None: ``keep_intermediates``)."""
-    if settings("keep_intermediates").keep_intermediates:
-        return None
-    from invokeai_provider.storage.intermediates import IntermediateObjects
+        config = settings("default_tenant", "node_cache_size", "keep_intermediates")
+        store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or config.default_tenant),
+                               dag_id=env.dag_id, run_id=env.run_id)
+        cache = None
+        if config.node_cache_size > 0:
+            from invokeai_provider.graph.node_cache import NodeCache
 
-    return IntermediateObjects()
+            cache = NodeCache(config.node_cache_size)
+        held = None
+        if intermediates and not config.keep_intermediates:
+            from invokeai_provider.storage.intermediates import IntermediateObjects
+
+            held = IntermediateObjects()
+        return cls(store, cache, held)
 
 
 def _check_literals(sub: dict[str, Any]) -> None:
@@ -332,22 +340,19 @@ def shared_model_manager(model_root: Optional[str]) -> Any:
 
 
 def _run_context(env: TaskEnvironment, graph_json: dict[str, Any], workflow_json: Optional[dict[str, Any]],
-                 services: dict[str, Any], *, node_cache: Any = None, intermediates: Any = None) -> Any:
-    """The engine's run context for a graph: the run's store, and names unique per mapped item."""
+                 services: dict[str, Any], call: "EngineCall") -> Any:
+    """The engine's run context for a graph: the call's store, cache and intermediates, and names unique per
+    mapped item."""
     from invokeai_provider.core.context import RunContext
-    from invokeai_provider.execution.tenants import check_tenant
-    from invokeai_provider.storage.base import open_run_store
 
-    store = open_run_store(env.artifact_root, tenant=check_tenant(env.tenant or settings().default_tenant),
-                           dag_id=env.dag_id, run_id=env.run_id)
     mapped = env.map_index is not None and env.map_index >= 0
     position = env.item if env.item is not None else env.map_index if mapped else None
     on_progress = env.usage.progress_callback(env.logger) if env.usage is not None else None
-    return RunContext(store=store, name_prefix=f"m{position}." if position is not None else "",
+    return RunContext(store=call.store, name_prefix=f"m{position}." if position is not None else "",
                       task_id=env.task_id, map_index=env.map_index if mapped else None, item_index=position,
                       graph_json=graph_json, workflow_json=workflow_json, cancel_event=env.cancel_event,
-                      logger=env.logger, services=services, on_progress=on_progress, node_cache=node_cache,
-                      intermediates=intermediates)
+                      logger=env.logger, services=services, on_progress=on_progress, node_cache=call.node_cache,
+                      intermediates=call.intermediates)
 
 
 def workflow_with_values(workflow_json: Optional[dict[str, Any]], graph: dict[str, Any]) -> Optional[dict[str, Any]]:

@@ -101,12 +101,23 @@ class ClusterClient:
             keys += [item["Key"] for item in page.get("Contents", [])]
         return sorted(keys)
 
-    def png_text(self, key: str, bucket: str = ARTIFACT_BUCKET) -> dict[str, str]:
+    def objects_by_kind(self, prefix: str) -> dict[str, list[str]]:
+        """A run prefix's keys by their first folder (images, manifest, tensors, conditioning)."""
+        kinds: dict[str, list[str]] = {}
+        for key in self.keys(prefix):
+            kinds.setdefault(key[len(prefix):].split("/", 1)[0], []).append(key)
+        return kinds
+
+    def png(self, key: str, bucket: str = ARTIFACT_BUCKET) -> Any:
+        """The stored PNG as a loaded PIL image (its text chunks in ``.text``)."""
         from PIL import Image
 
-        data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        with Image.open(io.BytesIO(data)) as image:
-            return dict(image.text)
+        image = Image.open(io.BytesIO(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        image.load()
+        return image
+
+    def png_text(self, key: str, bucket: str = ARTIFACT_BUCKET) -> dict[str, str]:
+        return dict(self.png(key, bucket).text)
 
     def run_prefix(self, tenant: str, dag_id: str, run_id: str) -> str:
         from invokeai_provider.storage.base import safe_segment

@@ -4,13 +4,10 @@ overwrites its own 16 images."""
 
 from __future__ import annotations
 
-import io
 import time
 
 import airflow_client.client as af
 import numpy as np
-from PIL import Image
-
 from cluster_client import ClusterClient, task_logs
 
 CHUNKED = "prompt-list-batch-chunks-16"
@@ -19,20 +16,6 @@ COUNT = 64
 CONF = {"positive_prompt_value_batch": [f"a lighthouse on a cliff, study {i}" for i in range(COUNT)],
         "seed_value_batch": list(range(500, 500 + COUNT)), "model": "tiny-sd15", "steps": 4, "width": 64,
         "height": 64}
-
-
-def _objects(cluster: ClusterClient, prefix: str) -> dict[str, list[str]]:
-    kinds: dict[str, list[str]] = {}
-    for key in cluster.keys(prefix):
-        kinds.setdefault(key[len(prefix):].split("/", 1)[0], []).append(key)
-    return kinds
-
-
-def _png(cluster: ClusterClient, key: str) -> Image.Image:
-    body = cluster.s3.get_object(Bucket="invokeai-artifacts", Key=key)["Body"].read()
-    image = Image.open(io.BytesIO(body))
-    image.load()
-    return image
 
 
 def _gpu_task(cluster: ClusterClient, dag_id: str, run_id: str) -> list:
@@ -60,7 +43,7 @@ def test_a_64_prompt_batch_in_chunks_of_16_gives_the_unchunked_images_and_stores
         "items 0-15", "items 16-31", "items 32-47", "items 48-63"]
     assert len(_gpu_task(cluster, UNCHUNKED, unchunked)) == COUNT
 
-    objects = _objects(cluster, cluster.run_prefix("default", CHUNKED, chunked))
+    objects = cluster.objects_by_kind(cluster.run_prefix("default", CHUNKED, chunked))
     assert sorted(objects) == ["images", "manifest"], sorted(objects)  # no tensors, no conditioning
     assert len(objects["images"]) == COUNT and len(objects["manifest"]) == COUNT
     records = [r for ti in chunk_tis
@@ -69,11 +52,11 @@ def test_a_64_prompt_batch_in_chunks_of_16_gives_the_unchunked_images_and_stores
     assert sorted(r["uri"] for r in records) == sorted(f"s3://invokeai-artifacts/{k}" for k in objects["images"])
 
     reference = {key.rsplit("/", 1)[-1]: key
-                 for key in _objects(cluster, cluster.run_prefix("default", UNCHUNKED, unchunked))["images"]}
+                 for key in cluster.objects_by_kind(cluster.run_prefix("default", UNCHUNKED, unchunked))["images"]}
     assert sorted(reference) == sorted(key.rsplit("/", 1)[-1] for key in objects["images"])  # the same names
     worst = 0
     for key in objects["images"]:
-        mine, theirs = _png(cluster, key), _png(cluster, reference[key.rsplit("/", 1)[-1]])
+        mine, theirs = cluster.png(key), cluster.png(reference[key.rsplit("/", 1)[-1]])
         assert mine.text["invokeai_metadata"] == theirs.text["invokeai_metadata"]
         assert mine.text["invokeai_graph"] == theirs.text["invokeai_graph"]
         difference = np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(theirs, dtype=np.int16))
@@ -92,7 +75,7 @@ def test_a_64_prompt_batch_in_chunks_of_16_gives_the_unchunked_images_and_stores
             break
         assert time.monotonic() < deadline, f"the cleared chunk did not run again: {again}"
         time.sleep(2)
-    after = _objects(cluster, cluster.run_prefix("default", CHUNKED, chunked))
+    after = cluster.objects_by_kind(cluster.run_prefix("default", CHUNKED, chunked))
     assert sorted(after["images"]) == sorted(objects["images"]) and len(after["manifest"]) == COUNT
     rewritten = cluster.xcom(CHUNKED, chunked, retried.task_id, "image_records", map_index=1)
     assert [r["item_index"] for r in rewritten] == list(range(16, 32))

@@ -19,13 +19,6 @@ SD15 = "sd15-text-to-image"
 SD15_TASK = "sd1_5_text_to_image"
 
 
-def _objects_by_kind(cluster: ClusterClient, prefix: str) -> dict[str, list[str]]:
-    kinds: dict[str, list[str]] = {}
-    for key in cluster.keys(prefix):
-        kinds.setdefault(key[len(prefix):].split("/", 1)[0], []).append(key)
-    return kinds
-
-
 def test_gpu_worker_killed_during_denoise_is_retried_without_duplicates(cluster: ClusterClient) -> None:
     cluster.wait_for_dag(BATCH)
     prompts = ["a red barn in a wheat field", "a blue rowing boat on a lake", "a green hill under clouds"]
@@ -47,7 +40,7 @@ def test_gpu_worker_killed_during_denoise_is_retried_without_duplicates(cluster:
     assert [t.state for t in tries][-1] == "success" and len(tries) >= 2
 
     prefix = cluster.run_prefix("default", BATCH, run_id)
-    objects = _objects_by_kind(cluster, prefix)
+    objects = cluster.objects_by_kind(prefix)
     assert set(objects) == {"images", "manifest"}, objects  # intermediates stay in memory
     images = objects["images"]
     assert len(images) == 3, images

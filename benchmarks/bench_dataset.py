@@ -12,13 +12,15 @@ chunk size (``--chunk-sizes``, default ``[invokeai] map_chunk_size``):
   task runs the sessions in chunks, its items' denoise and decode passes batched in the GPU runtime;
 - engine: the same N sessions run in this process the way ``invokeai-airflow graph run`` runs a batch (one engine
   call per chunk: shared node cache, intermediates in memory, batched denoise and decode; warm model cache);
+  both are warmed first (the engine by one session, each cluster by an untimed run of 4 prompts);
 - gpu mode also runs the plain diffusers loop, one pipeline call per prompt.
 
 Printed: images/s of each and the cluster/engine ratio, per-image overhead (cluster s/img - engine s/img), objects
 written per image in the run's prefix, and the peak resident memory of the runtime, the workers (with the task
 processes they fork), the scheduler and the S3 server during each run (sampled every 0.2 s), so memory growth
-with N shows. The engine and cluster runs of one N alternate (engine, cluster) and each is timed once: the
-cluster run of 1,000 images takes minutes, which is long against the machine's noise.
+with N shows, and the CPU seconds each spent, which says where the cluster's time went. The engine and cluster
+runs of one N alternate (engine, cluster) and each is timed once: the cluster run of 1,000 images takes minutes,
+which is long against the machine's noise.
 """
 
 from __future__ import annotations
@@ -40,47 +42,72 @@ import bench_sd  # noqa: E402 - the model builders and the engine path
 
 SERVICES = ("runtime", "worker-gpu", "worker-default", "scheduler", "s3")
 MODES = {"cpu-smoke": (64, 4), "gpu": (512, 25)}  # size, steps
+WARM_UP = 4  # prompts of the untimed first run on each cluster
 
 
-class PeakMemory:
-    """Peak RSS (MiB) of each service's process tree while the block runs."""
+class ServiceUsage:
+    """Peak RSS (MiB) and CPU seconds of each service's process tree while the block runs.
+
+    CPU seconds are the user + system time each process of the tree spent during the block (a process that ends
+    between two samples loses at most its last 0.2 s): on a machine with few cores, every CPU second Airflow
+    spends is one the runtime does not get, so this says where the cluster's time went."""
 
     def __init__(self, state_dir: Path) -> None:
         from invokeai_provider.cluster.cluster import read_pids
 
         self.pids = {name: pid for name, pid in read_pids(state_dir).get("services", {}).items() if name in SERVICES}
         self.peaks = {name: 0.0 for name in self.pids}
+        self._cpu_first: dict[tuple[str, int, float], float] = {}
+        self._cpu_last: dict[tuple[str, int, float], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _tree_rss(self, pid: int) -> float:
+    def _tree(self, pid: int) -> list[Any]:
         import psutil
 
         try:
             root = psutil.Process(pid)
-            processes = [root, *root.children(recursive=True)]
+            return [root, *root.children(recursive=True)]
         except psutil.Error:
-            return 0.0
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:
-                continue
-        return total / 2**20
+            return []
+
+    def _sample_once(self, first: bool) -> None:
+        import psutil
+
+        for name, pid in self.pids.items():
+            total = 0
+            for process in self._tree(pid):
+                try:
+                    total += process.memory_info().rss
+                    times = process.cpu_times()
+                    key = (name, process.pid, process.create_time())
+                except psutil.Error:
+                    continue
+                seconds = times.user + times.system
+                self._cpu_first.setdefault(key, seconds if first else 0.0)
+                self._cpu_last[key] = seconds
+            self.peaks[name] = max(self.peaks[name], total / 2**20)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            for name, pid in self.pids.items():
-                self.peaks[name] = max(self.peaks[name], self._tree_rss(pid))
+            self._sample_once(first=False)
 
-    def __enter__(self) -> "PeakMemory":
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        totals = {name: 0.0 for name in self.pids}
+        for key, last in self._cpu_last.items():
+            totals[key[0]] += last - self._cpu_first[key]
+        return totals
+
+    def __enter__(self) -> "ServiceUsage":
+        self._sample_once(first=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample_once(first=False)
 
 
 def write_batch(folder: Path, model: dict[str, Any], count: int, *, size: int, steps: int) -> str:
@@ -173,28 +200,31 @@ def main() -> None:
         (dags / "bench_dags.py").write_text(bench_runtime.DAG_FILE.replace(
             "globals())", f"globals(), chunk_size={chunk_size})"))  # compile_dag's per-workflow override
         dag_ids = {count: write_batch(dags / "documents", identifier, count, size=size, steps=steps)
-                   for count in counts}
+                   for count in {*counts, WARM_UP}}
         os.environ["AIRFLOW__INVOKEAI__MAP_CHUNK_SIZE"] = str(chunk_size)  # this process's engine chunks
         cluster = bench_runtime.Cluster(work, dags, runtime=True, model_root=model_root.as_uri(),
                                         gpu_concurrency=args.gpu_concurrency, label=f"chunks{chunk_size}",
                                         max_batch=args.max_batch)
         try:
+            cluster.wait_for_dag(dag_ids[WARM_UP])
+            cluster.run(dag_ids[WARM_UP], {})  # as the engine: the runtime's imports and model load are not timed
             for count in counts:
                 cluster.wait_for_dag(dag_ids[count])
                 sessions = engine_sessions(engine, count)
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 engine.run(sessions)
                 engine_seconds = time.perf_counter() - started
+                engine_cpu = time.process_time() - cpu_started
                 diffusers_seconds = None
                 if diffusers is not None:
                     diffusers_seconds = bench_runtime.diffusers_loop(diffusers, bench_runtime.prompts(count),
                                                                      bench_sd.make_timer(device))
-                with PeakMemory(cluster.state) as memory:
+                with ServiceUsage(cluster.state) as usage:
                     result = cluster.run(dag_ids[count], {}, timeout=7200)
                 per_image, kinds = objects_per_image(cluster, dag_ids[count], result.run_id, count)
-                rows.append({"count": count, "chunk": chunk_size, "engine": engine_seconds, "cluster": result.wall,
+                rows.append({"count": count, "chunk": chunk_size, "engine": engine_seconds, "engine_cpu": engine_cpu, "cluster": result.wall,
                              "diffusers": diffusers_seconds, "tasks": len(result.task_seconds),
-                             "objects": per_image, "kinds": kinds, "memory": dict(memory.peaks),
+                             "objects": per_image, "kinds": kinds, "memory": dict(usage.peaks), "cpu": usage.cpu_seconds,
                              "batches": bench_runtime.batch_sizes(cluster)})
                 print(f"  N={count} chunk {chunk_size}: engine {engine_seconds:.1f} s, cluster {result.wall:.1f} s "
                       f"({len(result.task_seconds)} mapped task instances), {kinds}", flush=True)
@@ -220,6 +250,12 @@ def main() -> None:
     for row in rows:
         print(f"{row['count']:>6} {row['chunk']:>5}  "
               + "  ".join(f"{row['memory'].get(name, 0.0):>14.0f}" for name in SERVICES))
+    print()
+    print("CPU seconds per service during the cluster run (engine: this process during the engine run)")
+    print(f"{'N':>6} {'chunk':>5}  {'engine':>8}  " + "  ".join(f"{name:>14}" for name in SERVICES))
+    for row in rows:
+        print(f"{row['count']:>6} {row['chunk']:>5}  {row['engine_cpu']:>8.1f}  "
+              + "  ".join(f"{row['cpu'].get(name, 0.0):>14.1f}" for name in SERVICES))
     for row in rows:
         print(f"  N={row['count']} chunk {row['chunk']}: objects {row['kinds']}; runtime denoise batches "
               f"{row['batches']}")

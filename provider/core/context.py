@@ -33,6 +33,13 @@ WORKFLOW_CHUNK = "invokeai_workflow"
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
+def off_device(run: "RunContext") -> ContextManager[None]:
+    """Off the shared device for CPU or I/O work, where a device is shared (a ``device`` service: the GPU
+    runtime's, or a chunk's in this process); elsewhere nothing waits for it and this does nothing."""
+    device = run.services.get("device")
+    return device.released() if device is not None else contextlib.nullcontext()
+
+
 @dataclass
 class RunContext:
     """What all nodes of one engine run share: the store, ids for records, documents for PNG chunks."""
@@ -96,10 +103,7 @@ class ImagesInterface:
             info.add_text(WORKFLOW_CHUNK, json.dumps(run.workflow_json))
         if run.graph_json is not None:
             info.add_text(GRAPH_CHUNK, json.dumps(run.graph_json))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
         name = self._scope.next_name("images", ".png")
-        run.store.write("images", name, buffer.getvalue())
         now = datetime.now(timezone.utc).isoformat()
         record = {
             "image_name": name,
@@ -123,8 +127,12 @@ class ImagesInterface:
             "map_index": run.map_index,
             "item_index": run.item_index,
         }
+        with off_device(run):  # encoding and the store's writes need no device: other jobs use it meanwhile
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+            run.store.write("images", name, buffer.getvalue())
+            run.store.record({"kind": "image", **{k: v for k, v in record.items() if k != "metadata"}})
         self._scope.records.append(record)
-        run.store.record({"kind": "image", **{k: v for k, v in record.items() if k != "metadata"}})
         return record
 
     def _read(self, image_name: str) -> bytes:
@@ -218,8 +226,7 @@ class UtilInterface:
     def off_device(self) -> ContextManager[None]:
         """Lets other jobs use the device while this node does CPU-only work (parsing a prompt), where a device
         is shared (the GPU runtime's ``device`` service); elsewhere nothing waits for it and this does nothing."""
-        device = self._scope.run.services.get("device")
-        return device.released() if device is not None else contextlib.nullcontext()
+        return off_device(self._scope.run)
 
     def signal_progress(self, message: str, percentage: Optional[float] = None, **extra: Any) -> None:
         """Reports progress (to the task log, or to a runtime client) and stops here if the run was canceled."""

@@ -10,7 +10,8 @@ graph per batch session or iteration path, see `invokeai_provider.execution.chun
   encoded once for all the sessions of a chunk;
 - the graphs of a chunk run in threads that take turns on the device (`runtime.batching.DeviceScheduler`),
   so their denoise nodes meet and share UNet passes, here as in the GPU runtime. With a runtime, each graph
-  is its own runtime job, all sent at once, and they batch there the same way.
+  is its own runtime job, all sent at once with one ``call`` id: they batch there the same way, and share
+  the call's store, node cache and intermediates there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -81,7 +83,7 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
     if len(jobs) == 1:
         return [_run_graph(jobs[0], services, client, workflow_json=workflow_json)]
     width = min(len(jobs), settings("runtime_max_batch").runtime_max_batch)
-    shared: dict[str, Any] = {}
+    shared: dict[str, Any] = {"call_id": uuid.uuid4().hex}  # the runtime's jobs of this call share its EngineCall
     if client is None:  # in this process
         from invokeai_provider.execution.runtime.batching import DeviceScheduler
 
@@ -95,7 +97,8 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
         job = jobs[number]
         scheduler = shared.get("scheduler")
         if scheduler is None:
-            states[number] = _run_graph(job, services, client, workflow_json=workflow_json)
+            states[number] = _run_graph(job, services, client, workflow_json=workflow_json,
+                                        call_id=shared["call_id"])
             return
         with scheduler.job():
             states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")}, None,
@@ -137,9 +140,10 @@ def _workers() -> ThreadPoolExecutor:
 
 
 def _run_graph(job: GraphJob, services: dict[str, Any], client: Any, *, workflow_json: Optional[dict[str, Any]],
-               call: Optional["EngineCall"] = None) -> Any:
+               call: Optional["EngineCall"] = None, call_id: Optional[str] = None) -> Any:
     """Runs one graph: in the host's GPU runtime when ``client`` is its client (`runtime_client_for`: one is
-    configured, answering and the graph has GPU nodes, so models stay warm there across tasks), else here."""
+    configured, answering and the graph has GPU nodes, so models stay warm there across tasks), else here.
+    ``call``: what it shares with the other graphs of its engine call here; ``call_id``: there."""
     env = job.env
     if client is None:
         return run_graph_in_process(job.graph, env, services, embedded_graph=job.embedded_graph,
@@ -150,7 +154,7 @@ def _run_graph(job: GraphJob, services: dict[str, Any], client: Any, *, workflow
     env.logger.info("handing %d nodes to the GPU runtime at %s", len(job.graph["nodes"]), client.socket_path)
     result = client.run_graph(
         {"graph": job.graph, "embedded_graph": job.embedded_graph, "workflow_json": workflow_json,
-         "persist": job.persist,
+         "persist": job.persist, "call": call_id,
          "env": {"dag_id": env.dag_id, "run_id": env.run_id, "task_id": env.task_id, "map_index": env.map_index,
                  "item": env.item, "tenant": env.tenant, "artifact_root": env.artifact_root,
                  "model_root": env.model_root}},

@@ -53,6 +53,7 @@ class UsageMeter:
 
     def __init__(self) -> None:
         self.nodes = 0
+        self.cached_nodes = 0  # of ``nodes``: outputs taken from the node cache (InvokeAI's invocation cache)
         self.node_types: Counter[str] = Counter()
         self.images = 0
         self.intermediate_images = 0
@@ -110,22 +111,27 @@ class UsageMeter:
                 self.runtime = dict(runtime)
 
     def add_state(self, state: Any) -> None:
-        """Adds an engine run's executed nodes, their timings and the images they saved."""
-        for exec_id in state.results:
-            exec_node = state.exec_nodes.get(exec_id)
-            invocation = state.graph.nodes[exec_node.source_id if exec_node is not None else exec_id]
-            seconds = float(state.timings.get(exec_id, 0.0))
-            self.nodes += 1
-            self.node_types[invocation.get_type()] += 1
-            self.node_seconds += seconds
-            if getattr(type(invocation).UIConfig, "gpu", False):
-                self.gpu_seconds += seconds
-        for records in state.records.values():
-            for record in records:
-                if record.get("is_intermediate"):
-                    self.intermediate_images += 1
-                else:
-                    self.images += 1
+        """Adds an engine run's executed nodes, their timings and the images they saved (the graphs of a chunk add
+        theirs from their own threads)."""
+        cached = set(getattr(state, "cached", ()))
+        with self._lock:
+            for exec_id in state.results:
+                exec_node = state.exec_nodes.get(exec_id)
+                invocation = state.graph.nodes[exec_node.source_id if exec_node is not None else exec_id]
+                seconds = float(state.timings.get(exec_id, 0.0))
+                self.nodes += 1
+                self.node_types[invocation.get_type()] += 1
+                self.node_seconds += seconds
+                if exec_id in cached:  # it waited for another node's output at most: no device time of its own
+                    self.cached_nodes += 1
+                elif getattr(type(invocation).UIConfig, "gpu", False):
+                    self.gpu_seconds += seconds
+            for records in state.records.values():
+                for record in records:
+                    if record.get("is_intermediate"):
+                        self.intermediate_images += 1
+                    else:
+                        self.images += 1
 
     def record(self, *, tenant: str, dag_id: str, run_id: str, task_id: str, map_index: Optional[int],
                try_number: Optional[int], hostname: Optional[str], started: datetime, ended: datetime
@@ -148,6 +154,7 @@ class UsageMeter:
             "gpu_seconds": round(self.gpu_seconds, 6),
             "node_seconds": round(self.node_seconds, 6),
             "nodes": self.nodes,
+            "cached_nodes": self.cached_nodes,
             "node_types": dict(sorted(self.node_types.items())),
             "models": [self.models[k] for k in sorted(self.models)],
             "model_cache": dict(self.model_cache),

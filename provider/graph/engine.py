@@ -94,6 +94,7 @@ class ExecutionState:
         self.timings: dict[str, float] = {}
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.if_selection: dict[str, str] = {}  # if exec id -> selected branch field
+        self.cached: list[str] = []  # exec ids whose output came from the node cache (nothing ran)
         self.canceled = False
         self._analyse()
 
@@ -188,6 +189,7 @@ class ExecutionState:
             "timings": self.timings,
             "records": self.records,
             "if_selection": self.if_selection,
+            "cached": self.cached,
             "canceled": self.canceled,
         }
 
@@ -210,6 +212,7 @@ class ExecutionState:
         state.timings = dict(data.get("timings", {}))
         state.records = dict(data.get("records", {}))
         state.if_selection = dict(data.get("if_selection", {}))
+        state.cached = list(data.get("cached", []))
         state.canceled = bool(data.get("canceled", False))
         return state
 
@@ -508,11 +511,12 @@ class Engine:
             context = InvocationContext(self.run_context, invocation, node.exec_id)
             cache = self.run_context.node_cache
             key = cache.key(invocation) if cache is not None else None
+            hit = False
             if key is None:
                 output = invocation.invoke_internal(context)
             else:  # InvokeAI's invocation cache: a hit runs nothing and writes no records
                 device = self.run_context.services.get("device")
-                output, _hit = cache.get_or_compute(
+                output, hit = cache.get_or_compute(
                     key, lambda: invocation.invoke_internal(context), keep=lambda: not context.records,
                     waiting=getattr(device, "waiting", None), cancel_event=self.run_context.cancel_event)
         except CanceledError:
@@ -527,6 +531,8 @@ class Engine:
             raise error from exc
         state.timings[node.exec_id] = time.perf_counter() - started
         state.results[node.exec_id] = output
+        if hit:
+            state.cached.append(node.exec_id)
         if context.records:
             state.records[node.exec_id] = context.records
         node.status = DONE

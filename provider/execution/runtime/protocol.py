@@ -8,9 +8,11 @@ A client opens one connection per request and sends one of:
 - ``{"op": "ping"}`` -> ``{"type": "pong", ...}`` (device, pid, busy, queued)
 - ``{"op": "status"}`` -> ``{"type": "status", ...}`` (model cache statistics, loaded models, jobs)
 - ``{"op": "preload", "models": [...], "model_root": ...}`` -> ``{"type": "preloaded", ...}``
-- ``{"op": "run", "graph": ..., "env": ...}`` -> any number of ``log`` and ``progress`` messages, then
-  one ``result`` (the serialised execution state) or ``error``. While it runs, the client may send
-  ``{"op": "cancel"}``; closing the connection cancels too.
+- ``{"op": "run", "graph": ..., "env": ..., "persist": [...], "call": ...}`` -> any number of ``log`` and
+  ``progress`` messages, then one ``result`` (the serialised execution state) or ``error``. While it runs, the
+  client may send ``{"op": "cancel"}``; closing the connection cancels too. ``persist`` names the outputs whose
+  objects leave the job (the rest stay in memory); jobs with one ``call`` id (a chunk's items) share a store,
+  node cache and those in-memory objects while any of them is queued or running.
 """
 
 from __future__ import annotations

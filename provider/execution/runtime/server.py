@@ -15,6 +15,9 @@ with the log lines and denoising progress streamed into the task's own log while
   denoising step or tile). A job that has not stopped ``cancel_grace_seconds`` later (a node in a long step
   without checks) is abandoned: its task is answered, the device goes to the next job and a new executor
   thread replaces the job's, which ends when its step returns (a Python thread cannot be killed).
+- The jobs of one engine call (the items of a mapped chunk, sent together with one ``call`` id) share what the
+  graphs of one call share in a task process (`graph_runs.EngineCall`): the run's store, the node cache (one
+  negative prompt is encoded once for the chunk) and the tensors their nodes pass each other.
 - Models stay in the RAM/VRAM cache (LRU within ``ram_cache_gb``/``vram_cache_gb``); ``--preload`` loads
   named models at start. Each result carries the cache's hits, misses and load seconds for that job.
 - A failing segment is answered with its error and the runtime carries on; if the runtime itself dies, the
@@ -129,6 +132,7 @@ class RuntimeServer:
         self._running_lock = threading.Lock()
         self.device_scheduler = DeviceScheduler(max_batch if max_batch is not None else configured_max_batch())
         self._managers: dict[Optional[str], Any] = {}
+        self._calls = _SharedCalls()
         self._stop = threading.Event()
         self._listener: Optional[socket.socket] = None
         self._threads: list[threading.Thread] = []
@@ -249,7 +253,15 @@ class RuntimeServer:
         """Queues the job, then reads the client's messages until the job is done: ``cancel``, or the
         connection closing (the task process was killed), cancels it."""
         assert job.connection is not None
-        self._queue.put(job)
+        call = self._calls.join(job.request)  # before the job queues: the call lives until its last job is done
+        try:
+            self._queue.put(job)
+            self._read_until_done(job)
+        finally:
+            self._calls.leave(call)
+
+    def _read_until_done(self, job: _Job) -> None:
+        assert job.connection is not None
         while not job.done.is_set():
             try:
                 message = recv_message(job.connection)
@@ -362,7 +374,7 @@ class RuntimeServer:
         state = run_graph_in_process(request["graph"], env, services,
                                      embedded_graph=request.get("embedded_graph"),
                                      workflow_json=request.get("workflow_json"), runtime=identity,
-                                     persist=request.get("persist"))
+                                     persist=request.get("persist"), call=self._calls.get(request, env))
         self.jobs_run += 1
         return {"type": "result", "state": state.to_dict(), "models": meter.models,
                 "cache": meter.model_cache, "runtime": identity}
@@ -420,8 +432,61 @@ class RuntimeServer:
                 "max_batch": self.device_scheduler.max_batch, "denoise_batches": self.device_scheduler.stats.as_dict(),
                 "jobs_run": self.jobs_run,
                 "jobs_failed": self.jobs_failed, "jobs_canceled": self.jobs_canceled,
-                "jobs_abandoned": self.jobs_abandoned, "preloaded": self.preloaded,
+                "jobs_abandoned": self.jobs_abandoned, "open_calls": len(self._calls), "preloaded": self.preloaded,
                 "model_caches": caches}
+
+
+class _SharedCalls:
+    """The open engine calls whose jobs the runtime holds: ``call`` id (with the run it writes to) -> the
+    `EngineCall` its jobs share and how many of them are queued or running. A call's first job to run opens it;
+    it is dropped with its last job, so a retried chunk (a new id) starts with nothing of the failed try's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[Any, ...], list[Any]] = {}  # key -> [EngineCall or None, jobs]
+
+    @staticmethod
+    def _key(request: dict[str, Any]) -> Optional[tuple[Any, ...]]:
+        call = request.get("call")
+        if not call or request.get("persist") is None:  # a lone job, or one that writes everything as it goes
+            return None
+        env = request.get("env") or {}
+        return (str(call), *(env.get(k) for k in ("tenant", "artifact_root", "dag_id", "run_id")))
+
+    def join(self, request: dict[str, Any]) -> Optional[tuple[Any, ...]]:
+        key = self._key(request)
+        if key is not None:
+            with self._lock:
+                self._open.setdefault(key, [None, 0])[1] += 1
+        return key
+
+    def leave(self, key: Optional[tuple[Any, ...]]) -> None:
+        if key is None:
+            return
+        with self._lock:
+            entry = self._open[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._open[key]
+
+    def get(self, request: dict[str, Any], env: Any) -> Any:
+        """The job's share of its call (None: a call of its own); opened by the first of its jobs to ask."""
+        key = self._key(request)
+        if key is None:
+            return None
+        from invokeai_provider.execution.graph_runs import EngineCall
+
+        with self._lock:
+            entry = self._open.get(key)
+            if entry is None:  # not joined (a preload, a test driving `_run` directly)
+                return None
+            if entry[0] is None:
+                entry[0] = EngineCall.open(env)
+            return entry[0]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
 
 
 class _ForwardingMeter(UsageMeter):

@@ -260,6 +260,45 @@ def test_mapped_tasks_denoise_as_one_batch_and_give_the_unbatched_images(
     assert abs(pixels(batched[1]) - pixels(batched[2])).max() > 10
 
 
+def run_chunk(tmp_path: Path, tiny_registry, run_id: str) -> tuple[dict[str, Any], UsageMeter, Path]:
+    """A 3-prompt batch (one negative prompt) as one chunk: its output, its usage and its run's artifacts."""
+    from invokeai_provider.compiler.dags import load_compiled
+
+    graph = sd1_graph(TINY_SD1, steps=2)
+    graph["nodes"]["decode"]["is_intermediate"] = False
+    compiled = load_compiled({"graph": graph, "runs": 1, "data": [[
+        {"node_path": "pos", "field_name": "prompt", "items": PROMPTS}]]}, model_names=None, chunk_size=3)
+    sessions, mapped = compiled.plan.tasks
+    env, _ = task_env(tmp_path, tiny_registry, sessions.task_id, run_id=run_id)
+    [chunk] = run_task(compiled, env)[1][mapped.task_id]
+    env, _ = task_env(tmp_path, tiny_registry, mapped.task_id, run_id=run_id)
+    env.map_index = 0
+    output, _ = run_task(compiled, env, instance=chunk)
+    return output, env.usage, tmp_path / "a" / "acme" / "runs" / "sd" / run_id
+
+
+def test_a_chunks_items_share_their_engine_call_in_the_runtime(
+        tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    runtime = make_runtime(max_batch=3)
+    remote, remote_usage, remote_root = run_chunk(tmp_path, tiny_registry, "remote")
+    status = RuntimeClient(str(runtime.socket_path)).status()
+    assert status["jobs_run"] == 3 and status["open_calls"] == 0
+    # the loader, the negative prompt and the noise (one seed) ran once for the three items: the other two took
+    # them from the node cache
+    assert remote_usage.cached_nodes == 6 and remote_usage.node_types["compel"] == 6
+    monkeypatch.delenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET")
+    local, local_usage, local_root = run_chunk(tmp_path, tiny_registry, "local")
+    assert local_usage.cached_nodes == 6
+    assert len(remote["images"]) == 3
+    for there, here in zip(remote["images"], local["images"]):
+        assert there["image_name"] == here["image_name"]
+        difference = abs(pixels({"images": [there]}) - pixels({"images": [here]}))
+        assert difference.max() <= 1, f"{there['image_name']}: differs by up to {difference.max()} levels"
+    for root in (remote_root, local_root):  # the shared intermediates stayed in memory
+        assert sorted(p.name for p in root.iterdir()) == ["images", "manifest"]
+
+
 def test_a_canceled_task_leaves_its_batch_and_the_others_finish(
         tmp_path: Path, tiny_registry, make_runtime: Callable[..., RuntimeServer]) -> None:
     runtime = make_runtime(max_batch=3)

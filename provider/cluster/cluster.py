@@ -167,6 +167,7 @@ def airflow_env(settings: ClusterSettings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.sql_alchemy_conn,
         "AIRFLOW__CELERY__BROKER_URL": settings.redis_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + settings.sql_alchemy_conn,
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "invokeai_provider.cluster.celery_config.CELERY_CONFIG",
         "AIRFLOW__API__BASE_URL": settings.api_url,
         "AIRFLOW__API__PORT": str(settings.api_port),
         "AIRFLOW__API__HOST": "127.0.0.1",

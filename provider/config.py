@@ -78,6 +78,8 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
                                      "(default 8192 x 8192)."),
     "runtime_cancel_grace_seconds": ("3", "How long the GPU runtime waits for a canceled job to stop before it gives the "
                                           "device to the next job anyway (a node in a long step without cancel checks)."),
+    "library_index_dir": (None, "Folder of the image library's local index (a SQLite cache of the tenants' image records, "
+                                "rebuilt from the artifact store when missing); default ~/.cache/invokeai-airflow/library."),
     "workflow_granularity": ("segment", "Tasks of the DAGs that dags/invokeai_workflows.py compiles from saved "
                                         "workflows: segment (connected nodes of one scope share a task) or node "
                                         "(one task per node)."),
@@ -227,14 +229,21 @@ class Settings:
         """``model_root``, else ./invokeai-models of this process's working directory, as a file URI."""
         return self.configured_model_root or Path("invokeai-models").resolve().as_uri()
 
-    @property
-    def model_cache_dir(self) -> Path:
-        """``model_cache_dir`` (a path or a file:// URI; ``~`` expanded), else ~/.cache/invokeai-airflow/models."""
-        value = self.raw("model_cache_dir")
+    def _cache_folder(self, name: str, default: str) -> Path:
+        """A folder option (a path or a file:// URI; ``~`` expanded), else ~/.cache/invokeai-airflow/<default>."""
+        value = self.raw(name)
         if not value:
-            return Path.home() / ".cache" / "invokeai-airflow" / "models"
+            return Path.home() / ".cache" / "invokeai-airflow" / default
         parsed = urlparse(value)
         return Path(unquote(parsed.path) if parsed.scheme == "file" else value).expanduser()
+
+    @property
+    def library_index_dir(self) -> Path:
+        return self._cache_folder("library_index_dir", "library")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self._cache_folder("model_cache_dir", "models")
 
     @property
     def model_cache_gb(self) -> float:

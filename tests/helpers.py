@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -141,3 +142,21 @@ def stored_image(run: Any, output: Any) -> Any:
     image = Image.open(io.BytesIO(run.store.read("images", field.image_name)))
     image.load()
     return image
+
+
+def conn_json(server: Any, **overrides: Any) -> str:
+    """An Airflow connection (JSON) to a SeaweedFS server (`invokeai_provider.cluster.seaweed.SeaweedServer`)."""
+    conn = {"conn_type": "invokeai_s3", "login": server.access_key, "password": server.secret_key,
+            "extra": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"}}
+    conn.update(overrides)
+    return json.dumps(conn)
+
+
+def run_image_records(store: Any) -> list[dict[str, Any]]:
+    """The library records of the images a run (its RunStore) saved, ordered by image name."""
+    from invokeai_provider.storage.library.images import ImageLibrary
+
+    library = ImageLibrary(store.backend, store.tenant)
+    records = [library.get(name) for name, _ in library.record_versions()]
+    return sorted((r for r in records if (r.get("dag_id"), r.get("run_id")) == (store.dag_id, store.run_id)),
+                  key=lambda r: r["image_name"])

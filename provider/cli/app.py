@@ -9,14 +9,14 @@ from typing import Optional, Sequence
 
 from invokeai_provider.cli import cluster
 from invokeai_provider.cli import compile as compile_command
-from invokeai_provider.cli import demo, graph, models, nodes, runtime, usage
+from invokeai_provider.cli import demo, graph, images, models, nodes, runtime, usage
 from invokeai_provider.errors import InvokeAIProviderError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invokeai-airflow", description="InvokeAI node graphs on Apache Airflow.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (nodes, graph, demo, compile_command, cluster, usage, runtime, models):
+    for group in (nodes, graph, demo, compile_command, cluster, usage, runtime, models, images):
         group.register(sub)
     return parser
 

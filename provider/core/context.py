@@ -13,12 +13,12 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
 
 from invokeai_provider.core.fields import MetadataField
 from invokeai_provider.errors import ArtifactNotFoundError, CanceledError
 from invokeai_provider.storage.base import RunStore, safe_segment
+from invokeai_provider.storage.library.images import GRAPH_CHUNK, METADATA_CHUNK, WORKFLOW_CHUNK
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from invokeai_provider.core.invocation import BaseInvocation
     from invokeai_provider.storage.intermediates import IntermediateObjects
 
-METADATA_CHUNK = "invokeai_metadata"
-GRAPH_CHUNK = "invokeai_graph"
-WORKFLOW_CHUNK = "invokeai_workflow"
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -87,7 +84,8 @@ class ImagesInterface:
 
         Metadata and board default to the node's own `metadata` / `board` inputs, as in InvokeAI.
         """
-        from PIL.PngImagePlugin import PngInfo
+        from invokeai_provider.storage.library.images import ImageLibrary, new_record, png_bytes
+        from invokeai_provider.storage.library.names import run_image_name
 
         if metadata is None:
             metadata = getattr(self._node, "metadata", None)
@@ -96,51 +94,39 @@ class ImagesInterface:
         if board_id is None and getattr(self._node, "board", None) is not None:
             board_id = self._node.board.board_id  # type: ignore[union-attr]
         run = self._scope.run
-        info = PngInfo()
+        chunks = {}
         if metadata is not None:
-            info.add_text(METADATA_CHUNK, json.dumps(metadata))
+            chunks[METADATA_CHUNK] = json.dumps(metadata)
         if run.workflow_json is not None:
-            info.add_text(WORKFLOW_CHUNK, json.dumps(run.workflow_json))
+            chunks[WORKFLOW_CHUNK] = json.dumps(run.workflow_json)
         if run.graph_json is not None:
-            info.add_text(GRAPH_CHUNK, json.dumps(run.graph_json))
-        name = self._scope.next_name("images", ".png")
-        now = datetime.now(timezone.utc).isoformat()
-        record = {
-            "image_name": name,
-            "image_origin": "internal",
-            "image_category": image_category,
-            "width": image.width,
-            "height": image.height,
-            "session_id": run.store.prefix.rsplit("/", 1)[-1],
-            "node_id": self._scope.exec_id,
-            "metadata": metadata,
-            "is_intermediate": self._node.is_intermediate if is_intermediate is None else is_intermediate,
-            "starred": False,
-            "has_workflow": run.workflow_json is not None or run.graph_json is not None,
-            "created_at": now,
-            "updated_at": now,
-            "board_id": board_id,
-            "uri": run.store.uri("images", name),
-            "url": run.store.url("images", name),
-            "tenant": run.store.tenant,
-            "task_id": run.task_id,
-            "map_index": run.map_index,
-            "item_index": run.item_index,
-        }
+            chunks[GRAPH_CHUNK] = json.dumps(run.graph_json)
+        store = run.store
+        # the slot (item, node, count) names the image for good: a retry overwrites, no other run shares it
+        name = run_image_name(store.prefix, self._scope.next_name("images", ".png"))
+        record = new_record(
+            image_name=name, key=store.key("images", name), width=image.width, height=image.height,
+            origin="internal", category=image_category, board_id=board_id,
+            is_intermediate=self._node.is_intermediate if is_intermediate is None else is_intermediate,
+            has_workflow=run.workflow_json is not None or run.graph_json is not None, tenant=store.tenant,
+            dag_id=store.dag_id, run_id=store.run_id, task_id=run.task_id, map_index=run.map_index,
+            item_index=run.item_index, session_id=store.prefix.rsplit("/", 1)[-1], node_id=self._scope.exec_id)
         with off_device(run):  # encoding and the store's writes need no device: other jobs use it meanwhile
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
-            run.store.write("images", name, buffer.getvalue())
-            run.store.record({"kind": "image", **{k: v for k, v in record.items() if k != "metadata"}})
+            store.write("images", name, png_bytes(image, chunks))
+            ImageLibrary(store.backend, store.tenant).add(record, image)  # its thumbnail, then its record
+        record = {**record, "metadata": metadata, "uri": store.uri("images", name), "url": store.url("images", name)}
         self._scope.records.append(record)
         return record
 
     def _read(self, image_name: str) -> bytes:
+        """From the run's own images, else from any of the tenant's (uploads, other runs' images)."""
+        from invokeai_provider.storage.library.images import ImageLibrary
+
         store = self._scope.run.store
         try:
             return store.read("images", image_name)
         except ArtifactNotFoundError:
-            raise ArtifactNotFoundError(f"image {image_name!r} not found in {store.uri('images', image_name)}") from None
+            return ImageLibrary(store.backend, store.tenant).read_image(image_name)
 
     def get_pil(self, image_name: str, mode: Optional[str] = None) -> "Image":
         from PIL import Image

@@ -194,9 +194,10 @@ def run_graph_in_process(sub: dict[str, Any], env: TaskEnvironment, services: di
         embedded_graph = sub
     call = call or EngineCall.open(env, intermediates=persist is not None)
     run = _run_context(env, embedded_graph, workflow_with_values(workflow_json, embedded_graph), services, call)
-    from invokeai_provider.execution.tenants import check_references
+    from invokeai_provider.execution.tenants import check_image_inputs, check_references
 
     check_references(sub, run.store.prefix)  # names a user gave become storage keys: refuse any way out
+    check_image_inputs(sub, run.store)  # before any node runs: an image the tenant does not have
     graph = Graph.from_dict(sub)
     graph.validate()
     with tracking as stats:

@@ -110,3 +110,27 @@ def check_references(graph: Mapping[str, Any], run_prefix: str) -> None:
                     f"node {node_id} field {where}: {name!r} points outside this run's store ({run_prefix}/); "
                     f"expected the {kind} of an object in this run: one name matching {ARTIFACT_NAME_PATTERN}, "
                     "not a path, URI or another tenant's key", node_id=str(node_id), field=field_name)
+
+
+def check_image_inputs(graph: Mapping[str, Any], store: Any) -> None:
+    """Refuses a graph whose node values name an image the run's tenant does not have, before any node runs,
+    naming the node and field. An image is the run's own or any of its tenant's (an upload, another run's):
+    another tenant's names are not found, since a library holds only its tenant's images."""
+    from invokeai_provider.storage.library.images import ImageLibrary
+
+    library = None
+    for node_id, node in (graph.get("nodes") or {}).items():
+        if not isinstance(node, Mapping):
+            continue
+        for field_name, value in node.items():
+            if field_name in ("id", "type"):
+                continue
+            for where, kind, name in _references(value, field_name):
+                if kind != "image_name" or not isinstance(name, str) or store.exists("images", name):
+                    continue
+                library = library or ImageLibrary(store.backend, store.tenant)
+                if library.find(name) is None:
+                    raise ArtifactReferenceError(
+                        f"node {node_id} field {where}: image {name!r} not found in tenant {store.tenant!r}: expected "
+                        "the image_name of one of its images (an upload, or an image a run of the tenant made)",
+                        node_id=str(node_id), field=field_name)

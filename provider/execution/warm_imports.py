@@ -4,8 +4,13 @@ that hands its nodes to the GPU runtime never needs it."""
 
 from __future__ import annotations
 
-from invokeai_provider.core.registry import load_node_packs
-from invokeai_provider.execution import graph_runs, task_runtime  # noqa: F401 - imported for the forks
-from invokeai_provider.execution.runtime import client  # noqa: F401 - imported for the forks
+import importlib
 
+from invokeai_provider.core.registry import load_node_packs
+
+TASK_MODULES = ("invokeai_provider.execution.task_runtime", "invokeai_provider.execution.graph_runs",
+                "invokeai_provider.execution.runtime.client")
+
+for _module in TASK_MODULES:
+    importlib.import_module(_module)
 load_node_packs()

@@ -41,6 +41,13 @@ def check_key(key: str) -> str:
     return key
 
 
+def tenant_segment(tenant: str) -> str:
+    """The tenant as the first segment of its keys (the Airflow side checks tenants fully, `execution.tenants`)."""
+    if not tenant or "/" in tenant:
+        raise InvalidArtifactKeyError(f"tenant {tenant!r} must be a single path segment")
+    return check_key(tenant)
+
+
 class ArtifactBackend(ABC):
     """Bytes and files under keys (``check_key``-safe relative paths below the backend's root)."""
 
@@ -70,6 +77,11 @@ class ArtifactBackend(ABC):
     @abstractmethod
     def list(self, prefix: str) -> Iterator[str]:
         """Keys below the folder ``prefix`` ('' for all), relative to the backend's root, sorted."""
+
+    @abstractmethod
+    def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, version) below ``prefix``, sorted, as `list`; the version changes whenever the object is written
+        (an ETag, a modification time and size), so a reader can tell what changed without reading objects."""
 
     @abstractmethod
     def uri(self, key: str) -> str:
@@ -146,6 +158,14 @@ class LocalArtifactBackend(ArtifactBackend):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 yield path.relative_to(self.root).as_posix()
 
+    def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        for key in self.list(prefix):
+            try:
+                stat = (self.root / key).stat()
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            yield key, f"{stat.st_mtime_ns}-{stat.st_size}"
+
     def uri(self, key: str) -> str:
         return (self.root / key).as_uri()
 
@@ -179,9 +199,8 @@ class RunStore:
         self.backend = backend
         if tenant is None:
             tenant = settings().default_tenant
-        if not tenant or "/" in tenant:
-            raise InvalidArtifactKeyError(f"tenant {tenant!r} must be a single path segment")
-        self.tenant = check_key(tenant)
+        self.tenant = tenant_segment(tenant)
+        self.dag_id, self.run_id = dag_id, run_id
         self.prefix = "/".join([self.tenant, "runs", safe_segment(dag_id), safe_segment(run_id)])
 
     def key(self, kind: str, name: str) -> str:

@@ -291,17 +291,21 @@ class S3ArtifactBackend(ArtifactBackend):
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=object_key))
 
     def list(self, prefix: str) -> Iterator[str]:
+        yield from (key for key, _ in self.list_versions(prefix))
+
+    def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, ETag) below ``prefix``, sorted: one listing request per 1,000 keys, no object read."""
         root = f"{self.prefix}/" if self.prefix else ""
         folder = f"{root}{check_key(prefix.rstrip('/'))}/" if prefix else root
 
-        def keys() -> list[str]:
+        def entries() -> list[tuple[str, str]]:
             found = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
-                found.extend(item["Key"][len(root):] for item in page.get("Contents", [])
-                             if not item["Key"].endswith("/"))
+                found.extend((item["Key"][len(root):], str(item.get("ETag", "")).strip('"'))
+                             for item in page.get("Contents", []) if not item["Key"].endswith("/"))
             return sorted(found)
 
-        yield from self._call("list", prefix.rstrip("/") or ".", keys)
+        yield from self._call("list", prefix.rstrip("/") or ".", entries)
 
     def transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig

@@ -108,6 +108,15 @@ class ClusterClient:
             kinds.setdefault(key[len(prefix):].split("/", 1)[0], []).append(key)
         return kinds
 
+    def library_records(self, tenant: str, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The image library's records of a run's images (one object each under <tenant>/library/images/)."""
+        records = []
+        for key in self.keys(f"{tenant}/library/images/"):
+            record = json.loads(self.s3.get_object(Bucket=ARTIFACT_BUCKET, Key=key)["Body"].read())
+            if (record.get("dag_id"), record.get("run_id")) == (dag_id, run_id):
+                records.append(record)
+        return sorted(records, key=lambda r: (r.get("item_index") or 0, r["image_name"]))
+
     def png(self, key: str, bucket: str = ARTIFACT_BUCKET) -> Any:
         """The stored PNG as a loaded PIL image (its text chunks in ``.text``)."""
         from PIL import Image

@@ -1,6 +1,6 @@
 """A data-set batch on the local cluster in chunks: 64 prompts, 16 per mapped task instance, give the images of
-the unchunked run (one instance per prompt), store only images and their manifest entries, and a retried chunk
-overwrites its own 16 images."""
+the unchunked run (one instance per prompt), store only images (with their library records and thumbnails), and
+a retried chunk overwrites its own 16 images."""
 
 from __future__ import annotations
 
@@ -44,19 +44,20 @@ def test_a_64_prompt_batch_in_chunks_of_16_gives_the_unchunked_images_and_stores
     assert len(_gpu_task(cluster, UNCHUNKED, unchunked)) == COUNT
 
     objects = cluster.objects_by_kind(cluster.run_prefix("default", CHUNKED, chunked))
-    assert sorted(objects) == ["images", "manifest"], sorted(objects)  # no tensors, no conditioning
-    assert len(objects["images"]) == COUNT and len(objects["manifest"]) == COUNT
+    assert sorted(objects) == ["images"], sorted(objects)  # no tensors, no conditioning
+    assert len(objects["images"]) == COUNT
     records = [r for ti in chunk_tis
                for r in cluster.xcom(CHUNKED, chunked, ti.task_id, "image_records", map_index=ti.map_index)]
     assert [r["item_index"] for r in records] == list(range(COUNT))
     assert sorted(r["uri"] for r in records) == sorted(f"s3://invokeai-artifacts/{k}" for k in objects["images"])
+    library = cluster.library_records("default", CHUNKED, chunked)  # one library record per image
+    assert [(r["image_name"], r["item_index"]) for r in library] == [(r["image_name"], r["item_index"]) for r in records]
 
-    reference = {key.rsplit("/", 1)[-1]: key
-                 for key in cluster.objects_by_kind(cluster.run_prefix("default", UNCHUNKED, unchunked))["images"]}
-    assert sorted(reference) == sorted(key.rsplit("/", 1)[-1] for key in objects["images"])  # the same names
+    reference = {r["item_index"]: r["key"] for r in cluster.library_records("default", UNCHUNKED, unchunked)}
+    assert sorted(reference) == list(range(COUNT))
     worst = 0
-    for key in objects["images"]:
-        mine, theirs = cluster.png(key), cluster.png(reference[key.rsplit("/", 1)[-1]])
+    for record in library:
+        mine, theirs = cluster.png(record["key"]), cluster.png(reference[record["item_index"]])
         assert mine.text["invokeai_metadata"] == theirs.text["invokeai_metadata"]
         assert mine.text["invokeai_graph"] == theirs.text["invokeai_graph"]
         difference = np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(theirs, dtype=np.int16))
@@ -76,7 +77,8 @@ def test_a_64_prompt_batch_in_chunks_of_16_gives_the_unchunked_images_and_stores
         assert time.monotonic() < deadline, f"the cleared chunk did not run again: {again}"
         time.sleep(2)
     after = cluster.objects_by_kind(cluster.run_prefix("default", CHUNKED, chunked))
-    assert sorted(after["images"]) == sorted(objects["images"]) and len(after["manifest"]) == COUNT
+    assert sorted(after["images"]) == sorted(objects["images"])  # the same names: overwritten, no duplicates
+    assert len(cluster.library_records("default", CHUNKED, chunked)) == COUNT
     rewritten = cluster.xcom(CHUNKED, chunked, retried.task_id, "image_records", map_index=1)
     assert [r["item_index"] for r in rewritten] == list(range(16, 32))
-    assert all(r["image_name"].startswith(f"m{r['item_index']}.") for r in rewritten)
+    assert [r["image_name"] for r in rewritten] == [r["image_name"] for r in records[16:32]]

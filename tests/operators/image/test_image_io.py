@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import only_output, put_image, run_nodes
+from helpers import only_output, put_image, run_image_records, run_nodes
 from PIL import Image
 
 from invokeai_provider.core.context import METADATA_CHUNK
@@ -16,7 +16,7 @@ from invokeai_provider.operators.image.io import ImageNodeError
 
 
 def _records(run) -> dict[str, dict]:
-    return {entry["image_name"]: entry for entry in run.store.manifest() if entry.get("kind") == "image"}
+    return {entry["image_name"]: entry for entry in run_image_records(run.store)}
 
 
 @pytest.fixture

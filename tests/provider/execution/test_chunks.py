@@ -14,6 +14,7 @@ from invokeai_provider.compiler.dags import load_compiled
 from invokeai_provider.execution.chunks import chunk_instances, chunk_ranges, describe_ranges, effective_chunk_size
 from invokeai_provider.execution.graph_runs import TaskEnvironment
 from invokeai_provider.execution.task_runtime import run_task
+from invokeai_provider.storage.library.names import run_image_name
 from invokeai_provider.execution.usage import UsageMeter
 
 TINY_SD1: Any = {"key": "tiny-sd1", "hash": "", "name": "tiny-sd1", "base": "sd-1", "type": "main"}
@@ -120,8 +121,11 @@ def test_chunks_give_the_unchunked_images_names_and_records(tmp_path: Path, tiny
     assert len(chunked) == 3 and len(single) == 5
     chunked_images = [r for output in chunked for r in output["images"]]
     single_images = [r for output in single for r in output["images"]]
-    assert [r["image_name"] for r in chunked_images] == [r["image_name"] for r in single_images]
-    assert [r["image_name"] for r in chunked_images] == [f"m{i}.decode-0.png" for i in range(5)]
+    # each item's image has its slot's name in its run (chunked or not): m<item>.decode-0
+    assert [r["image_name"] for r in chunked_images] == [
+        run_image_name("acme/runs/chunks/chunked", f"m{i}.decode-0.png") for i in range(5)]
+    assert [r["image_name"] for r in single_images] == [
+        run_image_name("acme/runs/chunks/single", f"m{i}.decode-0.png") for i in range(5)]
     assert [r["item_index"] for r in chunked_images] == list(range(5))
     assert [r["map_index"] for r in chunked_images] == [0, 0, 1, 1, 2]  # the Airflow task instance's
     for together, alone in zip(chunked_images, single_images):  # batched UNet passes round a little differently
@@ -138,19 +142,22 @@ def test_chunks_give_the_unchunked_images_names_and_records(tmp_path: Path, tiny
         assert json.loads(a.info["invokeai_graph"])["nodes"]["pos"]["prompt"] == f"prompt {together['item_index']}"
     # one record per item, in item order
     assert [record["path"] for output in chunked for record in output["records"]] == [[i] for i in range(5)]
-    # the store holds the images and their manifest entries, no tensors or conditioning
+    # the run stores its images, no tensors or conditioning; the library one record and thumbnail each
     for root in (chunked_root, single_root):
         kinds = sorted({p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file()})
-        assert kinds == ["images", "manifest"], kinds
+        assert kinds == ["images"], kinds
         assert len(list((root / "images").iterdir())) == 5
+    library = chunked_root.parents[2] / "library"
+    assert len(list((library / "images").iterdir())) == len(list((library / "thumbnails").iterdir())) == 5
 
 
 def test_a_retried_chunk_overwrites_its_own_images(tmp_path: Path, tiny_registry) -> None:
     document = prompt_batch(4)
     run_batch(tmp_path, tiny_registry, document, 2, "retry")
     outputs, root = run_batch(tmp_path, tiny_registry, document, 2, "retry")  # every chunk again
-    assert sorted(p.name for p in (root / "images").iterdir()) == [f"m{i}.decode-0.png" for i in range(4)]
-    assert len(list((root / "manifest").iterdir())) == 4
+    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(
+        run_image_name("acme/runs/chunks/retry", f"m{i}.decode-0.png") for i in range(4))
+    assert len(list((root.parents[2] / "library" / "images").iterdir())) == 4
 
 
 def test_a_chunks_items_share_their_unet_and_vae_passes(tmp_path: Path, tiny_registry,

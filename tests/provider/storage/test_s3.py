@@ -22,47 +22,16 @@ from typing import Any, Iterator
 
 import pytest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, conn_json, run_image_records
 from invokeai_provider.errors import ArtifactNotFoundError, InvalidArtifactKeyError
 from invokeai_provider.airflow.hooks import InvokeAIS3Hook
 from invokeai_provider.storage.s3 import S3ArtifactBackend, connection_settings
 from invokeai_provider.cluster.seaweed import SeaweedPorts, SeaweedServer, stop_process
 from invokeai_provider.storage.base import RunStore, backend_for_uri, open_run_store
+from invokeai_provider.storage.library.names import run_image_name
 
 BUCKET = "invokeai-test"
 MIB = 1024 * 1024
-
-
-def conn_json(server: SeaweedServer, **overrides: Any) -> str:
-    conn = {"conn_type": "invokeai_s3", "login": server.access_key, "password": server.secret_key,
-            "extra": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"}}
-    conn.update(overrides)
-    return json.dumps(conn)
-
-
-@pytest.fixture
-def s3_env(seaweed_s3: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SeaweedServer:
-    """The default connection points at the session's server; nothing from AWS_* or ~/.aws leaks in."""
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name.startswith("AIRFLOW__INVOKEAI__"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AIRFLOW_CONN_INVOKEAI_S3", conn_json(seaweed_s3))
-    return seaweed_s3
-
-
-@pytest.fixture
-def root() -> str:
-    """A fresh prefix in the bucket for each test."""
-    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def backend(s3_env: SeaweedServer, root: str) -> S3ArtifactBackend:
-    found = backend_for_uri(root)
-    assert isinstance(found, S3ArtifactBackend)
-    return found
 
 
 @contextmanager
@@ -240,7 +209,7 @@ def test_presigned_url_fetches_the_object(backend: S3ArtifactBackend, monkeypatc
         urllib.request.urlopen(tampered, timeout=30)
 
 
-def test_image_records_and_manifest_on_s3(s3_env: SeaweedServer, root: str) -> None:
+def test_image_records_and_library_on_s3(s3_env: SeaweedServer, root: str) -> None:
     from PIL import Image
 
     from invokeai_provider.core.context import InvocationContext, RunContext
@@ -251,7 +220,7 @@ def test_image_records_and_manifest_on_s3(s3_env: SeaweedServer, root: str) -> N
     node = InvocationRegistry.get_invocation_class("test_prompt")(id="node")
     first = InvocationContext(run, node, "node").images.save(Image.new("RGB", (6, 4), "red"))
     record = InvocationContext(run, node, "node").images.save(Image.new("RGB", (6, 4), "blue"))  # a retry
-    assert first["image_name"] == record["image_name"] == "task.node-0.png"
+    assert first["image_name"] == record["image_name"] == run_image_name(store.prefix, "task.node-0.png")
 
     key = f"acme/runs/t2i/manual__1/images/{record['image_name']}"
     assert record["uri"] == f"{root}/{key}"
@@ -261,11 +230,11 @@ def test_image_records_and_manifest_on_s3(s3_env: SeaweedServer, root: str) -> N
     with Image.open(io.BytesIO(body)) as png:
         assert png.getpixel((0, 0)) == (0, 0, 255)
 
-    manifest = store.manifest()
-    assert len(manifest) == 1  # the retry overwrote its entry instead of adding one
-    assert manifest[0]["kind"] == "image" and manifest[0]["url"] == record["url"]
-    backend = store.backend
-    assert list(backend.list(f"{store.prefix}/manifest")) == [f"{store.prefix}/manifest/image-task.node-0.png.json"]
+    [entry] = run_image_records(store)  # the retry overwrote its library record instead of adding one
+    assert entry["key"] == key and store.backend.url(entry["key"]).split("?")[0] == record["url"].split("?")[0]
+    name = record["image_name"]
+    assert list(store.backend.list("acme/library")) == [f"acme/library/images/{name}.json",
+                                                        f"acme/library/thumbnails/{name.removesuffix('.png')}.webp"]
 
 
 # --- retries ----------------------------------------------------------------------------------------
@@ -430,7 +399,7 @@ SAVE_GRAPH = {"id": "g", "nodes": {"save": {"id": "save", "type": "save_image", 
 
 
 def check_saved_image(server: SeaweedServer, root: str, run_prefix: str, image_name: str) -> dict[str, Any]:
-    """The PNG and its manifest entry, read straight from the bucket."""
+    """The PNG and its library record, read straight from the bucket."""
     from PIL import Image
 
     from invokeai_provider.core.context import GRAPH_CHUNK
@@ -441,9 +410,11 @@ def check_saved_image(server: SeaweedServer, root: str, run_prefix: str, image_n
     with Image.open(io.BytesIO(body)) as png:
         assert png.size == (8, 8) and png.getpixel((3, 3)) == (0, 128, 0)
         assert json.loads(png.info[GRAPH_CHUNK])["nodes"]["save"]["type"] == "save_image"
-    entry = json.loads(client.get_object(Bucket=BUCKET, Key=f"{base}/manifest/image-{image_name}.json")["Body"].read())
-    assert entry["kind"] == "image" and entry["uri"] == f"{root}/{run_prefix}/images/{image_name}"
-    with urllib.request.urlopen(entry["url"], timeout=30) as response:
+    tenant = run_prefix.split("/", 1)[0]
+    library = root.removeprefix(f"s3://{BUCKET}/") + f"/{tenant}/library"
+    entry = json.loads(client.get_object(Bucket=BUCKET, Key=f"{library}/images/{image_name}.json")["Body"].read())
+    assert entry["key"] == f"{run_prefix}/images/{image_name}"
+    with urllib.request.urlopen(backend_for_uri(root).url(entry["key"]), timeout=30) as response:
         assert response.read() == body
     return entry
 
@@ -533,5 +504,5 @@ def test_task_reads_the_connection_through_the_execution_api(s3_env: SeaweedServ
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["outside"] is False
     assert outcome["state"] == "success", (outcome, result.stderr[-5000:])
-    [image] = RunStore(backend_for_uri(root), dag_id="save", run_id="task1").manifest()
+    [image] = run_image_records(RunStore(backend_for_uri(root), dag_id="save", run_id="task1"))
     check_saved_image(s3_env, root, "default/runs/save/task1", image["image_name"])

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from helpers import run_image_records
+from invokeai_provider.storage.library.names import run_image_name
 from invokeai_provider.core.context import METADATA_CHUNK, WORKFLOW_CHUNK, InvocationContext, RunContext
 from invokeai_provider.errors import ArtifactNotFoundError, InvalidArtifactKeyError
 from invokeai_provider.core.registry import InvocationRegistry
@@ -115,20 +117,22 @@ def test_images_carry_invokeai_chunks_and_names_repeat_on_retry(tmp_path):
                      name_prefix="task.0.", workflow_json=workflow, graph_json={"nodes": {}})
     first = _context(run).images.save(Image.new("RGB", (8, 4), "red"), metadata={"seed": 7})
     retry = _context(run).images.save(Image.new("RGB", (8, 4), "blue"), metadata={"seed": 7})
-    assert first["image_name"] == retry["image_name"] == "task.0.node_0-0.png"
+    name = run_image_name("default/runs/d/r", "task.0.node_0-0.png")  # the slot's name: the same on a retry
+    assert first["image_name"] == retry["image_name"] == name
     assert (first["width"], first["height"]) == (8, 4) and first["node_id"] == "node#0"
     stored = list((tmp_path / "default/runs/d/r/images").iterdir())
-    assert [p.name for p in stored] == ["task.0.node_0-0.png"]
+    assert [p.name for p in stored] == [name]
     with Image.open(io.BytesIO(stored[0].read_bytes())) as png:
         assert json.loads(png.info[METADATA_CHUNK]) == {"seed": 7}
         assert json.loads(png.info[WORKFLOW_CHUNK]) == workflow
         assert png.getpixel((0, 0)) == (0, 0, 255)  # the retry overwrote the first try
     assert _context(run).images.get_metadata(first["image_name"]).root == {"seed": 7}
-    assert first["url"] == first["uri"] == (tmp_path / "default/runs/d/r/images/task.0.node_0-0.png").as_uri()
-    [entry] = run.store.manifest()  # the retry overwrote its manifest entry
-    assert (entry["kind"], entry["image_name"], entry["url"]) == ("image", "task.0.node_0-0.png", first["url"])
-    assert "metadata" not in entry
-    assert [p.name for p in (tmp_path / "default/runs/d/r/manifest").iterdir()] == ["image-task.0.node_0-0.png.json"]
+    assert first["url"] == first["uri"] == (tmp_path / f"default/runs/d/r/images/{name}").as_uri()
+    [entry] = run_image_records(run.store)  # the retry overwrote its library record
+    assert (entry["image_name"], entry["key"], entry["dag_id"], entry["run_id"]) == (
+        name, f"default/runs/d/r/images/{name}", "d", "r")
+    assert "metadata" not in entry and not (tmp_path / "default/runs/d/r/manifest").exists()
+    assert [p.name for p in (tmp_path / "default/library/thumbnails").iterdir()] == [name.replace(".png", ".webp")]
 
 
 def test_manifest_entries_are_one_object_each_in_a_stable_order(tmp_path):

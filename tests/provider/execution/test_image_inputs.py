@@ -1,0 +1,56 @@
+"""A run reads any image of its tenant by name (an upload, another run's image), and never another tenant's:
+that is refused before any node runs, naming the node and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from invokeai_provider.execution.graph_runs import TaskEnvironment, run_graph_in_process
+from invokeai_provider.execution.tenants import ArtifactReferenceError
+from invokeai_provider.storage.base import LocalArtifactBackend
+from invokeai_provider.storage.library.images import ImageLibrary
+
+
+def uploaded(root: Path, tenant: str) -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (0, 128, 0)).save(buffer, format="PNG")
+    return ImageLibrary(LocalArtifactBackend(root), tenant).upload(buffer.getvalue())["image_name"]
+
+
+def save_graph(image_name: str) -> dict:
+    return {"id": "g", "nodes": {"save": {"id": "save", "type": "save_image", "image": {"image_name": image_name}}},
+            "edges": []}
+
+
+def env(root: Path, tenant: str, run_id: str) -> TaskEnvironment:
+    return TaskEnvironment(dag_id="img2img", run_id=run_id, task_id="t", artifact_root=root.as_uri(), tenant=tenant)
+
+
+def test_a_run_reads_an_uploaded_image_of_its_tenant(tmp_path: Path) -> None:
+    name = uploaded(tmp_path, "acme")
+    state = run_graph_in_process(save_graph(name), env(tmp_path, "acme", "r1"), {}, embedded_graph=None,
+                                 workflow_json=None)
+    [output] = state.outputs_of("save")
+    assert output.image.image_name != name and (output.width, output.height) == (8, 6)
+    saved = ImageLibrary(LocalArtifactBackend(tmp_path), "acme").get(output.image.image_name)
+    assert (saved["dag_id"], saved["run_id"], saved["image_origin"]) == ("img2img", "r1", "internal")
+    # and a later run reads that run's image
+    later = run_graph_in_process(save_graph(output.image.image_name), env(tmp_path, "acme", "r2"), {},
+                                 embedded_graph=None, workflow_json=None)
+    assert later.outputs_of("save")[0].width == 8
+
+
+def test_another_tenants_image_is_refused_before_any_node_runs(tmp_path: Path) -> None:
+    name = uploaded(tmp_path, "acme")
+    with pytest.raises(ArtifactReferenceError, match=rf"node save field image.image_name: image '{name}' not found "
+                                                     "in tenant 'beta'") as caught:
+        run_graph_in_process(save_graph(name), env(tmp_path, "beta", "r1"), {}, embedded_graph=None,
+                             workflow_json=None)
+    assert (caught.value.node_id, caught.value.field) == ("save", "image")
+    assert not (tmp_path / "beta").exists()  # nothing written for the refused run

@@ -80,6 +80,9 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
                                           "device to the next job anyway (a node in a long step without cancel checks)."),
     "library_index_dir": (None, "Folder of the image library's local index (a SQLite cache of the tenants' image records, "
                                 "rebuilt from the artifact store when missing); default ~/.cache/invokeai-airflow/library."),
+    "tenant_access": ('{"role:admin": ["*"]}', "Which tenants' images each Airflow user sees in the gallery and its HTTP "
+                                              "API: a JSON object from a user name, or role:<role>, to a list of "
+                                              "tenants (\"*\": all). A user matching no key sees none."),
     "workflow_granularity": ("segment", "Tasks of the DAGs that dags/invokeai_workflows.py compiles from saved "
                                         "workflows: segment (connected nodes of one scope share a task) or node "
                                         "(one task per node)."),
@@ -343,6 +346,22 @@ class Settings:
     @property
     def runtime_cancel_grace_seconds(self) -> float:
         return self._number("runtime_cancel_grace_seconds", float, "a number of seconds", 0.0)
+
+    @property
+    def tenant_access(self) -> dict[str, tuple[str, ...]]:
+        """``tenant_access``: user name or ``role:<role>`` -> the tenants (or ``*``) they may see."""
+        import json
+
+        value = self.raw("tenant_access")
+        expected = 'a JSON object of lists of tenants, e.g. {"role:admin": ["*"], "alice": ["acme"]}'
+        try:
+            parsed = json.loads(value or "{}")
+        except json.JSONDecodeError:
+            raise _invalid("tenant_access", value, expected) from None
+        if not isinstance(parsed, dict) or not all(
+                isinstance(v, list) and all(isinstance(t, str) for t in v) for v in parsed.values()):
+            raise _invalid("tenant_access", value, expected)
+        return {str(k): tuple(v) for k, v in parsed.items()}
 
     @property
     def runtime_preload(self) -> tuple[str, ...]:

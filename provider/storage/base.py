@@ -79,6 +79,10 @@ class ArtifactBackend(ABC):
         """Keys below the folder ``prefix`` ('' for all), relative to the backend's root, sorted."""
 
     @abstractmethod
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly below ``prefix`` ('' for the root), sorted (the tenants of a root)."""
+
+    @abstractmethod
     def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
         """(key, version) below ``prefix``, sorted, as `list`; the version changes whenever the object is written
         (an ETag, a modification time and size), so a reader can tell what changed without reading objects."""
@@ -157,6 +161,10 @@ class LocalArtifactBackend(ArtifactBackend):
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 yield path.relative_to(self.root).as_posix()
+
+    def folders(self, prefix: str) -> list[str]:
+        base = self.root / check_key(prefix.rstrip("/")) if prefix else self.root
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
     def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
         for key in self.list(prefix):

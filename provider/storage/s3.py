@@ -293,6 +293,19 @@ class S3ArtifactBackend(ArtifactBackend):
     def list(self, prefix: str) -> Iterator[str]:
         yield from (key for key, _ in self.list_versions(prefix))
 
+    def folders(self, prefix: str) -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        folder = f"{root}{check_key(prefix.rstrip('/'))}/" if prefix else root
+
+        def names() -> list[str]:
+            found = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder,
+                                                                              Delimiter="/"):
+                found.extend(entry["Prefix"][len(folder):].rstrip("/") for entry in page.get("CommonPrefixes", []))
+            return sorted(found)
+
+        return self._call("list", prefix.rstrip("/") or ".", names)
+
     def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
         """(key, ETag) below ``prefix``, sorted: one listing request per 1,000 keys, no object read."""
         root = f"{self.prefix}/" if self.prefix else ""

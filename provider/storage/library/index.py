@@ -105,6 +105,10 @@ class ImageIndex:
             self._synced_at = time.monotonic()
             return {"changed": len(rows), "removed": len(removed)}
 
+    def invalidate(self) -> None:
+        """The next listing syncs whatever its age: this process just changed the store."""
+        self._synced_at = 0.0
+
     def query(self, query: ImageQuery = ImageQuery(), *, offset: int = 0, limit: int = 100,
               sync: bool = True) -> ImagePage:
         """A page of records, newest first, with the number of matching images."""

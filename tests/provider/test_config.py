@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import types
@@ -76,6 +77,8 @@ def test_the_typed_defaults_are_the_declared_ones(unset: Path) -> None:
             assert value is (default == "true"), name
         elif isinstance(value, (int, float)):
             assert value == float(default), name
+        elif isinstance(value, dict):  # a JSON option
+            assert value == {k: tuple(v) for k, v in json.loads(default).items()}, name
         else:
             assert value == default, name
     with pytest.raises(KeyError):

@@ -54,3 +54,34 @@ def test_another_tenants_image_is_refused_before_any_node_runs(tmp_path: Path) -
                              workflow_json=None)
     assert (caught.value.node_id, caught.value.field) == ("save", "image")
     assert not (tmp_path / "beta").exists()  # nothing written for the refused run
+
+
+def test_the_image_to_image_example_runs_on_an_uploaded_image(tmp_path: Path, tiny_registry) -> None:
+    import io
+    import json
+
+    from PIL import Image
+
+    from helpers import REPO_ROOT
+    from invokeai_provider.compiler.dags import load_compiled
+    from invokeai_provider.execution.task_runtime import run_task
+    from invokeai_provider.execution.usage import UsageMeter
+    from invokeai_provider.storage.library.images import read_chunks
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (20, 120, 220)).save(buffer, format="PNG")
+    library = ImageLibrary(LocalArtifactBackend(tmp_path), "acme")
+    name = library.upload(buffer.getvalue())["image_name"]
+    document = json.loads((REPO_ROOT / "dags" / "workflows" / "sd15-image-to-image.json").read_text())
+    compiled = load_compiled(document, model_names=None)
+    [task] = compiled.plan.tasks
+    environment = TaskEnvironment(
+        dag_id="sd15-image-to-image", run_id="r1", task_id=task.task_id, artifact_root=tmp_path.as_uri(),
+        model_root=tiny_registry.root.as_uri(), tenant="acme", usage=UsageMeter(),
+        params={"image": name, "model": "tiny-sd1", "denoise_steps": 2, "strength": 0.5})
+    output, _ = run_task(compiled, environment)
+    [record] = output["images"]
+    assert (record["width"], record["height"]) == (64, 48)  # the noise took the uploaded image's size
+    made = read_chunks(library.read_image(record["image_name"]))
+    assert made["graph"]["nodes"]["image"]["image"] == {"image_name": name}
+    assert made["metadata"]["strength"] == 0.5

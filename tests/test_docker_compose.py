@@ -66,7 +66,8 @@ SERVICE_KEYS: dict[str, dict[str, str]] = {
 # Keys a compose service has beyond the shared configuration, with the reason.
 COMPOSE_ONLY_KEYS: dict[str, dict[str, str]] = {
     "api-server": {"INVOKEAI_ADMIN_PASSWORD": "docker/entrypoint.sh writes the simple auth manager's password "
-                                              "file from it (the local cluster writes that file itself)"},
+                                              "file from it (the local cluster writes that file itself)",
+                   "INVOKEAI_VIEWER_PASSWORD": "the same, for the user viewer"},
 }
 
 # Values that mean the same thing on loopback and in containers, so must be equal.
@@ -77,6 +78,7 @@ CONNECTION_KEY = "AIRFLOW_CONN_INVOKEAI_S3"
 # Every variable the file reads, set to a value unlike any default: each must reach the right places.
 CUSTOM_ENV = {
     "INVOKEAI_ADMIN_PASSWORD": "custom-admin-password",
+    "INVOKEAI_VIEWER_PASSWORD": "custom-viewer-password",
     "INVOKEAI_JWT_SECRET": "custom-jwt-secret-" + "x" * 64,
     "INVOKEAI_S3_ACCESS_KEY": "custom-access-key",
     "INVOKEAI_S3_SECRET": "custom-s3-secret",

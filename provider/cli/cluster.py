@@ -15,7 +15,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.action == "up":
         settings = cluster.up(state_dir, Path(args.dags_folder), database=args.database, api_port=args.api_port,
                               demo_model=not args.no_demo_model, runtime=not args.no_runtime, timeout=args.timeout)
-        print(f"cluster up: {settings.api_url} (user {cluster.ADMIN_USER}, password {settings.admin_password})")
+        print(f"cluster up: {settings.api_url} (user {cluster.ADMIN_USER}, password {settings.admin_password}; "
+              f"user {cluster.VIEWER_USER}, password {settings.viewer_password}, sees no tenant's images)")
         print(f"S3: {settings.seaweed.endpoint_url}; state, logs and credentials in {settings.state_dir}")
         return 0
     if args.action == "down":

@@ -35,6 +35,7 @@ ARTIFACT_BUCKET = "invokeai-artifacts"
 MODEL_BUCKET = "invokeai-models"
 S3_CONN_ID = "invokeai_s3"
 ADMIN_USER = "admin"
+VIEWER_USER = "viewer"  # a second UI user (role viewer) that [invokeai] tenant_access gives no tenant
 
 GPU_WORKER_CONCURRENCY = 4  # with the runtime; 1 without (each task process would load its own models)
 RUNTIME_SERVICE = "runtime"  # the per-GPU runtime the gpu worker's tasks hand their segments to
@@ -70,6 +71,7 @@ class ClusterSettings:
     api_port: int = 28080
     s3_ports: dict[str, int] = field(default_factory=dict)
     admin_password: str = ""
+    viewer_password: str = ""
     jwt_secret: str = ""
     s3_access_key: str = "invokeai"
     s3_secret_key: str = ""
@@ -128,6 +130,7 @@ class ClusterSettings:
         ports = SeaweedPorts.free()
         settings = cls(state_dir=str(state_dir.resolve()), dags_folder=str(dags_folder.resolve()),
                        s3_ports=asdict(ports), admin_password=secrets.token_urlsafe(12),
+                       viewer_password=secrets.token_urlsafe(12),
                        jwt_secret=secrets.token_urlsafe(32), s3_secret_key=secrets.token_urlsafe(24))
         if database:
             if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
@@ -162,7 +165,7 @@ def airflow_env(settings: ClusterSettings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": settings.dags_folder,
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin,{VIEWER_USER}:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.sql_alchemy_conn,
         "AIRFLOW__CELERY__BROKER_URL": settings.redis_url,
@@ -182,6 +185,7 @@ def airflow_env(settings: ClusterSettings) -> dict[str, str]:
         "AIRFLOW__INVOKEAI__MODEL_ROOT": settings.model_root,
         "AIRFLOW__INVOKEAI__MODEL_CACHE_DIR": str(Path(settings.state_dir) / "model-cache"),
         "AIRFLOW__INVOKEAI__GPU_QUEUE": "gpu",
+        "AIRFLOW__INVOKEAI__LIBRARY_INDEX_DIR": str(Path(settings.state_dir) / "library-index"),
         f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(connection),
     }
 
@@ -260,7 +264,10 @@ def prepare_home(settings: ClusterSettings) -> None:
     home = settings.home
     (home / "logs").mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({ADMIN_USER: settings.admin_password}))
+    users = {ADMIN_USER: settings.admin_password}
+    if settings.viewer_password:  # settings of a cluster made before the viewer existed have none
+        users[VIEWER_USER] = settings.viewer_password
+    passwords.write_text(json.dumps(users))
     passwords.chmod(0o600)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
@@ -27,13 +28,29 @@ class ClusterClient:
         self.api = af.ApiClient(af.Configuration(host=self.host, access_token=self.token()))
         self.s3 = settings.seaweed.client()
 
-    def token(self) -> str:
-        """A JWT from the simple auth manager (``POST /auth/token``)."""
-        body = json.dumps({"username": ADMIN_USER, "password": self.settings.admin_password}).encode()
+    def token(self, user: str = ADMIN_USER) -> str:
+        """A JWT from the simple auth manager (``POST /auth/token``) for the cluster's admin or viewer."""
+        password = self.settings.admin_password if user == ADMIN_USER else self.settings.viewer_password
+        body = json.dumps({"username": user, "password": password}).encode()
         request = urllib.request.Request(f"{self.host}/auth/token", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())["access_token"]
+
+    def http(self, method: str, path: str, body: Any = None, *, token: Optional[str] = None,
+             content_type: str = "application/json") -> tuple[int, bytes]:
+        """A request to the api-server (its plugin apps too) as the admin, or with ``token`` ('' for none)."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type}
+        bearer = self.token() if token is None else token
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        request = urllib.request.Request(f"{self.host}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
     # --- DAGs and runs ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import quote
 
 from cluster_client import ClusterClient, task_logs
 
@@ -36,7 +37,7 @@ def test_upload_image_to_image_and_the_gallery(cluster: ClusterClient) -> None:
                                    "board": board})
     assert cluster.wait(DAG, run_id, timeout=600) == "success", task_logs(cluster.settings, DAG, run_id)
 
-    status, body = cluster.http("GET", f"{API}/images?tenant=default&dag_id={DAG}&run_id={run_id}")
+    status, body = cluster.http("GET", f"{API}/images?tenant=default&dag_id={DAG}&run_id={quote(run_id)}")
     assert status == 200, body
     [made] = json.loads(body)["items"]
     assert (made["width"], made["height"], made["board_id"]) == (64, 48, board)
@@ -58,5 +59,5 @@ def test_upload_image_to_image_and_the_gallery(cluster: ClusterClient) -> None:
     assert status == 403 and b"may not see tenant 'default'" in body
     assert cluster.http("GET", made["thumbnail_url"], token=viewer)[0] == 403
     assert cluster.http("GET", f"{API}/images?tenant=default", token="")[0] == 401
-    status, page = cluster.http("GET", f"/invokeai/gallery/runs/{DAG}/{run_id}")
+    status, page = cluster.http("GET", f"/invokeai/gallery/runs/{DAG}/{quote(run_id)}")
     assert status == 200 and made["image_name"].encode() in page

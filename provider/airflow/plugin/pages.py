@@ -35,7 +35,8 @@ form.filters label{display:flex;flex-direction:column;font-size:12px;gap:2px}
 .muted{color:#656d76} .star{color:#bf8700} table{border-collapse:collapse;font-size:13px}
 td,th{border-bottom:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 pre{background:#f6f8fa;padding:8px;overflow:auto;max-height:320px;font-size:12px}
-.full{max-width:100%;max-height:70vh;border:1px solid #d0d7de}
+.full{width:min(100%,512px);height:auto;max-height:70vh;object-fit:contain;image-rendering:pixelated;
+border:1px solid #d0d7de;display:block;margin-bottom:8px}
 """
 
 router = APIRouter()
@@ -58,6 +59,10 @@ def _tiles(items: list[dict[str, Any]]) -> str:
             f"<div>{'<span class=star>★</span> ' if item.get('starred') else ''}{html.escape(label)}</div>"
             f"<div class='muted'>{html.escape(str(item.get('created_at') or '')[:19])}</div></a>")
     return f"<div class='grid'>{''.join(tiles)}</div>"
+
+
+def _count(images: int) -> str:
+    return f"{images:,} image{'' if images == 1 else 's'}"
 
 
 def _options(values: list[tuple[str, str]], selected: Optional[str]) -> str:
@@ -98,7 +103,7 @@ def gallery(request: Request, user: Any = Depends(caller), tenant: Optional[str]
         f"<a href='?{html.escape(urlencode({**query, 'page': number}))}'>{label}</a>"
         for number, label in ((page - 1, "← newer"), (page + 1, "older →")) if 1 <= number <= pages)
     items = [image_json(record, prefix) for record in result.records]
-    body = (f"<h1>Gallery</h1>{filters}<p class='muted'>{result.total} images · page {page} of {pages} {nav}</p>"
+    body = (f"<h1>Gallery</h1>{filters}<p class='muted'>{_count(result.total)} · page {page} of {pages} {nav}</p>"
             f"{_tiles(items)}")
     return _page("Gallery", body)
 
@@ -118,7 +123,7 @@ def run_images(request: Request, dag_id: str, run_id: str, user: Any = Depends(c
         items += [image_json(record, prefix) for record in page.records]
     items.sort(key=lambda item: (item.get("item_index") or 0, item["image_name"]))
     title = f"Images of {dag_id} / {run_id}"
-    return _page(title, f"<h1>{html.escape(title)}</h1><p class='muted'>{len(items)} images</p>{_tiles(items)}")
+    return _page(title, f"<h1>{html.escape(title)}</h1><p class='muted'>{_count(len(items))}</p>{_tiles(items)}")
 
 
 @router.get("/gallery/images/{image_name}", response_class=HTMLResponse)

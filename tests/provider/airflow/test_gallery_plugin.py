@@ -141,7 +141,7 @@ def test_pages_show_thumbnails_a_runs_images_and_an_images_metadata(app: Any, tm
                            run_id="manual__1", task_id="decode"), Image.new("RGB", (48, 32)))
     alice = client_as(app, ALICE)
     gallery = alice.get("/gallery").text
-    assert f"/api/images/{name}/thumbnail?tenant=acme" in gallery and "1 images" in gallery
+    assert f"/api/images/{name}/thumbnail?tenant=acme" in gallery and "1 image ·" in gallery
     run_page = alice.get("/gallery/runs/t2i/manual__1").text
     assert f"data-image-name='{name}'" in run_page
     assert "data-image-name" not in alice.get("/gallery/runs/t2i/other-run").text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ CREATE INDEX IF NOT EXISTS images_created ON images (created_at DESC, image_name
 CREATE INDEX IF NOT EXISTS images_board ON images (board_id, created_at DESC);
 CREATE INDEX IF NOT EXISTS images_run ON images (dag_id, run_id, created_at DESC);
 """
+log = logging.getLogger(__name__)
 UNCATEGORIZED = "none"  # InvokeAI's board id for images on no board
 
 
@@ -70,8 +72,10 @@ class ImageIndex:
         self.library = library
         self.max_age_seconds = max_age_seconds
         self.readers = readers
-        self._lock = threading.Lock()
-        self._synced_at = 0.0
+        self._lock = threading.Lock()  # the database
+        self._sync_lock = threading.Lock()  # one sync at a time
+        self._synced_at = 0.0  # time.monotonic() of the last sync's start; 0: sync before the next listing
+        self._generation = 0  # counts invalidations
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -88,32 +92,52 @@ class ImageIndex:
 
     def sync(self, force: bool = False) -> dict[str, int]:
         """Brings the index up to date with the store (at most every ``max_age_seconds`` unless ``force``);
-        how many records it added or changed, and removed."""
-        with self._lock:
-            if not force and time.monotonic() - self._synced_at < self.max_age_seconds:
+        how many records it added or changed, and removed. Queries go on meanwhile: only the writes hold the
+        database."""
+        with self._sync_lock:
+            if not force and self._synced_at and time.monotonic() - self._synced_at < self.max_age_seconds:
                 return {"changed": 0, "removed": 0}
+            started, generation = time.monotonic(), self._generation
             listed = dict(self.library.record_versions())
-            known = dict(self._db.execute("SELECT image_name, version FROM images"))
+            with self._lock:
+                known = dict(self._db.execute("SELECT image_name, version FROM images"))
             changed = [name for name, version in listed.items() if known.get(name) != version]
             removed = [name for name in known if name not in listed]
             with ThreadPoolExecutor(max_workers=self.readers) as pool:
                 records = list(pool.map(self.library.find, changed))
             rows = [_row(record, listed[name]) for name, record in zip(changed, records) if record is not None]
-            with self._db:
+            with self._lock, self._db:
                 self._db.executemany("DELETE FROM images WHERE image_name = ?", [(n,) for n in removed])
                 self._db.executemany("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            self._synced_at = time.monotonic()
+            if generation == self._generation:  # not invalidated meanwhile: a change may have come after the listing
+                self._synced_at = started
             return {"changed": len(rows), "removed": len(removed)}
 
     def invalidate(self) -> None:
-        """The next listing syncs whatever its age: this process just changed the store."""
+        """The next listing syncs first, whatever its age: this process just changed the store."""
+        self._generation += 1
         self._synced_at = 0.0
+
+    def refresh(self) -> None:
+        """Before a listing: a never-synced or invalidated index (or one with ``max_age_seconds`` 0) syncs now; a
+        stale one answers at once and syncs in the background (a gallery page does not wait for a listing of the
+        whole store; it shows changes made elsewhere at most ``max_age_seconds`` plus one sync later)."""
+        if not self._synced_at or self.max_age_seconds <= 0:
+            self.sync(force=True)
+        elif time.monotonic() - self._synced_at >= self.max_age_seconds and not self._sync_lock.locked():
+            threading.Thread(target=self._sync_quietly, name="image-index-sync", daemon=True).start()
+
+    def _sync_quietly(self) -> None:
+        try:
+            self.sync()
+        except Exception:  # noqa: BLE001 - a background refresh; the next listing tries again
+            log.warning("image index of tenant %s: background sync failed", self.library.tenant, exc_info=True)
 
     def query(self, query: ImageQuery = ImageQuery(), *, offset: int = 0, limit: int = 100,
               sync: bool = True) -> ImagePage:
         """A page of records, newest first, with the number of matching images."""
         if sync:
-            self.sync()
+            self.refresh()
         where, values = _where(query)
         with self._lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", values).fetchone()[0]
@@ -124,7 +148,7 @@ class ImageIndex:
     def names(self, query: ImageQuery = ImageQuery(), sync: bool = True) -> list[str]:
         """Every matching image's name (a board's images, to move or delete them)."""
         if sync:
-            self.sync()
+            self.refresh()
         where, values = _where(query)
         with self._lock:
             return [row[0] for row in self._db.execute(f"SELECT image_name FROM images WHERE {where}", values)]

@@ -190,3 +190,22 @@ def test_a_record_always_has_its_image_and_thumbnail(store: ArtifactBackend, mon
     monkeypatch.setattr(store, "write_bytes", tracking)
     library.upload(png())
     assert calls == ["uploads", "thumbnails", "images"]  # the record last
+
+
+def test_a_stale_index_answers_at_once_and_catches_up_in_the_background(tmp_path: Path) -> None:
+    import time
+
+    library = ImageLibrary(LocalArtifactBackend(tmp_path / "artifacts"), "acme")
+    library.upload(png())
+    index = ImageIndex(library, tmp_path / "index", max_age_seconds=0.2)
+    assert index.query().total == 1  # never synced: it syncs first
+    library.upload(png())  # made elsewhere (another process)
+    assert index.query().total == 1  # fresh enough: no sync
+    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while index.query().total != 2:  # stale: answered at once, synced in the background
+        assert time.monotonic() < deadline, "the background sync never caught up"
+        time.sleep(0.05)
+    library.upload(png())
+    index.invalidate()  # changed by this process: the next listing syncs first
+    assert index.query().total == 3

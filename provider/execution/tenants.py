@@ -113,9 +113,9 @@ def check_references(graph: Mapping[str, Any], run_prefix: str) -> None:
 
 
 def check_image_inputs(graph: Mapping[str, Any], store: Any) -> None:
-    """Refuses a graph whose node values name an image the run's tenant does not have, before any node runs,
-    naming the node and field. An image is the run's own or any of its tenant's (an upload, another run's):
-    another tenant's names are not found, since a library holds only its tenant's images."""
+    """Refuses a graph whose node values name an image (or a board) the run's tenant does not have, before any
+    node runs, naming the node and field. An image is the run's own or any of its tenant's (an upload, another
+    run's): another tenant's names are not found, since a library holds only its tenant's images."""
     from invokeai_provider.storage.library.images import ImageLibrary
 
     library = None
@@ -125,6 +125,9 @@ def check_image_inputs(graph: Mapping[str, Any], store: Any) -> None:
         for field_name, value in node.items():
             if field_name in ("id", "type"):
                 continue
+            if field_name == "board" and isinstance(value, Mapping) and value.get("board_id"):
+                library = library or ImageLibrary(store.backend, store.tenant)
+                _check_board(library, str(node_id), str(value["board_id"]))
             for where, kind, name in _references(value, field_name):
                 if kind != "image_name" or not isinstance(name, str) or store.exists("images", name):
                     continue
@@ -134,3 +137,15 @@ def check_image_inputs(graph: Mapping[str, Any], store: Any) -> None:
                         f"node {node_id} field {where}: image {name!r} not found in tenant {store.tenant!r}: expected "
                         "the image_name of one of its images (an upload, or an image a run of the tenant made)",
                         node_id=str(node_id), field=field_name)
+
+
+def _check_board(library: Any, node_id: str, board_id: str) -> None:
+    """A node's ``board`` must be one of the tenant's boards (InvokeAI refuses an unknown board too)."""
+    from invokeai_provider.storage.library.boards import BoardNotFoundError, Boards
+
+    try:
+        Boards(library).get(board_id)
+    except BoardNotFoundError:
+        raise ArtifactReferenceError(
+            f"node {node_id} field board: board {board_id!r} not found in tenant {library.tenant!r}: expected the "
+            "board_id of one of its boards (invokeai-airflow boards list)", node_id=node_id, field="board") from None

@@ -5,7 +5,7 @@ session cookie) and checks the tenant against ``[invokeai] tenant_access``. Imag
 the app itself, so a browser needs nothing but its Airflow session.
 
     GET    /api/tenants                                    the tenants the caller sees
-    GET    /api/images?tenant=&board_id=&dag_id=&run_id=&starred=&category=&offset=&limit=
+    GET    /api/images?tenant=&board_id=&dag_id=&run_id=&starred=&category=&since=&until=&offset=&limit=
     POST   /api/images/upload?tenant=&board_id=&image_category=   (body: the image file)
     GET    /api/images/{name}?tenant=                      record, metadata, graph and workflow
     GET    /api/images/{name}/full|thumbnail|metadata|graph|workflow?tenant=[&download=true]
@@ -74,14 +74,16 @@ def list_tenants(request: Request, user: Any = Depends(caller)) -> dict[str, Any
 def list_images(request: Request, user: Any = Depends(caller), tenant: Optional[str] = None,
                 board_id: Optional[str] = None, dag_id: Optional[str] = None, run_id: Optional[str] = None,
                 starred: Optional[bool] = None, category: Optional[list[str]] = Query(None),
-                include_intermediate: bool = False, offset: int = Query(0, ge=0),
-                limit: int = Query(100, ge=1, le=MAX_PAGE)) -> dict[str, Any]:
+                include_intermediate: bool = False, since: Optional[str] = None, until: Optional[str] = None,
+                offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)) -> dict[str, Any]:
+    """Newest first. ``board_id`` "none": images on no board; ``since``/``until``: ISO dates or times."""
     from invokeai_provider.storage.library.index import ImageQuery
 
     name = tenant_of(request, user, tenant)
     page = service_of(request).index(name).query(ImageQuery(
         board_id=board_id, dag_id=dag_id, run_id=run_id, starred=starred,
-        categories=tuple(category) if category else None, include_intermediate=include_intermediate),
+        categories=tuple(category) if category else None, include_intermediate=include_intermediate,
+        since=since, until=until),
         offset=offset, limit=limit)
     prefix = prefix_of(request)
     return {"tenant": name, "total": page.total, "offset": page.offset, "limit": page.limit,

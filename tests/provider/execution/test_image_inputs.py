@@ -85,3 +85,19 @@ def test_the_image_to_image_example_runs_on_an_uploaded_image(tmp_path: Path, ti
     made = read_chunks(library.read_image(record["image_name"]))
     assert made["graph"]["nodes"]["image"]["image"] == {"image_name": name}
     assert made["metadata"]["strength"] == 0.5
+
+
+def test_a_board_the_tenant_does_not_have_is_refused_and_a_real_one_gets_the_image(tmp_path: Path) -> None:
+    from invokeai_provider.storage.library.boards import Boards
+
+    name = uploaded(tmp_path, "acme")
+    graph = save_graph(name)
+    graph["nodes"]["save"]["board"] = {"board_id": "0b5e1c9e-1111-4222-8333-444455556666"}
+    with pytest.raises(ArtifactReferenceError, match="node save field board: board '0b5e1c9e-1111-4222-8333-"
+                                                     "444455556666' not found in tenant 'acme'"):
+        run_graph_in_process(graph, env(tmp_path, "acme", "r1"), {}, embedded_graph=None, workflow_json=None)
+    library = ImageLibrary(LocalArtifactBackend(tmp_path), "acme")
+    board = Boards(library).create("keep")
+    graph["nodes"]["save"]["board"] = {"board_id": board["board_id"]}
+    state = run_graph_in_process(graph, env(tmp_path, "acme", "r2"), {}, embedded_graph=None, workflow_json=None)
+    assert library.get(state.outputs_of("save")[0].image.image_name)["board_id"] == board["board_id"]

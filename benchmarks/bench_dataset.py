@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runtime  # noqa: E402 - the cluster wrapper and the batch documents
@@ -138,6 +138,17 @@ def objects_per_image(cluster: bench_runtime.Cluster, dag_id: str, run_id: str, 
             kind = entry["Key"][len(prefix):].split("/", 1)[0]
             kinds[kind] = kinds.get(kind, 0) + 1
     return sum(kinds.values()) / max(images, 1), ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+
+
+def print_per_service(title: str, rows: list[dict[str, Any]], key: str, number: str,
+                      engine: Optional[str] = None) -> None:
+    """A table of one figure per service (and the engine's, when named) for each N and chunk size."""
+    print()
+    print(title)
+    print(f"{'N':>6} {'chunk':>5}  " + (f"{'engine':>8}  " if engine else "") + "  ".join(f"{n:>14}" for n in SERVICES))
+    for row in rows:
+        print(f"{row['count']:>6} {row['chunk']:>5}  " + (f"{row[engine]:>8{number}}  " if engine else "")
+              + "  ".join(f"{row[key].get(name, 0.0):>14{number}}" for name in SERVICES))
 
 
 def parse_args() -> argparse.Namespace:
@@ -244,18 +255,10 @@ def main() -> None:
               f"  {row['objects']:>11.2f}")
         if row["diffusers"] is not None:
             print(f"{'':>18}diffusers loop {row['count'] / row['diffusers']:.2f} img/s")
-    print()
-    print("peak RSS (MiB) per service during the cluster run (process trees: a worker with its task processes)")
-    print(f"{'N':>6} {'chunk':>5}  " + "  ".join(f"{name:>14}" for name in SERVICES))
-    for row in rows:
-        print(f"{row['count']:>6} {row['chunk']:>5}  "
-              + "  ".join(f"{row['memory'].get(name, 0.0):>14.0f}" for name in SERVICES))
-    print()
-    print("CPU seconds per service during the cluster run (engine: this process during the engine run)")
-    print(f"{'N':>6} {'chunk':>5}  {'engine':>8}  " + "  ".join(f"{name:>14}" for name in SERVICES))
-    for row in rows:
-        print(f"{row['count']:>6} {row['chunk']:>5}  {row['engine_cpu']:>8.1f}  "
-              + "  ".join(f"{row['cpu'].get(name, 0.0):>14.1f}" for name in SERVICES))
+    print_per_service("peak RSS (MiB) per service during the cluster run (process trees: a worker with its task "
+                      "processes)", rows, "memory", ".0f")
+    print_per_service("CPU seconds per service during the cluster run (engine: this process during the engine run)",
+                      rows, "cpu", ".1f", engine="engine_cpu")
     for row in rows:
         print(f"  N={row['count']} chunk {row['chunk']}: objects {row['kinds']}; runtime denoise batches "
               f"{row['batches']}")

@@ -19,25 +19,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import median_seconds  # noqa: E402 - the benchmarks' one timer
 
 REPEATS = 5
 PAGE = 100
-
-
-def median_seconds(action: Callable[[], Any], repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def fill(library: Any, count: int) -> list[str]:
@@ -87,18 +80,18 @@ def measure(label: str, backend: Any, count: int, index_dir: Path) -> dict[str, 
     figures = {"first sync": median_seconds(first_sync, 3)}
     index = ImageIndex(library, index_dir, max_age_seconds=0)
     index.sync(force=True)
-    figures["sync, nothing changed"] = median_seconds(lambda: index.sync(force=True))
+    figures["sync, nothing changed"] = median_seconds(lambda: index.sync(force=True), REPEATS)
 
     def ten_changes() -> None:
         for name in names[:10]:
             library.update(name, starred=True)
         index.sync(force=True)
 
-    figures["10 changes + sync"] = median_seconds(ten_changes)
+    figures["10 changes + sync"] = median_seconds(ten_changes, REPEATS)
     queries = {"newest 100": ImageQuery(), "a board's 100": ImageQuery(board_id="00000000-0000-4000-8000-000000000000"),
                "a run's 100": ImageQuery(dag_id="dataset", run_id="run-3"), "starred 100": ImageQuery(starred=True)}
     for what, query in queries.items():
-        figures[f"query: {what}"] = median_seconds(lambda: index.query(query, limit=PAGE, sync=False))
+        figures[f"query: {what}"] = median_seconds(lambda: index.query(query, limit=PAGE, sync=False), REPEATS)
     page = index.query(limit=PAGE, sync=False).records
 
     def thumbnails() -> None:
@@ -106,10 +99,10 @@ def measure(label: str, backend: Any, count: int, index_dir: Path) -> dict[str, 
             list(pool.map(library.read_thumbnail, [r["image_name"] for r in page]))
 
     figures["page: query + 100 thumbnails"] = median_seconds(
-        lambda: (index.query(limit=PAGE, sync=False), thumbnails()))  # what a gallery page waits for
+        lambda: (index.query(limit=PAGE, sync=False), thumbnails()), REPEATS)  # what a gallery page waits for
     figures["page after a change here: sync + query + thumbs"] = median_seconds(
-        lambda: (index.sync(force=True), index.query(limit=PAGE, sync=False), thumbnails()))
-    figures["resolve one name to its PNG"] = median_seconds(lambda: library.read_image(names[count // 2]))
+        lambda: (index.sync(force=True), index.query(limit=PAGE, sync=False), thumbnails()), REPEATS)
+    figures["resolve one name to its PNG"] = median_seconds(lambda: library.read_image(names[count // 2]), REPEATS)
     index.close()
     return figures
 

@@ -97,19 +97,23 @@ def check_references(graph: Mapping[str, Any], run_prefix: str) -> None:
     plain name; a path, ``..``, an absolute path, a URI or another tenant's key is refused before any node
     runs, naming the node and field.
     """
-    for node_id, node in (graph.get("nodes") or {}).items():
-        if not isinstance(node, Mapping):
-            continue
-        for field_name, value in node.items():
-            if field_name in ("id", "type"):
+    for node_id, field_name, value in _node_values(graph):
+        for where, kind, name in _references(value, field_name):
+            if isinstance(name, str) and _ARTIFACT_NAME.match(name):
                 continue
-            for where, kind, name in _references(value, field_name):
-                if isinstance(name, str) and _ARTIFACT_NAME.match(name):
-                    continue
-                raise ArtifactReferenceError(
-                    f"node {node_id} field {where}: {name!r} points outside this run's store ({run_prefix}/); "
-                    f"expected the {kind} of an object in this run: one name matching {ARTIFACT_NAME_PATTERN}, "
-                    "not a path, URI or another tenant's key", node_id=str(node_id), field=field_name)
+            raise ArtifactReferenceError(
+                f"node {node_id} field {where}: {name!r} points outside this run's store ({run_prefix}/); "
+                f"expected the {kind} of an object in this run: one name matching {ARTIFACT_NAME_PATTERN}, "
+                "not a path, URI or another tenant's key", node_id=node_id, field=field_name)
+
+
+def _node_values(graph: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(node id, field, value) of every input value of a graph (dict), ``id`` and ``type`` left out."""
+    for node_id, node in (graph.get("nodes") or {}).items():
+        if isinstance(node, Mapping):
+            for field_name, value in node.items():
+                if field_name not in ("id", "type"):
+                    yield str(node_id), field_name, value
 
 
 def check_image_inputs(graph: Mapping[str, Any], store: Any) -> None:
@@ -118,25 +122,18 @@ def check_image_inputs(graph: Mapping[str, Any], store: Any) -> None:
     run's): another tenant's names are not found, since a library holds only its tenant's images."""
     from invokeai_provider.storage.library.images import ImageLibrary
 
-    library = None
-    for node_id, node in (graph.get("nodes") or {}).items():
-        if not isinstance(node, Mapping):
-            continue
-        for field_name, value in node.items():
-            if field_name in ("id", "type"):
+    library = ImageLibrary(store.backend, store.tenant)
+    for node_id, field_name, value in _node_values(graph):
+        if field_name == "board" and isinstance(value, Mapping) and value.get("board_id"):
+            _check_board(library, node_id, str(value["board_id"]))
+        for where, kind, name in _references(value, field_name):
+            if kind != "image_name" or not isinstance(name, str) or store.exists("images", name):
                 continue
-            if field_name == "board" and isinstance(value, Mapping) and value.get("board_id"):
-                library = library or ImageLibrary(store.backend, store.tenant)
-                _check_board(library, str(node_id), str(value["board_id"]))
-            for where, kind, name in _references(value, field_name):
-                if kind != "image_name" or not isinstance(name, str) or store.exists("images", name):
-                    continue
-                library = library or ImageLibrary(store.backend, store.tenant)
-                if library.find(name) is None:
-                    raise ArtifactReferenceError(
-                        f"node {node_id} field {where}: image {name!r} not found in tenant {store.tenant!r}: expected "
-                        "the image_name of one of its images (an upload, or an image a run of the tenant made)",
-                        node_id=str(node_id), field=field_name)
+            if library.find(name) is None:
+                raise ArtifactReferenceError(
+                    f"node {node_id} field {where}: image {name!r} not found in tenant {store.tenant!r}: expected "
+                    "the image_name of one of its images (an upload, or an image a run of the tenant made)",
+                    node_id=node_id, field=field_name)
 
 
 def _check_board(library: Any, node_id: str, board_id: str) -> None:

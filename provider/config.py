@@ -28,7 +28,7 @@ GIB = 1 << 30
 # option -> (default, description); also the source of get_provider_info()["config"]. A default of None is
 # either "unset" or computed per process (see the Settings property of the option).
 OPTIONS: dict[str, tuple[Optional[str], str]] = {
-    "artifact_root": (None, "Where images, tensors and run manifests are written: file:///path (default ./artifacts) "
+    "artifact_root": (None, "Where images, tensors and image records are written: file:///path (default ./artifacts) "
                             "or s3://[CONN_ID@]bucket/prefix."),
     "model_root": (None, "Where model files and their registry records live: file:///path (default ./invokeai-models) "
                          "or s3://bucket/prefix."),

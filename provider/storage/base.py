@@ -1,22 +1,21 @@
 """Artifact store: where images, tensors and conditioning live between nodes and after a run.
 
-Layout (ARCHITECTURE §3): ``<root>/<tenant>/runs/<dag_id>/<run_id>/{images,tensors,conditioning}/<name>``
-plus ``manifest/<kind>-<name>.json`` per run (one small object per entry: S3 has no append). Writes are
-atomic (a reader never sees half an object under its final key) and names are deterministic, so a retried
+Layout (ARCHITECTURE §3): ``<root>/<tenant>/runs/<dag_id>/<run_id>/{images,tensors,conditioning}/<name>``;
+each image's record lives in its tenant's library (`invokeai_provider.storage.library`), one small object per
+image (S3 has no append). Writes are atomic (a reader never sees half an object under its final key) and names are deterministic, so a retried
 task overwrites what its first try wrote instead of adding to it. Backends: a local directory here, S3 in
 `invokeai_provider.storage.s3`, both with the same contract.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
 from invokeai_provider.config import settings
@@ -234,26 +233,6 @@ class RunStore:
 
     def url(self, kind: str, name: str, expires_in: Optional[int] = None) -> str:
         return self.backend.url(self.key(kind, name), expires_in)
-
-    def manifest_key(self, entry: dict[str, Any]) -> str:
-        """``<run>/manifest/<kind>-<name>.json``: named by what the entry is about, so a retried task
-        overwrites its own entry instead of adding a second one."""
-        kind, name = entry.get("kind"), entry.get("image_name") or entry.get("name")
-        if not isinstance(kind, str) or not kind or not isinstance(name, str) or not name:
-            raise ValueError(f"manifest entry needs string 'kind' and 'image_name' (or 'name') fields, got keys "
-                             f"{sorted(entry)}")
-        return check_key(f"{self.prefix}/manifest/{safe_segment(kind)}-{safe_segment(name)}.json")
-
-    def record(self, entry: dict[str, Any]) -> str:
-        """Writes one manifest entry (one small JSON object); returns its key."""
-        key = self.manifest_key(entry)
-        self.backend.write_bytes(key, json.dumps(entry, sort_keys=True, default=str).encode())
-        return key
-
-    def manifest(self) -> list[dict[str, Any]]:
-        """The run's entries, ordered by their keys (kind, then name): the same order on every read."""
-        return [json.loads(self.backend.read_bytes(key)) for key in self.backend.list(f"{self.prefix}/manifest")
-                if key.endswith(".json")]
 
 
 def default_artifact_root() -> str:

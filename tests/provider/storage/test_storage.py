@@ -135,20 +135,6 @@ def test_images_carry_invokeai_chunks_and_names_repeat_on_retry(tmp_path):
     assert [p.name for p in (tmp_path / "default/library/thumbnails").iterdir()] == [name.replace(".png", ".webp")]
 
 
-def test_manifest_entries_are_one_object_each_in_a_stable_order(tmp_path):
-    store = RunStore(LocalArtifactBackend(tmp_path), dag_id="d", run_id="r")
-    assert store.manifest() == []
-    for name in ("b.png", "a.png", "c.png"):
-        store.record({"kind": "image", "image_name": name, "n": 1})
-    store.record({"kind": "image", "image_name": "a.png", "n": 2})  # a retry rewrites its entry
-    store.record({"kind": "note", "name": "a"})
-    assert [(e["kind"], e.get("image_name") or e["name"]) for e in store.manifest()] == [
-        ("image", "a.png"), ("image", "b.png"), ("image", "c.png"), ("note", "a")]
-    assert store.manifest()[0]["n"] == 2
-    with pytest.raises(ValueError, match="'kind' and 'image_name'"):
-        store.record({"kind": "image"})
-
-
 def test_tensors_round_trip_as_safetensors(tmp_path):
     import torch
 

@@ -7,12 +7,13 @@ flattened into one class because the taxonomy values carry the distinctions.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from invokeai_provider.core.taxonomy import (
     BaseModelType,
+    FluxVariantType,
     ModelType,
     ModelVariantType,
     SchedulerPredictionType,
@@ -51,7 +52,7 @@ class ModelConfig(BaseModel):
     type: ModelType
     format: ModelFormat
     base: BaseModelType
-    variant: Optional[ModelVariantType] = None
+    variant: Optional[Union[ModelVariantType, FluxVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     config_path: Optional[str] = Field(

@@ -53,7 +53,19 @@ def main_submodels(base: BaseModelType) -> tuple[SubModelType, ...]:
     if base is BaseModelType.StableDiffusionXLRefiner:  # the refiner has only the second text encoder
         return (SubModelType.Tokenizer2, SubModelType.TextEncoder2, SubModelType.UNet, SubModelType.VAE,
                 SubModelType.Scheduler)
+    if base is BaseModelType.Flux:  # CLIP-L, T5-XXL, the transformer
+        return (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.Tokenizer2, SubModelType.TextEncoder2,
+                SubModelType.Transformer, SubModelType.VAE, SubModelType.Scheduler)
     return parts
+
+
+# What a main model's model_index.json may name for a submodel, by library: the classes are looked up there, so a
+# model folder (data) can never make the loader import anything else
+LOADABLE_CLASSES = {
+    "transformers": {"CLIPTokenizer", "CLIPTokenizerFast", "CLIPTextModel", "CLIPTextModelWithProjection",
+                     "T5TokenizerFast", "T5Tokenizer", "T5EncoderModel"},
+    "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "FluxTransformer2DModel"},
+}
 
 
 class ModelLoadError(InvokeAIProviderError):
@@ -180,6 +192,8 @@ class ModelManager:
     def _load_submodel(self, config: ModelConfig, part: SubModelType, sub: Path) -> Any:
         if part is SubModelType.Scheduler:
             return json.loads((sub / "scheduler_config.json").read_text())
+        if config.base is BaseModelType.Flux:
+            return self._load_indexed(config, part, sub)
         if part in (SubModelType.Tokenizer, SubModelType.Tokenizer2):
             from transformers import CLIPTokenizer
 
@@ -201,6 +215,20 @@ class ModelManager:
 
             return AutoencoderKL.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
         raise ModelLoadError(f"model {config.name!r}: submodel {part.value!r} does not exist in SD main models")
+
+    def _load_indexed(self, config: ModelConfig, part: SubModelType, sub: Path) -> Any:
+        """A submodel of the class the folder's ``model_index.json`` names for it (one of `LOADABLE_CLASSES`)."""
+        import importlib
+
+        entry = json.loads((sub.parent / "model_index.json").read_text()).get(part.value)
+        library, class_name = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+        if class_name not in LOADABLE_CLASSES.get(str(library), ()):
+            raise ModelLoadError(f"model {config.name!r}: submodel {part.value!r} is {library}.{class_name} in its "
+                                 "model_index.json, which this loader does not load")
+        model_class = getattr(importlib.import_module(library), class_name)
+        if "Tokenizer" in class_name:
+            return model_class.from_pretrained(sub, local_files_only=True)
+        return model_class.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
 
     def _load_vae(self, config: ModelConfig) -> Any:
         from diffusers import AutoencoderKL

@@ -13,9 +13,15 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
-from invokeai_provider.core.taxonomy import BaseModelType, ModelType, ModelVariantType, SchedulerPredictionType
+from invokeai_provider.core.taxonomy import (
+    BaseModelType,
+    FluxVariantType,
+    ModelType,
+    ModelVariantType,
+    SchedulerPredictionType,
+)
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.models.model_manager.configs import ModelFormat
 
@@ -26,6 +32,8 @@ MAIN_PIPELINES = {
     "StableDiffusionXLInpaintPipeline", "StableDiffusionXLImg2ImgPipeline", "LatentConsistencyModelPipeline",
     "StableDiffusionDepth2ImgPipeline",
 }
+FLUX_PIPELINES = {"FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
+                  "FluxKontextPipeline"}
 CROSS_ATTENTION_BASE = {768: BaseModelType.StableDiffusion1, 1024: BaseModelType.StableDiffusion2,
                         1280: BaseModelType.StableDiffusionXLRefiner, 2048: BaseModelType.StableDiffusionXL}
 IN_CHANNELS_VARIANT = {4: ModelVariantType.Normal, 9: ModelVariantType.Inpaint, 5: ModelVariantType.Depth}
@@ -58,7 +66,7 @@ class ProbeResult:
     type: ModelType
     format: ModelFormat
     base: BaseModelType
-    variant: Optional[ModelVariantType] = None
+    variant: Optional[Union[ModelVariantType, FluxVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
 
@@ -282,13 +290,33 @@ def _repo_variant(folder: Path) -> Optional[str]:
     return None
 
 
+def _probe_flux_folder(path: Path) -> ProbeResult:
+    """A FLUX.1 diffusers folder: T5-XXL's width on the context embedder (FLUX.2's text encoders are wider),
+    the variant from the transformer's input channels and guidance embedder (InvokeAI's rules)."""
+    transformer = _read_json(path / "transformer" / "config.json")
+    if transformer.get("joint_attention_dim") != 4096:
+        raise ProbeError(f"{path}: transformer joint_attention_dim {transformer.get('joint_attention_dim')} is not "
+                         "FLUX.1's (4096, T5-XXL)")
+    channels = transformer.get("in_channels")
+    if channels == 384:
+        variant = FluxVariantType.DevFill
+    elif channels == 64:
+        variant = FluxVariantType.Dev if transformer.get("guidance_embeds") else FluxVariantType.Schnell
+    else:
+        raise ProbeError(f"{path}: transformer in_channels {channels} is not FLUX.1's (64, or 384 for fill)")
+    return ProbeResult(ModelType.Main, ModelFormat.Diffusers, BaseModelType.Flux, variant,
+                       repo_variant=_repo_variant(path))
+
+
 def probe_folder(path: Path) -> ProbeResult:
     index = path / "model_index.json"
     if index.is_file():
         class_name = _read_json(index).get("_class_name")
+        if class_name in FLUX_PIPELINES:
+            return _probe_flux_folder(path)
         if class_name not in MAIN_PIPELINES:
             raise ProbeError(f"{path}: diffusers pipeline {class_name!r} is not a supported main model "
-                             f"(expected one of {', '.join(sorted(MAIN_PIPELINES))})")
+                             f"(expected one of {', '.join(sorted(MAIN_PIPELINES | FLUX_PIPELINES))})")
         unet = _read_json(path / "unet" / "config.json")
         width = unet.get("cross_attention_dim")
         if width not in CROSS_ATTENTION_BASE:

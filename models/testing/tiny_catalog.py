@@ -28,6 +28,12 @@ def _main(base: str, dest: Path, seed: int) -> Path:
     return build_sd_model(base, dest, seed=seed)  # type: ignore[arg-type]
 
 
+def _flux_main(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux import build_flux_model
+
+    return build_flux_model(dest, variant="dev", seed=seed)
+
+
 def _vae(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_vae
 
@@ -48,7 +54,8 @@ def _embedding(base: str, dest: Path, seed: int) -> Path:
 
 # InvokeAI's base strings -> the short form in default names (the demo and example workflows use tiny-sd15/tiny-sdxl)
 _SLUGS = {BaseModelType.StableDiffusion1: "sd15", BaseModelType.StableDiffusion2: "sd2",
-          BaseModelType.StableDiffusionXL: "sdxl", BaseModelType.StableDiffusionXLRefiner: "sdxl-refiner"}
+          BaseModelType.StableDiffusionXL: "sdxl", BaseModelType.StableDiffusionXLRefiner: "sdxl-refiner",
+          BaseModelType.Flux: "flux"}
 # Other spellings of a type that people (and InvokeAI's enum member names) use for it
 _KIND_ALIASES = {"textual_inversion": ModelType.TextualInversion, "ti": ModelType.TextualInversion}
 
@@ -81,6 +88,7 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
         table[ModelType.LoRA, base] = TinyModel(ModelType.LoRA, base, _lora, ".safetensors")
         table[ModelType.TextualInversion, base] = TinyModel(ModelType.TextualInversion, base, _embedding,
                                                             ".safetensors")
+    table[ModelType.Main, BaseModelType.Flux] = TinyModel(ModelType.Main, BaseModelType.Flux, _flux_main)
     return table
 
 

@@ -81,6 +81,14 @@ class ModelVariantType(str, Enum):
     Depth = "depth"
 
 
+class FluxVariantType(str, Enum):
+    """FLUX.1 variants: schnell has no guidance embedder, dev has one, dev_fill takes 384 input channels."""
+
+    Schnell = "schnell"
+    Dev = "dev"
+    DevFill = "dev_fill"
+
+
 class SchedulerPredictionType(str, Enum):
     Epsilon = "epsilon"
     VPrediction = "v_prediction"

@@ -75,3 +75,42 @@ def test_invokeai_noise_schedule_and_packing() -> None:
     assert sampling.clip_schedule([1.0, 0.75, 0.5, 0.25, 0.0], 0.4, 1.0) == [0.6, 0.5, 0.25, 0.0]
     ids = sampling.image_ids(64, 48)
     assert ids.shape == (12, 3) and ids[5].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_image_to_image_gives_flux_img2img_pipelines_image() -> None:
+    """Starting half way (InvokeAI's denoising_start 0.5, diffusers' strength 0.5) from an encoded image; schnell's
+    unshifted schedule puts 0.5 on a step, where InvokeAI's fractional clipping and diffusers' agree."""
+    import torch
+    from diffusers import FluxImg2ImgPipeline
+
+    parts = flux_components("schnell", seed=5)
+    generator = torch.Generator().manual_seed(11)
+    picture = torch.rand(1, 3, HEIGHT, WIDTH, generator=generator) * 2 - 1
+    init = vae.encode(parts["vae"], picture)  # the mode: no sampling, as both sides take it
+    # diffusers draws its own noise when it mixes the image in (latents= would skip the image): draw it its way
+    noise = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(9))
+    conditioning = FluxConditioning(
+        t5_embeds=encode_t5(parts["tokenizer_2"], parts["text_encoder_2"], PROMPT, MAX_SEQ_LEN["schnell"]),
+        clip_embeds=encode_clip(parts["tokenizer"], parts["text_encoder"], PROMPT))
+    timesteps = sampling.clip_schedule(sampling.schedule(STEPS, (HEIGHT // 16) * (WIDTH // 16), shift=False), 0.5, 1.0)
+    latents = denoise_loop.run(parts["transformer"], denoise_loop.FluxDenoiseJob(
+        noise=noise, positive=conditioning, timesteps=timesteps, height=HEIGHT, width=WIDTH, init_latents=init))
+    mine = (vae.decode(parts["vae"], latents) / 2 + 0.5).clamp(0, 1)
+
+    pipe = FluxImg2ImgPipeline(**parts)
+
+    class Mode:  # diffusers samples the posterior with the generator; both sides take the mode here
+        def __init__(self, dist: Any) -> None:
+            self.mode = dist.mode
+
+        def sample(self, generator: Any = None) -> Any:
+            return self.mode()
+
+    encode = pipe.vae.encode
+    pipe.vae.encode = lambda x, *a, **k: type("Out", (), {"latent_dist": Mode(encode(x).latent_dist)})()
+    reference = pipe(PROMPT, image=(picture / 2 + 0.5), height=HEIGHT, width=WIDTH, strength=0.5,
+                     num_inference_steps=STEPS, generator=torch.Generator().manual_seed(9),
+                     max_sequence_length=MAX_SEQ_LEN["schnell"], output_type="pt").images
+    difference = (mine - reference).abs().max().item()
+    assert difference < 1e-3, f"image-to-image differs from FluxImg2ImgPipeline by {difference:.2e}"
+    assert (mine - (picture / 2 + 0.5)).abs().max().item() > 0.05  # denoised, not the input handed back

@@ -29,6 +29,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.denoise",
     "sd.vae",
     "sd.masks",
+    "flux.model_loader",
     "flux.vae",
     "image.ops",
     "image.mask",

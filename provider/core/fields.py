@@ -117,6 +117,12 @@ class VAEField(BaseModel):
     seamless_axes: list[str] = Field(default_factory=list, description='Axes("x" and "y") to which apply seamless')
 
 
+class T5EncoderField(BaseModel):
+    tokenizer: ModelIdentifierField = Field(description="Info to load tokenizer submodel")
+    text_encoder: ModelIdentifierField = Field(description="Info to load text_encoder submodel")
+    loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
+
+
 class TransformerField(BaseModel):
     transformer: ModelIdentifierField = Field(description="Info to load Transformer submodel")
     loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")

@@ -1,4 +1,4 @@
-"""flux_vae_decode and flux_vae_encode on a tiny FLUX.1 model: InvokeAI's shapes, the backend's scaling and shift,
+"""flux_model_loader, flux_vae_decode and flux_vae_encode on a tiny FLUX.1 model: InvokeAI's shapes, the backend's scaling and shift,
 InvokeAI's pixel conversion, and deterministic encoding."""
 
 from __future__ import annotations
@@ -82,3 +82,31 @@ def test_decode_then_encode_through_the_nodes(tmp_path: Path, flux: tuple[ModelM
     assert first.shape == (1, 16, 8, 6)
     again = run_graph(Graph.from_dict(graph), run)  # a retry: the same names, the same values
     assert torch.equal(first, stored_latents(run, again.outputs_of("encode")[0].latents.latents_name))
+
+
+def test_the_model_loader_splits_a_flux_main_and_sets_the_t5_length(
+        tmp_path: Path, flux: tuple[ModelManager, dict[str, Any]]) -> None:
+    manager, identifier = flux
+    run = run_context(tmp_path, manager)
+    state = run_graph(Graph.from_dict({"id": "g", "nodes": {"load": {"id": "load", "type": "flux_model_loader",
+                                                                    "model": identifier}}, "edges": []}), run)
+    [out] = state.outputs_of("load")
+    parts = {"transformer": out.transformer.transformer, "clip tokenizer": out.clip.tokenizer,
+             "clip": out.clip.text_encoder, "t5 tokenizer": out.t5_encoder.tokenizer, "t5": out.t5_encoder.text_encoder,
+             "vae": out.vae.vae}
+    assert {k: v.submodel_type.value for k, v in parts.items()} == {
+        "transformer": "transformer", "clip tokenizer": "tokenizer", "clip": "text_encoder",
+        "t5 tokenizer": "tokenizer_2", "t5": "text_encoder_2", "vae": "vae"}
+    assert {v.key for v in parts.values()} == {identifier["key"]} and out.max_seq_len == 256  # schnell
+
+
+def test_the_model_loader_refuses_another_base_naming_the_field(tmp_path: Path, tiny_registry) -> None:
+    from invokeai_provider.errors import NodeExecutionError
+
+    manager = ModelManager(tiny_registry)
+    sd = tiny_registry.find("tiny-sd1").identifier()
+    with pytest.raises(NodeExecutionError, match="node load .*field model") as caught:
+        run_graph(Graph.from_dict({"id": "g", "nodes": {"load": {"id": "load", "type": "flux_model_loader",
+                                                                "model": sd}}, "edges": []}),
+                  run_context(tmp_path, manager))
+    assert caught.value.field == "model"

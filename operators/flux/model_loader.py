@@ -1,0 +1,88 @@
+"""``flux_model_loader``: splits a FLUX.1 main model into transformer, CLIP, T5 and VAE identifiers, as InvokeAI's
+flux_model_loader.py does (type string, title, version 1.1.0, fields and output).
+
+InvokeAI takes the T5 encoder, CLIP embed and VAE as separate models, since its FLUX mains are single-file
+transformers; a main that carries its own parts (a diffusers FLUX folder here, an SDNQ pipeline there) supplies
+whichever of them is not selected. Nothing is loaded: identifiers pass on, and the T5 sequence length follows the
+variant (256 for schnell, 512 for dev).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Optional
+
+from invokeai_provider.core.fields import CLIPField, ModelIdentifierField, T5EncoderField, TransformerField, VAEField
+from invokeai_provider.core.invocation import (
+    BaseInvocation,
+    BaseInvocationOutput,
+    InputField,
+    OutputField,
+    invocation,
+    invocation_output,
+)
+from invokeai_provider.core.taxonomy import BaseModelType, FluxVariantType, ModelType, SubModelType
+from invokeai_provider.errors import field_error
+from invokeai_provider.operators.core.models import ModelInputError, check_model, clip_of, submodel
+from invokeai_provider.operators.sd.common import model_service
+
+if TYPE_CHECKING:
+    from invokeai_provider.core.context import InvocationContext
+
+FLUX_BASES = (BaseModelType.Flux,)
+
+
+@invocation_output("flux_model_loader_output")
+class FluxModelLoaderOutput(BaseInvocationOutput):
+    """Flux base model loader output"""
+
+    transformer: TransformerField = OutputField(description="Transformer", title="Transformer")
+    clip: CLIPField = OutputField(description="CLIP (tokenizer, text encoder, LoRAs) and skipped layer count",
+                                  title="CLIP")
+    t5_encoder: T5EncoderField = OutputField(description="T5 tokenizer and text encoder", title="T5 Encoder")
+    vae: VAEField = OutputField(description="VAE", title="VAE")
+    max_seq_len: Literal[256, 512] = OutputField(
+        description="The max sequence length to used for the T5 encoder. (256 for schnell transformer, 512 for dev "
+                    "transformer)", title="Max Seq Length")
+
+
+@invocation("flux_model_loader", title="Main Model - FLUX", tags=["model", "flux"], category="model", version="1.1.0")
+class FluxModelLoaderInvocation(BaseInvocation):
+    """Loads a flux base model, outputting its submodels."""
+
+    model: ModelIdentifierField = InputField(description="Flux model (Transformer) to load",
+                                             ui_model_base=BaseModelType.Flux, ui_model_type=ModelType.Main)
+    t5_encoder_model: Optional[ModelIdentifierField] = InputField(
+        default=None, description="T5 tokenizer and text encoder", title="T5 Encoder",
+        ui_model_type=ModelType.T5Encoder)
+    clip_embed_model: Optional[ModelIdentifierField] = InputField(
+        default=None, description="CLIP Embed loader", title="CLIP Embed", ui_model_type=ModelType.CLIPEmbed)
+    vae_model: Optional[ModelIdentifierField] = InputField(
+        default=None, description="VAE model to load", title="VAE", ui_model_base=BaseModelType.Flux,
+        ui_model_type=ModelType.VAE)
+
+    def invoke(self, context: "InvocationContext") -> FluxModelLoaderOutput:
+        check_model(self, "model", self.model, context, ModelType.Main, FLUX_BASES)
+        for field, kind in (("t5_encoder_model", ModelType.T5Encoder), ("clip_embed_model", ModelType.CLIPEmbed),
+                            ("vae_model", ModelType.VAE)):
+            chosen = getattr(self, field)
+            if chosen is not None:
+                check_model(self, field, chosen, context, kind, FLUX_BASES if kind is ModelType.VAE else None)
+        config = model_service(self, context, "model").get_config(self.model)
+        self_contained = config.format.value == "diffusers"
+        missing = [title for title, chosen in (("T5 Encoder", self.t5_encoder_model),
+                                               ("CLIP Embed", self.clip_embed_model), ("VAE", self.vae_model))
+                   if chosen is None and not self_contained]
+        if missing:
+            raise field_error(ModelInputError, self, "model", f"the selected FLUX model does not ship its own "
+                              f"{', '.join(missing)}, so {'it' if len(missing) == 1 else 'they'} must be selected")
+        t5 = self.t5_encoder_model or self.model
+        clip = self.clip_embed_model or self.model
+        vae = self.vae_model or self.model
+        return FluxModelLoaderOutput(
+            transformer=TransformerField(transformer=submodel(self.model, SubModelType.Transformer), loras=[]),
+            clip=clip_of(clip),
+            t5_encoder=T5EncoderField(tokenizer=submodel(t5, SubModelType.Tokenizer2),
+                                      text_encoder=submodel(t5, SubModelType.TextEncoder2), loras=[]),
+            vae=VAEField(vae=submodel(vae, SubModelType.VAE)),
+            max_seq_len=256 if config.variant is FluxVariantType.Schnell else 512,
+        )

@@ -1,5 +1,5 @@
-"""flux_model_loader, flux_vae_decode and flux_vae_encode on a tiny FLUX.1 model: InvokeAI's shapes, the backend's scaling and shift,
-InvokeAI's pixel conversion, and deterministic encoding."""
+"""flux_model_loader, flux_vae_decode and flux_vae_encode on a tiny FLUX.1 model: InvokeAI's shapes, the
+backend's scaling and shift, InvokeAI's pixel conversion, deterministic encoding, and errors naming the field."""
 
 from __future__ import annotations
 

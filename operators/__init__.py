@@ -30,6 +30,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.vae",
     "sd.masks",
     "flux.model_loader",
+    "flux.prompts",
     "flux.vae",
     "image.ops",
     "image.mask",

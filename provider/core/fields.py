@@ -48,6 +48,14 @@ class ConditioningField(BaseModel):
     mask: Optional[TensorField] = Field(default=None, description="The mask associated with this conditioning tensor.")
 
 
+class FluxConditioningField(BaseModel):
+    """FLUX.1 conditioning (T5 and CLIP embeddings), by name."""
+
+    conditioning_name: str = Field(description="The name of conditioning tensor")
+    mask: Optional[TensorField] = Field(default=None, description="The mask associated with this conditioning tensor. "
+                                        "Excluded regions should be set to False, included regions should be set to True.")
+
+
 class ColorField(BaseModel):
     r: int = Field(ge=0, le=255, description="The red component")
     g: int = Field(ge=0, le=255, description="The green component")

@@ -110,3 +110,35 @@ def test_the_model_loader_refuses_another_base_naming_the_field(tmp_path: Path, 
                                                                 "model": sd}}, "edges": []}),
                   run_context(tmp_path, manager))
     assert caught.value.field == "model"
+
+
+def test_the_text_encoder_stores_what_flux_pipeline_encodes(tmp_path: Path,
+                                                           flux: tuple[ModelManager, dict[str, Any]]) -> None:
+    from diffusers import FluxPipeline
+    from safetensors.torch import load
+
+    from invokeai_provider.core.taxonomy import SubModelType
+
+    manager, identifier = flux
+    run = run_context(tmp_path, manager)
+    prompt = "a red fox in the snow, oil painting"
+    graph = {"id": "g", "nodes": {
+        "load": {"id": "load", "type": "flux_model_loader", "model": identifier},
+        "prompt": {"id": "prompt", "type": "flux_text_encoder", "prompt": prompt, "t5_max_seq_len": 256}},
+        "edges": [{"source": {"node_id": "load", "field": field}, "destination": {"node_id": "prompt", "field": field}}
+                  for field in ("clip", "t5_encoder")]}
+    state = run_graph(Graph.from_dict(graph), run)
+    [out] = state.outputs_of("prompt")
+    stored = load(run.store.read("conditioning", f"{out.conditioning.conditioning_name}.safetensors"))
+    assert stored["t5_embeds"].shape == (1, 256, 4096) and stored["clip_embeds"].shape == (1, 768)
+
+    config = manager.get_config(identifier)
+    parts = {}
+    for name, part in (("tokenizer", SubModelType.Tokenizer), ("text_encoder", SubModelType.TextEncoder),
+                       ("tokenizer_2", SubModelType.Tokenizer2), ("text_encoder_2", SubModelType.TextEncoder2)):
+        with manager.load(config.identifier(), part) as model:
+            parts[name] = model
+    pipe = FluxPipeline(transformer=None, vae=None, scheduler=None, **parts)
+    t5, pooled, _ = pipe.encode_prompt(prompt, prompt_2=prompt, max_sequence_length=256)
+    assert torch.allclose(stored["t5_embeds"], t5, atol=1e-5) and torch.allclose(stored["clip_embeds"], pooled,
+                                                                                  atol=1e-5)

@@ -31,6 +31,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.masks",
     "flux.model_loader",
     "flux.prompts",
+    "flux.denoise",
     "flux.vae",
     "image.ops",
     "image.mask",

@@ -56,6 +56,27 @@ class FluxConditioningField(BaseModel):
                                         "Excluded regions should be set to False, included regions should be set to True.")
 
 
+class FluxReduxConditioningField(BaseModel):
+    """A FLUX Redux conditioning tensor primitive value"""
+
+    conditioning: TensorField = Field(description="The Redux image conditioning tensor.")
+    mask: Optional[TensorField] = Field(default=None, description="The mask associated with this conditioning tensor. "
+                                        "Excluded regions should be set to False, included regions should be set to True.")
+
+
+class FluxFillConditioningField(BaseModel):
+    """A FLUX Fill conditioning field."""
+
+    image: ImageField = Field(description="The FLUX Fill reference image.")
+    mask: TensorField = Field(description="The FLUX Fill inpaint mask.")
+
+
+class FluxKontextConditioningField(BaseModel):
+    """A conditioning field for FLUX Kontext (reference image)."""
+
+    image: ImageField = Field(description="The Kontext reference image.")
+
+
 class ColorField(BaseModel):
     r: int = Field(ge=0, le=255, description="The red component")
     g: int = Field(ge=0, le=255, description="The green component")
@@ -125,6 +146,10 @@ class VAEField(BaseModel):
     seamless_axes: list[str] = Field(default_factory=list, description='Axes("x" and "y") to which apply seamless')
 
 
+class ControlLoRAField(LoRAField):
+    img: ImageField = Field(description="Image to use in structural conditioning")
+
+
 class T5EncoderField(BaseModel):
     tokenizer: ModelIdentifierField = Field(description="Info to load tokenizer submodel")
     text_encoder: ModelIdentifierField = Field(description="Info to load text_encoder submodel")
@@ -141,6 +166,19 @@ LATENT_SCALE_FACTOR = 8
 
 CONTROLNET_MODE_VALUES = Literal["balanced", "more_prompt", "more_control", "unbalanced"]
 CONTROLNET_RESIZE_VALUES = Literal["just_resize", "crop_resize", "fill_resize", "just_resize_simple"]
+
+
+class FluxControlNetField(BaseModel):
+    image: ImageField = Field(description="The control image")
+    control_model: ModelIdentifierField = Field(description="The ControlNet model to use")
+    control_weight: Union[float, list[float]] = Field(default=1, description="The weight given to the ControlNet")
+    begin_step_percent: float = Field(default=0, ge=0, le=1,
+                                      description="When the ControlNet is first applied (% of total steps)")
+    end_step_percent: float = Field(default=1, ge=0, le=1,
+                                    description="When the ControlNet is last applied (% of total steps)")
+    resize_mode: CONTROLNET_RESIZE_VALUES = Field(default="just_resize", description="The resize mode to use")
+    instantx_control_mode: Optional[int] = Field(default=-1, description="The control mode for InstantX ControlNet "
+                                                 "union models. Ignored for other ControlNet models.")
 
 
 class ControlField(BaseModel):

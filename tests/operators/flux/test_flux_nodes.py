@@ -1,5 +1,5 @@
-"""flux_model_loader, flux_vae_decode and flux_vae_encode on a tiny FLUX.1 model: InvokeAI's shapes, the
-backend's scaling and shift, InvokeAI's pixel conversion, deterministic encoding, and errors naming the field."""
+"""The FLUX.1 nodes on a tiny FLUX.1 model: flux_model_loader, flux_text_encoder, flux_denoise and the VAE nodes,
+InvokeAI's shapes and conversions, errors naming the field, and a text-to-image graph giving FluxPipeline's image."""
 
 from __future__ import annotations
 
@@ -142,3 +142,55 @@ def test_the_text_encoder_stores_what_flux_pipeline_encodes(tmp_path: Path,
     t5, pooled, _ = pipe.encode_prompt(prompt, prompt_2=prompt, max_sequence_length=256)
     assert torch.allclose(stored["t5_embeds"], t5, atol=1e-5) and torch.allclose(stored["clip_embeds"], pooled,
                                                                                   atol=1e-5)
+
+
+def flux_t2i_graph(identifier: dict[str, Any], *, seed: int, steps: int, width: int, height: int,
+                   guidance: float = 3.5) -> dict[str, Any]:
+    """InvokeAI's FLUX text-to-image graph: loader, prompt, denoise, decode."""
+    def link(source: str, field: str, destination: str, destination_field: str | None = None) -> dict[str, Any]:
+        return {"source": {"node_id": source, "field": field},
+                "destination": {"node_id": destination, "field": destination_field or field}}
+
+    return {"id": "flux-t2i", "nodes": {
+        "load": {"id": "load", "type": "flux_model_loader", "model": identifier},
+        "prompt": {"id": "prompt", "type": "flux_text_encoder", "prompt": "a lighthouse in a storm, oil painting"},
+        "denoise": {"id": "denoise", "type": "flux_denoise", "seed": seed, "num_steps": steps, "width": width,
+                    "height": height, "guidance": guidance},
+        "decode": {"id": "decode", "type": "flux_vae_decode"}},
+        "edges": [link("load", "clip", "prompt"), link("load", "t5_encoder", "prompt"),
+                  link("load", "max_seq_len", "prompt", "t5_max_seq_len"), link("load", "transformer", "denoise"),
+                  link("prompt", "conditioning", "denoise", "positive_text_conditioning"),
+                  link("denoise", "latents", "decode"), link("load", "vae", "decode")]}
+
+
+def test_the_flux_nodes_give_flux_pipelines_image(tmp_path: Path, flux: tuple[ModelManager, dict[str, Any]]) -> None:
+    from diffusers import FluxPipeline
+
+    from invokeai_provider.core.taxonomy import SubModelType
+    from invokeai_provider.models.flux import sampling
+
+    manager, identifier = flux
+    run = run_context(tmp_path, manager)
+    events: list[dict[str, Any]] = []
+    run.on_progress = events.append
+    state = run_graph(Graph.from_dict(flux_t2i_graph(identifier, seed=21, steps=4, width=48, height=64)), run)
+    [decoded] = state.outputs_of("decode")
+    mine = np.asarray(Image.open(io.BytesIO(run.store.read("images", decoded.image.image_name)))).astype(np.int16)
+    assert [e["step"] for e in events if e.get("step")] == [1, 2, 3, 4]
+
+    config = manager.get_config(identifier)
+    parts = {}
+    for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "transformer", "vae"):
+        with manager.load(config.identifier(), SubModelType(name)) as model:
+            parts[name] = model
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from invokeai_provider.models.testing.tiny_flux import SCHEDULERS
+
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULERS["schnell"]), **parts)
+    reference = pipe("a lighthouse in a storm, oil painting", height=64, width=48, num_inference_steps=4,
+                     latents=sampling.pack(sampling.noise(21, 64, 48)), max_sequence_length=256,
+                     output_type="np").images[0]
+    theirs = np.floor(reference * 255).astype(np.int16)  # InvokeAI's conversion truncates
+    difference = np.abs(mine - theirs)
+    assert difference.max() <= 1, f"the FLUX nodes' image differs from FluxPipeline's by {difference.max()} levels"
+    assert mine.std() > 3

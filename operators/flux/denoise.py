@@ -1,0 +1,190 @@
+"""``flux_denoise``: FLUX.1 text-to-image and image-to-image. Type string, title, version 4.6.0, every field and the
+output follow InvokeAI's flux_denoise.py, so InvokeAI's FLUX graphs validate unchanged; the loop is
+`invokeai_provider.models.flux.denoise_loop`.
+
+Built: noise from the seed (InvokeAI's) or a ``noise`` input, the dev/schnell schedules clipped to
+``denoising_start``/``denoising_end``, image-to-image from ``latents`` (with or without ``add_noise``), dev's
+``guidance``, true CFG with a negative conditioning and ``cfg_scale`` per step between ``cfg_scale_start_step`` and
+``cfg_scale_end_step``, progress and cancel at every step. Not built yet, and refused by name when given: inpainting
+(``denoise_mask``), regional prompts (conditioning lists and masks), the Heun and LCM schedulers, Control LoRA,
+ControlNet, IP-Adapter, Redux, Fill, Kontext and DyPE.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+from invokeai_provider.core.fields import (
+    ControlLoRAField,
+    DenoiseMaskField,
+    FluxConditioningField,
+    FluxControlNetField,
+    FluxFillConditioningField,
+    FluxKontextConditioningField,
+    FluxReduxConditioningField,
+    IPAdapterField,
+    LatentsField,
+    TransformerField,
+    VAEField,
+)
+from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
+from invokeai_provider.core.taxonomy import FluxVariantType
+from invokeai_provider.errors import field_error
+from invokeai_provider.operators.core.primitives import LatentsOutput
+from invokeai_provider.operators.sd.common import GenerationError, model_service
+
+if TYPE_CHECKING:
+    from invokeai_provider.core.context import InvocationContext
+
+FLUX_SCHEDULER_NAME_VALUES = Literal["euler", "heun", "lcm"]
+DyPEPreset = Literal["off", "manual", "auto", "area", "4k"]
+_NOT_YET = ("denoise_mask", "control_lora", "redux_conditioning", "fill_conditioning", "control", "controlnet_vae",
+            "ip_adapter", "kontext_conditioning")
+
+
+@invocation("flux_denoise", title="FLUX Denoise", tags=["image", "flux"], category="latents", version="4.6.0", gpu=True)
+class FluxDenoiseInvocation(BaseInvocation):
+    """Run denoising process with a FLUX transformer model."""
+
+    latents: Optional[LatentsField] = InputField(default=None, description="Latents tensor", input=Input.Connection)
+    noise: Optional[LatentsField] = InputField(default=None, description="Noise tensor", input=Input.Connection)
+    denoise_mask: Optional[DenoiseMaskField] = InputField(
+        default=None, description="A mask of the region to apply the denoising process to. Values of 0.0 represent "
+        "the regions to be fully denoised, and 1.0 represent the regions to be preserved.", input=Input.Connection)
+    denoising_start: float = InputField(default=0.0, ge=0, le=1, description="When to start denoising, expressed a "
+                                        "percentage of total steps")
+    denoising_end: float = InputField(default=1.0, ge=0, le=1, description="When to stop denoising, expressed a "
+                                      "percentage of total steps")
+    add_noise: bool = InputField(default=True, description="Add noise based on denoising start.")
+    transformer: TransformerField = InputField(description="Flux model (Transformer) to load", input=Input.Connection,
+                                               title="Transformer")
+    control_lora: Optional[ControlLoRAField] = InputField(default=None, description="Control LoRA model to load",
+                                                          input=Input.Connection, title="Control LoRA")
+    positive_text_conditioning: Union[FluxConditioningField, list[FluxConditioningField]] = InputField(
+        description="Positive conditioning tensor", input=Input.Connection)
+    negative_text_conditioning: Union[FluxConditioningField, list[FluxConditioningField], None] = InputField(
+        default=None, description="Negative conditioning tensor. Can be None if cfg_scale is 1.0.",
+        input=Input.Connection)
+    redux_conditioning: Union[FluxReduxConditioningField, list[FluxReduxConditioningField], None] = InputField(
+        default=None, description="FLUX Redux conditioning tensor.", input=Input.Connection)
+    fill_conditioning: Optional[FluxFillConditioningField] = InputField(
+        default=None, description="FLUX Fill conditioning.", input=Input.Connection)
+    cfg_scale: Union[float, list[float]] = InputField(default=1.0, description="Classifier-Free Guidance scale",
+                                                      title="CFG Scale")
+    cfg_scale_start_step: int = InputField(
+        default=0, title="CFG Scale Start Step", description="Index of the first step to apply cfg_scale. Negative "
+        "indices count backwards from the the last step (e.g. a value of -1 refers to the final step).")
+    cfg_scale_end_step: int = InputField(
+        default=-1, title="CFG Scale End Step", description="Index of the last step to apply cfg_scale. Negative "
+        "indices count backwards from the last step (e.g. a value of -1 refers to the final step).")
+    width: int = InputField(default=1024, multiple_of=16, description="Width of the generated image.")
+    height: int = InputField(default=1024, multiple_of=16, description="Height of the generated image.")
+    num_steps: int = InputField(default=4, description="Number of diffusion steps. Recommended values are schnell: 4, "
+                                "dev: 50.")
+    scheduler: FLUX_SCHEDULER_NAME_VALUES = InputField(
+        default="euler", description="Scheduler (sampler) for the denoising process. 'euler' is fast and standard. "
+        "'heun' is 2nd-order (better quality, 2x slower). 'lcm' is optimized for few steps.")
+    guidance: float = InputField(default=4.0, description="The guidance strength. Higher values adhere more strictly "
+                                 "to the prompt, and will produce less diverse images. FLUX dev only, ignored for "
+                                 "schnell.")
+    seed: int = InputField(default=0, description="Randomness seed for reproducibility.")
+    control: Union[FluxControlNetField, list[FluxControlNetField], None] = InputField(
+        default=None, input=Input.Connection, description="ControlNet models.")
+    controlnet_vae: Optional[VAEField] = InputField(default=None, description="VAE", input=Input.Connection)
+    ip_adapter: Union[IPAdapterField, list[IPAdapterField], None] = InputField(
+        description="IP-Adapter to apply", title="IP-Adapter", default=None, input=Input.Connection)
+    kontext_conditioning: Union[FluxKontextConditioningField, list[FluxKontextConditioningField], None] = InputField(
+        default=None, description="FLUX Kontext conditioning (reference image).", input=Input.Connection)
+    dype_preset: DyPEPreset = InputField(
+        default="off", description="DyPE preset for high-resolution generation. 'auto' enables automatically for "
+        "resolutions > 1536px. 'area' enables automatically based on image area. '4k' uses optimized settings for 4K "
+        "output.", ui_order=100)
+    dype_scale: Optional[float] = InputField(default=None, ge=0.0, le=8.0, description="DyPE magnitude (λs). Higher "
+                                             "values = stronger extrapolation. Only used when dype_preset is not "
+                                             "'off'.", ui_order=101)
+    dype_exponent: Optional[float] = InputField(default=None, ge=0.0, le=1000.0, description="DyPE decay speed (λt). "
+                                                "Controls transition from low to high frequency detail. Only used "
+                                                "when dype_preset is not 'off'.", ui_order=102)
+
+    def _refuse_what_is_not_built(self) -> None:
+        for field in _NOT_YET:
+            if getattr(self, field) not in (None, []):
+                raise field_error(GenerationError, self, field, "not supported by this provider's FLUX yet")
+        if self.scheduler != "euler":
+            raise field_error(GenerationError, self, "scheduler", f"{self.scheduler!r} is not supported by this "
+                              "provider's FLUX yet (euler is)")
+        if self.dype_preset != "off":
+            raise field_error(GenerationError, self, "dype_preset", "DyPE is not supported by this provider's FLUX yet")
+        if self.transformer.loras:
+            raise field_error(GenerationError, self, "transformer", "FLUX LoRAs are not supported yet")
+
+    def _conditioning(self, context: "InvocationContext", field: str) -> Any:
+        from invokeai_provider.models.flux.text_encoding import FluxConditioning
+
+        value = getattr(self, field)
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise field_error(GenerationError, self, field, "several (regional) conditionings are not supported "
+                                  "by this provider's FLUX yet")
+            value = value[0]
+        if value.mask is not None:
+            raise field_error(GenerationError, self, field, "masked (regional) conditioning is not supported yet")
+        tensors = context.conditioning.load_dict(value.conditioning_name)
+        return FluxConditioning(t5_embeds=tensors["t5_embeds"], clip_embeds=tensors["clip_embeds"])
+
+    def cfg_schedule(self, steps: int) -> list[float]:
+        """InvokeAI's per-step CFG: ``cfg_scale`` (or its list) between the start and end step, 1 elsewhere."""
+        scales = [float(self.cfg_scale)] * steps if not isinstance(self.cfg_scale, list) else list(self.cfg_scale)
+        if len(scales) != steps:
+            raise field_error(GenerationError, self, "cfg_scale", f"a list of {len(scales)} values for {steps} steps")
+        start, end = (i + steps if i < 0 else i for i in (self.cfg_scale_start_step, self.cfg_scale_end_step))
+        if not 0 <= start < steps:
+            raise field_error(GenerationError, self, "cfg_scale_start_step", f"out of range for {steps} steps")
+        if not 0 <= end < steps:
+            raise field_error(GenerationError, self, "cfg_scale_end_step", f"out of range for {steps} steps")
+        if start > end:
+            raise field_error(GenerationError, self, "cfg_scale_start_step", "must be before cfg_scale_end_step")
+        return [scales[i] if start <= i <= end else 1.0 for i in range(steps)]
+
+    def invoke(self, context: "InvocationContext") -> LatentsOutput:
+        from invokeai_provider.models.flux import denoise_loop, sampling
+
+        self._refuse_what_is_not_built()
+        models = model_service(self, context, "transformer")
+        config = models.get_config(self.transformer.transformer)
+        init = context.tensors.load(self.latents.latents_name) if self.latents is not None else None
+        if init is None and self.denoising_start > 1e-5:
+            raise field_error(GenerationError, self, "denoising_start", "should be 0 when initial latents are not "
+                              "provided")
+        if self.noise is not None:
+            noise = context.tensors.load(self.noise.latents_name)
+        else:
+            noise = sampling.noise(self.seed, self.height, self.width)
+        if init is not None and tuple(init.shape) != tuple(noise.shape):
+            raise field_error(GenerationError, self, "latents", f"shape {tuple(init.shape)} does not match the "
+                              f"noise's {tuple(noise.shape)} (width and height)")
+        height, width = noise.shape[2] * 8, noise.shape[3] * 8
+        schnell = config.variant is FluxVariantType.Schnell
+        timesteps = sampling.clip_schedule(
+            sampling.schedule(self.num_steps, (height // 16) * (width // 16), shift=not schnell),
+            self.denoising_start, self.denoising_end)
+        cfg = self.cfg_schedule(len(timesteps) - 1)
+        negative = None
+        if any(scale != 1.0 for scale in cfg):
+            if self.negative_text_conditioning is None:
+                raise field_error(GenerationError, self, "negative_text_conditioning", "needed when cfg_scale is "
+                                  "not 1.0")
+            negative = self._conditioning(context, "negative_text_conditioning")
+        job = denoise_loop.FluxDenoiseJob(
+            noise=noise if (init is None or self.add_noise) else init, positive=self._conditioning(
+                context, "positive_text_conditioning"), timesteps=timesteps, height=height, width=width,
+            guidance=self.guidance, negative=negative, cfg_scale=cfg,
+            init_latents=init if (init is not None and self.add_noise) else None)
+
+        def on_step(step: int, total: int) -> None:
+            context.util.signal_progress(f"Denoising step {step}/{total}", step / total, step=step, total=total)
+
+        with models.load(self.transformer.transformer) as transformer:
+            latents = denoise_loop.run(transformer, job, on_step=on_step)
+        latents = latents.cpu()
+        return LatentsOutput.build(latents_name=context.tensors.save(latents), latents=latents, seed=None)

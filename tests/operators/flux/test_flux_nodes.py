@@ -194,3 +194,24 @@ def test_the_flux_nodes_give_flux_pipelines_image(tmp_path: Path, flux: tuple[Mo
     difference = np.abs(mine - theirs)
     assert difference.max() <= 1, f"the FLUX nodes' image differs from FluxPipeline's by {difference.max()} levels"
     assert mine.std() > 3
+
+
+def test_cfg_scale_schedule_and_refusals_name_their_field() -> None:
+    from invokeai_provider.core.registry import InvocationRegistry
+    from invokeai_provider.operators.sd.common import GenerationError
+
+    denoise = InvocationRegistry.get_invocation_class("flux_denoise")
+    base = {"id": "d", "transformer": {"transformer": {"key": "k", "hash": "", "name": "n", "base": "flux",
+                                                       "type": "main"}},
+            "positive_text_conditioning": {"conditioning_name": "c"}}
+    node = denoise(**base, cfg_scale=3.0, cfg_scale_start_step=1, cfg_scale_end_step=-2)
+    assert node.cfg_schedule(5) == [1.0, 3.0, 3.0, 3.0, 1.0]  # InvokeAI's prep_cfg_scale
+    assert denoise(**base, cfg_scale=[2.0, 3.0]).cfg_schedule(2) == [2.0, 3.0]
+    with pytest.raises(GenerationError, match="field cfg_scale_start_step: must be before cfg_scale_end_step"):
+        denoise(**base, cfg_scale_start_step=3, cfg_scale_end_step=1).cfg_schedule(5)
+    with pytest.raises(GenerationError, match="field cfg_scale: a list of 2 values for 4 steps"):
+        denoise(**base, cfg_scale=[1.0, 2.0]).cfg_schedule(4)
+    with pytest.raises(GenerationError, match="field scheduler: 'heun' is not supported"):
+        denoise(**base, scheduler="heun")._refuse_what_is_not_built()
+    with pytest.raises(GenerationError, match="field kontext_conditioning: not supported"):
+        denoise(**base, kontext_conditioning={"image": {"image_name": "x.png"}})._refuse_what_is_not_built()

@@ -80,6 +80,18 @@ def task_env(tmp_path: Path, tiny_registry, task_id: str, *, run_id: str = "r1")
     return env, lines
 
 
+def settled_status(runtime: RuntimeServer, timeout: float = 10) -> dict[str, Any]:
+    """The runtime's status once no job is running: a task gets its answer just before the runtime's executor
+    thread has put the finished job away."""
+    client = RuntimeClient(str(runtime.socket_path))
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status()
+        if not status["busy"] or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
 def compiled_t2i(**kwargs: Any) -> Any:
     from invokeai_provider.compiler.dags import load_compiled
 
@@ -114,7 +126,7 @@ def test_segment_runs_in_the_runtime_and_second_task_finds_the_models_warm(
     record = second.usage.record(tenant="acme", dag_id="sd", run_id="r2", task_id=task.task_id, map_index=None,
                                  try_number=1, hostname="h", started=_now(), ended=_now())
     assert record["model_cache"]["misses"] == 0 and record["runtime"]["device"] == "cpu"
-    status = RuntimeClient(str(runtime.socket_path)).status()
+    status = settled_status(runtime)
     assert status["jobs_run"] == 2 and not status["busy"]
 
 
@@ -352,7 +364,7 @@ def test_cancel_stops_the_segment_at_the_next_denoising_step(tmp_path: Path, tin
     with pytest.raises(CanceledError):
         run_task(compiled, env)
     assert env.usage.steps < 50
-    status = RuntimeClient(str(runtime.socket_path)).status()
+    status = settled_status(runtime)
     assert status["jobs_canceled"] == 1 and not status["busy"]
     assert not list((tmp_path / "a").rglob("*.png"))  # nothing half-written
 
@@ -455,7 +467,7 @@ def test_a_canceled_job_stuck_in_a_long_step_is_abandoned_and_the_next_job_start
     assert isinstance(exc, CanceledError) and "did not stop within 0.5 s" in str(exc)
     assert answered_at - canceled_at < 3  # not the 6 s the step takes
     assert queued_done["at"] - canceled_at < 4.5  # the queued job started at once, not after the step
-    status = client.status()
+    status = settled_status(runtime)
     assert status["jobs_abandoned"] == 1 and status["jobs_run"] == 1 and not status["busy"]
     deadline = time.monotonic() + 20
     while client.status()["abandoned_running"]:  # the old thread ends when its step returns

@@ -71,7 +71,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     library = _library(args)
     record = library.get(args.name)
-    _print({"record": record, **read_chunks(library.read_image(args.name))})
+    _print({"record": record, **read_chunks(library.read_image(args.name, record))})
     return 0
 
 

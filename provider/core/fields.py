@@ -168,25 +168,23 @@ CONTROLNET_MODE_VALUES = Literal["balanced", "more_prompt", "more_control", "unb
 CONTROLNET_RESIZE_VALUES = Literal["just_resize", "crop_resize", "fill_resize", "just_resize_simple"]
 
 
-class FluxControlNetField(BaseModel):
-    image: ImageField = Field(description="The control image")
-    control_model: ModelIdentifierField = Field(description="The ControlNet model to use")
-    control_weight: Union[float, list[float]] = Field(default=1, description="The weight given to the ControlNet")
-    begin_step_percent: float = Field(default=0, ge=0, le=1,
-                                      description="When the ControlNet is first applied (% of total steps)")
-    end_step_percent: float = Field(default=1, ge=0, le=1,
-                                    description="When the ControlNet is last applied (% of total steps)")
-    resize_mode: CONTROLNET_RESIZE_VALUES = Field(default="just_resize", description="The resize mode to use")
-    instantx_control_mode: Optional[int] = Field(default=-1, description="The control mode for InstantX ControlNet "
-                                                 "union models. Ignored for other ControlNet models.")
+class _ControlNetInput(BaseModel):
+    """What a ControlNet input of every family has: the image, the model, its weight and step range."""
 
-
-class ControlField(BaseModel):
     image: ImageField = Field(description="The control image")
     control_model: ModelIdentifierField = Field(description="The ControlNet model to use")
     control_weight: Union[float, list[float]] = Field(default=1, description="The weight given to the ControlNet")
     begin_step_percent: float = Field(default=0, ge=0, le=1, description="When the ControlNet is first applied (% of total steps)")
     end_step_percent: float = Field(default=1, ge=0, le=1, description="When the ControlNet is last applied (% of total steps)")
+
+
+class FluxControlNetField(_ControlNetInput):
+    resize_mode: CONTROLNET_RESIZE_VALUES = Field(default="just_resize", description="The resize mode to use")
+    instantx_control_mode: Optional[int] = Field(default=-1, description="The control mode for InstantX ControlNet "
+                                                 "union models. Ignored for other ControlNet models.")
+
+
+class ControlField(_ControlNetInput):
     control_mode: CONTROLNET_MODE_VALUES = Field(default="balanced", description="The control mode to use")
     resize_mode: CONTROLNET_RESIZE_VALUES = Field(default="just_resize", description="The resize mode to use")
 

@@ -83,11 +83,13 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
     if len(jobs) == 1:
         return [_run_graph(jobs[0], services, client, workflow_json=workflow_json)]
     width = min(len(jobs), settings("runtime_max_batch").runtime_max_batch)
-    shared: dict[str, Any] = {"call_id": uuid.uuid4().hex}  # the runtime's jobs of this call share its EngineCall
+    call_id = uuid.uuid4().hex  # with a runtime: its jobs of this call share one EngineCall there
+    scheduler: Any = None
+    call: Optional[EngineCall] = None
     if client is None:  # in this process
         from invokeai_provider.execution.runtime.batching import DeviceScheduler
 
-        shared = {"scheduler": DeviceScheduler(width), "call": EngineCall.open(jobs[0].env)}
+        scheduler, call = DeviceScheduler(width), EngineCall.open(jobs[0].env)
     states: list[Any] = [None] * len(jobs)
     errors: list[Optional[BaseException]] = [None] * len(jobs)
     pending = iter(range(len(jobs)))
@@ -95,14 +97,12 @@ def run_graphs(jobs: Sequence[GraphJob], services: dict[str, Any], *,
 
     def run(number: int) -> None:
         job = jobs[number]
-        scheduler = shared.get("scheduler")
         if scheduler is None:
-            states[number] = _run_graph(job, services, client, workflow_json=workflow_json,
-                                        call_id=shared["call_id"])
+            states[number] = _run_graph(job, services, client, workflow_json=workflow_json, call_id=call_id)
             return
         with scheduler.job():
             states[number] = _run_graph(job, {**services, "device": scheduler.for_run("local")}, None,
-                                        workflow_json=workflow_json, call=shared["call"])
+                                        workflow_json=workflow_json, call=call)
 
     def worker() -> None:
         while True:

@@ -293,9 +293,13 @@ class S3ArtifactBackend(ArtifactBackend):
     def list(self, prefix: str) -> Iterator[str]:
         yield from (key for key, _ in self.list_versions(prefix))
 
-    def folders(self, prefix: str) -> list[str]:
+    def _listed_folder(self, prefix: str) -> tuple[str, str]:
+        """(the backend's root in the bucket, the object-key folder of ``prefix`` below it), for listings."""
         root = f"{self.prefix}/" if self.prefix else ""
-        folder = f"{root}{check_key(prefix.rstrip('/'))}/" if prefix else root
+        return root, f"{root}{check_key(prefix.rstrip('/'))}/" if prefix else root
+
+    def folders(self, prefix: str) -> list[str]:
+        _, folder = self._listed_folder(prefix)
 
         def names() -> list[str]:
             found = []
@@ -308,8 +312,7 @@ class S3ArtifactBackend(ArtifactBackend):
 
     def list_versions(self, prefix: str) -> Iterator[tuple[str, str]]:
         """(key, ETag) below ``prefix``, sorted: one listing request per 1,000 keys, no object read."""
-        root = f"{self.prefix}/" if self.prefix else ""
-        folder = f"{root}{check_key(prefix.rstrip('/'))}/" if prefix else root
+        root, folder = self._listed_folder(prefix)
 
         def entries() -> list[tuple[str, str]]:
             found = []

@@ -130,7 +130,8 @@ def image_details(service: LibraryService, tenant: str, record: dict[str, Any], 
     """The record with the InvokeAI metadata, graph and workflow its PNG carries."""
     from invokeai_provider.storage.library.images import read_chunks
 
-    return {**image_json(record, prefix), **read_chunks(service.library(tenant).read_image(record["image_name"]))}
+    png = service.library(tenant).read_image(record["image_name"], record)
+    return {**image_json(record, prefix), **read_chunks(png)}
 
 
 @router.get("/images/{image_name}")
@@ -144,15 +145,18 @@ def get_image(request: Request, image_name: str, user: Any = Depends(caller),
 def get_image_file(request: Request, image_name: str, user: Any = Depends(caller), tenant: Optional[str] = None,
                    download: bool = False) -> Response:
     name, record = _record(request, user, tenant, image_name)
-    data = service_of(request).library(name).read_image(image_name)
+    data = service_of(request).library(name).read_image(image_name, record)
     return Response(data, media_type="image/png", headers=_disposition(image_name, download))
 
 
 @router.get("/images/{image_name}/thumbnail")
 def get_thumbnail(request: Request, image_name: str, user: Any = Depends(caller),
                   tenant: Optional[str] = None) -> Response:
-    name, _ = _record(request, user, tenant, image_name)
-    data = service_of(request).library(name).read_thumbnail(image_name)
+    name = tenant_of(request, user, tenant)
+    try:
+        data = service_of(request).library(name).read_thumbnail(image_name)
+    except InvokeAIProviderError as exc:
+        raise http_errors(exc) from None
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"})
 
 
@@ -164,8 +168,8 @@ def get_image_part(request: Request, image_name: str, part: str, user: Any = Dep
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {part!r} for an image (metadata, graph, workflow)")
     from invokeai_provider.storage.library.images import read_chunks
 
-    name, _ = _record(request, user, tenant, image_name)
-    value = read_chunks(service_of(request).library(name).read_image(image_name))[part]
+    name, record = _record(request, user, tenant, image_name)
+    value = read_chunks(service_of(request).library(name).read_image(image_name, record))[part]
     if value is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"image {image_name!r} carries no {part}")
     stem = image_name.removesuffix(".png")

@@ -78,11 +78,12 @@ def gallery(request: Request, user: Any = Depends(caller), tenant: Optional[str]
     from invokeai_provider.storage.library.index import ImageQuery
 
     service = service_of(request)
-    tenants = visible_tenants(user, settings("tenant_access").tenant_access, service.tenants())
+    config = settings("tenant_access", "default_tenant")
+    tenants = visible_tenants(user, config.tenant_access, service.tenants())
     if tenant is None and not tenants:
         return _page("Gallery", "<h1>Gallery</h1><p class='muted'>You may not see any tenant's images "
                                 "([invokeai] tenant_access).</p>")
-    name = tenant_of(request, user, tenant or (settings().default_tenant if settings().default_tenant in tenants
+    name = tenant_of(request, user, tenant or (config.default_tenant if config.default_tenant in tenants
                                                else tenants[0]))
     result = service.index(name).query(
         ImageQuery(board_id=board_id or None, dag_id=dag_id or None, starred=True if starred else None),

@@ -113,12 +113,16 @@ class ImageLibrary:
                                      f"{self.tenant!r}")
         return key
 
-    def read_image(self, image_name: str) -> bytes:
-        return self.backend.read_bytes(self.image_key(self.get(image_name)))
+    def read_image(self, image_name: str, record: Optional[dict[str, Any]] = None) -> bytes:
+        """The PNG; ``record``: the image's record when the caller has already read it (no second read)."""
+        return self.backend.read_bytes(self.image_key(record if record is not None else self.get(image_name)))
 
     def read_thumbnail(self, image_name: str) -> bytes:
-        self.get(image_name)
-        return self.backend.read_bytes(self.thumbnail_key(image_name))
+        """The WebP thumbnail, read straight from its key (one read: a gallery page asks for a hundred)."""
+        try:
+            return self.backend.read_bytes(self.thumbnail_key(image_name))
+        except ArtifactNotFoundError:
+            raise ImageNotFoundError(f"image {image_name!r} not found in tenant {self.tenant!r}'s library") from None
 
     def record_versions(self) -> Iterator[tuple[str, str]]:
         """(image_name, version) of every record, from one listing: what an index compares to know what changed."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from airflow.api_fastapi.core_api.security import get_user as caller  # Airflow's: bearer token, else UI session
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 
 from invokeai_provider.airflow.plugin.access import check_tenant_access, visible_tenants
@@ -29,6 +28,15 @@ from invokeai_provider.errors import ArtifactNotFoundError, InvokeAIProviderErro
 
 MAX_PAGE = 500
 MAX_UPLOAD_BYTES = 256 << 20
+
+
+async def caller(request: Request) -> Any:
+    """The Airflow user behind the request, by Airflow's own ``get_user``: the ``Authorization: Bearer`` token,
+    else the UI's session cookie (401 without either, 403 with an invalid one). Airflow's API security is imported
+    here, not with the module: every task process loads the plugins, and only the api-server serves this app."""
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+
+    return await get_user(request, _oauth_token=None, bearer_credentials=await bearer_scheme(request))
 
 
 def tenant_of(request: Request, user: Any, tenant: Optional[str]) -> str:

@@ -61,7 +61,7 @@ class ImageIndex:
     """The index of one tenant's library; thread-safe, one SQLite file per artifact root and tenant."""
 
     def __init__(self, library: ImageLibrary, folder: Optional[Path] = None, *, max_age_seconds: float = 2.0,
-                 readers: int = 16) -> None:
+                 wait_seconds: float = 1.5, readers: int = 16) -> None:
         if folder is None:
             from invokeai_provider.config import settings
 
@@ -71,11 +71,14 @@ class ImageIndex:
         self.path = folder / f"{root}-{library.tenant}.sqlite"
         self.library = library
         self.max_age_seconds = max_age_seconds
+        self.wait_seconds = wait_seconds  # how long a listing waits for a stale index's sync before answering
         self.readers = readers
         self._lock = threading.Lock()  # the database
         self._sync_lock = threading.Lock()  # one sync at a time
         self._synced_at = 0.0  # time.monotonic() of the last sync's start; 0: sync before the next listing
         self._generation = 0  # counts invalidations
+        self._background: Optional[threading.Thread] = None  # the sync a stale listing started
+        self._background_lock = threading.Lock()
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -119,13 +122,21 @@ class ImageIndex:
         self._synced_at = 0.0
 
     def refresh(self) -> None:
-        """Before a listing: a never-synced or invalidated index (or one with ``max_age_seconds`` 0) syncs now; a
-        stale one answers at once and syncs in the background (a gallery page does not wait for a listing of the
-        whole store; it shows changes made elsewhere at most ``max_age_seconds`` plus one sync later)."""
+        """Before a listing: a never-synced or invalidated index (or one with ``max_age_seconds`` 0) syncs now. A
+        stale one starts a sync and waits for it at most ``wait_seconds``: a small tenant's listing is fresh, and a
+        large tenant's gallery page does not wait for a listing of its whole store (it answers with what it has;
+        the sync goes on and the next listing has it)."""
         if not self._synced_at or self.max_age_seconds <= 0:
             self.sync(force=True)
-        elif time.monotonic() - self._synced_at >= self.max_age_seconds and not self._sync_lock.locked():
-            threading.Thread(target=self._sync_quietly, name="image-index-sync", daemon=True).start()
+            return
+        if time.monotonic() - self._synced_at < self.max_age_seconds:
+            return
+        with self._background_lock:
+            if self._background is None or not self._background.is_alive():
+                self._background = threading.Thread(target=self._sync_quietly, name="image-index-sync", daemon=True)
+                self._background.start()
+            running = self._background
+        running.join(self.wait_seconds)
 
     def _sync_quietly(self) -> None:
         try:

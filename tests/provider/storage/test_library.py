@@ -197,7 +197,7 @@ def test_a_stale_index_answers_at_once_and_catches_up_in_the_background(tmp_path
 
     library = ImageLibrary(LocalArtifactBackend(tmp_path / "artifacts"), "acme")
     library.upload(png())
-    index = ImageIndex(library, tmp_path / "index", max_age_seconds=0.2)
+    index = ImageIndex(library, tmp_path / "index", max_age_seconds=0.2, wait_seconds=0)
     assert index.query().total == 1  # never synced: it syncs first
     library.upload(png())  # made elsewhere (another process)
     assert index.query().total == 1  # fresh enough: no sync
@@ -209,3 +209,15 @@ def test_a_stale_index_answers_at_once_and_catches_up_in_the_background(tmp_path
     library.upload(png())
     index.invalidate()  # changed by this process: the next listing syncs first
     assert index.query().total == 3
+
+
+def test_a_stale_index_waits_a_little_for_its_sync(tmp_path: Path) -> None:
+    """The default: a listing after a change made elsewhere shows it when the sync is quick (a small tenant)."""
+    import time
+
+    library = ImageLibrary(LocalArtifactBackend(tmp_path / "artifacts"), "acme")
+    index = ImageIndex(library, tmp_path / "index", max_age_seconds=0.2)
+    assert index.query().total == 0
+    library.upload(png())  # made elsewhere
+    time.sleep(0.3)
+    assert index.query().total == 1

@@ -112,7 +112,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--backends", default="local,s3")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from invokeai_provider.storage.base import LocalArtifactBackend
 
     work = Path(tempfile.mkdtemp(prefix="bench-library-"))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from invokeai_provider.core.taxonomy import (
     BaseModelType,
+    ClipVariantType,
     FluxVariantType,
     ModelType,
     ModelVariantType,
@@ -27,6 +28,9 @@ class ModelFormat(str, Enum):
     LyCORIS = "lycoris"
     EmbeddingFile = "embedding_file"
     EmbeddingFolder = "embedding_folder"
+    T5Encoder = "t5_encoder"  # InvokeAI's own layout: text_encoder_2/ and tokenizer_2/ in one folder
+    BnbQuantizedLlmInt8b = "bnb_quantized_int8b"
+    GGUFQuantized = "gguf_quantized"
     Unknown = "unknown"
 
 
@@ -52,7 +56,7 @@ class ModelConfig(BaseModel):
     type: ModelType
     format: ModelFormat
     base: BaseModelType
-    variant: Optional[Union[ModelVariantType, FluxVariantType]] = None
+    variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     config_path: Optional[str] = Field(

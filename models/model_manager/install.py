@@ -22,6 +22,7 @@ from invokeai_provider.errors import InvalidArtifactKeyError, InvokeAIProviderEr
 from invokeai_provider.models.model_manager.configs import ModelConfig, ModelSourceType
 from invokeai_provider.models.model_manager.hashing import model_hash
 from invokeai_provider.models.model_manager.probe import probe
+from invokeai_provider.models.model_manager.quantized import refusal
 from invokeai_provider.models.model_manager.registry import FILES, ModelRegistry
 from invokeai_provider.storage.base import check_key, safe_segment
 
@@ -85,6 +86,9 @@ def install_path(registry: ModelRegistry, path: Path, *, name: Optional[str] = N
         raise InstallError(f"{path}: --inplace registers a local path where it lies, which workers reading the remote "
                            f"model root {registry.location} cannot see; install without --inplace to upload it")
     found = probe(path, allow_pickle=allow_pickle)
+    refused = refusal(found.type, found.format, str(path))
+    if refused:  # identified, but nothing here could run it
+        raise InstallError(refused)
     digest = model_hash(path)
     existing = registry.by_hash(digest)
     if existing is not None:

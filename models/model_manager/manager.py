@@ -141,8 +141,10 @@ class ModelManager:
         """Loads a model (every submodel of a main model) into the cache and onto the execution device, so the
         first task using it finds it warm. Returns the cache keys it holds."""
         config = self.get_config(ref)
+        from invokeai_provider.models.model_manager.part_loaders import PARTS
+
         parts: list[Optional[SubModelType]] = list(main_submodels(config.base)) if config.type is ModelType.Main \
-            else [None]
+            else list(PARTS.get(config.type, (None,)))
         keys = []
         for part in parts:
             key = self.cache_key(config, part)
@@ -157,7 +159,11 @@ class ModelManager:
         return f"{config.key}:{config.hash}:{part.value if part else 'model'}"
 
     def _build(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        from invokeai_provider.models.model_manager import part_loaders
+
         try:
+            if part_loaders.handles(config):  # T5 encoders, CLIP embeds, BFL FLUX VAEs; quantized ones refused
+                return part_loaders.load(self.registry, config, part, self.dtype)
             if config.type is ModelType.Main:
                 return self._load_main_part(config, part)
             if config.type is ModelType.VAE:

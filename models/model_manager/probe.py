@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional, Union
 
 from invokeai_provider.core.taxonomy import (
     BaseModelType,
+    ClipVariantType,
     FluxVariantType,
     ModelType,
     ModelVariantType,
@@ -66,7 +67,7 @@ class ProbeResult:
     type: ModelType
     format: ModelFormat
     base: BaseModelType
-    variant: Optional[Union[ModelVariantType, FluxVariantType]] = None
+    variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
 
@@ -254,6 +255,10 @@ def _vae_base_from_name(name: str) -> BaseModelType:
 
 
 def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
+    from invokeai_provider.models.model_manager import probe_parts
+
+    if path.suffix == probe_parts.GGUF_SUFFIX:
+        return probe_parts.probe_gguf(path)
     shapes = file_shapes(path, allow_pickle)
     if _has_prefix(shapes, ("model.diffusion_model.",)):
         return _probe_main_checkpoint(path, shapes)
@@ -262,7 +267,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
         if result is not None:
             return result
     if "encoder.conv_in.weight" in shapes and "decoder.conv_out.weight" in shapes:
-        return ProbeResult(ModelType.VAE, ModelFormat.Checkpoint, _vae_base_from_name(path.name))
+        base = probe_parts.vae_checkpoint_base(path, shapes) or _vae_base_from_name(path.name)
+        return ProbeResult(ModelType.VAE, ModelFormat.Checkpoint, base)
     from invokeai_provider.models.upscalers import spandrel as spandrel_model
     if spandrel_model.identify(path) is not None:  # an upscaler or restorer of an architecture spandrel knows
         return ProbeResult(ModelType.SpandrelImageToImage, ModelFormat.Checkpoint, BaseModelType.Any)
@@ -328,10 +334,15 @@ def probe_folder(path: Path) -> ProbeResult:
         prediction = _read_json(scheduler).get("prediction_type", "epsilon") if scheduler.is_file() else "epsilon"
         return ProbeResult(ModelType.Main, ModelFormat.Diffusers, CROSS_ATTENTION_BASE[width], variant,
                            SchedulerPredictionType(prediction), _repo_variant(path))
+    from invokeai_provider.models.model_manager import probe_parts
+
+    part = probe_parts.probe_part_folder(path)  # a T5 encoder or CLIP embed folder
+    if part is not None:
+        return part
     config = path / "config.json"
     if config.is_file() and _read_json(config).get("_class_name") in ("AutoencoderKL", "AutoencoderTiny"):
-        return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, _vae_base_from_name(path.name),
-                           repo_variant=_repo_variant(path))
+        base = probe_parts.vae_folder_base(_read_json(config)) or _vae_base_from_name(path.name)
+        return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, base, repo_variant=_repo_variant(path))
     weights = sorted(path.glob("*.safetensors"))
     if len(weights) == 1:
         return probe_file(weights[0])

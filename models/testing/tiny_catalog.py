@@ -34,6 +34,24 @@ def _flux_main(base: str, dest: Path, seed: int) -> Path:
     return build_flux_model(dest, variant="dev", seed=seed)
 
 
+def _flux_t5(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_parts import build_t5_encoder
+
+    return build_t5_encoder(dest, seed=seed)
+
+
+def _flux_clip(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_parts import build_clip_embed
+
+    return build_clip_embed(dest, seed=seed)
+
+
+def _flux_vae(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_parts import build_flux_vae
+
+    return build_flux_vae(dest, seed=seed)  # BFL's single file (ae.safetensors) for a .safetensors destination
+
+
 def _vae(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_vae
 
@@ -70,6 +88,14 @@ class TinyModel:
     suffix: str = ""  # ".safetensors" for a single file, "" for a diffusers folder
     # InvokeAI reads a VAE's base from its folder name ("xl", "sd2"): the folder then carries the base, not the name
     named_by_base: bool = False
+    slug: str = ""  # the family in its default name when the base does not say it (T5 and CLIP are base "any")
+    # Under its default name the model takes this model's seed: FLUX's parts are then the tiny FLUX main's own
+    # weights, so a graph using them gives the main's image
+    weights_of: str = ""
+
+    def seed(self, name: str) -> int:
+        """The seed of the model installed as ``name`` (see `seed_for`)."""
+        return seed_for(self.weights_of if self.weights_of and name == default_name(self) else name)
 
     def relative_path(self, name: str) -> Path:
         """Where the model's files go under a build folder, as a relative path."""
@@ -89,6 +115,14 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
         table[ModelType.TextualInversion, base] = TinyModel(ModelType.TextualInversion, base, _embedding,
                                                             ".safetensors")
     table[ModelType.Main, BaseModelType.Flux] = TinyModel(ModelType.Main, BaseModelType.Flux, _flux_main)
+    flux_main = "tiny-flux"  # default_name of the FLUX main
+    table[ModelType.VAE, BaseModelType.Flux] = TinyModel(ModelType.VAE, BaseModelType.Flux, _flux_vae, ".safetensors",
+                                                         weights_of=flux_main)
+    # InvokeAI's base for standalone T5 and CLIP embed encoders is "any": one encoder serves several families
+    table[ModelType.T5Encoder, BaseModelType.Any] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _flux_t5,
+                                                              slug="flux", weights_of=flux_main)
+    table[ModelType.CLIPEmbed, BaseModelType.Any] = TinyModel(ModelType.CLIPEmbed, BaseModelType.Any, _flux_clip,
+                                                              slug="flux", weights_of=flux_main)
     return table
 
 
@@ -115,10 +149,13 @@ def resolve_kind(kind: str) -> ModelType:
     return found
 
 
-def tiny_model(kind: str | ModelType, base: str | BaseModelType) -> TinyModel:
-    """The table entry for a type and base; the error lists the bases that type has."""
+def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None) -> TinyModel:
+    """The table entry for a type and base (no base: the type's only one, else sd-1); the error lists the bases
+    that type has."""
     model_type = kind if isinstance(kind, ModelType) else resolve_kind(kind)
     bases = [b.value for k, b in TINY_MODELS if k == model_type]
+    if base is None:
+        base = bases[0] if len(bases) == 1 else BaseModelType.StableDiffusion1
     try:
         return TINY_MODELS[model_type, BaseModelType(base)]
     except (KeyError, ValueError):
@@ -132,7 +169,7 @@ def base_slug(base: BaseModelType) -> str:
 
 def default_name(entry: TinyModel) -> str:
     """``tiny-sd15`` for the SD1 main model, ``tiny-sdxl-lora`` for the SDXL LoRA, and so on."""
-    slug = base_slug(entry.base)
+    slug = entry.slug or base_slug(entry.base)
     return f"tiny-{slug}" if entry.type == ModelType.Main else f"tiny-{slug}-{entry.type.value}"
 
 

@@ -19,7 +19,7 @@ from invokeai_provider.core.taxonomy import BaseModelType, ModelType
 from invokeai_provider.models.model_manager.configs import ModelConfig
 from invokeai_provider.models.model_manager.install import InstallError, install_model
 from invokeai_provider.models.model_manager.registry import ModelRegistry, UnknownModelError
-from invokeai_provider.models.testing.tiny_catalog import TinyModel, check_name, default_name, seed_for, tiny_model
+from invokeai_provider.models.testing.tiny_catalog import TinyModel, check_name, default_name, tiny_model
 
 __all__ = ["TINY_FOLDER", "TinyInstall", "install_tiny"]
 
@@ -34,9 +34,10 @@ class TinyInstall:
     installed: bool
 
 
-def install_tiny(registry: ModelRegistry, kind: str | ModelType, base: str | BaseModelType = "sd-1",
+def install_tiny(registry: ModelRegistry, kind: str | ModelType, base: str | BaseModelType | None = None,
                  name: Optional[str] = None, *, log: Optional[Callable[[str], None]] = None) -> TinyInstall:
-    """Builds and installs the tiny model of ``kind`` and ``base`` as ``name`` (default ``tiny-sd15``, ...).
+    """Builds and installs the tiny model of ``kind`` and ``base`` as ``name`` (default ``tiny-sd15``, ...); no
+    ``base`` is the kind's only base, else sd-1.
 
     Raises ``ValueError`` for a type or base the catalog lacks and ``InstallError`` when ``name`` is taken by a
     model of another type or base, or when the built model does not probe as the catalog says.
@@ -56,13 +57,13 @@ def install_tiny(registry: ModelRegistry, kind: str | ModelType, base: str | Bas
             path = Path(scratch) / entry.relative_path(name)
             say(f"building the tiny random-weight {entry.base.value} {entry.type.value} model {name!r} for "
                 f"{registry.location}")
-            entry.build(entry.base.value, path, seed_for(name))
+            entry.build(entry.base.value, path, entry.seed(name))
             config = install_model(registry, str(path), name=name)
     else:
         path = registry.root / TINY_FOLDER / entry.relative_path(name)
         if not path.exists():  # a complete earlier build that was never registered is reused
             say(f"building the tiny random-weight {entry.base.value} {entry.type.value} model {name!r} in {path}")
-            _build_atomically(entry, path, seed_for(name))
+            _build_atomically(entry, path, entry.seed(name))
         config = install_model(registry, str(path), name=name, inplace=True)
     _check_probed(registry, config, entry)
     return TinyInstall(config, installed=True)

@@ -81,11 +81,14 @@ def _register_install_tiny(models_sub: argparse._SubParsersAction) -> None:
     tiny = models_sub.add_parser(
         "install-tiny", help="build a tiny random-weight model of an InvokeAI model type and install it",
         description="Builds a tiny random-weight model (no model hub needed) and installs it like `models install`. "
-                    "Default names: tiny-sd15, tiny-sd2, tiny-sdxl for main models, tiny-<base>-<kind> for the "
-                    "others (tiny-sd15-vae, tiny-sdxl-lora, ...). Installing a name again is a no-op.")
+                    "Default names: tiny-sd15, tiny-sd2, tiny-sdxl, tiny-flux for main models, tiny-<base>-<kind> "
+                    "for the others (tiny-sd15-vae, tiny-sdxl-lora, tiny-flux-vae, ...; the FLUX T5 and CLIP "
+                    "encoders, base any, are tiny-flux-t5_encoder and tiny-flux-clip_embed). Installing a name "
+                    "again is a no-op.")
     tiny.add_argument("kind", metavar="KIND", help=f"InvokeAI model type: {', '.join(kind_names())} "
                                                    "(textual_inversion is embedding)")
-    tiny.add_argument("--base", default="sd-1", choices=bases, help="base model (default: sd-1)")
+    tiny.add_argument("--base", choices=bases, help="base model (default: the kind's only base, e.g. any for "
+                                                    "t5_encoder and clip_embed, else sd-1)")
     tiny.add_argument("--name", help="name to register it under (default: tiny-<base>[-<kind>])")
     tiny.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     tiny.set_defaults(func=cmd_models_install_tiny)

@@ -89,6 +89,13 @@ class FluxVariantType(str, Enum):
     DevFill = "dev_fill"
 
 
+class ClipVariantType(str, Enum):
+    """A CLIP text encoder's size, read from its hidden width: CLIP-L (768, FLUX's) or CLIP-G (1280)."""
+
+    L = "large"
+    G = "gigantic"
+
+
 class SchedulerPredictionType(str, Enum):
     Epsilon = "epsilon"
     VPrediction = "v_prediction"

@@ -1,0 +1,45 @@
+"""Quantized model formats that are identified but not run here (bitsandbytes LLM.int8 T5 encoders, GGUF T5
+encoders and FLUX.1 transformers): installing or loading one is refused with what it would need, so a workflow
+never fails halfway on a model that was accepted at install time."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+from invokeai_provider.core.taxonomy import ModelType
+from invokeai_provider.models.model_manager.configs import ModelFormat
+
+QUANTIZED_FORMATS = (ModelFormat.BnbQuantizedLlmInt8b, ModelFormat.GGUFQuantized)
+T5_FOLDER = "a T5 encoder folder: text_encoder_2/ (T5EncoderModel config and safetensors) with tokenizer_2/"
+FLUX_FOLDER = "FLUX.1 diffusers folder (model_index.json with transformer/, text encoders, tokenizers and vae/)"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda() -> bool:
+    if not _installed("torch"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def refusal(model_type: ModelType, model_format: ModelFormat, where: str) -> Optional[str]:
+    """Why a model of this type and format cannot be installed or loaded here, or None when it can."""
+    if model_format is ModelFormat.BnbQuantizedLlmInt8b:
+        bnb = "installed" if _installed("bitsandbytes") else "not installed here"
+        cuda = "available" if _cuda() else "none here"
+        return (f"{where}: a bitsandbytes LLM.int8-quantized T5 encoder (format bnb_quantized_int8b); running it needs "
+                f"the bitsandbytes package ({bnb}), a CUDA GPU ({cuda}) and a loader for InvokeAI's int8 layout, "
+                f"which this provider does not have yet; install the unquantized T5 encoder instead ({T5_FOLDER})")
+    if model_format is ModelFormat.GGUFQuantized:
+        what, instead = (("T5 encoder", T5_FOLDER) if model_type is ModelType.T5Encoder
+                         else ("FLUX.1 transformer", f"a {FLUX_FOLDER}"))
+        gguf = "installed" if _installed("gguf") else "not installed here"
+        return (f"{where}: a GGUF-quantized {what} (format gguf_quantized); running it needs the gguf package "
+                f"({gguf}) and a GGUF dequantizing loader, which this provider does not have yet; install the "
+                f"unquantized model instead ({instead})")
+    return None

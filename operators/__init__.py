@@ -30,6 +30,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.vae",
     "sd.masks",
     "flux.model_loader",
+    "flux.lora_loaders",
     "flux.prompts",
     "flux.denoise",
     "flux.vae",

@@ -172,7 +172,12 @@ class ModelManager:
                 from invokeai_provider.models.patches.lora import load_lora_file
 
                 with self.registry.local_model(config) as local:
-                    return load_lora_file(local.path)
+                    tensors = load_lora_file(local.path)
+                if config.base is BaseModelType.Flux:  # BFL/XLabs layer names -> diffusers', once per load
+                    from invokeai_provider.models.flux.lora_conversion import to_diffusers_names
+
+                    return to_diffusers_names(tensors)
+                return tensors
             if config.type is ModelType.SpandrelImageToImage:
                 from invokeai_provider.models.upscalers import spandrel as spandrel_model
                 with self.registry.local_model(config) as local:

@@ -24,6 +24,7 @@ from invokeai_provider.core.taxonomy import (
     SchedulerPredictionType,
 )
 from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.flux.lora_conversion import flux_lora_format
 from invokeai_provider.models.model_manager.configs import ModelFormat
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -215,6 +216,8 @@ def _lora_token_length(shapes: dict[str, tuple[int, ...]]) -> Optional[int]:
 
 
 def _probe_lora(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    if flux_lora_format(shapes) is not None:
+        return ProbeResult(ModelType.LoRA, ModelFormat.LyCORIS, BaseModelType.Flux)
     prefixes = ("lora_te_", "lora_unet_", "lora_te1_", "lora_te2_", "lora_transformer_")
     suffixes = ("to_k_lora.up.weight", "to_q_lora.down.weight", "lora_A.weight", "lora_B.weight",
                 "lora.down.weight", "lokr_w1", "lokr_w2", "hada_w1_a", "hada_w2_a")

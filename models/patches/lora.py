@@ -13,6 +13,10 @@ Three key styles are understood (InvokeAI reads the same ones):
 * diffusers: ``unet.<path>.lora.down.weight``, ``text_encoder.<path>.lora_linear_layer.down.weight`` and the older
   attention-processor form ``unet.<path>.processor.to_q_lora.down.weight``.
 * PEFT: ``<owner>.<path>.lora_A.weight`` / ``.lora_B.weight``.
+
+FLUX.1 LoRAs (owner ``transformer``) arrive converted to diffusers' names by
+`invokeai_provider.models.flux.lora_conversion`; only their kohya text-encoder keys (``lora_te1_`` CLIP-L,
+``lora_te2_`` T5) and OneTrainer's ``lora_transformer_`` names are resolved here.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 
 from invokeai_provider.models.stable_diffusion.ldm_keys import unet_key_to_ldm
 
-Target = Literal["unet", "text_encoder", "text_encoder_2"]
+Target = Literal["unet", "transformer", "text_encoder", "text_encoder_2"]
 LoraWeights = dict[str, torch.Tensor]
 
 __all__ = ["LoraKeyError", "apply_loras", "load_lora_file"]
@@ -50,7 +54,8 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".alpha", "alpha"),
 )
 _PROCESSOR = re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")
-_OWNERS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")
+_OWNERS: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2")
+_DENOISERS = ("unet", "transformer")
 
 
 class LoraKeyError(ValueError):
@@ -92,10 +97,11 @@ def _split_key(key: str, base: str) -> tuple[str, str, str, bool]:
             raise LoraKeyError(f"unsupported LoRA key {key!r} (not a kohya, diffusers or PEFT LoRA layer)")
         stem, role = match
     if stem.startswith("lora_"):
-        sdxl = base in _SDXL_BASES
         prefixes = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
-        if sdxl:
+        if base in _SDXL_BASES:
             prefixes |= {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+        elif base == "flux":  # CLIP-L, T5 and OneTrainer's transformer names (others are converted on load)
+            prefixes = {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_transformer_": "transformer"}
         for prefix, owner in prefixes.items():
             if stem.startswith(prefix):
                 return owner, stem[len(prefix) :], role, True
@@ -119,7 +125,7 @@ _LOOKUPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, _Lookups]] = wea
 
 def _lookups(model: torch.nn.Module, target: Target) -> _Lookups:
     """Name lookups built from the model's own weight-bearing modules (2-D+ weights: linear, conv)."""
-    text = target != "unet"
+    text = target not in _DENOISERS
     cached = _LOOKUPS.setdefault(model, {})
     if text in cached:
         return cached[text]
@@ -143,7 +149,7 @@ def _lookups(model: torch.nn.Module, target: Target) -> _Lookups:
 def _resolve(model: torch.nn.Module, lora: LoraWeights, target: Target, base: str) -> dict[str, _Layer]:
     """Group one LoRA's keys for ``target`` by model module name; other targets' keys are skipped."""
     dotted, kohya = _lookups(model, target)
-    text = target != "unet"
+    text = target not in _DENOISERS
     layers: dict[str, _Layer] = {}
     for key, tensor in lora.items():
         owner, path, role, is_kohya = _split_key(key, base)

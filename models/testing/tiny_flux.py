@@ -11,6 +11,7 @@ T5's SentencePiece model is not reachable offline: its tokenizer is a small Unig
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -116,4 +117,85 @@ def build_flux_model(dest: Path, *, variant: FluxVariant = "dev", seed: int = 0)
     return dest
 
 
-__all__ = ["MAX_SEQ_LEN", "VARIANTS", "build_flux_model", "flux_components", "t5_tokenizer"]
+FluxLoraStyle = Literal["kohya", "diffusers", "aitoolkit", "xlabs", "onetrainer"]
+LORA_STYLES: tuple[FluxLoraStyle, ...] = ("kohya", "diffusers", "aitoolkit", "xlabs", "onetrainer")
+_WIDTH, _MLP = 32, 128  # the tiny transformer's inner width (2 heads of 16) and its MLP's (4x)
+
+
+def _bfl_lora_layers() -> dict[str, tuple[int, int]]:
+    """The tiny transformer's LoRA-patchable layers by Black Forest Labs' names: (fan_out, fan_in)."""
+    w, m = _WIDTH, _MLP
+    layers = {"img_in": (w, 64), "txt_in": (w, T5_WIDTH), "final_layer.linear": (64, w),
+              "final_layer.adaLN_modulation.1": (2 * w, w), "single_blocks.0.linear1": (3 * w + m, w),
+              "single_blocks.0.linear2": (w, w + m), "single_blocks.0.modulation.lin": (3 * w, w)}
+    for stream in ("img", "txt"):
+        layers |= {f"double_blocks.0.{stream}_attn.qkv": (3 * w, w), f"double_blocks.0.{stream}_attn.proj": (w, w),
+                   f"double_blocks.0.{stream}_mlp.0": (m, w), f"double_blocks.0.{stream}_mlp.2": (w, m),
+                   f"double_blocks.0.{stream}_mod.lin": (6 * w, w)}
+    return layers
+
+
+def build_flux_lora(dest: Path, *, style: FluxLoraStyle = "kohya", rank: int = 4, seed: int = 0) -> Path:
+    """A tiny random FLUX.1 LoRA ``.safetensors`` file for the tiny transformer (and, in kohya style, CLIP-L's
+    first layer), in one of the formats InvokeAI reads:
+
+    * ``kohya``: ``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` (BFL names, fused qkv) with ``.alpha``,
+      plus ``lora_te1_text_model_encoder_layers_0_self_attn_q_proj`` for CLIP-L;
+    * ``aitoolkit``: ``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight``;
+    * ``xlabs``: ``double_blocks.0.processor.qkv_lora1.down.weight`` (double-block attention only);
+    * ``diffusers``: ``transformer.transformer_blocks.0.attn.to_q.lora_A.weight`` (diffusers' names);
+    * ``onetrainer``: ``lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight`` with ``.alpha``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from invokeai_provider.models.flux.lora_conversion import to_diffusers_names
+
+    if style not in LORA_STYLES:
+        raise ValueError(f"FLUX LoRA style {style!r}: expected one of {', '.join(LORA_STYLES)}")
+    dest = Path(dest)
+    if dest.suffix != ".safetensors" or dest.exists():
+        raise ValueError(f"{dest}: expected a new .safetensors file")
+    generator = torch.Generator().manual_seed(seed)
+
+    def factors(fan_out: int, fan_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        down = torch.empty(rank, fan_in).uniform_(-(fan_in ** -0.5), fan_in ** -0.5, generator=generator)
+        return torch.empty(fan_out, rank).uniform_(-0.5, 0.5, generator=generator), down
+
+    alpha = torch.tensor(float(rank) / 2)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (fan_out, fan_in) in _bfl_lora_layers().items():
+        up, down = factors(fan_out, fan_in)
+        if style == "xlabs":
+            m = re.fullmatch(r"double_blocks\.(\d+)\.(img|txt)_attn\.(qkv|proj)", name)
+            if m:
+                key = f"double_blocks.{m[1]}.processor.{m[3]}_lora{1 if m[2] == 'img' else 2}"
+                tensors |= {f"{key}.down.weight": down, f"{key}.up.weight": up}
+        elif style == "kohya":
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": alpha}
+        else:
+            key = f"diffusion_model.{name}"
+            tensors |= {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up}
+    if style == "kohya":
+        for projection in ("q_proj", "v_proj"):
+            up, down = factors(CLIP_WIDTH, CLIP_WIDTH)
+            key = f"lora_te1_text_model_encoder_layers_0_self_attn_{projection}"
+            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": alpha}
+    elif style in ("diffusers", "onetrainer"):  # the same layers, under diffusers' names
+        converted = to_diffusers_names(tensors)
+        if style == "diffusers":
+            tensors = converted
+        else:
+            tensors = {}
+            for key, tensor in converted.items():  # "transformer.<path>.lora_A.weight"
+                path, role, _ = key.removeprefix("transformer.").rsplit(".", 2)
+                stem = "lora_transformer_" + path.replace(".", "_")
+                tensors |= {f"{stem}.{'lora_down' if role == 'lora_A' else 'lora_up'}.weight": tensor,
+                            f"{stem}.alpha": alpha}
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(dest), metadata={"format": "pt"})
+    return dest
+
+
+__all__ = ["LORA_STYLES", "MAX_SEQ_LEN", "VARIANTS", "build_flux_lora", "build_flux_model", "flux_components",
+           "t5_tokenizer"]

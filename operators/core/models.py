@@ -1,5 +1,6 @@
 """Model identifiers as every model-taking family checks and splits them: the errors, the kind and installed
-checks, and submodel identifiers. No nodes here; the SD loaders, the upscalers and the metadata getters use it.
+checks, submodel identifiers and the LoRA lists the LoRA loaders append to. No nodes here; the SD and FLUX loaders,
+the upscalers and the metadata getters use it.
 
 Checks done when a node runs:
 - the identifier's model type (and base, where InvokeAI's editor offers only some bases) must be the
@@ -10,10 +11,10 @@ Checks done when a node runs:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from invokeai_provider.core.fields import CLIPField, ModelIdentifierField, UNetField
+from invokeai_provider.core.fields import CLIPField, LoRAField, ModelIdentifierField, UNetField
 from invokeai_provider.core.invocation import BaseInvocation
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
 from invokeai_provider.errors import InvokeAIProviderError, field_error
@@ -98,3 +99,46 @@ def clip_of(model: ModelIdentifierField, tokenizer: SubModelType = SubModelType.
     """A main model's CLIP field (first encoder by default), no LoRAs or skipped layers yet."""
     return CLIPField(tokenizer=submodel(model, tokenizer), text_encoder=submodel(model, text_encoder), loras=[],
                      skipped_layers=0)
+
+
+# --- LoRA lists ----------------------------------------------------------------------------------------
+
+
+def refuse_applied(node: BaseInvocation, targets: Iterable[tuple[str, Any]], lora: ModelIdentifierField) -> None:
+    """Raises LoRAAlreadyAppliedError when ``lora`` is already in one of the targets' `loras` lists."""
+    for field, target in targets:
+        if target is not None and any(applied.lora.key == lora.key for applied in target.loras):
+            raise field_error(LoRAAlreadyAppliedError, node, field,
+                              f"LoRA {lora.key!r} ({lora.name}) is already applied to {field}")
+
+
+def with_lora(target: Optional[Any], lora: LoRAField) -> Optional[Any]:
+    """A deep copy of a UNet/CLIP field with ``lora`` appended to its `loras`; None stays None."""
+    if target is None:
+        return None
+    patched = target.model_copy(deep=True)
+    patched.loras.append(lora.model_copy(deep=True))
+    return patched
+
+
+def apply_lora_collection(node: BaseInvocation, loras: Optional[Union[LoRAField, list[LoRAField]]],
+                          targets: dict[str, Optional[Any]], bases: Sequence[BaseModelType],
+                          context: "InvocationContext") -> dict[str, Optional[Any]]:
+    """Appends each LoRA of ``loras`` (one or a list) to every present target, in order.
+
+    A key repeated inside the collection is applied once (the first occurrence wins), as InvokeAI does;
+    a key already in a target's `loras` is refused.
+    """
+    items = loras if isinstance(loras, list) else [loras]
+    output = {name: None if target is None else target.model_copy(deep=True) for name, target in targets.items()}
+    seen: set[str] = set()
+    for item in items:
+        if item is None or item.lora.key in seen:
+            continue
+        check_model(node, "loras", item.lora, context, ModelType.LoRA, bases)
+        refuse_applied(node, targets.items(), item.lora)
+        seen.add(item.lora.key)
+        for patched in output.values():
+            if patched is not None:
+                patched.loras.append(item.model_copy(deep=True))
+    return output

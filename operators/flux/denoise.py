@@ -7,7 +7,7 @@ Built: noise from the seed (InvokeAI's) or a ``noise`` input, the dev/schnell sc
 ``guidance``, true CFG with a negative conditioning and ``cfg_scale`` per step between ``cfg_scale_start_step`` and
 ``cfg_scale_end_step``, progress and cancel at every step. Not built yet, and refused by name when given: inpainting
 (``denoise_mask``), regional prompts (conditioning lists and masks), the Heun and LCM schedulers, Control LoRA,
-ControlNet, IP-Adapter, Redux, Fill, Kontext and DyPE.
+ControlNet, IP-Adapter, Redux, Fill, Kontext and DyPE. The transformer's LoRAs are patched in for the node's span.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from invokeai_provider.core.fields import (
     VAEField,
 )
 from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
-from invokeai_provider.core.taxonomy import FluxVariantType
+from invokeai_provider.core.taxonomy import BaseModelType, FluxVariantType
 from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.primitives import LatentsOutput
-from invokeai_provider.operators.sd.common import GenerationError, model_service
+from invokeai_provider.operators.sd.common import GenerationError, lora_patched, model_service
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
@@ -115,8 +115,6 @@ class FluxDenoiseInvocation(BaseInvocation):
                               "provider's FLUX yet (euler is)")
         if self.dype_preset != "off":
             raise field_error(GenerationError, self, "dype_preset", "DyPE is not supported by this provider's FLUX yet")
-        if self.transformer.loras:
-            raise field_error(GenerationError, self, "transformer", "FLUX LoRAs are not supported yet")
 
     def _conditioning(self, context: "InvocationContext", field: str) -> Any:
         from invokeai_provider.models.flux.text_encoding import FluxConditioning
@@ -184,7 +182,8 @@ class FluxDenoiseInvocation(BaseInvocation):
         def on_step(step: int, total: int) -> None:
             context.util.signal_progress(f"Denoising step {step}/{total}", step / total, step=step, total=total)
 
-        with models.load(self.transformer.transformer) as transformer:
+        with models.load(self.transformer.transformer) as transformer, lora_patched(
+                self, context, "transformer", transformer, self.transformer.loras, "transformer", BaseModelType.Flux):
             latents = denoise_loop.run(transformer, job, on_step=on_step)
         latents = latents.cpu()
         return LatentsOutput.build(latents_name=context.tensors.save(latents), latents=latents, seed=None)

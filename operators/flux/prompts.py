@@ -17,13 +17,14 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.limits import PROMPT_LENGTH
-from invokeai_provider.errors import field_error
-from invokeai_provider.operators.sd.common import GenerationError, model_service
+from invokeai_provider.core.taxonomy import BaseModelType
+from invokeai_provider.operators.sd.common import lora_patched, model_service
 
 if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
 
 FLUX = "flux"  # the ``kind`` in a saved conditioning's metadata
+FLUX_BASE = BaseModelType.Flux
 
 
 @invocation_output("flux_conditioning_output")
@@ -52,16 +53,14 @@ class FluxTextEncoderInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> FluxConditioningOutput:
         from invokeai_provider.models.flux.text_encoding import encode_clip, encode_t5
 
-        for field in ("clip", "t5_encoder"):
-            if getattr(self, field).loras:
-                raise field_error(GenerationError, self, field, "FLUX LoRAs on the text encoders are not supported "
-                                  "yet; remove the FLUX LoRA loader before this node")
         models = model_service(self, context, "t5_encoder")
         context.util.signal_progress("Running T5 encoder")
-        with models.load(self.t5_encoder.tokenizer) as tokenizer, models.load(self.t5_encoder.text_encoder) as t5:
+        with models.load(self.t5_encoder.tokenizer) as tokenizer, models.load(self.t5_encoder.text_encoder) as t5, \
+                lora_patched(self, context, "t5_encoder", t5, self.t5_encoder.loras, "text_encoder_2", FLUX_BASE):
             t5_embeds = encode_t5(tokenizer, t5, self.prompt, self.t5_max_seq_len)
         context.util.signal_progress("Running CLIP encoder")
-        with models.load(self.clip.tokenizer) as tokenizer, models.load(self.clip.text_encoder) as clip:
+        with models.load(self.clip.tokenizer) as tokenizer, models.load(self.clip.text_encoder) as clip, \
+                lora_patched(self, context, "clip", clip, self.clip.loras, "text_encoder", FLUX_BASE):
             clip_embeds = encode_clip(tokenizer, clip, self.prompt)
         name = context.conditioning.save_dict({"t5_embeds": t5_embeds.detach().float().cpu(),
                                                "clip_embeds": clip_embeds.detach().float().cpu()},

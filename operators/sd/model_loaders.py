@@ -14,8 +14,7 @@ already in a `loras` list is refused rather than applied twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from invokeai_provider.core.fields import (
     CLIPField,
@@ -35,15 +34,16 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
-from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.models import (
-    LoRAAlreadyAppliedError,
+    apply_lora_collection,
     check_installed,
     check_kind,
     check_model,
     clip_of,
+    refuse_applied,
     submodel,
     unet_of,
+    with_lora,
 )
 from invokeai_provider.operators.sd.model_fields import (
     CLIP_DESCRIPTION,
@@ -87,50 +87,6 @@ VAE_BASES = (
     BaseModelType.Flux,
     BaseModelType.Flux2,
 )
-
-
-# --- LoRA lists ----------------------------------------------------------------------------------------
-
-
-def _refuse_applied(node: BaseInvocation, targets: Iterable[tuple[str, Optional[Union[UNetField, CLIPField]]]],
-                    lora: ModelIdentifierField) -> None:
-    """Raises LoRAAlreadyAppliedError when ``lora`` is already in one of the targets' `loras` lists."""
-    for field, target in targets:
-        if target is not None and any(applied.lora.key == lora.key for applied in target.loras):
-            raise field_error(LoRAAlreadyAppliedError, node, field,
-                              f"LoRA {lora.key!r} ({lora.name}) is already applied to {field}")
-
-
-def _with_lora(target: Optional[Any], lora: LoRAField) -> Optional[Any]:
-    """A deep copy of a UNet/CLIP field with ``lora`` appended to its `loras`; None stays None."""
-    if target is None:
-        return None
-    patched = target.model_copy(deep=True)
-    patched.loras.append(lora.model_copy(deep=True))
-    return patched
-
-
-def _apply_lora_collection(node: BaseInvocation, loras: Optional[Union[LoRAField, list[LoRAField]]],
-                           targets: dict[str, Optional[Any]], bases: Sequence[BaseModelType],
-                           context: "InvocationContext") -> dict[str, Optional[Any]]:
-    """Appends each LoRA of ``loras`` (one or a list) to every present target, in order.
-
-    A key repeated inside the collection is applied once (the first occurrence wins), as InvokeAI does;
-    a key already in a target's `loras` is refused.
-    """
-    items = loras if isinstance(loras, list) else [loras]
-    output = {name: None if target is None else target.model_copy(deep=True) for name, target in targets.items()}
-    seen: set[str] = set()
-    for item in items:
-        if item is None or item.lora.key in seen:
-            continue
-        check_model(node, "loras", item.lora, context, ModelType.LoRA, bases)
-        _refuse_applied(node, targets.items(), item.lora)
-        seen.add(item.lora.key)
-        for patched in output.values():
-            if patched is not None:
-                patched.loras.append(item.model_copy(deep=True))
-    return output
 
 
 # --- outputs -------------------------------------------------------------------------------------------
@@ -309,9 +265,9 @@ class LoRALoaderInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> LoRALoaderOutput:
         # InvokeAI's editor offers SD1 LoRAs only, but its API takes SD2 ones too.
         check_model(self, "lora", self.lora, context, ModelType.LoRA, SD12_BASES)
-        _refuse_applied(self, (("unet", self.unet), ("clip", self.clip)), self.lora)
+        refuse_applied(self, (("unet", self.unet), ("clip", self.clip)), self.lora)
         applied = LoRAField(lora=self.lora, weight=self.weight)
-        return LoRALoaderOutput(unet=_with_lora(self.unet, applied), clip=_with_lora(self.clip, applied))
+        return LoRALoaderOutput(unet=with_lora(self.unet, applied), clip=with_lora(self.clip, applied))
 
 
 @invocation("lora_selector", title="Select LoRA", tags=["model"], category=_CATEGORY, version="1.0.3")
@@ -340,7 +296,7 @@ class LoRACollectionLoader(BaseInvocation):
                                            title="CLIP")
 
     def invoke(self, context: "InvocationContext") -> LoRALoaderOutput:
-        out = _apply_lora_collection(self, self.loras, {"unet": self.unet, "clip": self.clip}, SD12_BASES, context)
+        out = apply_lora_collection(self, self.loras, {"unet": self.unet, "clip": self.clip}, SD12_BASES, context)
         return LoRALoaderOutput(**out)
 
 
@@ -361,10 +317,10 @@ class SDXLLoRALoaderInvocation(BaseInvocation):
 
     def invoke(self, context: "InvocationContext") -> SDXLLoRALoaderOutput:
         check_model(self, "lora", self.lora, context, ModelType.LoRA, SDXL_BASES)
-        _refuse_applied(self, (("unet", self.unet), ("clip", self.clip), ("clip2", self.clip2)), self.lora)
+        refuse_applied(self, (("unet", self.unet), ("clip", self.clip), ("clip2", self.clip2)), self.lora)
         applied = LoRAField(lora=self.lora, weight=self.weight)
-        return SDXLLoRALoaderOutput(unet=_with_lora(self.unet, applied), clip=_with_lora(self.clip, applied),
-                                    clip2=_with_lora(self.clip2, applied))
+        return SDXLLoRALoaderOutput(unet=with_lora(self.unet, applied), clip=with_lora(self.clip, applied),
+                                    clip2=with_lora(self.clip2, applied))
 
 
 @invocation("sdxl_lora_collection_loader", title="Apply LoRA Collection - SDXL", tags=["model"], category=_CATEGORY,
@@ -383,7 +339,7 @@ class SDXLLoRACollectionLoader(BaseInvocation):
                                             title="CLIP 2")
 
     def invoke(self, context: "InvocationContext") -> SDXLLoRALoaderOutput:
-        out = _apply_lora_collection(self, self.loras, {"unet": self.unet, "clip": self.clip, "clip2": self.clip2},
+        out = apply_lora_collection(self, self.loras, {"unet": self.unet, "clip": self.clip, "clip2": self.clip2},
                                      SDXL_BASES, context)
         return SDXLLoRALoaderOutput(**out)
 

@@ -215,3 +215,150 @@ def test_cfg_scale_schedule_and_refusals_name_their_field() -> None:
         denoise(**base, scheduler="heun")._refuse_what_is_not_built()
     with pytest.raises(GenerationError, match="field kontext_conditioning: not supported"):
         denoise(**base, kontext_conditioning={"image": {"image_name": "x.png"}})._refuse_what_is_not_built()
+
+
+# --- LoRAs -------------------------------------------------------------------------------------------
+
+
+def lora_graph(identifier: dict[str, Any], lora: dict[str, Any] | None, **denoise: Any) -> dict[str, Any]:
+    """The text-to-image graph with a flux_lora_loader between the model loader and the nodes that use it."""
+    graph = flux_t2i_graph(identifier, **denoise)
+    if lora is None:
+        return graph
+    graph["nodes"]["lora"] = {"id": "lora", "type": "flux_lora_loader", "lora": lora, "weight": 0.8}
+    rewired = []
+    for edge in graph["edges"]:
+        if edge["source"]["node_id"] == "load" and edge["source"]["field"] in ("transformer", "clip", "t5_encoder"):
+            field = edge["source"]["field"]
+            rewired.append({"source": {"node_id": "load", "field": field},
+                            "destination": {"node_id": "lora", "field": field}})
+            edge = {**edge, "source": {"node_id": "lora", "field": field}}
+        rewired.append(edge)
+    graph["edges"] = rewired
+    return graph
+
+
+def image_of(run: RunContext, state: Any) -> np.ndarray:
+    [decoded] = state.outputs_of("decode")
+    return np.asarray(Image.open(io.BytesIO(run.store.read("images", decoded.image.image_name)))).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def flux_loras(flux: tuple[ModelManager, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+               ) -> dict[str, dict[str, Any]]:
+    from invokeai_provider.models.testing.tiny_flux import build_flux_lora
+
+    manager, _ = flux
+    folder = tmp_path_factory.mktemp("flux-loras")
+    return {style: install_model(manager.registry, str(build_flux_lora(folder / f"{style}.safetensors", style=style,
+                                                                        seed=9)), name=f"flux-{style}").identifier()
+            for style in ("xlabs", "kohya")}
+
+
+def test_a_flux_lora_gives_the_image_of_the_merged_weights_and_is_removed(
+        tmp_path: Path, flux: tuple[ModelManager, dict[str, Any]], flux_loras: dict[str, dict[str, Any]]) -> None:
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    from invokeai_provider.core.taxonomy import SubModelType
+
+    manager, identifier = flux
+    config = manager.get_config(identifier)
+    with manager.load(config.identifier(), SubModelType.Transformer) as transformer:
+        cached = {k: v.clone() for k, v in transformer.state_dict().items()}
+    run = run_context(tmp_path, manager)
+    size = dict(seed=5, steps=2, width=32, height=32)
+    plain = image_of(run, run_graph(Graph.from_dict(lora_graph(identifier, None, **size)), run))
+    with_lora = image_of(run, run_graph(Graph.from_dict(lora_graph(identifier, flux_loras["xlabs"], **size)), run))
+    with manager.load(config.identifier(), SubModelType.Transformer) as transformer:
+        assert all(torch.equal(cached[k], v) for k, v in transformer.state_dict().items())  # bit for bit
+    assert np.abs(with_lora - plain).max() > 5
+
+    # the reference: diffusers' own conversion of the XLabs file, merged into a copy of the weights by hand
+    registry = manager.registry
+    converted = FluxPipeline.lora_state_dict(load_file(str(registry.model_path(registry.get(flux_loras["xlabs"]["key"])))))
+    converted = converted[0] if isinstance(converted, tuple) else converted
+    parts = {}
+    for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "transformer", "vae"):
+        with manager.load(config.identifier(), SubModelType(name)) as model:
+            parts[name] = model
+    import copy
+
+    merged = copy.deepcopy(parts["transformer"])
+    modules = dict(merged.named_modules())
+    with torch.no_grad():
+        for key, down in converted.items():
+            if key.endswith("lora_A.weight"):
+                module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+                up = converted[key.replace("lora_A", "lora_B")]
+                modules[module].weight += 0.8 * (up @ down)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from invokeai_provider.models.flux import sampling
+    from invokeai_provider.models.testing.tiny_flux import SCHEDULERS
+
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULERS["schnell"]),
+                        **{**parts, "transformer": merged})
+    reference = pipe("a lighthouse in a storm, oil painting", height=32, width=32, num_inference_steps=2,
+                     latents=sampling.pack(sampling.noise(5, 32, 32)), max_sequence_length=256,
+                     output_type="np").images[0]
+    difference = np.abs(with_lora - np.floor(reference * 255).astype(np.int16))
+    assert difference.max() <= 1, f"the LoRA image differs from the merged reference by {difference.max()} levels"
+
+
+def test_a_kohya_flux_lora_patches_clip_too_and_the_collection_loader_dedupes(
+        tmp_path: Path, flux: tuple[ModelManager, dict[str, Any]], flux_loras: dict[str, dict[str, Any]]) -> None:
+    from safetensors.torch import load
+
+    manager, identifier = flux
+    run = run_context(tmp_path, manager)
+
+    def clip_embeds(loras: list[dict[str, Any]] | None) -> torch.Tensor:
+        nodes: dict[str, Any] = {"load": {"id": "load", "type": "flux_model_loader", "model": identifier},
+                                 "prompt": {"id": "prompt", "type": "flux_text_encoder", "prompt": "a fox",
+                                            "t5_max_seq_len": 256}}
+        source = "load"
+        edges = []
+        if loras is not None:
+            nodes["loras"] = {"id": "loras", "type": "flux_lora_collection_loader", "loras": loras}
+            edges += [{"source": {"node_id": "load", "field": f}, "destination": {"node_id": "loras", "field": f}}
+                      for f in ("clip", "t5_encoder")]
+            source = "loras"
+        edges += [{"source": {"node_id": source, "field": f}, "destination": {"node_id": "prompt", "field": f}}
+                  for f in ("clip", "t5_encoder")]
+        state = run_graph(Graph.from_dict({"id": "g", "nodes": nodes, "edges": edges}), run)
+        if loras is not None:
+            [out] = state.outputs_of("loras")
+            assert [l.lora.key for l in out.clip.loras] == [flux_loras["kohya"]["key"]]  # once, as InvokeAI does
+            assert out.transformer is None
+        [out] = state.outputs_of("prompt")
+        stored = load(run.store.read("conditioning", f"{out.conditioning.conditioning_name}.safetensors"))
+        return stored["clip_embeds"], stored["t5_embeds"]
+
+    kohya = {"lora": flux_loras["kohya"], "weight": 1.0}
+    plain_clip, plain_t5 = clip_embeds(None)
+    lora_clip, lora_t5 = clip_embeds([kohya, kohya])
+    assert (lora_clip - plain_clip).abs().max() > 1e-3  # its lora_te1_ layers reach CLIP-L
+    assert torch.equal(lora_t5, plain_t5)  # it has no T5 layers
+    again, _ = clip_embeds(None)
+    assert torch.equal(again, plain_clip)  # and CLIP-L is restored
+
+
+def test_the_lora_loader_refuses_an_sd_lora_and_a_second_copy(tmp_path: Path, flux: tuple[ModelManager, dict[str, Any]],
+                                                              flux_loras: dict[str, dict[str, Any]]) -> None:
+    from invokeai_provider.errors import NodeExecutionError
+
+    manager, identifier = flux
+    run = run_context(tmp_path, manager)
+    sd_lora = {**flux_loras["kohya"], "base": "sd-1"}
+    with pytest.raises(NodeExecutionError, match="field lora"):
+        run_graph(Graph.from_dict(lora_graph(identifier, sd_lora, seed=1, steps=1, width=16, height=16)), run)
+    twice = lora_graph(identifier, flux_loras["kohya"], seed=1, steps=1, width=16, height=16)
+    twice["nodes"]["lora2"] = {"id": "lora2", "type": "flux_lora_loader", "lora": flux_loras["kohya"]}
+    twice["edges"] = [e for e in twice["edges"] if e["destination"] != {"node_id": "denoise", "field": "transformer"}]
+    twice["edges"] += [{"source": {"node_id": "lora", "field": "transformer"},
+                        "destination": {"node_id": "lora2", "field": "transformer"}},
+                       {"source": {"node_id": "lora2", "field": "transformer"},
+                        "destination": {"node_id": "denoise", "field": "transformer"}}]
+    with pytest.raises(NodeExecutionError, match="already applied to transformer"):
+        run_graph(Graph.from_dict(twice), run)

@@ -1,0 +1,218 @@
+"""FLUX.1 LoRAs in the formats InvokeAI reads, brought to one form the shared patcher
+(`invokeai_provider.models.patches.lora`) applies to diffusers' ``FluxTransformer2DModel`` and the text encoders.
+
+Trainers name FLUX's layers two ways. Black Forest Labs' names (``double_blocks.0.img_attn.qkv``,
+``single_blocks.0.linear1``) come from kohya (``lora_unet_`` + underscores), ai-toolkit and other PEFT exports
+(``diffusion_model.`` + dots) and XLabs (``double_blocks.0.processor.qkv_lora1``). In those, one layer may be several
+of diffusers' layers fused: ``qkv`` is ``to_q``/``to_k``/``to_v``, a single block's ``linear1`` is those three and
+``proj_mlp``. A LoRA's update of a fused layer is ``up @ down``, so each diffusers layer gets its rows of ``up`` with
+the shared ``down`` and alpha. Diffusers' own names (``transformer.transformer_blocks.0.attn.to_q``, PEFT's
+``base_model.model.``) and OneTrainer's (``lora_transformer_`` + underscores) pass through, as do kohya's text
+encoder keys (``lora_te1_`` CLIP-L, ``lora_te2_`` T5), which the patcher resolves against the models' own modules.
+
+Kohya files' final-layer keys are skipped, as InvokeAI skips them. The result uses PEFT suffixes (``lora_A``/``lora_B``/``alpha``) under ``transformer.``. Layers a LoRA patches some
+other way (LoKr, LoHa, full ``diff`` weights, norm scales) are refused by the patcher by key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+    LoraWeights = dict[str, torch.Tensor]
+
+__all__ = ["FluxLoraFormat", "flux_lora_format", "to_diffusers_names"]
+
+FluxLoraFormat = str  # "kohya", "onetrainer", "diffusers", "aitoolkit" (BFL names, PEFT suffixes), "xlabs"
+
+# BFL layer (block index as {i}) -> the diffusers layers it fuses, in row order; None: split ``qkv``-style in three
+# equal parts, "single": a single block's linear1 (three equal parts of the input width, then the MLP rows)
+_DOUBLE = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn.proj": ("attn.to_out.0",),
+    "img_mlp.0": ("ff.net.0.proj",),
+    "img_mlp.2": ("ff.net.2",),
+    "img_mod.lin": ("norm1.linear",),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn.proj": ("attn.to_add_out",),
+    "txt_mlp.0": ("ff_context.net.0.proj",),
+    "txt_mlp.2": ("ff_context.net.2",),
+    "txt_mod.lin": ("norm1_context.linear",),
+}
+_SINGLE = {
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear2": ("proj_out",),
+    "modulation.lin": ("norm.linear",),
+}
+_GLOBAL = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",  # BFL's (shift, scale) rows are diffusers' (scale, shift)
+}
+_SWAPPED_HALVES = {"final_layer.adaLN_modulation.1"}
+
+_BLOCK = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)")
+_KOHYA_BLOCK = re.compile(r"(double_blocks|single_blocks)_(\d+)_(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|"
+                          r"linear1|linear2|modulation)_?(.*)")
+_KOHYA_GLOBAL = {name.replace(".", "_"): name for name in _GLOBAL}
+_XLABS = re.compile(r"double_blocks\.(\d+)\.processor\.(qkv|proj)_lora([12])\.(down|up)\.weight")
+_PARTS = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "lora_A.weight": "lora_A.weight",
+          "lora_B.weight": "lora_B.weight", "lora.down.weight": "lora_A.weight", "lora.up.weight": "lora_B.weight",
+          "alpha": "alpha"}
+_DIFFUSERS_MARKERS = ("single_transformer_blocks.", "transformer_blocks.")
+
+
+def _bfl_layer(key: str) -> Optional[tuple[str, str]]:
+    """``(BFL layer name, part)`` of a kohya, ai-toolkit or BFL-PEFT key; None for other formats' keys."""
+    stem, part = _split_part(key)
+    if part is None:
+        return None
+    if stem.startswith("lora_unet_"):
+        body = stem.removeprefix("lora_unet_")
+        if m := _KOHYA_BLOCK.fullmatch(body):
+            blocks, index, group, rest = m.groups()
+            return f"{blocks}.{index}.{group}{'.' + rest if rest else ''}", part
+        if body in _KOHYA_GLOBAL:
+            return _KOHYA_GLOBAL[body], part
+        return None
+    for prefix in ("diffusion_model.", "base_model.model."):
+        if stem.startswith(prefix):
+            body = stem.removeprefix(prefix)
+            if _BLOCK.fullmatch(body) or body in _GLOBAL:
+                return body, part
+    return None
+
+
+def _split_part(key: str) -> tuple[str, Optional[str]]:
+    for suffix in sorted(_PARTS, key=len, reverse=True):
+        if key.endswith("." + suffix):
+            return key[: -len(suffix) - 1], suffix
+    return key, None
+
+
+def flux_lora_format(keys: "list[str] | set[str] | dict") -> Optional[FluxLoraFormat]:
+    """The FLUX.1 LoRA format of a state dict's keys, or None when they are not a FLUX.1 LoRA (InvokeAI's order of
+    checks: kohya, OneTrainer, diffusers, ai-toolkit, XLabs)."""
+    names = [k for k in keys if isinstance(k, str)]
+    if not names:
+        return None
+    text = [k for k in names if k.startswith(("lora_te1_", "lora_te2_"))]
+    model = [k for k in names if k not in text]
+    if model and all(k.startswith("lora_unet_") for k in model) and any(_bfl_layer(k) for k in model):
+        return "kohya"
+    if model and all(k.startswith("lora_transformer_") for k in model) and any(
+            k.startswith(("lora_transformer_single_transformer_blocks_", "lora_transformer_transformer_blocks_"))
+            for k in model):
+        return "onetrainer"
+    if not model:
+        return None
+    if any(k.startswith(("transformer.", "base_model.model.")) and
+           any(marker in k for marker in _DIFFUSERS_MARKERS) for k in model) and \
+            all(_split_part(k)[1] is not None for k in model):
+        return "diffusers"
+    if any(k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.",
+                         "base_model.model.double_blocks.", "base_model.model.single_blocks.")) for k in model):
+        return "aitoolkit"
+    if all(_XLABS.fullmatch(k) for k in model):
+        return "xlabs"
+    return None
+
+
+def _diffusers_targets(bfl: str) -> tuple[str, ...]:
+    if bfl in _GLOBAL:
+        return (_GLOBAL[bfl],)
+    m = _BLOCK.fullmatch(bfl)
+    if m is None:
+        raise KeyError(bfl)
+    blocks, index, layer = m.groups()
+    table, owner = (_DOUBLE, "transformer_blocks") if blocks == "double_blocks" else \
+        (_SINGLE, "single_transformer_blocks")
+    return tuple(f"{owner}.{index}.{target}" for target in table[layer])
+
+
+def _row_splits(bfl: str, targets: tuple[str, ...], up: "torch.Tensor", down: "torch.Tensor") -> list[int]:
+    """How many of ``up``'s rows go to each diffusers layer of a fused BFL layer."""
+    rows = up.shape[0]
+    if len(targets) == 1:
+        return [rows]
+    if bfl.endswith("linear1"):  # q, k, v of the block's width, then the MLP's rows
+        width = down.shape[1]
+        return [width, width, width, rows - 3 * width]
+    return [rows // 3] * 3
+
+
+def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "LoraWeights":
+    import torch
+
+    try:
+        targets = _diffusers_targets(bfl)
+    except KeyError:
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} is not one a LoRA can patch") from None
+    if "lora_A.weight" not in parts or "lora_B.weight" not in parts:
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} lacks an up or down matrix")
+    up, down = parts["lora_B.weight"], parts["lora_A.weight"]
+    if bfl in _SWAPPED_HALVES:
+        up = torch.cat(up.chunk(2, dim=0)[::-1], dim=0)
+    splits = _row_splits(bfl, targets, up, down)
+    if min(splits) <= 0 or sum(splits) != up.shape[0]:
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} has {up.shape[0]} output rows, which do not split "
+                         f"into {', '.join(targets)}")
+    out: LoraWeights = {}
+    for target, rows in zip(targets, up.split(splits, dim=0)):
+        out[f"transformer.{target}.lora_A.weight"] = down
+        out[f"transformer.{target}.lora_B.weight"] = rows.contiguous()
+        if "alpha" in parts:
+            out[f"transformer.{target}.alpha"] = parts["alpha"]
+    return out
+
+
+def to_diffusers_names(state_dict: "LoraWeights") -> "LoraWeights":
+    """A FLUX.1 LoRA in any format `flux_lora_format` knows, with its transformer layers under diffusers' names.
+
+    Raises ValueError, naming the key, for a state dict that is not a FLUX.1 LoRA or a fused layer that does not
+    split."""
+    form = flux_lora_format(state_dict)
+    if form is None:
+        raise ValueError("not a FLUX.1 LoRA in a format this provider reads (kohya, OneTrainer, diffusers, ai-toolkit "
+                         "or XLabs)")
+    if form in ("onetrainer",):
+        return dict(state_dict)
+    if form == "diffusers":
+        return {("transformer." + k.removeprefix("base_model.model.") if k.startswith("base_model.model.") else k): v
+                for k, v in state_dict.items()}
+    grouped: dict[str, dict[str, "torch.Tensor"]] = {}
+    first_key: dict[str, str] = {}
+    out: LoraWeights = {}
+    for key, tensor in state_dict.items():
+        if key.startswith(("lora_te1_", "lora_te2_")):
+            out[key] = tensor
+            continue
+        if key.startswith("lora_unet_final_layer_"):
+            continue  # as InvokeAI reads kohya files: their final-layer keys are left out
+        if form == "xlabs":
+            block, kind, stream, role = _XLABS.fullmatch(key).groups()  # type: ignore[union-attr]
+            bfl = f"double_blocks.{block}.{'img' if stream == '1' else 'txt'}_attn.{kind}"
+            part = "lora_A.weight" if role == "down" else "lora_B.weight"
+        else:
+            found = _bfl_layer(key)
+            if found is None:
+                kind = "a LyCORIS (LoKr/LoHa) layer, " if re.search(r"\.(lokr|hada)_", key) else ""
+                raise ValueError(f"LoRA key {key!r} is {kind}not a layer of a {form} FLUX.1 LoRA this provider can "
+                                 "apply")
+            bfl, suffix = found
+            part = _PARTS[suffix]
+        grouped.setdefault(bfl, {})[part] = tensor
+        first_key.setdefault(bfl, key)
+    for bfl, parts in grouped.items():
+        out.update(_convert_fused(bfl, parts, first_key[bfl]))
+    return out

@@ -64,6 +64,12 @@ def _lora(base: str, dest: Path, seed: int) -> Path:
     return build_lora(base, dest, style="kohya", seed=seed)  # type: ignore[arg-type]
 
 
+def _flux_lora(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux import build_flux_lora
+
+    return build_flux_lora(dest, style="kohya", seed=seed)
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -118,6 +124,8 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
     flux_main = "tiny-flux"  # default_name of the FLUX main
     table[ModelType.VAE, BaseModelType.Flux] = TinyModel(ModelType.VAE, BaseModelType.Flux, _flux_vae, ".safetensors",
                                                          weights_of=flux_main)
+    table[ModelType.LoRA, BaseModelType.Flux] = TinyModel(ModelType.LoRA, BaseModelType.Flux, _flux_lora,
+                                                          ".safetensors")
     # InvokeAI's base for standalone T5 and CLIP embed encoders is "any": one encoder serves several families
     table[ModelType.T5Encoder, BaseModelType.Any] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _flux_t5,
                                                               slug="flux", weights_of=flux_main)

@@ -3,8 +3,10 @@ flux_model_loader.py does (type string, title, version 1.1.0, fields and output)
 
 InvokeAI takes the T5 encoder, CLIP embed and VAE as separate models, since its FLUX mains are single-file
 transformers; a main that carries its own parts (a diffusers FLUX folder here, an SDNQ pipeline there) supplies
-whichever of them is not selected. Nothing is loaded: identifiers pass on, and the T5 sequence length follows the
-variant (256 for schnell, 512 for dev).
+whichever of them is not selected. Nothing is loaded: identifiers pass on, pointed at the submodel each part is
+loaded as (InvokeAI's): ``tokenizer_2``/``text_encoder_2`` of a T5 encoder of base any or flux (``_3`` for an SD3
+one), ``tokenizer``/``text_encoder`` of a CLIP embed, ``vae`` of a VAE. The T5 sequence length follows the variant
+(256 for schnell, 512 for dev).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
     from invokeai_provider.core.context import InvocationContext
 
 FLUX_BASES = (BaseModelType.Flux,)
+# A standalone T5 encoder's tokenizer and encoder submodels by its base (InvokeAI's t5_model_identifier rules)
+T5_SLOTS = {BaseModelType.Any: (SubModelType.Tokenizer2, SubModelType.TextEncoder2),
+            BaseModelType.Flux: (SubModelType.Tokenizer2, SubModelType.TextEncoder2),
+            BaseModelType.StableDiffusion3: (SubModelType.Tokenizer3, SubModelType.TextEncoder3)}
 
 
 @invocation_output("flux_model_loader_output")
@@ -66,7 +72,8 @@ class FluxModelLoaderInvocation(BaseInvocation):
                             ("vae_model", ModelType.VAE)):
             chosen = getattr(self, field)
             if chosen is not None:
-                check_model(self, field, chosen, context, kind, FLUX_BASES if kind is ModelType.VAE else None)
+                bases = {ModelType.VAE: FLUX_BASES, ModelType.T5Encoder: tuple(T5_SLOTS)}.get(kind)
+                check_model(self, field, chosen, context, kind, bases)
         config = model_service(self, context, "model").get_config(self.model)
         self_contained = config.format.value == "diffusers"
         missing = [title for title, chosen in (("T5 Encoder", self.t5_encoder_model),
@@ -76,13 +83,14 @@ class FluxModelLoaderInvocation(BaseInvocation):
             raise field_error(ModelInputError, self, "model", f"the selected FLUX model does not ship its own "
                               f"{', '.join(missing)}, so {'it' if len(missing) == 1 else 'they'} must be selected")
         t5 = self.t5_encoder_model or self.model
+        t5_tokenizer, t5_encoder = T5_SLOTS[t5.base] if self.t5_encoder_model else T5_SLOTS[BaseModelType.Flux]
         clip = self.clip_embed_model or self.model
         vae = self.vae_model or self.model
         return FluxModelLoaderOutput(
             transformer=TransformerField(transformer=submodel(self.model, SubModelType.Transformer), loras=[]),
             clip=clip_of(clip),
-            t5_encoder=T5EncoderField(tokenizer=submodel(t5, SubModelType.Tokenizer2),
-                                      text_encoder=submodel(t5, SubModelType.TextEncoder2), loras=[]),
+            t5_encoder=T5EncoderField(tokenizer=submodel(t5, t5_tokenizer), text_encoder=submodel(t5, t5_encoder),
+                                      loras=[]),
             vae=VAEField(vae=submodel(vae, SubModelType.VAE)),
             max_seq_len=256 if config.variant is FluxVariantType.Schnell else 512,
         )

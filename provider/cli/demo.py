@@ -1,5 +1,6 @@
 """``invokeai-airflow demo`` and ``run``: a document compiled into a DAG and run once through an embedded Airflow
-(SQLite home, local artifact store); the demo runs an example workflow (SD1.5 or SDXL) with a tiny model built here."""
+(SQLite home, local artifact store); the demo runs an example workflow (SD1.5, SDXL or FLUX.1) with a tiny model
+built here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -22,21 +23,6 @@ from invokeai_provider.errors import InvokeAIProviderError, RunConfError
 WORKFLOWS = Path(__file__).resolve().parents[2] / "dags" / "workflows"
 
 
-@dataclass(frozen=True)
-class DemoFamily:
-    """A demo: the example workflow it runs, the base of the tiny main model it installs, and its default size
-    and steps (small: the demo runs in well under a minute on two CPU cores)."""
-
-    workflow: str
-    base: str
-    size: int
-    steps: int
-
-
-DEMO_FAMILIES: dict[str, DemoFamily] = {
-    "sd15": DemoFamily("sd15-text-to-image.json", "sd-1", size=128, steps=12),
-    "sdxl": DemoFamily("sdxl-text-to-image.json", "sdxl", size=128, steps=4),
-}
 # The node inputs the demo sets, found in each workflow (`demo_inputs`): a Param name differs between workflows.
 DEMO_INPUTS: dict[str, InputPath] = {
     "model": InputPath("denoise_latents", "unet", ("model",)),
@@ -45,6 +31,35 @@ DEMO_INPUTS: dict[str, InputPath] = {
     "steps": InputPath("denoise_latents", "steps"),
     "width": InputPath("noise", "width"),
     "height": InputPath("noise", "height"),
+}
+# FLUX has no noise node: the denoise node takes the seed and size itself
+FLUX_DEMO_INPUTS: dict[str, InputPath] = {
+    "model": InputPath("flux_denoise", "transformer", ("model",)),
+    "prompt": InputPath("flux_denoise", "positive_text_conditioning", ("prompt",)),
+    "seed": InputPath("flux_denoise", "seed"),
+    "steps": InputPath("flux_denoise", "num_steps"),
+    "width": InputPath("flux_denoise", "width"),
+    "height": InputPath("flux_denoise", "height"),
+}
+
+
+@dataclass(frozen=True)
+class DemoFamily:
+    """A demo: the example workflow it runs, the base of the tiny main model it installs, its default size and
+    steps (small: the demo runs in well under a minute on two CPU cores) and where in the workflow it sets them."""
+
+    workflow: str
+    base: str
+    size: int
+    steps: int
+    inputs: dict[str, InputPath] = dataclass_field(default_factory=lambda: DEMO_INPUTS)
+
+
+DEMO_FAMILIES: dict[str, DemoFamily] = {
+    "sd15": DemoFamily("sd15-text-to-image.json", "sd-1", size=128, steps=12),
+    "sdxl": DemoFamily("sdxl-text-to-image.json", "sdxl", size=128, steps=4),
+    # the tiny FLUX.1 dev model (a diffusers folder: its own T5, CLIP-L and VAE); sizes are multiples of 16
+    "flux": DemoFamily("flux-text-to-image.json", "flux", size=64, steps=4, inputs=FLUX_DEMO_INPUTS),
 }
 DEMO_MODEL = "tiny-sd15"  # the sd15 demo's model (the cluster installs it)
 DEMO_WORKFLOW = WORKFLOWS / DEMO_FAMILIES["sd15"].workflow
@@ -61,14 +76,17 @@ def ensure_demo_model(model_root: Optional[str], family: str = "sd15") -> str:
     return done.config.name
 
 
-def demo_sets(workflow: Path, values: dict[str, Any]) -> list[str]:
-    """``run --set`` arguments that give the workflow's prompt, model, seed, steps and size these values."""
+def demo_sets(workflow: Path, values: dict[str, Any],
+              inputs: Optional[dict[str, InputPath]] = None) -> list[str]:
+    """``run --set`` arguments that give the workflow's prompt, model, seed, steps and size these values, found
+    through ``inputs`` (default: the SD workflows' `DEMO_INPUTS`)."""
     from invokeai_provider.compiler.params import param_specs
     from invokeai_provider.graph.workflow import load_document
 
     document = load_document(workflow.read_text(), str(workflow))
     specs = param_specs(document, model_names=lambda node_type, field: [])  # names only: no registry needed
-    return [set_argument(resolve_input(document, specs, DEMO_INPUTS[key]), value) for key, value in values.items()]
+    paths = DEMO_INPUTS if inputs is None else inputs
+    return [set_argument(resolve_input(document, specs, paths[key]), value) for key, value in values.items()]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -81,7 +99,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     size = family.size if args.size is None else args.size
     values = {"model": model, "prompt": args.prompt, "seed": args.seed,
               "steps": family.steps if args.steps is None else args.steps, "width": size, "height": size}
-    run_args = argparse.Namespace(file=str(workflow), set=demo_sets(workflow, values), artifacts=args.artifacts,
+    run_args = argparse.Namespace(file=str(workflow), set=demo_sets(workflow, values, family.inputs),
+                                  artifacts=args.artifacts,
                                   model_root=args.model_root, home=args.home, dag_id=None, granularity="segment",
                                   json=False)
     return cmd_run(run_args)
@@ -216,11 +235,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="text to image through Airflow with a tiny model built on this machine")
     demo.add_argument("--family", choices=sorted(DEMO_FAMILIES), default="sd15",
                       help="sd15: dags/workflows/sd15-text-to-image.json with tiny-sd15; sdxl: "
-                           "sdxl-text-to-image.json with tiny-sdxl (default: sd15)")
+                           "sdxl-text-to-image.json with tiny-sdxl; flux: flux-text-to-image.json with tiny-flux "
+                           "(default: sd15)")
     demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
     demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl)")
-    demo.add_argument("--size", type=int, help="width and height in pixels, a multiple of 8 (default: 128)")
+    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl and flux)")
+    demo.add_argument("--size", type=int, help="width and height in pixels, a multiple of 8, of 16 for flux (default: "
+                                               "128, 64 for flux)")
     demo.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     demo.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
     demo.add_argument("--home", metavar="DIR", help="Airflow home for the embedded run (default: ./.airflow)")

@@ -1,5 +1,5 @@
-"""``demo --family``: the demo's inputs are found in each workflow by following its edges, and the SDXL demo runs
-end to end through Airflow with the size and steps it is given."""
+"""``demo --family``: the demo's inputs are found in each workflow by following its edges, and the SDXL and FLUX
+demos run end to end through Airflow with the size and steps they are given."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers import REPO_ROOT, png_pixels, uri_path, wf_edge, wf_node, workflow
 
-from invokeai_provider.cli.demo import DEMO_FAMILIES, DEMO_INPUTS, WORKFLOWS, demo_sets
+from invokeai_provider.cli.demo import DEMO_FAMILIES, WORKFLOWS, demo_sets
 from invokeai_provider.cli.demo_inputs import InputPath, Target, resolve_input, set_argument
 from invokeai_provider.compiler.params import param_specs
 from invokeai_provider.errors import InvokeAIProviderError
@@ -71,9 +71,10 @@ def test_each_demo_workflow_exposes_what_the_demo_sets(family: str) -> None:
     from invokeai_provider.compiler.dags import load_compiled
     from invokeai_provider.execution.task_runtime import graph_with_params
 
-    path = WORKFLOWS / DEMO_FAMILIES[family].workflow
-    values = {"prompt": "a tiny test", "seed": 9, "steps": 3, "width": 72, "height": 88, "model": "tiny-x"}
-    sets = demo_sets(path, values)
+    demo = DEMO_FAMILIES[family]
+    path = WORKFLOWS / demo.workflow
+    values = {"prompt": "a tiny test", "seed": 9, "steps": 3, "width": 80, "height": 96, "model": "tiny-x"}
+    sets = demo_sets(path, values, demo.inputs)
     assert all("." not in s.partition("=")[0] for s in sets), sets  # all Params, no document edits
     conf = {name: json.loads(raw) for name, _, raw in (s.partition("=") for s in sets)}
     document = load_document(path.read_text())
@@ -87,9 +88,12 @@ def test_each_demo_workflow_exposes_what_the_demo_sets(family: str) -> None:
         return graph["nodes"][node_id][field] if edge is None else graph["nodes"][edge["source"]["node_id"]][
             edge["source"]["field"]]
 
-    assert (fed("noise", "width"), fed("noise", "height"), fed("noise", "seed")) == (72, 88, 9)
-    assert fed("denoise_latents", "steps") == 3
-    assert conf[resolve_input(document, specs_of(document), DEMO_INPUTS["model"]).param] == "tiny-x"
+    seeded = ("flux_denoise", "flux_denoise") if family == "flux" else ("noise", "denoise_latents")
+    assert (fed(seeded[0], "width"), fed(seeded[0], "height"), fed(seeded[0], "seed")) == (80, 96, 9)
+    assert fed(seeded[1], "num_steps" if family == "flux" else "steps") == 3
+    if family == "flux":
+        assert fed("flux_text_encoder", "prompt") == "a tiny test"
+    assert conf[resolve_input(document, specs_of(document), demo.inputs["model"]).param] == "tiny-x"
 
 
 def test_demo_sdxl_runs_end_to_end(tmp_path: Path) -> None:
@@ -111,6 +115,31 @@ def test_demo_sdxl_runs_end_to_end(tmp_path: Path) -> None:
     assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
 
 
+def test_demo_flux_runs_end_to_end(tmp_path: Path) -> None:
+    """The FLUX demo builds tiny-flux and runs flux-text-to-image.json through Airflow at the size and steps given;
+    the image's metadata records them (the workflow feeds them by edges)."""
+    exe = Path(sys.executable).with_name("invokeai-airflow")
+    args = [str(exe), "demo", "--family", "flux", "--size", "80", "--steps", "3", "--seed", "7", "--model-root",
+            str(tmp_path / "models"), "--artifacts", str(tmp_path / "art")]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=600,
+                            env={**_clean_env(), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "building the tiny random-weight flux main model 'tiny-flux'" in result.stderr
+    [image] = json.loads(result.stdout)
+    assert (image["width"], image["height"]) == (80, 80)
+    assert "Denoising step 3/3" in result.stderr and "Denoising step 4/" not in result.stderr
+    assert "task flux_text_to_image: success (queue gpu)" in result.stderr
+    assert "[warning" not in result.stderr.split("running DAG", 1)[1]
+    assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
+    from PIL import Image
+
+    with Image.open(uri_path(image["uri"])) as png:
+        metadata = json.loads(png.info["invokeai_metadata"])
+    assert {k: metadata[k] for k in ("generation_mode", "seed", "steps", "width", "height")} == {
+        "generation_mode": "flux_txt2img", "seed": 7, "steps": 3, "width": 80, "height": 80}
+    assert metadata["model"]["name"] == "tiny-flux"
+
+
 def _clean_env() -> dict[str, str]:
     import os
 
@@ -119,5 +148,6 @@ def _clean_env() -> dict[str, str]:
 
 def test_readme_shows_the_demo_families() -> None:
     text = (REPO_ROOT / "README.md").read_text()
-    assert "invokeai-airflow demo [--family sd15|sdxl] [--size N] [--steps N]" in text
+    assert "invokeai-airflow demo [--family sd15|sdxl|flux] [--size N] [--steps N]" in text
     assert "models install-tiny main --base sdxl" in text
+    assert "demo --family flux" in text and "models install-tiny vae --base flux" in text

@@ -72,12 +72,15 @@ def unpack(tokens: "torch.Tensor", height: int, width: int) -> "torch.Tensor":
     return patches.reshape(b, features // 4, rows * 2, columns * 2)
 
 
-def image_ids(height: int, width: int, *, device: str = "cpu", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
-    """``(tokens, 3)`` position ids ``(0, row, column)`` of the packed latents of an image."""
+def image_ids(height: int, width: int, *, index: int = 0, row_offset: int = 0, column_offset: int = 0,
+              device: str = "cpu", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    """``(tokens, 3)`` position ids ``(index, row, column)`` of the packed latents of an image: index 0 for the
+    image being made, 1 for Kontext's reference images, which also sit at an offset (in tokens) on their canvas."""
     import torch
 
     rows, columns = math.ceil(height / 16), math.ceil(width / 16)
     ids = torch.zeros(rows, columns, 3)
-    ids[..., 1] = torch.arange(rows)[:, None]
-    ids[..., 2] = torch.arange(columns)[None, :]
+    ids[..., 0] = index
+    ids[..., 1] = torch.arange(rows)[:, None] + row_offset
+    ids[..., 2] = torch.arange(columns)[None, :] + column_offset
     return ids.reshape(rows * columns, 3).to(device=device, dtype=dtype or torch.float32)

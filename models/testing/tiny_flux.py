@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 from invokeai_provider.models.testing.tiny import _construct, clip_tokenizer
 
-FluxVariant = Literal["dev", "schnell"]
+FluxVariant = Literal["dev", "schnell", "fill"]
 
-VARIANTS: tuple[FluxVariant, ...] = ("dev", "schnell")
+VARIANTS: tuple[FluxVariant, ...] = ("dev", "schnell", "fill")
 T5_WIDTH = 4096  # T5-XXL's d_model: the transformer's joint_attention_dim, which probing reads
 CLIP_WIDTH = 768  # CLIP-L's: the transformer's pooled_projection_dim
-MAX_SEQ_LEN = {"dev": 512, "schnell": 256}  # InvokeAI's T5 sequence length per variant
+MAX_SEQ_LEN = {"dev": 512, "schnell": 256, "fill": 512}  # InvokeAI's T5 sequence length per variant
 VAE_SCALING, VAE_SHIFT = 0.3611, 0.1159
 # FLUX's flow-matching schedules: dev shifts with the image size, schnell does not
 SCHEDULERS: dict[str, dict[str, Any]] = {
@@ -31,15 +31,19 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
                 base_image_seq_len=256, max_image_seq_len=4096),
     "schnell": dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False),
 }
+SCHEDULERS["fill"] = SCHEDULERS["dev"]
+# FLUX Fill's transformer takes 320 more channels per token: the masked image's latents and the folded mask
+IN_CHANNELS = {"dev": 64, "schnell": 64, "fill": 384}
+PIPELINES = {"dev": "FluxPipeline", "schnell": "FluxPipeline", "fill": "FluxFillPipeline"}
 
 
 def _transformer(variant: FluxVariant, seed: int) -> Any:
     from diffusers import FluxTransformer2DModel
 
     return _construct(lambda: FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
-        guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6)), materialize=True, seed=seed,
+        patch_size=1, in_channels=IN_CHANNELS[variant], out_channels=64, num_layers=1, num_single_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
+        guidance_embeds=variant != "schnell", axes_dims_rope=(4, 6, 6)), materialize=True, seed=seed,
         tag=f"flux-{variant}/transformer")
 
 
@@ -95,7 +99,8 @@ def _t5(seed: int, vocab_size: int) -> Any:
 
 
 def flux_components(variant: FluxVariant = "dev", seed: int = 0) -> dict[str, Any]:
-    """The pipeline components of a tiny FLUX.1 model (what ``FluxPipeline(**components)`` takes)."""
+    """The pipeline components of a tiny FLUX.1 model (what ``FluxPipeline(**components)`` takes, or
+    ``FluxFillPipeline`` for fill)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if variant not in VARIANTS:
@@ -107,13 +112,15 @@ def flux_components(variant: FluxVariant = "dev", seed: int = 0) -> dict[str, An
 
 
 def build_flux_model(dest: Path, *, variant: FluxVariant = "dev", seed: int = 0) -> Path:
-    """A tiny FLUX.1 model as a diffusers folder (``model_index.json`` of a ``FluxPipeline``)."""
-    from diffusers import FluxPipeline
+    """A tiny FLUX.1 model as a diffusers folder (``model_index.json`` of a ``FluxPipeline``, or a
+    ``FluxFillPipeline`` for fill)."""
+    import diffusers
 
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
-    FluxPipeline(**flux_components(variant, seed)).save_pretrained(dest, safe_serialization=True)
+    pipeline = getattr(diffusers, PIPELINES[variant])
+    pipeline(**flux_components(variant, seed)).save_pretrained(dest, safe_serialization=True)
     return dest
 
 

@@ -95,12 +95,13 @@ class LatentsToImageInvocation(BaseInvocation, WithMetadata, WithBoard):
         return save_image(self, context, to_uint8(decoded.permute(1, 2, 0).numpy(), scale=255))
 
 
-def image_to_tensor(image: Any, normalize: bool = True) -> "torch.Tensor":
-    """A PIL image cropped to a multiple of 8 as a [1, C, H, W] float tensor (in [-1, 1] when normalised)."""
+def image_to_tensor(image: Any, normalize: bool = True, multiple_of: int = 8) -> "torch.Tensor":
+    """A PIL image resized down to a multiple of ``multiple_of`` (1: as it is) as a [1, C, H, W] float tensor (in
+    [-1, 1] when normalised)."""
     import numpy as np
     import torch
 
-    width, height = image.width - image.width % 8, image.height - image.height % 8
+    width, height = image.width - image.width % multiple_of, image.height - image.height % multiple_of
     if (width, height) != image.size:
         image = image.resize((width, height), resample=3)
     array = np.asarray(image).astype(np.float32) / 255.0

@@ -33,6 +33,8 @@ NODE_FAMILIES: tuple[str, ...] = (
     "flux.lora_loaders",
     "flux.prompts",
     "flux.denoise",
+    "flux.denoise_meta",
+    "flux.image_conditioning",
     "flux.vae",
     "image.ops",
     "image.mask",

@@ -33,6 +33,7 @@ class FluxDenoiseJob:
     negative: Optional[FluxConditioning] = None
     cfg_scale: list[float] = field(default_factory=lambda: [1.0])  # per step (true CFG where > 1 and negative set)
     init_latents: Optional["torch.Tensor"] = None  # image-to-image: the image's latents
+    add_noise: bool = True  # image-to-image: start from the image noised to the first timestep, else as it is
     # inpainting: (1, 1 or 16, h, w) in latent space, 1 where the image is regenerated and 0 where it is kept (the
     # inverse of a denoise mask); needs init_latents
     inpaint_mask: Optional["torch.Tensor"] = None
@@ -54,7 +55,7 @@ def run(transformer: Any, job: FluxDenoiseJob, *, on_step: Optional[Callable[[in
     latents = noise
     if init is not None:  # start part way: t of noise, 1 - t of the image
         start = timesteps[0]
-        latents = start * noise + (1.0 - start) * init
+        latents = start * noise + (1.0 - start) * init if job.add_noise else init
     tokens = sampling.pack(latents)
     count = tokens.shape[1]
     img_ids = sampling.image_ids(job.height, job.width, device=device, dtype=dtype)

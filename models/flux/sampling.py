@@ -17,14 +17,18 @@ LATENT_CHANNELS = 16
 SIZE_MULTIPLE = 16  # FLUX's image sizes: the VAE's 8x times the 2x2 patches
 
 
+def latent_shape(height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
+    """The latents of an image of ``height`` x ``width`` pixels: 16 channels, whole 2x2 patches."""
+    return (batch, LATENT_CHANNELS, 2 * math.ceil(height / 16), 2 * math.ceil(width / 16))
+
+
 def noise(seed: int, height: int, width: int, *, batch: int = 1, device: str = "cpu",
           dtype: "torch.dtype | None" = None) -> "torch.Tensor":
     """InvokeAI's FLUX noise: drawn on the CPU in float16 from the seed, then cast, so a seed gives the same noise on
     every device and dtype."""
     import torch
 
-    shape = (batch, LATENT_CHANNELS, 2 * math.ceil(height / 16), 2 * math.ceil(width / 16))
-    drawn = torch.randn(shape, device="cpu", dtype=torch.float16, generator=torch.Generator("cpu").manual_seed(seed))
+    drawn = torch.randn(latent_shape(height, width, batch), device="cpu", dtype=torch.float16, generator=torch.Generator("cpu").manual_seed(seed))
     return drawn.to(device=device, dtype=dtype or torch.float32)
 
 

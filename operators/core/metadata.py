@@ -63,6 +63,7 @@ from invokeai_provider.operators.core.primitives import (
     FloatOutput,
     IntegerCollectionOutput,
     IntegerOutput,
+    LatentsOutput,
     StringCollectionOutput,
     StringOutput,
 )
@@ -160,7 +161,12 @@ class MetadataOutput(BaseInvocationOutput):
     metadata: MetadataField = OutputField(description="Metadata Dict")
 
 
-def _metadata(data: dict[str, Any]) -> MetadataField:
+@invocation_output("latents_meta_output")
+class LatentsMetaOutput(LatentsOutput, MetadataOutput):
+    """Latents + metadata"""
+
+
+def metadata_field(data: dict[str, Any]) -> MetadataField:
     """A metadata field holding plain JSON values (pydantic objects dumped), as it will be stored."""
     return MetadataField.model_validate(to_jsonable_python(data))
 
@@ -190,7 +196,7 @@ class MetadataInvocation(BaseInvocation):
         items = [self.items] if isinstance(self.items, MetadataItemField) else self.items
         data: dict[str, Any] = {item.label: item.value for item in items}
         data["app_version"] = APP_VERSION
-        return MetadataOutput(metadata=_metadata(data))
+        return MetadataOutput(metadata=metadata_field(data))
 
 
 @invocation("merge_metadata", title="Metadata Merge", tags=["metadata"], category=_CATEGORY, version="1.0.1")
@@ -203,7 +209,7 @@ class MergeMetadataInvocation(BaseInvocation):
         data: dict[str, Any] = {}
         for item in self.collection:
             data.update(item.root)
-        return MetadataOutput(metadata=_metadata(data))
+        return MetadataOutput(metadata=metadata_field(data))
 
 
 GENERATION_MODES = Literal[
@@ -288,7 +294,7 @@ class CoreMetadataInvocation(BaseInvocation):
     def invoke(self, context: "InvocationContext") -> MetadataOutput:
         data = self.model_dump(mode="json", exclude_none=True, exclude={"id", "type", "is_intermediate", "use_cache"})
         data["app_version"] = APP_VERSION
-        return MetadataOutput(metadata=_metadata(data))
+        return MetadataOutput(metadata=metadata_field(data))
 
 
 @invocation("metadata_field_extractor", title="Metadata Field Extractor", tags=["metadata"], category=_CATEGORY,
@@ -394,7 +400,7 @@ class MetadataItemLinkedInvocation(BaseInvocation, WithMetadata, _CustomLabelChe
         data = dict(_data_of(self))
         data[_key_of(self)] = value
         data["app_version"] = APP_VERSION
-        return MetadataOutput(metadata=_metadata(data))
+        return MetadataOutput(metadata=metadata_field(data))
 
 
 @invocation("metadata_from_image", title="Metadata From Image", tags=["metadata"], category=_CATEGORY,
@@ -406,7 +412,7 @@ class MetadataFromImageInvocation(BaseInvocation):
 
     def invoke(self, context: "InvocationContext") -> MetadataOutput:
         found = context.images.get_metadata(self.image.image_name)
-        return MetadataOutput(metadata=_metadata({} if found is None else dict(found.root)))
+        return MetadataOutput(metadata=metadata_field({} if found is None else dict(found.root)))
 
 
 # --- linked metadata: plain values --------------------------------------------------------------------

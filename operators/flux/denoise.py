@@ -1,13 +1,15 @@
-"""``flux_denoise``: FLUX.1 text-to-image and image-to-image. Type string, title, version 4.6.0, every field and the
+"""``flux_denoise``: FLUX.1 text-to-image, image-to-image and inpainting. Type string, title, version 4.6.0, every field and the
 output follow InvokeAI's flux_denoise.py, so InvokeAI's FLUX graphs validate unchanged; the loop is
 `invokeai_provider.models.flux.denoise_loop`.
 
 Built: noise from the seed (InvokeAI's) or a ``noise`` input, the dev/schnell schedules clipped to
-``denoising_start``/``denoising_end``, image-to-image from ``latents`` (with or without ``add_noise``), dev's
-``guidance``, true CFG with a negative conditioning and ``cfg_scale`` per step between ``cfg_scale_start_step`` and
-``cfg_scale_end_step``, progress and cancel at every step. Not built yet, and refused by name when given: inpainting
-(``denoise_mask``), regional prompts (conditioning lists and masks), the Heun and LCM schedulers, Control LoRA,
-ControlNet, IP-Adapter, Redux, Fill, Kontext and DyPE. The transformer's LoRAs are patched in for the node's span.
+``denoising_start``/``denoising_end``, image-to-image from ``latents`` (with or without ``add_noise``), inpainting
+with a ``denoise_mask`` (gradient masks included), dev's ``guidance``, true CFG with a negative conditioning and
+``cfg_scale`` per step between ``cfg_scale_start_step`` and ``cfg_scale_end_step``, FLUX Fill models with
+``fill_conditioning``, Kontext reference images (both encoded with ``controlnet_vae``), the transformer's LoRAs
+(patched in for the node's span), progress and cancel at every step. Not built yet, and refused by name when given:
+regional prompts (conditioning lists and masks), the Heun and LCM schedulers, Control LoRA, ControlNet, IP-Adapter,
+Redux and DyPE.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ if TYPE_CHECKING:
 
 FLUX_SCHEDULER_NAME_VALUES = Literal["euler", "heun", "lcm"]
 DyPEPreset = Literal["off", "manual", "auto", "area", "4k"]
-_NOT_YET = ("denoise_mask", "control_lora", "redux_conditioning", "fill_conditioning", "control", "controlnet_vae",
-            "ip_adapter", "kontext_conditioning")
+_NOT_YET = ("control_lora", "redux_conditioning", "control", "ip_adapter")
 
 
 @invocation("flux_denoise", title="FLUX Denoise", tags=["image", "flux"], category="latents", version="4.6.0", gpu=True)
@@ -144,40 +145,113 @@ class FluxDenoiseInvocation(BaseInvocation):
             raise field_error(GenerationError, self, "cfg_scale_start_step", "must be before cfg_scale_end_step")
         return [scales[i] if start <= i <= end else 1.0 for i in range(steps)]
 
+    def _latents_input(self, context: "InvocationContext", field: str, expected: tuple[int, ...]) -> Any:
+        """The latents or noise input, which must fit ``width`` and ``height`` (InvokeAI checks the same)."""
+        tensor = context.tensors.load(getattr(self, field).latents_name)
+        if tuple(tensor.shape) != expected:
+            raise field_error(GenerationError, self, field, f"shape {tuple(tensor.shape)} does not fit a "
+                              f"{self.width}x{self.height} image (expected {expected})")
+        return tensor
+
+    def _inpaint_mask(self, context: "InvocationContext", shape: tuple[int, ...]) -> Any:
+        """The denoise mask inverted (1 where the image is regenerated) and resized to the latents, as InvokeAI
+        prepares it (bilinear, no antialiasing)."""
+        import torch.nn.functional as F
+
+        mask = context.tensors.load(self.denoise_mask.mask_name).float()
+        if mask.ndim not in (2, 3, 4) or (mask.ndim > 2 and mask.shape[-3] != 1):
+            raise field_error(GenerationError, self, "denoise_mask", f"a mask of shape {tuple(mask.shape)}; "
+                              "expected one channel (1, H, W) or (1, 1, H, W)")
+        mask = (1.0 - mask).reshape(1, 1, *mask.shape[-2:])
+        return F.interpolate(mask, size=shape[-2:], mode="bilinear", align_corners=False, antialias=False)
+
+    def _fill_condition(self, context: "InvocationContext", models: Any) -> Any:
+        """FLUX Fill's image and mask as the transformer's extra channels."""
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        from invokeai_provider.models.flux.image_conditioning import fill_condition
+        from invokeai_provider.operators.sd.vae import image_to_tensor
+
+        if self.fill_conditioning is None:
+            raise field_error(GenerationError, self, "fill_conditioning", "a FLUX Fill model needs fill conditioning "
+                              "(connect a FLUX Fill Conditioning node)")
+        if self.controlnet_vae is None:
+            raise field_error(GenerationError, self, "controlnet_vae", "a FLUX Fill model needs the VAE here, to "
+                              "encode the fill image")
+        mask = context.tensors.load(self.fill_conditioning.mask.tensor_name)
+        if mask.dtype != torch.bool or mask.ndim != 3 or mask.shape[0] != 1:
+            raise field_error(GenerationError, self, "fill_conditioning", f"its mask is {mask.dtype} of shape "
+                              f"{tuple(mask.shape)}; expected a bool (1, H, W) tensor")
+        mask = F.interpolate(mask[None].float(), size=(self.height, self.width), mode="nearest")[0]
+        image = context.images.get_pil(self.fill_conditioning.image.image_name, mode="RGB")
+        image = image_to_tensor(image.resize((self.width, self.height), Image.Resampling.BICUBIC))
+        context.util.signal_progress("Running VAE")
+        with models.load(self.controlnet_vae.vae) as vae:
+            return fill_condition(vae, image, mask)
+
+    def _kontext_references(self, context: "InvocationContext", models: Any) -> tuple[Any, Any]:
+        """The Kontext reference images' tokens and position ids."""
+        from invokeai_provider.models.flux.image_conditioning import kontext_references
+        from invokeai_provider.operators.sd.vae import image_to_tensor
+
+        if self.controlnet_vae is None:
+            raise field_error(GenerationError, self, "controlnet_vae", "Kontext conditioning needs the VAE here, to "
+                              "encode the reference images")
+        fields = self.kontext_conditioning if isinstance(self.kontext_conditioning, list) else \
+            [self.kontext_conditioning]
+        images = [image_to_tensor(context.images.get_pil(field.image.image_name, mode="RGB"), multiple_of=1)
+                  for field in fields]
+        context.util.signal_progress("Running VAE")
+        with models.load(self.controlnet_vae.vae) as vae:
+            return kontext_references(vae, images)
+
     def invoke(self, context: "InvocationContext") -> LatentsOutput:
         from invokeai_provider.models.flux import denoise_loop, sampling
 
         self._refuse_what_is_not_built()
         models = model_service(self, context, "transformer")
         config = models.get_config(self.transformer.transformer)
-        init = context.tensors.load(self.latents.latents_name) if self.latents is not None else None
+        expected = sampling.latent_shape(self.height, self.width)
+        init = self._latents_input(context, "latents", expected) if self.latents is not None else None
         if init is None and self.denoising_start > 1e-5:
             raise field_error(GenerationError, self, "denoising_start", "should be 0 when initial latents are not "
                               "provided")
-        if self.noise is not None:
-            noise = context.tensors.load(self.noise.latents_name)
+        if init is None and self.denoise_mask is not None:
+            raise field_error(GenerationError, self, "denoise_mask", "inpainting needs the image's latents in "
+                              "latents")
+        if init is not None and not self.add_noise and self.denoise_mask is None:
+            noise = init  # never used: InvokeAI neither reads nor checks it
+        elif self.noise is not None:
+            noise = self._latents_input(context, "noise", expected)
         else:
             noise = sampling.noise(self.seed, self.height, self.width)
-        if init is not None and tuple(init.shape) != tuple(noise.shape):
-            raise field_error(GenerationError, self, "latents", f"shape {tuple(init.shape)} does not match the "
-                              f"noise's {tuple(noise.shape)} (width and height)")
-        height, width = noise.shape[2] * 8, noise.shape[3] * 8
         schnell = config.variant is FluxVariantType.Schnell
         timesteps = sampling.clip_schedule(
-            sampling.schedule(self.num_steps, (height // 16) * (width // 16), shift=not schnell),
+            sampling.schedule(self.num_steps, (self.height // 16) * (self.width // 16), shift=not schnell),
             self.denoising_start, self.denoising_end)
-        cfg = self.cfg_schedule(len(timesteps) - 1)
+        cfg = self.cfg_schedule(len(timesteps) - 1) if len(timesteps) > 1 else []
         negative = None
         if any(scale != 1.0 for scale in cfg):
             if self.negative_text_conditioning is None:
                 raise field_error(GenerationError, self, "negative_text_conditioning", "needed when cfg_scale is "
                                   "not 1.0")
             negative = self._conditioning(context, "negative_text_conditioning")
+        channel_condition = None
+        if config.variant is FluxVariantType.DevFill:
+            channel_condition = self._fill_condition(context, models)
+        elif self.fill_conditioning is not None:
+            raise field_error(GenerationError, self, "fill_conditioning", "given, but the model is not a FLUX Fill "
+                              "model")
+        references, reference_ids = (self._kontext_references(context, models) if self.kontext_conditioning
+                                     else (None, None))
         job = denoise_loop.FluxDenoiseJob(
-            noise=noise if (init is None or self.add_noise) else init, positive=self._conditioning(
-                context, "positive_text_conditioning"), timesteps=timesteps, height=height, width=width,
-            guidance=self.guidance, negative=negative, cfg_scale=cfg,
-            init_latents=init if (init is not None and self.add_noise) else None)
+            noise=noise, positive=self._conditioning(context, "positive_text_conditioning"), timesteps=timesteps,
+            height=self.height, width=self.width, guidance=self.guidance, negative=negative, cfg_scale=cfg or [1.0],
+            init_latents=init, add_noise=self.add_noise,
+            inpaint_mask=self._inpaint_mask(context, expected) if self.denoise_mask is not None else None,
+            channel_condition=channel_condition, reference_tokens=references, reference_ids=reference_ids)
 
         def on_step(step: int, total: int) -> None:
             context.util.signal_progress(f"Denoising step {step}/{total}", step / total, step=step, total=total)

@@ -1,6 +1,6 @@
 """Every example DAG in dags/ runs offline after the README's set-up: in a model root that holds only what
-``models install-tiny main`` and ``models install-tiny main --base sdxl`` put there, each example runs with its
-own default model (no ``model`` in the conf), small and with few steps."""
+``models install-tiny main`` with ``--base sdxl`` and ``--base flux`` put there, each example runs with its own
+default model (no ``model`` in the conf), small and with few steps."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 from helpers import REPO_ROOT, png_pixels, task_states, uri_path
 
 DAGS = REPO_ROOT / "dags"
-WORKFLOWS = {"sd15-text-to-image": "sd-1", "sdxl-text-to-image": "sdxl", "prompt-list-batch": "sd-1"}
+WORKFLOWS = {"sd15-text-to-image": "sd-1", "sdxl-text-to-image": "sdxl", "prompt-list-batch": "sd-1",
+             "flux-text-to-image": "flux"}
 SIZE = 64
 
 
@@ -32,17 +33,19 @@ def tiny_root(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("install-tiny-root")
     run_cli_ok(airflow_env, "models", "install-tiny", "main", "--model-root", str(root))
     run_cli_ok(airflow_env, "models", "install-tiny", "main", "--base", "sdxl", "--model-root", str(root))
+    run_cli_ok(airflow_env, "models", "install-tiny", "main", "--base", "flux", "--model-root", str(root))
     return root.as_uri()
 
 
 def small_conf(path: Path) -> list[str]:
     """Size, steps and (for a batch) two-item lists, under whatever names the workflow gives its Params; the
     model stays the workflow's default."""
-    from invokeai_provider.cli.demo import demo_sets
+    from invokeai_provider.cli.demo import DEMO_FAMILIES, demo_sets
     from invokeai_provider.compiler.params import param_specs
     from invokeai_provider.graph.workflow import load_document
 
-    sets = demo_sets(path, {"steps": 2, "width": SIZE, "height": SIZE})
+    inputs = next((family.inputs for family in DEMO_FAMILIES.values() if family.workflow == path.name), None)
+    sets = demo_sets(path, {"steps": 2, "width": SIZE, "height": SIZE}, inputs)
     specs = param_specs(load_document(path.read_text()), model_names=lambda node_type, field: [])
     sets += [f"{s.name}={json.dumps(s.schema['default'][:2])}" for s in specs if s.kind == "batch"]
     return sets
@@ -53,7 +56,7 @@ def default_model(path: Path) -> str:
     from invokeai_provider.graph.workflow import load_document
 
     [model] = [s for s in param_specs(load_document(path.read_text()), model_names=lambda node_type, field: [])
-               if s.kind == "model"]
+               if s.kind == "model" and s.schema.get("default")]  # the main; optional parts have none
     return model.schema["default"]
 
 

@@ -35,6 +35,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "flux.denoise",
     "flux.denoise_meta",
     "flux.image_conditioning",
+    "flux.controlnet",
     "flux.vae",
     "image.ops",
     "image.mask",

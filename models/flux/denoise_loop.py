@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from invokeai_provider.models.flux import sampling
+from invokeai_provider.models.flux.controlnet import FluxControl, control_residuals
 from invokeai_provider.models.flux.text_encoding import FluxConditioning
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class FluxDenoiseJob:
     channel_condition: Optional["torch.Tensor"] = None  # FLUX Fill: (1, tokens, 320) appended to each token
     reference_tokens: Optional["torch.Tensor"] = None  # Kontext: (1, n, 64) after the image's tokens
     reference_ids: Optional["torch.Tensor"] = None  # and their (n, 3) position ids
+    controls: list[FluxControl] = field(default_factory=list)  # ControlNets, their residuals summed
 
 
 def run(transformer: Any, job: FluxDenoiseJob, *, on_step: Optional[Callable[[int, int], None]] = None
@@ -72,20 +74,28 @@ def run(transformer: Any, job: FluxDenoiseJob, *, on_step: Optional[Callable[[in
                 if transformer.config.guidance_embeds else None)
     total = len(timesteps) - 1
 
-    def predict(conditioning: FluxConditioning, t: "torch.Tensor") -> "torch.Tensor":
+    blocks = (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks))
+
+    def predict(conditioning: FluxConditioning, t: "torch.Tensor", step: Optional[int] = None) -> "torch.Tensor":
         t5 = conditioning.t5_embeds.to(device=device, dtype=dtype)
+        clip = conditioning.clip_embeds.to(device=device, dtype=dtype)
         txt_ids = torch.zeros(t5.shape[1], 3, device=device, dtype=dtype)
+        double = single = None
+        if step is not None and job.controls:
+            double, single = control_residuals(job.controls, step, total, tokens=tokens, timestep=t,
+                                               guidance=job.guidance, t5=t5, clip=clip, txt_ids=txt_ids,
+                                               img_ids=img_ids, blocks=blocks)
         hidden = tokens if extra is None else torch.cat([tokens, extra], dim=-1)
         if reference is not None:
             hidden = torch.cat([hidden, reference], dim=1)
-        return transformer(hidden_states=hidden, timestep=t, guidance=guidance,
-                           pooled_projections=conditioning.clip_embeds.to(device=device, dtype=dtype),
-                           encoder_hidden_states=t5, txt_ids=txt_ids, img_ids=ids, return_dict=False)[0][:, :count]
+        return transformer(hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=clip,
+                           encoder_hidden_states=t5, txt_ids=txt_ids, img_ids=ids, controlnet_block_samples=double,
+                           controlnet_single_block_samples=single, return_dict=False)[0][:, :count]
 
     with torch.no_grad():
         for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
             t = torch.full((tokens.shape[0],), t_curr, device=device, dtype=dtype)
-            prediction = predict(job.positive, t)
+            prediction = predict(job.positive, t, step)  # the ControlNets act on the positive prediction only
             scale = job.cfg_scale[min(step, len(job.cfg_scale) - 1)]
             if job.negative is not None and scale != 1.0:
                 negative = predict(job.negative, t)

@@ -26,7 +26,7 @@ def fill_condition(vae: Any, image: "torch.Tensor", mask: "torch.Tensor") -> "to
     import torch
 
     mask = mask.to(device=image.device, dtype=image.dtype)
-    latents = flux_vae.encode(vae, image * (1.0 - mask[:, None]), generator=torch.Generator("cpu").manual_seed(0))
+    latents = flux_vae.encode_seeded(vae, image * (1.0 - mask[:, None]))
     batch, height, width = mask.shape
     folded = mask.reshape(batch, height // 8, 8, width // 8, 8).permute(0, 2, 4, 1, 3).reshape(
         batch, 64, height // 8, width // 8)

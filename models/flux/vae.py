@@ -28,3 +28,11 @@ def encode(vae: Any, image: "torch.Tensor", *, generator: Optional["torch.Genera
         posterior = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
         latents = posterior.sample(generator) if generator is not None else posterior.mode()
     return ((latents - (config.shift_factor or 0.0)) * config.scaling_factor).float()
+
+
+def encode_seeded(vae: Any, image: "torch.Tensor") -> "torch.Tensor":
+    """Latents as InvokeAI encodes every FLUX image (``flux_vae_encode``, Fill, ControlNets): sampled with a
+    generator seeded 0, so the same image always gives the same latents."""
+    import torch
+
+    return encode(vae, image, generator=torch.Generator("cpu").manual_seed(0))

@@ -178,6 +178,11 @@ class ModelManager:
 
                     return to_diffusers_names(tensors)
                 return tensors
+            if config.type is ModelType.ControlNet and config.base is BaseModelType.Flux:
+                from invokeai_provider.models.flux.controlnet import load_controlnet
+
+                with self.registry.local_model(config) as local:
+                    return load_controlnet(local.path, self.dtype)
             if config.type is ModelType.SpandrelImageToImage:
                 from invokeai_provider.models.upscalers import spandrel as spandrel_model
                 with self.registry.local_model(config) as local:

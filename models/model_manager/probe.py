@@ -24,6 +24,7 @@ from invokeai_provider.core.taxonomy import (
     SchedulerPredictionType,
 )
 from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.flux.controlnet import controlnet_kind, folder_is_controlnet
 from invokeai_provider.models.flux.lora_conversion import flux_lora_format
 from invokeai_provider.models.model_manager.configs import ModelFormat
 
@@ -265,6 +266,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
     shapes = file_shapes(path, allow_pickle)
     if _has_prefix(shapes, ("model.diffusion_model.",)):
         return _probe_main_checkpoint(path, shapes)
+    if controlnet_kind(shapes) is not None:  # InstantX (diffusers keys) or XLabs FLUX ControlNets
+        return ProbeResult(ModelType.ControlNet, ModelFormat.Checkpoint, BaseModelType.Flux)
     for probe in (_probe_lora, _probe_embedding):
         result = probe(path, shapes)
         if result is not None:
@@ -343,6 +346,9 @@ def probe_folder(path: Path) -> ProbeResult:
     if part is not None:
         return part
     config = path / "config.json"
+    if folder_is_controlnet(path):
+        return ProbeResult(ModelType.ControlNet, ModelFormat.Diffusers, BaseModelType.Flux,
+                           repo_variant=_repo_variant(path))
     if config.is_file() and _read_json(config).get("_class_name") in ("AutoencoderKL", "AutoencoderTiny"):
         base = probe_parts.vae_folder_base(_read_json(config)) or _vae_base_from_name(path.name)
         return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, base, repo_variant=_repo_variant(path))

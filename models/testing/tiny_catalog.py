@@ -70,6 +70,12 @@ def _flux_lora(base: str, dest: Path, seed: int) -> Path:
     return build_flux_lora(dest, style="kohya", seed=seed)
 
 
+def _flux_controlnet(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_control import build_flux_controlnet
+
+    return build_flux_controlnet(dest, seed=seed)
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -126,6 +132,8 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                          weights_of=flux_main)
     table[ModelType.LoRA, BaseModelType.Flux] = TinyModel(ModelType.LoRA, BaseModelType.Flux, _flux_lora,
                                                           ".safetensors")
+    table[ModelType.ControlNet, BaseModelType.Flux] = TinyModel(ModelType.ControlNet, BaseModelType.Flux,
+                                                                _flux_controlnet)
     # InvokeAI's base for standalone T5 and CLIP embed encoders is "any": one encoder serves several families
     table[ModelType.T5Encoder, BaseModelType.Any] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _flux_t5,
                                                               slug="flux", weights_of=flux_main)

@@ -8,12 +8,13 @@ with a ``denoise_mask`` (gradient masks included), dev's ``guidance``, true CFG 
 ``cfg_scale`` per step between ``cfg_scale_start_step`` and ``cfg_scale_end_step``, FLUX Fill models with
 ``fill_conditioning``, Kontext reference images (both encoded with ``controlnet_vae``), the transformer's LoRAs
 (patched in for the node's span), progress and cancel at every step. Not built yet, and refused by name when given:
-regional prompts (conditioning lists and masks), the Heun and LCM schedulers, Control LoRA, ControlNet, IP-Adapter,
-Redux and DyPE.
+regional prompts (conditioning lists and masks), the Heun and LCM schedulers, XLabs ControlNets, Control LoRA,
+IP-Adapter, Redux and DyPE. InstantX ControlNets (plain and union) act on the positive prediction.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from invokeai_provider.core.fields import (
@@ -30,7 +31,7 @@ from invokeai_provider.core.fields import (
     VAEField,
 )
 from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
-from invokeai_provider.core.taxonomy import BaseModelType, FluxVariantType
+from invokeai_provider.core.taxonomy import BaseModelType, FluxVariantType, ModelType
 from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.primitives import LatentsOutput
 from invokeai_provider.operators.sd.common import GenerationError, lora_patched, model_service
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 FLUX_SCHEDULER_NAME_VALUES = Literal["euler", "heun", "lcm"]
 DyPEPreset = Literal["off", "manual", "auto", "area", "4k"]
-_NOT_YET = ("control_lora", "redux_conditioning", "control", "ip_adapter")
+_NOT_YET = ("control_lora", "redux_conditioning", "ip_adapter")
 
 
 @invocation("flux_denoise", title="FLUX Denoise", tags=["image", "flux"], category="latents", version="4.6.0", gpu=True)
@@ -207,6 +208,35 @@ class FluxDenoiseInvocation(BaseInvocation):
         with models.load(self.controlnet_vae.vae) as vae:
             return kontext_references(vae, images)
 
+    def _controls(self, context: "InvocationContext", models: Any, stack: ExitStack, steps: int) -> list[Any]:
+        """The ControlNets, loaded for the node's span, with their control images encoded by ``controlnet_vae``."""
+        from invokeai_provider.models.flux.controlnet import FluxControl
+        from invokeai_provider.models.flux.sampling import pack
+        from invokeai_provider.models.flux.vae import encode_seeded
+        from invokeai_provider.models.image_util.control_image import prepare_control_image
+        from invokeai_provider.operators.core.models import check_model
+
+        fields = self.control if isinstance(self.control, list) else [self.control] if self.control else []
+        if fields and self.controlnet_vae is None:
+            raise field_error(GenerationError, self, "controlnet_vae", "a FLUX ControlNet needs the VAE here, to "
+                              "encode its control image")
+        controls = []
+        for field in fields:
+            check_model(self, "control", field.control_model, context, ModelType.ControlNet, (BaseModelType.Flux,))
+            if isinstance(field.control_weight, list) and len(field.control_weight) != steps:
+                raise field_error(GenerationError, self, "control", f"a list of {len(field.control_weight)} "
+                                  f"control weights for {steps} steps")
+            image = prepare_control_image(context.images.get_pil(field.image.image_name), self.width, self.height,
+                                          field.resize_mode)
+            with models.load(self.controlnet_vae.vae) as vae:
+                condition = pack(encode_seeded(vae, image * 2 - 1))
+            mode = field.instantx_control_mode
+            controls.append(FluxControl(
+                model=stack.enter_context(models.load(field.control_model)), condition=condition,
+                weight=field.control_weight, begin_step_percent=field.begin_step_percent,
+                end_step_percent=field.end_step_percent, mode=mode if mode is not None and mode >= 0 else None))
+        return controls
+
     def invoke(self, context: "InvocationContext") -> LatentsOutput:
         from invokeai_provider.models.flux import denoise_loop, sampling
 
@@ -256,8 +286,12 @@ class FluxDenoiseInvocation(BaseInvocation):
         def on_step(step: int, total: int) -> None:
             context.util.signal_progress(f"Denoising step {step}/{total}", step / total, step=step, total=total)
 
-        with models.load(self.transformer.transformer) as transformer, lora_patched(
-                self, context, "transformer", transformer, self.transformer.loras, "transformer", BaseModelType.Flux):
+        with ExitStack() as stack:
+            job.controls = self._controls(context, models, stack, len(timesteps) - 1)
+            transformer = stack.enter_context(models.load(self.transformer.transformer))
+            stack.enter_context(lora_patched(self, context, "transformer", transformer, self.transformer.loras,
+                                             "transformer", BaseModelType.Flux))
             latents = denoise_loop.run(transformer, job, on_step=on_step)
         latents = latents.cpu()
         return LatentsOutput.build(latents_name=context.tensors.save(latents), latents=latents, seed=None)
+

@@ -53,14 +53,11 @@ class FluxVaeEncodeInvocation(BaseInvocation):
     vae: VAEField = InputField(description=VAE_DESCRIPTION, input=Input.Connection)
 
     def invoke(self, context: "InvocationContext") -> LatentsOutput:
-        import torch
-
         from invokeai_provider.models.flux import vae as flux_vae
 
         tensor = image_to_tensor(context.images.get_pil(self.image.image_name, mode="RGB"))
         context.util.signal_progress("Running VAE")
         with model_service(self, context, "vae").load(self.vae.vae) as model:
-            # sampled with a generator seeded 0, as InvokeAI does: the same image always gives the same latents
-            latents = flux_vae.encode(model, tensor, generator=torch.Generator("cpu").manual_seed(0))
+            latents = flux_vae.encode_seeded(model, tensor)
         latents = latents.cpu()
         return LatentsOutput.build(latents_name=context.tensors.save(latents), latents=latents, seed=None)

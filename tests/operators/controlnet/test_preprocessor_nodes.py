@@ -16,7 +16,7 @@ from invokeai_provider.errors import NodeExecutionError, UnknownNodeTypeError
 from invokeai_provider.graph.graph import Graph
 from invokeai_provider.core.invocation import Classification
 from invokeai_provider.operators.image.io import ImageNodeError
-from invokeai_provider.operators.controlnet.preprocessors import _thin, heuristic_resize
+from invokeai_provider.models.image_util.control_image import _thin, heuristic_resize
 from invokeai_provider.core.registry import InvocationRegistry
 from invokeai_provider.graph.workflow import load_document, parse_workflow
 

@@ -220,3 +220,43 @@ def test_flux_denoise_meta_writes_its_parameters_into_the_png(run: RunContext, m
     assert {k: metadata[k] for k in ("width", "height", "steps", "guidance", "seed", "cfg_scale")} == {
         "width": WIDTH, "height": HEIGHT, "steps": 1, "guidance": GUIDANCE, "seed": SEED, "cfg_scale": 1.0}
     assert metadata["model"]["key"] == installed["dev"]["key"] and metadata["denoising_end"] == 1.0
+
+
+def test_a_controlnet_graph_gives_flux_controlnet_pipelines_image(run: RunContext, models: Any, tmp_path: Path) -> None:
+    from diffusers import FluxControlNetPipeline
+
+    from invokeai_provider.models.flux import sampling
+    from invokeai_provider.models.testing.tiny_flux_control import build_flux_controlnet
+
+    manager, installed = models
+    controlnet = install_model(manager.registry, str(build_flux_controlnet(tmp_path / "cn", union_modes=4, seed=6)),
+                               name="tiny-flux-union").identifier()
+    hint = picture(7)
+    put_image(run, "hint.png", hint)
+    nodes, edges = generation(installed["dev"])
+    nodes["control"] = {"type": "flux_controlnet", "image": {"image_name": "hint.png"}, "control_model": controlnet,
+                        "control_weight": 0.8, "instantx_control_mode": 1}
+    edges += [edge("control", "control", "denoise", "control"), edge("load", "vae", "denoise", "controlnet_vae")]
+    mine = pixels(stored_image(run, run_nodes(run, nodes, edges).outputs_of("decode")[0]))
+
+    from invokeai_provider.core.fields import ModelIdentifierField
+
+    with manager.load(ModelIdentifierField.model_validate(controlnet)) as model:
+        pipe = FluxControlNetPipeline(controlnet=model, **pipeline_parts(manager, installed["dev"]))
+        reference = pipe(PROMPT, control_image=hint, control_mode=1, controlnet_conditioning_scale=0.8,
+                         height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                         latents=sampling.pack(sampling.noise(SEED, HEIGHT, WIDTH)),
+                         generator=torch.Generator().manual_seed(0), max_sequence_length=512,
+                         output_type="np").images[0]
+    assert_close(mine, truncated(reference), "the ControlNet graph")
+
+    nodes["control"]["control_weight"] = [0.8, 0.8]
+    with pytest.raises(NodeExecutionError, match="field control: a list of 2 control weights for 3 steps"):
+        run_nodes(run, nodes, edges)
+    with pytest.raises(NodeExecutionError, match="field control_model"):
+        run_nodes(run, {**nodes, "control": {**nodes["control"], "control_weight": 1.0,
+                                             "control_model": installed["dev"]}}, edges)
+    nodes["control"]["control_weight"] = 0.8
+    no_vae = [e for e in edges if e["destination"] != {"node_id": "denoise", "field": "controlnet_vae"}]
+    with pytest.raises(NodeExecutionError, match="field controlnet_vae: a FLUX ControlNet needs the VAE"):
+        run_nodes(run, nodes, no_vae)

@@ -88,6 +88,8 @@ def run(transformer: Any, job: FluxDenoiseJob, *, on_step: Optional[Callable[[in
         hidden = tokens if extra is None else torch.cat([tokens, extra], dim=-1)
         if reference is not None:
             hidden = torch.cat([hidden, reference], dim=1)
+            # the ControlNets steer the image's own tokens, not Kontext's (InvokeAI fails on a shape mismatch here)
+            double, single = (_pad_tokens(r, reference.shape[1]) for r in (double, single))
         return transformer(hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=clip,
                            encoder_hidden_states=t5, txt_ids=txt_ids, img_ids=ids, controlnet_block_samples=double,
                            controlnet_single_block_samples=single, return_dict=False)[0][:, :count]
@@ -117,3 +119,10 @@ def _keep_unmasked(tokens: "torch.Tensor", mask: "torch.Tensor", init: "torch.Te
 
     regenerate = torch.where(mask >= t_prev + 1e-4, 1.0, 0.0).to(tokens.dtype)
     return tokens * regenerate + (noise * t_prev + (1.0 - t_prev) * init) * (1.0 - regenerate)
+
+
+def _pad_tokens(residuals: Optional[list["torch.Tensor"]], extra: int) -> Optional[list["torch.Tensor"]]:
+    """ControlNet residuals with zeros appended for ``extra`` more tokens."""
+    import torch.nn.functional as F
+
+    return None if residuals is None else [F.pad(r, (0, 0, 0, extra)) for r in residuals]

@@ -183,6 +183,8 @@ class ModelManager:
 
                 with self.registry.local_model(config) as local:
                     return load_controlnet(local.path, self.dtype)
+            if config.type in (ModelType.SigLIP, ModelType.FluxRedux):
+                return self._load_redux_part(config)
             if config.type is ModelType.SpandrelImageToImage:
                 from invokeai_provider.models.upscalers import spandrel as spandrel_model
                 with self.registry.local_model(config) as local:
@@ -198,6 +200,18 @@ class ModelManager:
             raise ModelLoadError(f"model {config.name!r} ({config.key}) {part.value if part else ''}: could not be "
                                  f"loaded: {type(exc).__name__}: {exc}") from exc
         raise ModelLoadError(f"model {config.name!r}: loading {config.type.value} models is not supported yet")
+
+    def _load_redux_part(self, config: ModelConfig) -> Any:
+        """FLUX Redux's models: SigLIP (vision tower and image processor) or the Redux embedder. InvokeAI runs the
+        embedder in bfloat16, never float16: here float16 is bfloat16 too, else the manager's dtype."""
+        import torch
+
+        from invokeai_provider.models.flux import redux
+
+        with self.registry.local_model(config) as local:
+            if config.type is ModelType.SigLIP:
+                return redux.load_siglip(local.path, self.dtype)
+            return redux.load_redux(local.path, torch.bfloat16 if self.dtype == torch.float16 else self.dtype)
 
     def _load_main_part(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
         if part is None:

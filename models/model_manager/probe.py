@@ -26,6 +26,7 @@ from invokeai_provider.core.taxonomy import (
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.models.flux.controlnet import controlnet_kind, folder_is_controlnet
 from invokeai_provider.models.flux.lora_conversion import flux_lora_format
+from invokeai_provider.models.flux.redux import SIGLIP_PROCESSOR_FILE, folder_siglip_class, is_redux
 from invokeai_provider.models.model_manager.configs import ModelFormat
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -268,6 +269,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
         return _probe_main_checkpoint(path, shapes)
     if controlnet_kind(shapes) is not None:  # InstantX (diffusers keys) or XLabs FLUX ControlNets
         return ProbeResult(ModelType.ControlNet, ModelFormat.Checkpoint, BaseModelType.Flux)
+    if is_redux(shapes):  # BFL's Redux image embedder (InvokeAI's test: exactly its four tensors)
+        return ProbeResult(ModelType.FluxRedux, ModelFormat.Checkpoint, BaseModelType.Flux)
     for probe in (_probe_lora, _probe_embedding):
         result = probe(path, shapes)
         if result is not None:
@@ -320,6 +323,15 @@ def _probe_flux_folder(path: Path) -> ProbeResult:
                        repo_variant=_repo_variant(path))
 
 
+def _probe_siglip(path: Path) -> ProbeResult:
+    """A SigLIP folder (InvokeAI: config naming ``SiglipModel``; a bare ``SiglipVisionModel`` is taken too), which
+    FLUX Redux needs with its image processor."""
+    if not (path / SIGLIP_PROCESSOR_FILE).is_file():
+        raise ProbeError(f"{path}: a SigLIP model without {SIGLIP_PROCESSOR_FILE}; FLUX Redux needs its image "
+                         "processor beside the weights")
+    return ProbeResult(ModelType.SigLIP, ModelFormat.Diffusers, BaseModelType.Any, repo_variant=_repo_variant(path))
+
+
 def probe_folder(path: Path) -> ProbeResult:
     index = path / "model_index.json"
     if index.is_file():
@@ -345,6 +357,8 @@ def probe_folder(path: Path) -> ProbeResult:
     part = probe_parts.probe_part_folder(path)  # a T5 encoder or CLIP embed folder
     if part is not None:
         return part
+    if folder_siglip_class(path) is not None:
+        return _probe_siglip(path)
     config = path / "config.json"
     if folder_is_controlnet(path):
         return ProbeResult(ModelType.ControlNet, ModelFormat.Diffusers, BaseModelType.Flux,

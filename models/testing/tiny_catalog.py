@@ -76,6 +76,18 @@ def _flux_controlnet(base: str, dest: Path, seed: int) -> Path:
     return build_flux_controlnet(dest, seed=seed)
 
 
+def _siglip(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_redux import build_siglip
+
+    return build_siglip(dest, seed=seed)
+
+
+def _flux_redux(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_redux import build_flux_redux
+
+    return build_flux_redux(dest, seed=seed)
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -134,6 +146,10 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                           ".safetensors")
     table[ModelType.ControlNet, BaseModelType.Flux] = TinyModel(ModelType.ControlNet, BaseModelType.Flux,
                                                                 _flux_controlnet)
+    # FLUX Redux: its image embedder (base flux) and the SigLIP vision model it reads (base any, like InvokeAI's)
+    table[ModelType.FluxRedux, BaseModelType.Flux] = TinyModel(ModelType.FluxRedux, BaseModelType.Flux, _flux_redux,
+                                                               ".safetensors")
+    table[ModelType.SigLIP, BaseModelType.Any] = TinyModel(ModelType.SigLIP, BaseModelType.Any, _siglip, slug="flux")
     # InvokeAI's base for standalone T5 and CLIP embed encoders is "any": one encoder serves several families
     table[ModelType.T5Encoder, BaseModelType.Any] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _flux_t5,
                                                               slug="flux", weights_of=flux_main)

@@ -4,12 +4,14 @@ InvokeAI's ``flux_denoise`` applies them.
 InstantX ControlNets (and their "union" form, with a control-mode embedding) are diffusers'
 ``FluxControlNetModel``: a diffusers folder, or a single file with diffusers' keys whose config is read from the
 shapes. Their conditioning is the control image encoded by the VAE and packed like the latents. XLabs ControlNets
-(``input_hint_block``, BFL's block names) are recognised but not run yet.
+(``input_hint_block``, BFL's block names; `invokeai_provider.models.flux.xlabs_controlnet`) are the same diffusers
+model with its input-hint encoder: their conditioning is the control image itself, in [-1, 1], not VAE-encoded.
 
 Each step, every ControlNet whose step range covers the step gives per-block residuals, scaled by its weight and
-spread over the transformer's blocks (InstantX: block ``i`` takes sample ``i // ceil(blocks / samples)``); the
-ControlNets' residuals are summed, and the transformer adds them after its blocks. Only the positive prediction
-gets them, as in InvokeAI.
+spread over the transformer's blocks. InstantX: block ``i`` takes sample ``i // ceil(blocks / samples)``, for double
+and single blocks. XLabs (double blocks only): block ``i`` takes sample ``i % samples``, cyclically, as XLabs'
+model and InvokeAI apply them. The ControlNets' residuals are summed, and the transformer adds them after its
+blocks. Only the positive prediction gets them, as in InvokeAI.
 """
 
 from __future__ import annotations
@@ -67,19 +69,34 @@ def _config_from_weights(state: dict[str, "torch.Tensor"]) -> dict[str, Any]:
     return config
 
 
+def is_xlabs(model: Any) -> bool:
+    """Whether a loaded ``FluxControlNetModel`` is an XLabs one: only those encode the control image themselves."""
+    return getattr(model, "input_hint_block", None) is not None
+
+
 def load_controlnet(path: Path, dtype: "torch.dtype") -> Any:
-    """An InstantX FLUX ControlNet from a diffusers folder or a single safetensors file."""
+    """A FLUX ControlNet from a diffusers folder (InstantX or XLabs, per its config) or a single safetensors file
+    (InstantX with diffusers' keys, or XLabs with BFL's)."""
     from diffusers import FluxControlNetModel
 
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and (path / "config.json").is_file():
         return FluxControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
+    if path.is_dir():  # a folder holding one single file (as XLabs' repositories do), probed as that file
+        weights = sorted(path.glob("*.safetensors"))
+        if len(weights) != 1:
+            raise ControlNetLoadError(f"{path.name}: no config.json and {len(weights)} safetensors files")
+        path = weights[0]
     from safetensors.torch import load_file
 
     state = load_file(str(path))
     if controlnet_kind(state) == "xlabs":
-        raise ControlNetLoadError(f"{path.name}: XLabs FLUX ControlNets are not supported yet (InstantX and union "
-                                  "ControlNets are)")
+        from invokeai_provider.models.flux.xlabs_controlnet import load_xlabs
+
+        try:
+            return load_xlabs(state, dtype)
+        except ControlNetLoadError as error:
+            raise ControlNetLoadError(f"{path.name}: {error}") from None
     if controlnet_kind(state) != "instantx":
         raise ControlNetLoadError(f"{path.name}: not a FLUX ControlNet this provider reads (InstantX keys missing)")
     model = FluxControlNetModel.from_config(_config_from_weights(state))
@@ -97,10 +114,11 @@ def folder_is_controlnet(path: Path) -> bool:
 
 @dataclass
 class FluxControl:
-    """One ControlNet of a ``flux_denoise``: the model, the encoded control image and when and how much it acts."""
+    """One ControlNet of a ``flux_denoise``: the model, its conditioning and when and how much it acts."""
 
     model: Any  # diffusers' FluxControlNetModel
-    condition: "torch.Tensor"  # (1, tokens, 64): the control image's packed VAE latents
+    # InstantX: (1, tokens, 64), the control image's packed VAE latents; XLabs: (1, 3, H, W), the image in [-1, 1]
+    condition: "torch.Tensor"
     weight: Union[float, list[float]] = 1.0
     begin_step_percent: float = 0.0
     end_step_percent: float = 1.0
@@ -115,10 +133,18 @@ class FluxControl:
 
 
 def _spread(samples: Optional[list["torch.Tensor"]], blocks: int) -> Optional[list["torch.Tensor"]]:
+    """InstantX's mapping: consecutive blocks share a sample."""
     if not samples:
         return None
     interval = math.ceil(blocks / len(samples))
     return [samples[i // interval] for i in range(blocks)]
+
+
+def _repeat(samples: Optional[list["torch.Tensor"]], blocks: int) -> Optional[list["torch.Tensor"]]:
+    """XLabs' mapping: the samples repeat cyclically over the blocks."""
+    if not samples:
+        return None
+    return [samples[i % len(samples)] for i in range(blocks)]
 
 
 def control_residuals(controls: list[FluxControl], step: int, total: int, *, tokens: "torch.Tensor",
@@ -150,8 +176,12 @@ def control_residuals(controls: list[FluxControl], step: int, total: int, *, tok
         finally:
             if zeroed is not None:
                 zeroed.remove()
-        for name, samples, count in (("double", block_samples, blocks[0]), ("single", single_samples, blocks[1])):
-            spread = _spread(samples, count)
+        per_block: tuple[tuple[str, Optional[list[torch.Tensor]]], ...]
+        if is_xlabs(model):  # double blocks only, repeated
+            per_block = (("double", _repeat(block_samples, blocks[0])),)
+        else:
+            per_block = (("double", _spread(block_samples, blocks[0])), ("single", _spread(single_samples, blocks[1])))
+        for name, spread in per_block:
             if spread is None:
                 continue
             current = double if name == "double" else single

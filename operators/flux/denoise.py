@@ -209,17 +209,16 @@ class FluxDenoiseInvocation(BaseInvocation):
             return kontext_references(vae, images)
 
     def _controls(self, context: "InvocationContext", models: Any, stack: ExitStack, steps: int) -> list[Any]:
-        """The ControlNets, loaded for the node's span, with their control images encoded by ``controlnet_vae``."""
-        from invokeai_provider.models.flux.controlnet import FluxControl
+        """The ControlNets, loaded for the node's span, with their conditioning: the control image encoded by
+        ``controlnet_vae`` for InstantX ones, the image itself in [-1, 1] for XLabs ones (their own encoder reads
+        it), so only InstantX ControlNets need the VAE, as in InvokeAI."""
+        from invokeai_provider.models.flux.controlnet import FluxControl, is_xlabs
         from invokeai_provider.models.flux.sampling import pack
         from invokeai_provider.models.flux.vae import encode_seeded
         from invokeai_provider.models.image_util.control_image import prepare_control_image
         from invokeai_provider.operators.core.models import check_model
 
         fields = self.control if isinstance(self.control, list) else [self.control] if self.control else []
-        if fields and self.controlnet_vae is None:
-            raise field_error(GenerationError, self, "controlnet_vae", "a FLUX ControlNet needs the VAE here, to "
-                              "encode its control image")
         controls = []
         for field in fields:
             check_model(self, "control", field.control_model, context, ModelType.ControlNet, (BaseModelType.Flux,))
@@ -227,14 +226,22 @@ class FluxDenoiseInvocation(BaseInvocation):
                 raise field_error(GenerationError, self, "control", f"a list of {len(field.control_weight)} "
                                   f"control weights for {steps} steps")
             image = prepare_control_image(context.images.get_pil(field.image.image_name), self.width, self.height,
-                                          field.resize_mode)
-            with models.load(self.controlnet_vae.vae) as vae:
-                condition = pack(encode_seeded(vae, image * 2 - 1))
+                                          field.resize_mode) * 2 - 1
+            model = stack.enter_context(models.load(field.control_model))  # its kind decides whether the VAE runs
+            if is_xlabs(model):
+                condition = image
+            elif self.controlnet_vae is None:
+                raise field_error(GenerationError, self, "controlnet_vae", "a FLUX ControlNet needs the VAE here, to "
+                                  "encode its control image (InstantX ControlNets do; XLabs ones encode it "
+                                  "themselves)")
+            else:
+                with models.load(self.controlnet_vae.vae) as vae:
+                    condition = pack(encode_seeded(vae, image))
             mode = field.instantx_control_mode
             controls.append(FluxControl(
-                model=stack.enter_context(models.load(field.control_model)), condition=condition,
-                weight=field.control_weight, begin_step_percent=field.begin_step_percent,
-                end_step_percent=field.end_step_percent, mode=mode if mode is not None and mode >= 0 else None))
+                model=model, condition=condition, weight=field.control_weight,
+                begin_step_percent=field.begin_step_percent, end_step_percent=field.end_step_percent,
+                mode=mode if mode is not None and mode >= 0 else None))
         return controls
 
     def invoke(self, context: "InvocationContext") -> LatentsOutput:

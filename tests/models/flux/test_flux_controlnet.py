@@ -1,6 +1,6 @@
 """FLUX ControlNets (InstantX, plain and union) in the denoising loop against diffusers' FluxControlNetPipeline with
 the same tiny weights; InvokeAI's step range and weights have teeth; probing and loading of folders and single
-files; XLabs files recognised and refused with the reason."""
+files. XLabs ControlNets: test_flux_xlabs_controlnet."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from invokeai_provider.models.flux import denoise_loop, sampling, vae
-from invokeai_provider.models.flux.controlnet import ControlNetLoadError, FluxControl, load_controlnet
+from invokeai_provider.models.flux.controlnet import FluxControl, load_controlnet
 from invokeai_provider.models.flux.text_encoding import FluxConditioning, encode_clip, encode_t5
 from invokeai_provider.models.testing.tiny_flux import MAX_SEQ_LEN, flux_components
 from invokeai_provider.models.testing.tiny_flux_control import build_flux_controlnet, flux_controlnet
@@ -116,16 +116,3 @@ def test_folders_and_single_files_are_probed_and_loaded(tmp_path: Path) -> None:
     expected = flux_controlnet(union_modes=3, head_width=128).state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
-
-def test_an_xlabs_controlnet_is_recognised_and_refused(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from invokeai_provider.models.model_manager.probe import probe
-
-    keys = ["controlnet_blocks.0.bias", "controlnet_blocks.0.weight", "input_hint_block.0.bias",
-            "input_hint_block.0.weight", "pos_embed_input.bias", "pos_embed_input.weight"]
-    path = tmp_path / "xlabs.safetensors"
-    save_file({k: torch.zeros(2, 2) for k in keys}, str(path))
-    assert (probe(path).type.value, probe(path).base.value) == ("controlnet", "flux")
-    with pytest.raises(ControlNetLoadError, match="XLabs FLUX ControlNets are not supported yet"):
-        load_controlnet(path, torch.float32)

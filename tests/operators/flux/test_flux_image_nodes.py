@@ -260,3 +260,49 @@ def test_a_controlnet_graph_gives_flux_controlnet_pipelines_image(run: RunContex
     no_vae = [e for e in edges if e["destination"] != {"node_id": "denoise", "field": "controlnet_vae"}]
     with pytest.raises(NodeExecutionError, match="field controlnet_vae: a FLUX ControlNet needs the VAE"):
         run_nodes(run, nodes, no_vae)
+
+
+def test_an_xlabs_controlnet_graph_needs_no_vae_and_gives_flux_controlnet_pipelines_image(
+        run: RunContext, models: Any, tmp_path: Path) -> None:
+    from diffusers import FluxControlNetPipeline
+
+    from invokeai_provider.core.fields import ModelIdentifierField
+    from invokeai_provider.models.flux import sampling
+    from invokeai_provider.models.testing.tiny_flux_control import build_flux_controlnet, build_flux_xlabs_controlnet
+
+    manager, installed = models
+    xlabs = install_model(manager.registry, str(build_flux_xlabs_controlnet(tmp_path / "xlabs", seed=6)),
+                          name="tiny-flux-xlabs").identifier()
+    hint = picture(7)
+    put_image(run, "hint.png", hint)
+    nodes, edges = generation(installed["dev"])
+    nodes["control"] = {"type": "flux_controlnet", "image": {"image_name": "hint.png"}, "control_model": xlabs,
+                        "control_weight": 0.8}
+    edges += [edge("control", "control", "denoise", "control")]  # no controlnet_vae: XLabs encodes the image itself
+    mine = pixels(stored_image(run, run_nodes(run, nodes, edges).outputs_of("decode")[0]))
+
+    with manager.load(ModelIdentifierField.model_validate(xlabs)) as model:
+        pipe = FluxControlNetPipeline(controlnet=model, **pipeline_parts(manager, installed["dev"]))
+        reference = pipe(PROMPT, control_image=hint, controlnet_conditioning_scale=0.8, height=HEIGHT, width=WIDTH,
+                         num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                         latents=sampling.pack(sampling.noise(SEED, HEIGHT, WIDTH)),
+                         generator=torch.Generator().manual_seed(0), max_sequence_length=512,
+                         output_type="np").images[0]
+    assert_close(mine, truncated(reference), "the XLabs ControlNet graph")
+    plain_nodes, plain_edges = generation(installed["dev"])
+    plain = pixels(stored_image(run, run_nodes(run, plain_nodes, plain_edges).outputs_of("decode")[0]))
+    assert np.abs(mine - plain).max() > 5  # the ControlNet steers the image
+
+    # beside an InstantX ControlNet (collected into one list) the VAE is needed again, for the InstantX one
+    instantx = install_model(manager.registry, str(build_flux_controlnet(tmp_path / "cn", seed=6)),
+                             name="tiny-flux-instantx").identifier()
+    nodes["instantx"] = {"type": "flux_controlnet", "image": {"image_name": "hint.png"}, "control_model": instantx}
+    nodes["collect"] = {"type": "collect"}
+    both = [e for e in edges if e["source"]["node_id"] != "control"]
+    both += [edge("control", "control", "collect", "item"), edge("instantx", "control", "collect", "item"),
+             edge("collect", "collection", "denoise", "control")]
+    with pytest.raises(NodeExecutionError, match="field controlnet_vae: a FLUX ControlNet needs the VAE"):
+        run_nodes(run, nodes, both)
+    summed = pixels(stored_image(run, run_nodes(run, nodes, both + [edge("load", "vae", "denoise", "controlnet_vae")])
+                                 .outputs_of("decode")[0]))
+    assert np.abs(summed - mine).max() > 1  # the InstantX residuals are added to the XLabs ones

@@ -9,7 +9,7 @@ with a ``denoise_mask`` (gradient masks included), dev's ``guidance``, true CFG 
 ``fill_conditioning``, Kontext reference images (both encoded with ``controlnet_vae``), the transformer's LoRAs
 (patched in for the node's span), progress and cancel at every step. Not built yet, and refused by name when given:
 regional prompts (conditioning lists and masks), the Heun and LCM schedulers, XLabs ControlNets, Control LoRA,
-IP-Adapter, Redux and DyPE. InstantX ControlNets (plain and union) act on the positive prediction.
+IP-Adapter, masked Redux and DyPE. InstantX ControlNets act on the positive prediction; Redux tokens follow its T5's.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 FLUX_SCHEDULER_NAME_VALUES = Literal["euler", "heun", "lcm"]
 DyPEPreset = Literal["off", "manual", "auto", "area", "4k"]
-_NOT_YET = ("control_lora", "redux_conditioning", "ip_adapter")
+_NOT_YET = ("control_lora", "ip_adapter")
 
 
 @invocation("flux_denoise", title="FLUX Denoise", tags=["image", "flux"], category="latents", version="4.6.0", gpu=True)
@@ -131,6 +131,22 @@ class FluxDenoiseInvocation(BaseInvocation):
             raise field_error(GenerationError, self, field, "masked (regional) conditioning is not supported yet")
         tensors = context.conditioning.load_dict(value.conditioning_name)
         return FluxConditioning(t5_embeds=tensors["t5_embeds"], clip_embeds=tensors["clip_embeds"])
+
+    def _positive_with_redux(self, context: "InvocationContext") -> Any:
+        """The positive conditioning, with the Redux conditionings' tokens after its T5 tokens (InvokeAI's order;
+        the negative gets none). Masked (regional) Redux conditioning is refused, as masked prompts are."""
+        from invokeai_provider.models.flux.redux import ReduxError, with_redux
+
+        positive = self._conditioning(context, "positive_text_conditioning")
+        fields = self.redux_conditioning if isinstance(self.redux_conditioning, list) else \
+            [self.redux_conditioning] if self.redux_conditioning is not None else []
+        if any(field.mask is not None for field in fields):
+            raise field_error(GenerationError, self, "redux_conditioning", "masked (regional) Redux conditioning is "
+                              "not supported by this provider's FLUX yet")
+        try:
+            return with_redux(positive, [context.tensors.load(f.conditioning.tensor_name) for f in fields])
+        except ReduxError as exc:
+            raise field_error(GenerationError, self, "redux_conditioning", str(exc)) from None
 
     def cfg_schedule(self, steps: int) -> list[float]:
         """InvokeAI's per-step CFG: ``cfg_scale`` (or its list) between the start and end step, 1 elsewhere."""
@@ -284,7 +300,7 @@ class FluxDenoiseInvocation(BaseInvocation):
         references, reference_ids = (self._kontext_references(context, models) if self.kontext_conditioning
                                      else (None, None))
         job = denoise_loop.FluxDenoiseJob(
-            noise=noise, positive=self._conditioning(context, "positive_text_conditioning"), timesteps=timesteps,
+            noise=noise, positive=self._positive_with_redux(context), timesteps=timesteps,
             height=self.height, width=self.width, guidance=self.guidance, negative=negative, cfg_scale=cfg or [1.0],
             init_latents=init, add_noise=self.add_noise,
             inpaint_mask=self._inpaint_mask(context, expected) if self.denoise_mask is not None else None,

@@ -9,6 +9,7 @@ and their predictions are dropped)."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -44,70 +45,169 @@ class FluxDenoiseJob:
     controls: list[FluxControl] = field(default_factory=list)  # ControlNets, their residuals summed
 
 
+Outcome = Any  # a job's latents, or the exception that stopped it
+
+
+def batch_signature(job: FluxDenoiseJob) -> dict[str, Any]:
+    """What jobs must share to go through the transformer together: size, timesteps, guidance, CFG schedule,
+    conditioning and extra-token shapes, Kontext positions. ControlNets make a job run alone."""
+    def shape(tensor: Optional["torch.Tensor"]) -> Optional[list[int]]:
+        return None if tensor is None else list(tensor.shape)
+
+    negative = job.negative
+    return {"size": [job.height, job.width], "timesteps": [float(t) for t in job.timesteps],
+            "guidance": float(job.guidance), "cfg": [float(c) for c in job.cfg_scale],
+            "positive": [shape(job.positive.t5_embeds), shape(job.positive.clip_embeds)],
+            "negative": None if negative is None else [shape(negative.t5_embeds), shape(negative.clip_embeds)],
+            "extra": shape(job.channel_condition), "reference": shape(job.reference_tokens),
+            "reference_ids": None if job.reference_ids is None else job.reference_ids.tolist(),
+            "controls": id(job) if job.controls else None}
+
+
+class _Image:
+    """One job's state on the transformer's device during a batched run."""
+
+    def __init__(self, job: FluxDenoiseJob, device: Any, dtype: Any) -> None:
+        self.job = job
+        noise = job.noise.to(device=device, dtype=dtype)
+        init = job.init_latents.to(device=device, dtype=dtype) if job.init_latents is not None else None
+        latents = noise
+        if init is not None:  # start part way: t of noise, 1 - t of the image
+            start = job.timesteps[0]
+            latents = start * noise + (1.0 - start) * init if job.add_noise else init
+        self.tokens = sampling.pack(latents)
+        self.keep: Optional[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]] = None
+        if job.inpaint_mask is not None:
+            if init is None:
+                raise ValueError("inpainting needs the image's latents (init_latents)")
+            mask = job.inpaint_mask.to(device=device, dtype=dtype).expand_as(init)
+            self.keep = (sampling.pack(mask), sampling.pack(init), sampling.pack(noise))
+
+        def moved(tensor: Optional["torch.Tensor"]) -> Optional["torch.Tensor"]:
+            return None if tensor is None else tensor.to(device=device, dtype=dtype)
+
+        self.extra, self.reference = moved(job.channel_condition), moved(job.reference_tokens)
+        self.conditioning = {
+            sign: None if c is None else (moved(c.t5_embeds), moved(c.clip_embeds))
+            for sign, c in (("positive", job.positive), ("negative", job.negative))}
+        self.outcome: Optional[Outcome] = None
+
+
 def run(transformer: Any, job: FluxDenoiseJob, *, on_step: Optional[Callable[[int, int], None]] = None
         ) -> "torch.Tensor":
     """The denoised latents ``(1, 16, 2*ceil(h/16), 2*ceil(w/16))``. ``on_step(step, total)`` after each step (it may
     raise to cancel)."""
+    [outcome] = run_batch(transformer, [job], [on_step])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_batch(transformer: Any, jobs: list[FluxDenoiseJob],
+              on_steps: Optional[list[Optional[Callable[[int, int], None]]]] = None) -> list[Outcome]:
+    """Denoises jobs of one `batch_signature` together, each transformer pass taking all of them; each job gets its
+    latents, or the exception its ``on_step`` raised (a canceled run: the others carry on)."""
     import torch
 
+    if len({json_key(batch_signature(job)) for job in jobs}) != 1:
+        raise ValueError("jobs of a batch must share their batch signature")
+    on_steps = on_steps or [None] * len(jobs)
+    first = jobs[0]
     device, dtype = transformer.device, transformer.dtype
-    timesteps = job.timesteps
-    noise = job.noise.to(device=device, dtype=dtype)
-    init = job.init_latents.to(device=device, dtype=dtype) if job.init_latents is not None else None
-    latents = noise
-    if init is not None:  # start part way: t of noise, 1 - t of the image
-        start = timesteps[0]
-        latents = start * noise + (1.0 - start) * init if job.add_noise else init
-    tokens = sampling.pack(latents)
-    count = tokens.shape[1]
-    img_ids = sampling.image_ids(job.height, job.width, device=device, dtype=dtype)
-    keep: Optional[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]] = None
-    if job.inpaint_mask is not None:
-        if init is None:
-            raise ValueError("inpainting needs the image's latents (init_latents)")
-        mask = job.inpaint_mask.to(device=device, dtype=dtype).expand_as(init)
-        keep = (sampling.pack(mask), sampling.pack(init), sampling.pack(noise))
-    extra = job.channel_condition.to(device=device, dtype=dtype) if job.channel_condition is not None else None
-    reference = job.reference_tokens.to(device=device, dtype=dtype) if job.reference_tokens is not None else None
-    ids = img_ids if reference is None else torch.cat([img_ids, job.reference_ids.to(device=device, dtype=dtype)])
-    guidance = (torch.full((tokens.shape[0],), job.guidance, device=device, dtype=dtype)
-                if transformer.config.guidance_embeds else None)
-    total = len(timesteps) - 1
-
+    timesteps, total = first.timesteps, len(first.timesteps) - 1
+    images = [_Image(job, device, dtype) for job in jobs]
+    count = images[0].tokens.shape[1]
+    img_ids = sampling.image_ids(first.height, first.width, device=device, dtype=dtype)
+    ids = img_ids if first.reference_ids is None else torch.cat([img_ids, first.reference_ids.to(device, dtype)])
     blocks = (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks))
+    use_guidance = bool(transformer.config.guidance_embeds)
 
-    def predict(conditioning: FluxConditioning, t: "torch.Tensor", step: Optional[int] = None) -> "torch.Tensor":
-        t5 = conditioning.t5_embeds.to(device=device, dtype=dtype)
-        clip = conditioning.clip_embeds.to(device=device, dtype=dtype)
+    def predict(active: list[_Image], sign: str, t_curr: float, step: int) -> "torch.Tensor":
+        tokens = torch.cat([image.tokens for image in active])
+        t5 = torch.cat([image.conditioning[sign][0] for image in active])
+        clip = torch.cat([image.conditioning[sign][1] for image in active])
+        t = torch.full((len(active),), t_curr, device=device, dtype=dtype)
         txt_ids = torch.zeros(t5.shape[1], 3, device=device, dtype=dtype)
         double = single = None
-        if step is not None and job.controls:
-            double, single = control_residuals(job.controls, step, total, tokens=tokens, timestep=t,
-                                               guidance=job.guidance, t5=t5, clip=clip, txt_ids=txt_ids,
+        if sign == "positive" and first.controls:  # the ControlNets act on the positive prediction only
+            double, single = control_residuals(first.controls, step, total, tokens=tokens, timestep=t,
+                                               guidance=first.guidance, t5=t5, clip=clip, txt_ids=txt_ids,
                                                img_ids=img_ids, blocks=blocks)
-        hidden = tokens if extra is None else torch.cat([tokens, extra], dim=-1)
-        if reference is not None:
-            hidden = torch.cat([hidden, reference], dim=1)
+        hidden = tokens if first.channel_condition is None else \
+            torch.cat([tokens, torch.cat([image.extra for image in active])], dim=-1)
+        if first.reference_tokens is not None:
+            hidden = torch.cat([hidden, torch.cat([image.reference for image in active])], dim=1)
             # the ControlNets steer the image's own tokens, not Kontext's (InvokeAI fails on a shape mismatch here)
-            double, single = (_pad_tokens(r, reference.shape[1]) for r in (double, single))
+            extra = first.reference_tokens.shape[1]
+            double, single = (_pad_tokens(r, extra) for r in (double, single))
+        guidance = torch.full((len(active),), first.guidance, device=device, dtype=dtype) if use_guidance else None
         return transformer(hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=clip,
                            encoder_hidden_states=t5, txt_ids=txt_ids, img_ids=ids, controlnet_block_samples=double,
                            controlnet_single_block_samples=single, return_dict=False)[0][:, :count]
 
     with torch.no_grad():
         for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
-            t = torch.full((tokens.shape[0],), t_curr, device=device, dtype=dtype)
-            prediction = predict(job.positive, t, step)  # the ControlNets act on the positive prediction only
-            scale = job.cfg_scale[min(step, len(job.cfg_scale) - 1)]
-            if job.negative is not None and scale != 1.0:
-                negative = predict(job.negative, t)
+            active = [image for image in images if image.outcome is None]
+            if not active:
+                break
+            prediction = predict(active, "positive", t_curr, step)
+            scale = first.cfg_scale[min(step, len(first.cfg_scale) - 1)]
+            if first.negative is not None and scale != 1.0:
+                negative = predict(active, "negative", t_curr, step)
                 prediction = negative + scale * (prediction - negative)
-            tokens = tokens + (t_prev - t_curr) * prediction
-            if keep is not None:
-                tokens = _keep_unmasked(tokens, *keep, t_prev)
-            if on_step is not None:
-                on_step(step + 1, total)
-    return sampling.unpack(tokens.float(), job.height, job.width)
+            for image, part in zip(active, prediction.split(1)):
+                image.tokens = image.tokens + (t_prev - t_curr) * part
+                if image.keep is not None:
+                    image.tokens = _keep_unmasked(image.tokens, *image.keep, t_prev)
+            for image, on_step in zip(images, on_steps):
+                if image.outcome is None and on_step is not None:
+                    try:
+                        on_step(step + 1, total)
+                    except BaseException as exc:  # noqa: BLE001 - this job's own outcome
+                        image.outcome = exc
+    return [image.outcome if image.outcome is not None else
+            sampling.unpack(image.tokens.float(), image.job.height, image.job.width) for image in images]
+
+
+@dataclass(eq=False)
+class FluxDenoiseItem:
+    """One ``flux_denoise`` node's job, prepared without touching the transformer, so that it can wait for other
+    nodes' jobs of its run to share the transformer's passes (the GPU runtime's device scheduler batches items of
+    equal `batch_key`). ``open_transformer`` enters the node's transformer (loaded, LoRA-patched, its ControlNets
+    loaded into the job) and yields it; a batch runs under its first item's."""
+
+    job: FluxDenoiseJob
+    context: Any  # the node's InvocationContext: cancel checks
+    open_transformer: Callable[[], AbstractContextManager[Any]]
+    transformer_spec: dict[str, Any]  # the transformer field as the node got it (model and LoRAs)
+    on_step: Optional[Callable[[int, int], None]] = None
+    alone: bool = False  # ControlNets: never batched
+
+    def batch_key(self) -> str:
+        return json_key({"transformer": self.transformer_spec, "alone": id(self) if self.alone else None,
+                         **batch_signature(self.job)})
+
+
+def run_items(items: list[FluxDenoiseItem]) -> list[Outcome]:
+    """The runner of a batch of items of one key: each gets its latents or the exception that stopped it."""
+    outcomes: dict[int, Outcome] = {}
+    for number, item in enumerate(items):
+        try:
+            item.context.util.raise_if_canceled()
+        except BaseException as exc:  # noqa: BLE001 - the item's own outcome
+            outcomes[number] = exc
+    active = [n for n in range(len(items)) if n not in outcomes]
+    if active:
+        with items[active[0]].open_transformer() as transformer:
+            results = run_batch(transformer, [items[n].job for n in active], [items[n].on_step for n in active])
+        outcomes.update(zip(active, results))
+    return [outcomes[n] for n in range(len(items))]
+
+
+def json_key(signature: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(signature, sort_keys=True)
 
 
 def _keep_unmasked(tokens: "torch.Tensor", mask: "torch.Tensor", init: "torch.Tensor", noise: "torch.Tensor",

@@ -1,21 +1,23 @@
-"""``flux_denoise``: FLUX.1 text-to-image, image-to-image and inpainting. Type string, title, version 4.6.0, every field and the
-output follow InvokeAI's flux_denoise.py, so InvokeAI's FLUX graphs validate unchanged; the loop is
+"""``flux_denoise``: FLUX.1 text-to-image, image-to-image and inpainting. Type string, title, version 4.6.0, every
+field and the output follow InvokeAI's flux_denoise.py, so InvokeAI's FLUX graphs validate unchanged; the loop is
 `invokeai_provider.models.flux.denoise_loop`.
 
 Built: noise from the seed (InvokeAI's) or a ``noise`` input, the dev/schnell schedules clipped to
 ``denoising_start``/``denoising_end``, image-to-image from ``latents`` (with or without ``add_noise``), inpainting
 with a ``denoise_mask`` (gradient masks included), dev's ``guidance``, true CFG with a negative conditioning and
 ``cfg_scale`` per step between ``cfg_scale_start_step`` and ``cfg_scale_end_step``, FLUX Fill models with
-``fill_conditioning``, Kontext reference images (both encoded with ``controlnet_vae``), the transformer's LoRAs
-(patched in for the node's span), progress and cancel at every step. Not built yet, and refused by name when given:
-regional prompts (conditioning lists and masks), the Heun and LCM schedulers, XLabs ControlNets, Control LoRA,
-IP-Adapter, masked Redux and DyPE. InstantX ControlNets act on the positive prediction; Redux tokens follow its T5's.
+``fill_conditioning``, Kontext reference images (both encoded with ``controlnet_vae``), InstantX and XLabs
+ControlNets (on the positive prediction), Redux tokens after the positive T5 tokens, the transformer's LoRAs
+(patched in for the node's span), progress and cancel at every step. In the GPU runtime, the nodes of one run that
+share a shape, schedule and transformer go through it together (`prepare` makes the item that waits for others).
+Not built yet, and refused by name when given: regional prompts (conditioning lists and masks), the Heun and LCM
+schedulers, Control LoRA, IP-Adapter, masked Redux and DyPE.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Union
 
 from invokeai_provider.core.fields import (
     ControlLoRAField,
@@ -260,7 +262,9 @@ class FluxDenoiseInvocation(BaseInvocation):
                 mode=mode if mode is not None and mode >= 0 else None))
         return controls
 
-    def invoke(self, context: "InvocationContext") -> LatentsOutput:
+    def prepare(self, context: "InvocationContext") -> Any:
+        """The node's denoising job, checked and with its inputs read, but no transformer loaded (a
+        `invokeai_provider.models.flux.denoise_loop.FluxDenoiseItem`): it may wait to share passes."""
         from invokeai_provider.models.flux import denoise_loop, sampling
 
         self._refuse_what_is_not_built()
@@ -309,12 +313,29 @@ class FluxDenoiseInvocation(BaseInvocation):
         def on_step(step: int, total: int) -> None:
             context.util.signal_progress(f"Denoising step {step}/{total}", step / total, step=step, total=total)
 
-        with ExitStack() as stack:
-            job.controls = self._controls(context, models, stack, len(timesteps) - 1)
-            transformer = stack.enter_context(models.load(self.transformer.transformer))
-            stack.enter_context(lora_patched(self, context, "transformer", transformer, self.transformer.loras,
-                                             "transformer", BaseModelType.Flux))
-            latents = denoise_loop.run(transformer, job, on_step=on_step)
+        @contextmanager
+        def open_transformer() -> Iterator[Any]:
+            with ExitStack() as stack:
+                job.controls = self._controls(context, models, stack, len(timesteps) - 1)
+                transformer = stack.enter_context(models.load(self.transformer.transformer))
+                stack.enter_context(lora_patched(self, context, "transformer", transformer, self.transformer.loras,
+                                                 "transformer", BaseModelType.Flux))
+                yield transformer
+
+        return denoise_loop.FluxDenoiseItem(
+            job=job, context=context, open_transformer=open_transformer, on_step=on_step, alone=bool(self.control),
+            transformer_spec=self.transformer.model_dump(mode="json"))
+
+    def invoke(self, context: "InvocationContext") -> LatentsOutput:
+        from invokeai_provider.models.flux.denoise_loop import run_items
+
+        item = self.prepare(context)
+        device = context.services.get("device")  # the GPU runtime's: items of a run share transformer passes
+        if device is not None:
+            latents = device.denoise(item, runner=run_items)
+        else:
+            [latents] = run_items([item])
+            if isinstance(latents, BaseException):
+                raise latents
         latents = latents.cpu()
         return LatentsOutput.build(latents_name=context.tensors.save(latents), latents=latents, seed=None)
-

@@ -129,11 +129,13 @@ class DeviceScheduler:
         """The ``device`` service of one job: its denoise items only batch with items of the same run."""
         return RunDevice(self, run_key)
 
-    def denoise(self, item: Any, run_key: str) -> Any:
-        """The item's latents, denoised with the other parked items of its key; called on the device."""
-        from invokeai_provider.models.stable_diffusion.denoise_loop import run_denoise
+    def denoise(self, item: Any, run_key: str, runner: Any = None) -> Any:
+        """The item's latents, denoised with the other parked items of its key; called on the device. ``runner``
+        runs a batch of the item's kind (default: SD's denoise_latents items)."""
+        if runner is None:
+            from invokeai_provider.models.stable_diffusion.denoise_loop import run_denoise as runner
 
-        return self.batched(item, run_key, run_denoise, counted=True)
+        return self.batched(item, run_key, runner, counted=True)
 
     def decode(self, item: Any, run_key: str) -> Any:
         """The item's image tensor, VAE-decoded with the other parked items of its key; called on the device."""
@@ -213,8 +215,8 @@ class RunDevice:
     scheduler: DeviceScheduler
     run_key: str
 
-    def denoise(self, item: Any) -> Any:
-        return self.scheduler.denoise(item, self.run_key)
+    def denoise(self, item: Any, runner: Any = None) -> Any:
+        return self.scheduler.denoise(item, self.run_key, runner)
 
     def decode(self, item: Any) -> Any:
         return self.scheduler.decode(item, self.run_key)

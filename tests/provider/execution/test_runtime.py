@@ -668,3 +668,66 @@ def test_a_task_that_uses_the_runtime_does_not_import_torch(tmp_path: Path, tmp_
     finally:
         runtime.send_signal(signal.SIGTERM)
         runtime.wait(30)
+
+
+# --- FLUX ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flux_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """A model root with the tiny FLUX main (`models install-tiny main --base flux`)."""
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    root = tmp_path_factory.mktemp("flux-runtime-root")
+    return root.as_uri(), install_tiny(ModelRegistry(root.as_uri()), "main", "flux").config.identifier()
+
+
+def flux_jobs(tmp_path: Path, flux_root: tuple[str, dict[str, Any]], run_id: str) -> list[tuple[Any, Any, Lines]]:
+    """A mapped FLUX text-to-image task's three instances (own prompt and seed each)."""
+    from helpers import edge, graph, node
+    from invokeai_provider.compiler.dags import load_compiled
+
+    root, model = flux_root
+    jobs = []
+    for index, prompt in enumerate(PROMPTS):
+        document = graph(
+            node("load", "flux_model_loader", model=model), node("prompt", "flux_text_encoder", prompt=prompt),
+            node("denoise", "flux_denoise", seed=200 + index, num_steps=3, width=32, height=32, guidance=3.5),
+            node("decode", "flux_vae_decode", is_intermediate=False),
+            edges=[edge("load", "clip", "prompt", "clip"), edge("load", "t5_encoder", "prompt", "t5_encoder"),
+                   edge("load", "max_seq_len", "prompt", "t5_max_seq_len"),
+                   edge("load", "transformer", "denoise", "transformer"),
+                   edge("prompt", "conditioning", "denoise", "positive_text_conditioning"),
+                   edge("denoise", "latents", "decode", "latents"), edge("load", "vae", "decode", "vae")])
+        compiled = load_compiled(document, model_names=None)
+        logger = logging.Logger(f"flux-{index}-{run_id}", logging.INFO)
+        lines = Lines()
+        logger.addHandler(lines)
+        env = TaskEnvironment(dag_id="flux", run_id=run_id, task_id=compiled.plan.tasks[0].task_id,
+                              artifact_root=(tmp_path / "a").as_uri(), model_root=root, tenant="acme",
+                              usage=UsageMeter(), logger=logger)
+        env.map_index = index
+        jobs.append((compiled, env, lines))
+    return jobs
+
+
+def test_flux_denoise_nodes_of_one_run_batch_and_give_the_unbatched_images(
+        tmp_path: Path, flux_root: tuple[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = RuntimeServer(short_socket(tmp_path_factory), "cpu", model_root=flux_root[0], max_batch=3)
+    server.start()
+    try:
+        monkeypatch.setenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET", str(server.socket_path))
+        batched = run_together(server, flux_jobs(tmp_path / "batched", flux_root, "mapped"))
+        status = RuntimeClient(str(server.socket_path)).status()
+    finally:
+        server.shutdown()
+    assert status["denoise_batches"] == {"batches": 1, "items": 3, "largest": 3, "sizes": {"3": 1}}
+    monkeypatch.delenv("AIRFLOW__INVOKEAI__RUNTIME_SOCKET")
+    alone = [run_task(compiled, env)[0] for compiled, env, _ in flux_jobs(tmp_path / "alone", flux_root, "mapped")]
+    for index, (together, single) in enumerate(zip(batched, alone)):
+        assert not isinstance(together, BaseException), together
+        difference = abs(pixels(together) - pixels(single))
+        assert difference.max() <= 1, f"instance {index}: batched FLUX image differs by up to {difference.max()} levels"
+    assert abs(pixels(batched[0]) - pixels(batched[1])).max() > 10  # each kept its own prompt and seed

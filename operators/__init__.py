@@ -36,6 +36,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "flux.denoise_meta",
     "flux.image_conditioning",
     "flux.controlnet",
+    "flux.control_lora",
     "flux.redux",
     "flux.vae",
     "image.ops",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     LoraWeights = dict[str, torch.Tensor]
 
-__all__ = ["FluxLoraFormat", "flux_lora_format", "to_diffusers_names"]
+__all__ = ["FluxLoraFormat", "flux_lora_format", "split_bfl_rows", "to_diffusers_names"]
 
 FluxLoraFormat = str  # "kohya", "onetrainer", "diffusers", "aitoolkit" (BFL names, PEFT suffixes), "xlabs"
 
@@ -140,13 +140,11 @@ def _diffusers_targets(bfl: str) -> tuple[str, ...]:
     return tuple(f"{owner}.{index}.{target}" for target in table[layer])
 
 
-def _row_splits(bfl: str, targets: tuple[str, ...], up: "torch.Tensor", down: "torch.Tensor") -> list[int]:
-    """How many of ``up``'s rows go to each diffusers layer of a fused BFL layer."""
-    rows = up.shape[0]
+def _row_splits(bfl: str, targets: tuple[str, ...], rows: int, width: int) -> list[int]:
+    """How many of a fused BFL layer's ``rows`` go to each diffusers layer (``width``: the layer's input width)."""
     if len(targets) == 1:
         return [rows]
     if bfl.endswith("linear1"):  # q, k, v of the block's width, then the MLP's rows
-        width = down.shape[1]
         return [width, width, width, rows - 3 * width]
     return [rows // 3] * 3
 
@@ -163,7 +161,7 @@ def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "Lor
     up, down = parts["lora_B.weight"], parts["lora_A.weight"]
     if bfl in _SWAPPED_HALVES:
         up = torch.cat(up.chunk(2, dim=0)[::-1], dim=0)
-    splits = _row_splits(bfl, targets, up, down)
+    splits = _row_splits(bfl, targets, up.shape[0], down.shape[1])
     if min(splits) <= 0 or sum(splits) != up.shape[0]:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} has {up.shape[0]} output rows, which do not split "
                          f"into {', '.join(targets)}")
@@ -174,6 +172,23 @@ def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "Lor
         if "alpha" in parts:
             out[f"transformer.{target}.alpha"] = parts["alpha"]
     return out
+
+
+def split_bfl_rows(bfl: str, rows: "torch.Tensor", width: int) -> dict[str, "torch.Tensor"]:
+    """A BFL layer's output rows (a LoRA's up matrix, or a bias) under the diffusers layers it fuses, as
+    `to_diffusers_names` splits them (``width``: the layer's input width; the final modulation's halves swapped).
+
+    Raises KeyError for a layer name that is not FLUX's, ValueError when the rows do not split."""
+    import torch
+
+    targets = _diffusers_targets(bfl)
+    if bfl in _SWAPPED_HALVES:
+        rows = torch.cat(rows.chunk(2, dim=0)[::-1], dim=0)
+    splits = _row_splits(bfl, targets, rows.shape[0], width)
+    if min(splits) <= 0 or sum(splits) != rows.shape[0]:
+        raise ValueError(f"FLUX layer {bfl!r} has {rows.shape[0]} output rows, which do not split into "
+                         f"{', '.join(targets)}")
+    return {target: part.contiguous() for target, part in zip(targets, rows.split(splits, dim=0))}
 
 
 def to_diffusers_names(state_dict: "LoraWeights") -> "LoraWeights":

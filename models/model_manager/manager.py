@@ -168,6 +168,11 @@ class ModelManager:
                 return self._load_main_part(config, part)
             if config.type is ModelType.VAE:
                 return self._load_vae(config)
+            if config.type is ModelType.ControlLoRa:  # BFL names -> diffusers', once per load
+                from invokeai_provider.models.flux.control_lora import load_control_lora
+
+                with self.registry.local_model(config) as local:
+                    return load_control_lora(local.path)
             if config.type is ModelType.LoRA:
                 from invokeai_provider.models.patches.lora import load_lora_file
 

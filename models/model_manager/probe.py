@@ -24,6 +24,7 @@ from invokeai_provider.core.taxonomy import (
     SchedulerPredictionType,
 )
 from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.flux.control_lora import is_flux_control_lora
 from invokeai_provider.models.flux.controlnet import controlnet_kind, folder_is_controlnet
 from invokeai_provider.models.flux.lora_conversion import flux_lora_format
 from invokeai_provider.models.flux.redux import SIGLIP_PROCESSOR_FILE, folder_siglip_class, is_redux
@@ -267,6 +268,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
     shapes = file_shapes(path, allow_pickle)
     if _has_prefix(shapes, ("model.diffusion_model.",)):
         return _probe_main_checkpoint(path, shapes)
+    if is_flux_control_lora(shapes):  # BFL's Control LoRAs, before LoRAs: their lora_A keys would look like a LoRA's
+        return ProbeResult(ModelType.ControlLoRa, ModelFormat.LyCORIS, BaseModelType.Flux)
     if controlnet_kind(shapes) is not None:  # InstantX (diffusers keys) or XLabs FLUX ControlNets
         return ProbeResult(ModelType.ControlNet, ModelFormat.Checkpoint, BaseModelType.Flux)
     if is_redux(shapes):  # BFL's Redux image embedder (InvokeAI's test: exactly its four tensors)

@@ -76,6 +76,12 @@ def _flux_controlnet(base: str, dest: Path, seed: int) -> Path:
     return build_flux_controlnet(dest, seed=seed)
 
 
+def _flux_control_lora(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_control_lora import build_flux_control_lora
+
+    return build_flux_control_lora(dest, seed=seed)
+
+
 def _siglip(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny_flux_redux import build_siglip
 
@@ -146,6 +152,9 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                           ".safetensors")
     table[ModelType.ControlNet, BaseModelType.Flux] = TinyModel(ModelType.ControlNet, BaseModelType.Flux,
                                                                 _flux_controlnet)
+    # BFL's format, for the tiny transformer: a Canny/Depth-style LoRA whose img_in takes 128 channels
+    table[ModelType.ControlLoRa, BaseModelType.Flux] = TinyModel(ModelType.ControlLoRa, BaseModelType.Flux,
+                                                                 _flux_control_lora, ".safetensors")
     # FLUX Redux: its image embedder (base flux) and the SigLIP vision model it reads (base any, like InvokeAI's)
     table[ModelType.FluxRedux, BaseModelType.Flux] = TinyModel(ModelType.FluxRedux, BaseModelType.Flux, _flux_redux,
                                                                ".safetensors")

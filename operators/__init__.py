@@ -37,6 +37,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "flux.image_conditioning",
     "flux.controlnet",
     "flux.control_lora",
+    "flux.ip_adapter",
     "flux.redux",
     "flux.vae",
     "image.ops",

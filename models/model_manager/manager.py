@@ -190,6 +190,16 @@ class ModelManager:
                     return load_controlnet(local.path, self.dtype)
             if config.type in (ModelType.SigLIP, ModelType.FluxRedux):
                 return self._load_redux_part(config)
+            if config.type is ModelType.CLIPVision:  # as InvokeAI: the encoder alone, its processor is the default
+                from invokeai_provider.models.clip_vision import load_clip_vision
+
+                with self.registry.local_model(config) as local:
+                    return load_clip_vision(local.path, self.dtype)
+            if config.type is ModelType.IPAdapter and config.base is BaseModelType.Flux:
+                from invokeai_provider.models.flux.ip_adapter import load_ip_adapter
+
+                with self.registry.local_model(config) as local:
+                    return load_ip_adapter(local.path, self.dtype)
             if config.type is ModelType.SpandrelImageToImage:
                 from invokeai_provider.models.upscalers import spandrel as spandrel_model
                 with self.registry.local_model(config) as local:

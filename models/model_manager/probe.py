@@ -24,8 +24,10 @@ from invokeai_provider.core.taxonomy import (
     SchedulerPredictionType,
 )
 from invokeai_provider.errors import InvokeAIProviderError
+from invokeai_provider.models.clip_vision import is_clip_vision_folder
 from invokeai_provider.models.flux.control_lora import is_flux_control_lora
 from invokeai_provider.models.flux.controlnet import controlnet_kind, folder_is_controlnet
+from invokeai_provider.models.flux.ip_adapter import is_xlabs_ip_adapter
 from invokeai_provider.models.flux.lora_conversion import flux_lora_format
 from invokeai_provider.models.flux.redux import SIGLIP_PROCESSOR_FILE, folder_siglip_class, is_redux
 from invokeai_provider.models.model_manager.configs import ModelFormat
@@ -274,6 +276,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
         return ProbeResult(ModelType.ControlNet, ModelFormat.Checkpoint, BaseModelType.Flux)
     if is_redux(shapes):  # BFL's Redux image embedder (InvokeAI's test: exactly its four tensors)
         return ProbeResult(ModelType.FluxRedux, ModelFormat.Checkpoint, BaseModelType.Flux)
+    if is_xlabs_ip_adapter(shapes):  # XLabs' FLUX IP-Adapter (InvokeAI's IPAdapter_Checkpoint_FLUX_Config test)
+        return ProbeResult(ModelType.IPAdapter, ModelFormat.Checkpoint, BaseModelType.Flux)
     for probe in (_probe_lora, _probe_embedding):
         result = probe(path, shapes)
         if result is not None:
@@ -357,6 +361,9 @@ def probe_folder(path: Path) -> ProbeResult:
                            SchedulerPredictionType(prediction), _repo_variant(path))
     from invokeai_provider.models.model_manager import probe_parts
 
+    if is_clip_vision_folder(path):  # an IP-Adapter's image encoder (CLIPVisionModelWithProjection)
+        return ProbeResult(ModelType.CLIPVision, ModelFormat.Diffusers, BaseModelType.Any,
+                           repo_variant=_repo_variant(path))
     part = probe_parts.probe_part_folder(path)  # a T5 encoder or CLIP embed folder
     if part is not None:
         return part

@@ -94,6 +94,18 @@ def _flux_redux(base: str, dest: Path, seed: int) -> Path:
     return build_flux_redux(dest, seed=seed)
 
 
+def _clip_vision(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_ip_adapter import build_clip_vision
+
+    return build_clip_vision(dest, seed=seed)
+
+
+def _flux_ip_adapter(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_flux_ip_adapter import build_flux_ip_adapter
+
+    return build_flux_ip_adapter(dest, seed=seed)
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -159,6 +171,11 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
     table[ModelType.FluxRedux, BaseModelType.Flux] = TinyModel(ModelType.FluxRedux, BaseModelType.Flux, _flux_redux,
                                                                ".safetensors")
     table[ModelType.SigLIP, BaseModelType.Any] = TinyModel(ModelType.SigLIP, BaseModelType.Any, _siglip, slug="flux")
+    # FLUX IP-Adapter: XLabs' file (base flux) and the CLIP vision (ViT-L-shaped) encoder it reads (base any)
+    table[ModelType.IPAdapter, BaseModelType.Flux] = TinyModel(ModelType.IPAdapter, BaseModelType.Flux,
+                                                               _flux_ip_adapter, ".safetensors")
+    table[ModelType.CLIPVision, BaseModelType.Any] = TinyModel(ModelType.CLIPVision, BaseModelType.Any,
+                                                               _clip_vision, slug="flux")
     # InvokeAI's base for standalone T5 and CLIP embed encoders is "any": one encoder serves several families
     table[ModelType.T5Encoder, BaseModelType.Any] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _flux_t5,
                                                               slug="flux", weights_of=flux_main)

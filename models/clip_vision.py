@@ -1,0 +1,127 @@
+"""CLIP vision image encoders (InvokeAI's ``clip_vision`` models, base any): what IP-Adapters read an image prompt
+through.
+
+A ``clip_vision`` model is a transformers folder whose ``config.json`` names ``CLIPVisionModelWithProjection`` (or a
+whole ``CLIPModel`` with a ``vision_config`` and no tokenizer; with a tokenizer such a folder is a ``clip_embed``
+here). It is loaded as ``CLIPVisionModelWithProjection``, as InvokeAI loads it; the image processor is not read from
+the folder but is transformers' default ``CLIPImageProcessor`` (224 px, OpenAI's mean and std), as InvokeAI encodes
+IP-Adapter images. IP-Adapter nodes choose the encoder by its InvokeAI starter name (`CLIP_VISION_MODELS`); InvokeAI
+downloads a missing one, which cannot happen offline, so a missing one is an error naming what to install.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+VISION_CLASS = "CLIPVisionModelWithProjection"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class ClipVisionStarter:
+    """One of InvokeAI's CLIP vision starter models: the name it installs it under (and looks it up by) and its
+    Hugging Face source."""
+
+    name: str
+    source: str
+
+
+# InvokeAI's CLIP_VISION_MODEL_MAP: the encoder each ``clip_vision_model`` choice of an IP-Adapter node means
+CLIP_VISION_MODELS: dict[str, ClipVisionStarter] = {
+    "ViT-L": ClipVisionStarter("clip-vit-large-patch14", "InvokeAI/clip-vit-large-patch14"),
+    "ViT-H": ClipVisionStarter("IP Adapter SD1.5 Image Encoder", "InvokeAI/ip_adapter_sd_image_encoder"),
+    "ViT-G": ClipVisionStarter("IP Adapter SDXL Image Encoder", "InvokeAI/ip_adapter_sdxl_image_encoder"),
+}
+
+
+class ClipVisionError(ValueError):
+    """No usable CLIP vision model; the message says which to install."""
+
+
+def _config(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_clip_vision_folder(folder: Path) -> bool:
+    """InvokeAI's test on the folder's config (``CLIPVisionModelWithProjection``, or ``CLIPModel`` with a vision
+    config), narrowed for ``CLIPModel``: one with a tokenizer beside it is the CLIP text encoder we probe it as."""
+    config = _config(folder)
+    if config is None:
+        return False
+    architectures = config.get("architectures")
+    name = config.get("_class_name") or (architectures[0] if isinstance(architectures, list) and architectures
+                                         else None)
+    if name == VISION_CLASS:
+        return True
+    if name == "CLIPModel" and "vision_config" in config:
+        return not any((Path(folder) / f).is_file() or (Path(folder) / "tokenizer" / f).is_file()
+                       for f in TOKENIZER_FILES)
+    return False
+
+
+def find_clip_vision(configs: Iterable[Any], kind: str = "ViT-L") -> Any:
+    """The installed CLIP vision model an IP-Adapter's ``clip_vision_model`` choice means, among model records:
+    InvokeAI's by its starter name, else the only ``clip_vision`` model installed."""
+    from invokeai_provider.core.taxonomy import ModelType
+
+    if kind not in CLIP_VISION_MODELS:
+        raise ClipVisionError(f"CLIP vision model {kind!r}: expected one of {', '.join(CLIP_VISION_MODELS)}")
+    starter = CLIP_VISION_MODELS[kind]
+    found = sorted((c for c in configs if c.type is ModelType.CLIPVision), key=lambda c: c.name)
+    named = [c for c in found if c.name == starter.name]
+    if named:
+        return named[0]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ClipVisionError(f"the {kind} image encoder is not installed and cannot be downloaded here: install "
+                              f"{starter.source} as a clip_vision model named {starter.name!r} (InvokeAI's name)")
+    raise ClipVisionError(f"several clip_vision models are installed ({', '.join(c.name for c in found)}) and none "
+                          f"is named {starter.name!r}, the {kind} encoder; install {starter.source} under that name")
+
+
+def load_clip_vision(folder: Path, dtype: "torch.dtype") -> Any:
+    """The folder's ``CLIPVisionModelWithProjection`` (from a ``CLIPModel`` folder: its vision tower and
+    projection)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if not is_clip_vision_folder(folder):
+        raise ClipVisionError(f"{folder}: not a CLIP vision folder (config.json naming {VISION_CLASS})")
+    config = CLIPVisionConfig.from_pretrained(folder, local_files_only=True)
+    whole = _config(folder) or {}
+    if "vision_config" in whole and isinstance(whole.get("projection_dim"), int):
+        # a CLIPModel's projection width is its top-level one; the vision config alone may carry a default
+        config.projection_dim = whole["projection_dim"]
+    return CLIPVisionModelWithProjection.from_pretrained(folder, config=config, local_files_only=True,
+                                                         torch_dtype=dtype).eval()
+
+
+def image_embeds(encoder: Any, images: list["Image"]) -> "torch.Tensor":
+    """The images' projected CLIP embeddings ``(n, projection_dim)`` (``image_embeds``, not the hidden states),
+    through transformers' default CLIP image processor, in the encoder's dtype and device."""
+    import torch
+    from transformers import CLIPImageProcessor
+
+    pixels = CLIPImageProcessor()(images=images, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        return encoder(pixels.to(device=encoder.device, dtype=encoder.dtype)).image_embeds
+
+
+def ip_adapter_embeds(encoder: Any, image: "Image") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """An IP-Adapter image prompt's embeddings and those of a black image of its size, which InvokeAI (after
+    XLabs' ComfyUI nodes) uses for the negative (CFG) prediction."""
+    from PIL import Image as PILImage
+
+    image = image.convert("RGB")
+    return image_embeds(encoder, [image]), image_embeds(encoder, [PILImage.new("RGB", image.size)])

@@ -83,6 +83,9 @@ OPTIONS: dict[str, tuple[Optional[str], str]] = {
     "tenant_access": ('{"role:admin": ["*"]}', "Which tenants' images each Airflow user sees in the gallery and its HTTP "
                                               "API: a JSON object from a user name, or role:<role>, to a list of "
                                               "tenants (\"*\": all). A user matching no key sees none."),
+    "t5_encoder_device": ("auto", "Where FLUX's T5 encoder runs: auto (the execution device, as the transformer) or "
+                                  "cpu (kept in RAM and run there, leaving the GPU's memory to the transformer; "
+                                  "slower prompts)."),
     "workflow_granularity": ("segment", "Tasks of the DAGs that dags/invokeai_workflows.py compiles from saved "
                                         "workflows: segment (connected nodes of one scope share a task) or node "
                                         "(one task per node)."),
@@ -221,6 +224,14 @@ class Settings:
         return self._bool("keep_intermediates")
 
     # --- models -------------------------------------------------------------------------------------
+
+    @property
+    def t5_encoder_device(self) -> str:
+        """``auto`` or ``cpu``."""
+        value = self._text("t5_encoder_device").strip().lower()
+        if value not in ("auto", "cpu"):
+            raise _invalid("t5_encoder_device", value, "auto or cpu")
+        return value
 
     @property
     def configured_model_root(self) -> Optional[str]:

@@ -95,6 +95,7 @@ class ModelManager:
                                          vram_bytes=cache_budget_bytes("vram_cache_gb"),
                                          execution_device=self.device)
         self._dtype = dtype
+        self._dtype_given = dtype is not None
         self._convert_lock = threading.Lock()
 
     @property
@@ -104,6 +105,16 @@ class ModelManager:
         if self._dtype is None:
             self._dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         return self._dtype
+
+    def dtype_for(self, config: ModelConfig) -> Any:
+        """FLUX's models, and T5 encoders (which overflow in float16), in bfloat16 on a GPU, as InvokeAI runs them,
+        unless a dtype was given; the others in `dtype`."""
+        import torch
+
+        if not self._dtype_given and self.device.startswith("cuda") and (
+                config.base is BaseModelType.Flux or config.type is ModelType.T5Encoder):
+            return torch.bfloat16
+        return self.dtype
 
     # --- lookups (what InvokeAI's context.models offers) -----------------------------------------
 
@@ -134,8 +145,18 @@ class ModelManager:
         config = self.get_config(identifier)
         part = submodel or identifier.submodel_type
         cache_key = self.cache_key(config, part)
-        with self.cache.use(cache_key, lambda: self._build(config, part)) as model:
+        with self.cache.use(cache_key, lambda: self._build(config, part),
+                            on_storage_device=self.runs_on_cpu(config, part)) as model:
             yield model
+
+    @staticmethod
+    def runs_on_cpu(config: ModelConfig, part: Optional[SubModelType]) -> bool:
+        """A T5 encoder (a FLUX main's or a standalone one) with ``[invokeai] t5_encoder_device = cpu``."""
+        from invokeai_provider.config import settings
+
+        main_t5 = config.base is BaseModelType.Flux and config.type is ModelType.Main and part is SubModelType.TextEncoder2
+        t5 = main_t5 or (config.type is ModelType.T5Encoder and part is not SubModelType.Tokenizer2)
+        return t5 and settings("t5_encoder_device").t5_encoder_device == "cpu"
 
     def preload(self, ref: str | Mapping[str, Any]) -> list[str]:
         """Loads a model (every submodel of a main model) into the cache and onto the execution device, so the
@@ -148,7 +169,8 @@ class ModelManager:
         keys = []
         for part in parts:
             key = self.cache_key(config, part)
-            with self.cache.use(key, lambda part=part: self._build(config, part)):
+            with self.cache.use(key, lambda part=part: self._build(config, part),
+                                on_storage_device=self.runs_on_cpu(config, part)):
                 keys.append(key)
         return keys
 
@@ -163,7 +185,7 @@ class ModelManager:
 
         try:
             if part_loaders.handles(config):  # T5 encoders, CLIP embeds, BFL FLUX VAEs; quantized ones refused
-                return part_loaders.load(self.registry, config, part, self.dtype)
+                return part_loaders.load(self.registry, config, part, self.dtype_for(config))
             if config.type is ModelType.Main:
                 return self._load_main_part(config, part)
             if config.type is ModelType.VAE:
@@ -187,7 +209,7 @@ class ModelManager:
                 from invokeai_provider.models.flux.controlnet import load_controlnet
 
                 with self.registry.local_model(config) as local:
-                    return load_controlnet(local.path, self.dtype)
+                    return load_controlnet(local.path, self.dtype_for(config))
             if config.type in (ModelType.SigLIP, ModelType.FluxRedux):
                 return self._load_redux_part(config)
             if config.type is ModelType.CLIPVision:  # as InvokeAI: the encoder alone, its processor is the default
@@ -226,7 +248,8 @@ class ModelManager:
         with self.registry.local_model(config) as local:
             if config.type is ModelType.SigLIP:
                 return redux.load_siglip(local.path, self.dtype)
-            return redux.load_redux(local.path, torch.bfloat16 if self.dtype == torch.float16 else self.dtype)
+            dtype = self.dtype_for(config)
+            return redux.load_redux(local.path, torch.bfloat16 if dtype == torch.float16 else dtype)
 
     def _load_main_part(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
         if part is None:
@@ -273,18 +296,19 @@ class ModelManager:
         model_class = getattr(importlib.import_module(library), class_name)
         if "Tokenizer" in class_name:
             return model_class.from_pretrained(sub, local_files_only=True)
-        return model_class.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype).eval()
+        return model_class.from_pretrained(sub, local_files_only=True, torch_dtype=self.dtype_for(config)).eval()
 
     def _load_vae(self, config: ModelConfig) -> Any:
         from diffusers import AutoencoderKL
 
+        dtype = self.dtype_for(config)
         with self.registry.local_model(config) as local:
             if config.format is ModelFormat.Diffusers:
-                return AutoencoderKL.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
+                return AutoencoderKL.from_pretrained(local.path, local_files_only=True, torch_dtype=dtype).eval()
             if local.config_path is None:
                 raise ModelLoadError(f"VAE {config.name!r} is a single file without a config_path to build it from")
             return AutoencoderKL.from_single_file(str(local.path), config=str(local.config_path),
-                                                  local_files_only=True, torch_dtype=self.dtype).eval()
+                                                  local_files_only=True, torch_dtype=dtype).eval()
 
     def diffusers_folder(self, config: ModelConfig) -> Path:
         """Where the model's diffusers layout is: its own folder, or its converted copy for a checkpoint.

@@ -131,13 +131,16 @@ class ModelCache:
                 stats.loaded.append(loaded)
 
     @contextmanager
-    def use(self, key: str, build: Callable[[], Any]) -> Iterator[Any]:
-        """The model on the execution device for the duration of the block; it cannot be evicted meanwhile."""
+    def use(self, key: str, build: Callable[[], Any], *, on_storage_device: bool = False) -> Iterator[Any]:
+        """The model on the execution device (or, ``on_storage_device``, kept in RAM and run there) for the duration
+        of the block; it cannot be evicted meanwhile."""
         model = self.get(key, build)
         with self._lock:
             entry = self._entries[key]
             entry.locks += 1
-            if self.offloads and hasattr(model, "to"):
+            if on_storage_device and hasattr(model, "to"):
+                model.to(self.storage_device)
+            elif self.offloads and hasattr(model, "to"):
                 self._make_room_on_device(entry.size, keep=key)
                 model.to(self.execution_device)
         try:

@@ -3,7 +3,6 @@ with ``[invokeai] t5_encoder_device = cpu`` while the other parts go to the exec
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

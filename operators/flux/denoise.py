@@ -11,7 +11,8 @@ ControlNets (on the positive prediction), Redux tokens after the positive T5 tok
 (patched in for the node's span), progress and cancel at every step. In the GPU runtime, the nodes of one run that
 share a shape, schedule and transformer go through it together (`prepare` makes the item that waits for others).
 Not built yet, and refused by name when given: regional prompts (conditioning lists and masks), the Heun and LCM
-schedulers, Control LoRA, IP-Adapter, masked Redux and DyPE.
+schedulers, IP-Adapter, masked Redux and DyPE. A Control LoRA (structural control) widens the transformer's input to
+take its encoded control image, for the node's span.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 FLUX_SCHEDULER_NAME_VALUES = Literal["euler", "heun", "lcm"]
 DyPEPreset = Literal["off", "manual", "auto", "area", "4k"]
-_NOT_YET = ("control_lora", "ip_adapter")
+_NOT_YET = ("ip_adapter",)
 
 
 @invocation("flux_denoise", title="FLUX Denoise", tags=["image", "flux"], category="latents", version="4.6.0", gpu=True)
@@ -210,6 +211,42 @@ class FluxDenoiseInvocation(BaseInvocation):
         with models.load(self.controlnet_vae.vae) as vae:
             return fill_condition(vae, image, mask)
 
+    def _control_lora_condition(self, context: "InvocationContext", models: Any, config: Any) -> Any:
+        """The Control LoRA's control image, encoded, as the transformer's extra channels (InvokeAI's checks)."""
+        from invokeai_provider.models.flux.control_lora import ControlLoRAError, control_lora_condition
+        from invokeai_provider.operators.core.models import check_model
+
+        check_model(self, "control_lora", self.control_lora.lora, context, ModelType.ControlLoRa, (BaseModelType.Flux,))
+        if config.variant is FluxVariantType.Schnell:
+            raise field_error(GenerationError, self, "control_lora", "Control LoRAs cannot be used with FLUX Schnell")
+        if config.variant is FluxVariantType.DevFill:
+            raise field_error(GenerationError, self, "control_lora", "Control LoRAs are not compatible with FLUX Fill "
+                              "models")
+        if self.kontext_conditioning:  # its 128-channel tokens and Kontext's 64-channel ones cannot be joined
+            raise field_error(GenerationError, self, "control_lora", "a Control LoRA cannot be combined with Kontext "
+                              "conditioning")
+        if self.controlnet_vae is None:
+            raise field_error(GenerationError, self, "controlnet_vae", "a FLUX Control LoRA needs the VAE here, to "
+                              "encode its control image")
+        image = context.images.get_pil(self.control_lora.img.image_name, mode="RGB")
+        context.util.signal_progress("Running VAE")
+        try:
+            with models.load(self.controlnet_vae.vae) as vae:
+                return control_lora_condition(vae, image, self.width, self.height)
+        except ControlLoRAError as exc:
+            raise field_error(GenerationError, self, "control_lora", str(exc)) from None
+
+    @contextmanager
+    def _control_lora_applied(self, context: "InvocationContext", models: Any, transformer: Any) -> Iterator[Any]:
+        from invokeai_provider.models.flux.control_lora import ControlLoRAError, control_lora_applied
+
+        with models.load(self.control_lora.lora) as state:
+            try:
+                with control_lora_applied(transformer, state, self.control_lora.weight):
+                    yield transformer
+            except ControlLoRAError as exc:
+                raise field_error(GenerationError, self, "control_lora", str(exc)) from None
+
     def _kontext_references(self, context: "InvocationContext", models: Any) -> tuple[Any, Any]:
         """The Kontext reference images' tokens and position ids."""
         from invokeai_provider.models.flux.image_conditioning import kontext_references
@@ -301,6 +338,8 @@ class FluxDenoiseInvocation(BaseInvocation):
         elif self.fill_conditioning is not None:
             raise field_error(GenerationError, self, "fill_conditioning", "given, but the model is not a FLUX Fill "
                               "model")
+        if self.control_lora is not None:
+            channel_condition = self._control_lora_condition(context, models, config)
         references, reference_ids = (self._kontext_references(context, models) if self.kontext_conditioning
                                      else (None, None))
         job = denoise_loop.FluxDenoiseJob(
@@ -320,10 +359,13 @@ class FluxDenoiseInvocation(BaseInvocation):
                 transformer = stack.enter_context(models.load(self.transformer.transformer))
                 stack.enter_context(lora_patched(self, context, "transformer", transformer, self.transformer.loras,
                                                  "transformer", BaseModelType.Flux))
+                if self.control_lora is not None:  # last, as InvokeAI applies it: the transformer takes 128 channels
+                    stack.enter_context(self._control_lora_applied(context, models, transformer))
                 yield transformer
 
         return denoise_loop.FluxDenoiseItem(
-            job=job, context=context, open_transformer=open_transformer, on_step=on_step, alone=bool(self.control),
+            job=job, context=context, open_transformer=open_transformer, on_step=on_step,
+            alone=bool(self.control or self.control_lora),
             transformer_spec=self.transformer.model_dump(mode="json"))
 
     def invoke(self, context: "InvocationContext") -> LatentsOutput:

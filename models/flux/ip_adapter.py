@@ -130,7 +130,7 @@ def prepare(adapter: Any, encoder: Any, image: "Image", weight: Union[float, lis
             begin_step_percent: float = 0.0, end_step_percent: float = 1.0) -> FluxIPAdapter:
     """A `FluxIPAdapter` from a loaded adapter and CLIP vision encoder and the image prompt (InvokeAI's positive
     and black-image embeddings), refusing an encoder whose embeddings the adapter cannot take."""
-    from invokeai_provider.models.clip_vision import ip_adapter_embeds
+    from invokeai_provider.models.image_encoders.clip_vision import ip_adapter_embeds
 
     positive, negative = ip_adapter_embeds(encoder, image)
     if positive.shape[-1] != clip_width(adapter):

@@ -213,7 +213,7 @@ class ModelManager:
             if config.type in (ModelType.SigLIP, ModelType.FluxRedux):
                 return self._load_redux_part(config)
             if config.type is ModelType.CLIPVision:  # as InvokeAI: the encoder alone, its processor is the default
-                from invokeai_provider.models.clip_vision import load_clip_vision
+                from invokeai_provider.models.image_encoders.clip_vision import load_clip_vision
 
                 with self.registry.local_model(config) as local:
                     return load_clip_vision(local.path, self.dtype)

@@ -24,7 +24,7 @@ from invokeai_provider.core.taxonomy import (
     SchedulerPredictionType,
 )
 from invokeai_provider.errors import InvokeAIProviderError
-from invokeai_provider.models.clip_vision import is_clip_vision_folder
+from invokeai_provider.models.image_encoders.clip_vision import is_clip_vision_folder
 from invokeai_provider.models.flux.control_lora import is_flux_control_lora
 from invokeai_provider.models.flux.controlnet import controlnet_kind, folder_is_controlnet
 from invokeai_provider.models.flux.ip_adapter import is_xlabs_ip_adapter

@@ -2,7 +2,7 @@
 string, title, version 1.0.0, fields, validators and ``ip_adapter_output`` as InvokeAI's flux_ip_adapter.py).
 
 The CLIP vision encoder is not a field: as in InvokeAI, ``clip_vision_model`` (only ViT-L for FLUX) names InvokeAI's
-starter encoder, and the node takes the installed one (`invokeai_provider.models.clip_vision.find_clip_vision`).
+starter encoder, and the node takes the installed one (`invokeai_provider.models.image_encoders.clip_vision.find_clip_vision`).
 Nothing is loaded here; the encoding and the attention are `invokeai_provider.models.flux.ip_adapter`."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class FluxIPAdapterInvocation(BaseInvocation):
         return self
 
     def invoke(self, context: "InvocationContext") -> IPAdapterOutput:
-        from invokeai_provider.models.clip_vision import ClipVisionError, find_clip_vision
+        from invokeai_provider.models.image_encoders.clip_vision import ClipVisionError, find_clip_vision
 
         check_model(self, "ip_adapter_model", self.ip_adapter_model, context, ModelType.IPAdapter,
                     (BaseModelType.Flux,))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from invokeai_provider.models.clip_vision import ClipVisionError, find_clip_vision, ip_adapter_embeds, \
+from invokeai_provider.models.image_encoders.clip_vision import ClipVisionError, find_clip_vision, ip_adapter_embeds, \
     load_clip_vision
 from invokeai_provider.models.flux import sampling, vae
 from invokeai_provider.models.flux.ip_adapter import (

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from invokeai_provider.models.flux import sampling
 from invokeai_provider.models.flux.controlnet import FluxControl, control_residuals
+from invokeai_provider.models.flux.ip_adapter import FluxIPAdapter, ip_adapters_applied
 from invokeai_provider.models.flux.text_encoding import FluxConditioning
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class FluxDenoiseJob:
     reference_tokens: Optional["torch.Tensor"] = None  # Kontext: (1, n, 64) after the image's tokens
     reference_ids: Optional["torch.Tensor"] = None  # and their (n, 3) position ids
     controls: list[FluxControl] = field(default_factory=list)  # ControlNets, their residuals summed
+    ip_adapters: list[FluxIPAdapter] = field(default_factory=list)  # XLabs IP-Adapters, in the double blocks
 
 
 Outcome = Any  # a job's latents, or the exception that stopped it
@@ -50,7 +52,7 @@ Outcome = Any  # a job's latents, or the exception that stopped it
 
 def batch_signature(job: FluxDenoiseJob) -> dict[str, Any]:
     """What jobs must share to go through the transformer together: size, timesteps, guidance, CFG schedule,
-    conditioning and extra-token shapes, Kontext positions. ControlNets make a job run alone."""
+    conditioning and extra-token shapes, Kontext positions. ControlNets and IP-Adapters make a job run alone."""
     def shape(tensor: Optional["torch.Tensor"]) -> Optional[list[int]]:
         return None if tensor is None else list(tensor.shape)
 
@@ -61,7 +63,7 @@ def batch_signature(job: FluxDenoiseJob) -> dict[str, Any]:
             "negative": None if negative is None else [shape(negative.t5_embeds), shape(negative.clip_embeds)],
             "extra": shape(job.channel_condition), "reference": shape(job.reference_tokens),
             "reference_ids": None if job.reference_ids is None else job.reference_ids.tolist(),
-            "controls": id(job) if job.controls else None}
+            "alone": id(job) if job.controls or job.ip_adapters else None}
 
 
 class _Image:
@@ -122,7 +124,7 @@ def run_batch(transformer: Any, jobs: list[FluxDenoiseJob],
     blocks = (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks))
     use_guidance = bool(transformer.config.guidance_embeds)
 
-    def predict(active: list[_Image], sign: str, t_curr: float, step: int) -> "torch.Tensor":
+    def predict(active: list[_Image], sign: str, t_curr: float, step: int, ip: Any) -> "torch.Tensor":
         tokens = torch.cat([image.tokens for image in active])
         t5 = torch.cat([image.conditioning[sign][0] for image in active])
         clip = torch.cat([image.conditioning[sign][1] for image in active])
@@ -143,17 +145,19 @@ def run_batch(transformer: Any, jobs: list[FluxDenoiseJob],
         guidance = torch.full((len(active),), first.guidance, device=device, dtype=dtype) if use_guidance else None
         return transformer(hidden_states=hidden, timestep=t, guidance=guidance, pooled_projections=clip,
                            encoder_hidden_states=t5, txt_ids=txt_ids, img_ids=ids, controlnet_block_samples=double,
-                           controlnet_single_block_samples=single, return_dict=False)[0][:, :count]
+                           controlnet_single_block_samples=single,
+                           joint_attention_kwargs=ip.kwargs(step, total, negative=sign == "negative") or None,
+                           return_dict=False)[0][:, :count]
 
-    with torch.no_grad():
+    with torch.no_grad(), ip_adapters_applied(transformer, first.ip_adapters) as ip:
         for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
             active = [image for image in images if image.outcome is None]
             if not active:
                 break
-            prediction = predict(active, "positive", t_curr, step)
+            prediction = predict(active, "positive", t_curr, step, ip)
             scale = first.cfg_scale[min(step, len(first.cfg_scale) - 1)]
             if first.negative is not None and scale != 1.0:
-                negative = predict(active, "negative", t_curr, step)
+                negative = predict(active, "negative", t_curr, step, ip)
                 prediction = negative + scale * (prediction - negative)
             for image, part in zip(active, prediction.split(1)):
                 image.tokens = image.tokens + (t_prev - t_curr) * part

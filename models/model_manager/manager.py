@@ -221,7 +221,7 @@ class ModelManager:
                 from invokeai_provider.models.flux.ip_adapter import load_ip_adapter
 
                 with self.registry.local_model(config) as local:
-                    return load_ip_adapter(local.path, self.dtype)
+                    return load_ip_adapter(local.path, self.dtype_for(config))
             if config.type is ModelType.SpandrelImageToImage:
                 from invokeai_provider.models.upscalers import spandrel as spandrel_model
                 with self.registry.local_model(config) as local:

@@ -11,7 +11,7 @@ ControlNets (on the positive prediction), Redux tokens after the positive T5 tok
 (patched in for the node's span), progress and cancel at every step. In the GPU runtime, the nodes of one run that
 share a shape, schedule and transformer go through it together (`prepare` makes the item that waits for others).
 Not built yet, and refused by name when given: regional prompts (conditioning lists and masks), the Heun and LCM
-schedulers, IP-Adapter, masked Redux and DyPE. A Control LoRA (structural control) widens the transformer's input to
+schedulers, masked Redux and DyPE. XLabs IP-Adapters attend to their image prompt in the double blocks. A Control LoRA (structural control) widens the transformer's input to
 take its encoded control image, for the node's span.
 """
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 FLUX_SCHEDULER_NAME_VALUES = Literal["euler", "heun", "lcm"]
 DyPEPreset = Literal["off", "manual", "auto", "area", "4k"]
-_NOT_YET = ("ip_adapter",)
 
 
 @invocation("flux_denoise", title="FLUX Denoise", tags=["image", "flux"], category="latents", version="4.6.0", gpu=True)
@@ -112,9 +111,6 @@ class FluxDenoiseInvocation(BaseInvocation):
                                                 "when dype_preset is not 'off'.", ui_order=102)
 
     def _refuse_what_is_not_built(self) -> None:
-        for field in _NOT_YET:
-            if getattr(self, field) not in (None, []):
-                raise field_error(GenerationError, self, field, "not supported by this provider's FLUX yet")
         if self.scheduler != "euler":
             raise field_error(GenerationError, self, "scheduler", f"{self.scheduler!r} is not supported by this "
                               "provider's FLUX yet (euler is)")
@@ -210,6 +206,31 @@ class FluxDenoiseInvocation(BaseInvocation):
         context.util.signal_progress("Running VAE")
         with models.load(self.controlnet_vae.vae) as vae:
             return fill_condition(vae, image, mask)
+
+    def _ip_adapters(self, context: "InvocationContext", models: Any, stack: ExitStack, steps: int) -> list[Any]:
+        """The XLabs IP-Adapters, loaded for the node's span, with their image prompts' CLIP embeddings (the
+        encoder is released before the transformer loads, as InvokeAI does)."""
+        from invokeai_provider.models.flux.ip_adapter import FluxIPAdapterError, prepare, single_image
+        from invokeai_provider.operators.core.models import check_model
+
+        fields = self.ip_adapter if isinstance(self.ip_adapter, list) else [self.ip_adapter] if self.ip_adapter \
+            else []
+        adapters = []
+        for field in fields:
+            check_model(self, "ip_adapter", field.ip_adapter_model, context, ModelType.IPAdapter,
+                        (BaseModelType.Flux,))
+            if isinstance(field.weight, list) and len(field.weight) != steps:
+                raise field_error(GenerationError, self, "ip_adapter", f"a list of {len(field.weight)} weights for "
+                                  f"{steps} steps")
+            try:
+                image = context.images.get_pil(single_image(field.image).image_name, mode="RGB")
+                adapter = stack.enter_context(models.load(field.ip_adapter_model))
+                with models.load(field.image_encoder_model) as encoder:
+                    adapters.append(prepare(adapter, encoder, image, field.weight, field.begin_step_percent,
+                                            field.end_step_percent))
+            except FluxIPAdapterError as exc:
+                raise field_error(GenerationError, self, "ip_adapter", str(exc)) from None
+        return adapters
 
     def _control_lora_condition(self, context: "InvocationContext", models: Any, config: Any) -> Any:
         """The Control LoRA's control image, encoded, as the transformer's extra channels (InvokeAI's checks)."""
@@ -356,6 +377,7 @@ class FluxDenoiseInvocation(BaseInvocation):
         def open_transformer() -> Iterator[Any]:
             with ExitStack() as stack:
                 job.controls = self._controls(context, models, stack, len(timesteps) - 1)
+                job.ip_adapters = self._ip_adapters(context, models, stack, len(timesteps) - 1)
                 transformer = stack.enter_context(models.load(self.transformer.transformer))
                 stack.enter_context(lora_patched(self, context, "transformer", transformer, self.transformer.loras,
                                                  "transformer", BaseModelType.Flux))
@@ -365,7 +387,7 @@ class FluxDenoiseInvocation(BaseInvocation):
 
         return denoise_loop.FluxDenoiseItem(
             job=job, context=context, open_transformer=open_transformer, on_step=on_step,
-            alone=bool(self.control or self.control_lora),
+            alone=bool(self.control or self.control_lora or self.ip_adapter),
             transformer_spec=self.transformer.model_dump(mode="json"))
 
     def invoke(self, context: "InvocationContext") -> LatentsOutput:

@@ -361,3 +361,48 @@ def test_a_control_lora_graph_gives_the_backends_image(run: RunContext, models: 
     no_vae = [e for e in edges if e["destination"] != {"node_id": "denoise", "field": "controlnet_vae"}]
     with pytest.raises(NodeExecutionError, match="field controlnet_vae: a FLUX Control LoRA needs the VAE"):
         run_nodes(run, nodes, no_vae)
+
+
+def test_an_ip_adapter_graph_gives_the_backends_image(run: RunContext, models: Any) -> None:
+    from safetensors.torch import load
+
+    from invokeai_provider.core.fields import ModelIdentifierField
+    from invokeai_provider.models.flux import denoise_loop, sampling
+    from invokeai_provider.models.flux import vae as flux_vae
+    from invokeai_provider.models.flux.ip_adapter import prepare
+    from invokeai_provider.models.flux.text_encoding import FluxConditioning
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    manager, installed = models
+    adapter = install_tiny(manager.registry, "ip_adapter", "flux").config.identifier()
+    encoder = install_tiny(manager.registry, "clip_vision").config.identifier()
+    reference = picture(9, 64, 64)
+    put_image(run, "reference.png", reference)
+    nodes, edges = generation(installed["dev"])
+    nodes["ip"] = {"type": "flux_ip_adapter", "image": {"image_name": "reference.png"}, "ip_adapter_model": adapter,
+                   "weight": 0.9}
+    edges.append(edge("ip", "ip_adapter", "denoise", "ip_adapter"))
+    state = run_nodes(run, nodes, edges)
+    [ip_output] = state.outputs_of("ip")
+    assert ip_output.ip_adapter.image_encoder_model.key == encoder["key"]  # the installed ViT-L stand-in
+    mine = pixels(stored_image(run, state.outputs_of("decode")[0]))
+    plain = pixels(stored_image(run, run_nodes(run, *generation(installed["dev"])).outputs_of("decode")[0]))
+    assert np.abs(mine - plain).max() > 5
+
+    [prompt] = state.outputs_of("prompt")
+    stored = load(run.store.read("conditioning", f"{prompt.conditioning.conditioning_name}.safetensors"))
+    parts = pipeline_parts(manager, installed["dev"])
+    with manager.load(ModelIdentifierField.model_validate(adapter)) as ip_model, \
+            manager.load(ModelIdentifierField.model_validate(encoder)) as clip_vision:
+        job = denoise_loop.FluxDenoiseJob(
+            noise=sampling.noise(SEED, HEIGHT, WIDTH), height=HEIGHT, width=WIDTH, guidance=GUIDANCE,
+            positive=FluxConditioning(t5_embeds=stored["t5_embeds"], clip_embeds=stored["clip_embeds"]),
+            timesteps=sampling.schedule(STEPS, (HEIGHT // 16) * (WIDTH // 16), shift=True),
+            ip_adapters=[prepare(ip_model, clip_vision, reference, 0.9)])
+        latents = denoise_loop.run(parts["transformer"], job)
+    by_hand = (127.5 * (flux_vae.decode(parts["vae"], latents)[0].clamp(-1, 1) + 1.0)).byte().permute(1, 2, 0)
+    assert np.abs(mine - by_hand.numpy().astype(np.int16)).max() <= 1
+
+    nodes["ip"]["weight"] = [0.5, 0.5]
+    with pytest.raises(NodeExecutionError, match="field ip_adapter: a list of 2 weights for 3 steps"):
+        run_nodes(run, nodes, edges)

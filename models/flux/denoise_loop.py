@@ -194,12 +194,9 @@ class FluxDenoiseItem:
 
 def run_items(items: list[FluxDenoiseItem]) -> list[Outcome]:
     """The runner of a batch of items of one key: each gets its latents or the exception that stopped it."""
-    outcomes: dict[int, Outcome] = {}
-    for number, item in enumerate(items):
-        try:
-            item.context.util.raise_if_canceled()
-        except BaseException as exc:  # noqa: BLE001 - the item's own outcome
-            outcomes[number] = exc
+    from invokeai_provider.core.context import canceled_outcomes
+
+    outcomes: dict[int, Outcome] = dict(canceled_outcomes([item.context for item in items]))
     active = [n for n in range(len(items)) if n not in outcomes]
     if active:
         with items[active[0]].open_transformer() as transformer:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Optional
 
+from invokeai_provider.models.flux.bfl_names import DOUBLE_BLOCK, SINGLE_BLOCK, SWAPPED_HALVES, TOP_LEVEL
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,43 +30,10 @@ __all__ = ["FluxLoraFormat", "flux_lora_format", "split_bfl_rows", "to_diffusers
 
 FluxLoraFormat = str  # "kohya", "onetrainer", "diffusers", "aitoolkit" (BFL names, PEFT suffixes), "xlabs"
 
-# BFL layer (block index as {i}) -> the diffusers layers it fuses, in row order; None: split ``qkv``-style in three
-# equal parts, "single": a single block's linear1 (three equal parts of the input width, then the MLP rows)
-_DOUBLE = {
-    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "img_attn.proj": ("attn.to_out.0",),
-    "img_mlp.0": ("ff.net.0.proj",),
-    "img_mlp.2": ("ff.net.2",),
-    "img_mod.lin": ("norm1.linear",),
-    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "txt_attn.proj": ("attn.to_add_out",),
-    "txt_mlp.0": ("ff_context.net.0.proj",),
-    "txt_mlp.2": ("ff_context.net.2",),
-    "txt_mod.lin": ("norm1_context.linear",),
-}
-_SINGLE = {
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-    "linear2": ("proj_out",),
-    "modulation.lin": ("norm.linear",),
-}
-_GLOBAL = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
-    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "final_layer.linear": "proj_out",
-    "final_layer.adaLN_modulation.1": "norm_out.linear",  # BFL's (shift, scale) rows are diffusers' (scale, shift)
-}
-_SWAPPED_HALVES = {"final_layer.adaLN_modulation.1"}
-
 _BLOCK = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)")
 _KOHYA_BLOCK = re.compile(r"(double_blocks|single_blocks)_(\d+)_(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|"
                           r"linear1|linear2|modulation)_?(.*)")
-_KOHYA_GLOBAL = {name.replace(".", "_"): name for name in _GLOBAL}
+_KOHYA_GLOBAL = {name.replace(".", "_"): name for name in TOP_LEVEL}
 _XLABS = re.compile(r"double_blocks\.(\d+)\.processor\.(qkv|proj)_lora([12])\.(down|up)\.weight")
 _PARTS = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "lora_A.weight": "lora_A.weight",
           "lora_B.weight": "lora_B.weight", "lora.down.weight": "lora_A.weight", "lora.up.weight": "lora_B.weight",
@@ -88,7 +57,7 @@ def _bfl_layer(key: str) -> Optional[tuple[str, str]]:
     for prefix in ("diffusion_model.", "base_model.model."):
         if stem.startswith(prefix):
             body = stem.removeprefix(prefix)
-            if _BLOCK.fullmatch(body) or body in _GLOBAL:
+            if _BLOCK.fullmatch(body) or body in TOP_LEVEL:
                 return body, part
     return None
 
@@ -129,14 +98,14 @@ def flux_lora_format(keys: "list[str] | set[str] | dict") -> Optional[FluxLoraFo
 
 
 def _diffusers_targets(bfl: str) -> tuple[str, ...]:
-    if bfl in _GLOBAL:
-        return (_GLOBAL[bfl],)
+    if bfl in TOP_LEVEL:
+        return (TOP_LEVEL[bfl],)
     m = _BLOCK.fullmatch(bfl)
     if m is None:
         raise KeyError(bfl)
     blocks, index, layer = m.groups()
-    table, owner = (_DOUBLE, "transformer_blocks") if blocks == "double_blocks" else \
-        (_SINGLE, "single_transformer_blocks")
+    table, owner = (DOUBLE_BLOCK, "transformer_blocks") if blocks == "double_blocks" else \
+        (SINGLE_BLOCK, "single_transformer_blocks")
     return tuple(f"{owner}.{index}.{target}" for target in table[layer])
 
 
@@ -159,7 +128,7 @@ def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "Lor
     if "lora_A.weight" not in parts or "lora_B.weight" not in parts:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} lacks an up or down matrix")
     up, down = parts["lora_B.weight"], parts["lora_A.weight"]
-    if bfl in _SWAPPED_HALVES:
+    if bfl in SWAPPED_HALVES:
         up = torch.cat(up.chunk(2, dim=0)[::-1], dim=0)
     splits = _row_splits(bfl, targets, up.shape[0], down.shape[1])
     if min(splits) <= 0 or sum(splits) != up.shape[0]:
@@ -182,7 +151,7 @@ def split_bfl_rows(bfl: str, rows: "torch.Tensor", width: int) -> dict[str, "tor
     import torch
 
     targets = _diffusers_targets(bfl)
-    if bfl in _SWAPPED_HALVES:
+    if bfl in SWAPPED_HALVES:
         rows = torch.cat(rows.chunk(2, dim=0)[::-1], dim=0)
     splits = _row_splits(bfl, targets, rows.shape[0], width)
     if min(splits) <= 0 or sum(splits) != rows.shape[0]:

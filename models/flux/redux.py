@@ -58,21 +58,11 @@ def folder_siglip_class(path: Path) -> str | None:
 
 def find_siglip(configs: Iterable[Any]) -> Any:
     """The SigLIP model Redux uses among installed model records: InvokeAI's (by its starter name), else the only
-    SigLIP installed. InvokeAI downloads its starter model when it has none; here that is an error saying what to
-    install."""
+    SigLIP installed."""
     from invokeai_provider.core.taxonomy import ModelType
+    from invokeai_provider.models.model_manager.starter_models import installed_starter
 
-    found = sorted((c for c in configs if c.type is ModelType.SigLIP), key=lambda c: c.name)
-    named = [c for c in found if c.name == SIGLIP_NAME]
-    if named:
-        return named[0]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise ReduxError(f"FLUX Redux encodes its image with a SigLIP model, and none is installed: install "
-                         f"{SIGLIP_SOURCE} (as {SIGLIP_NAME!r}, the name InvokeAI gives it)")
-    raise ReduxError(f"several SigLIP models are installed ({', '.join(c.name for c in found)}) and none is named "
-                     f"{SIGLIP_NAME!r}, the one FLUX Redux uses; install {SIGLIP_SOURCE} under that name")
+    return installed_starter(configs, ModelType.SigLIP, SIGLIP_NAME, SIGLIP_SOURCE, "FLUX Redux's SigLIP encoder", ReduxError)
 
 
 def load_redux(path: Path, dtype: "torch.dtype") -> Any:

@@ -14,40 +14,20 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from invokeai_provider.models.flux.bfl_names import DOUBLE_BLOCK, DOUBLE_BLOCK_NORMS, TOP_LEVEL
 from invokeai_provider.models.flux.controlnet import FLUX_ROPE_AXES, ControlNetLoadError
 
 if TYPE_CHECKING:
     import torch
 
-# BFL module -> diffusers module, outside the blocks
-_TOP = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
-    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "pos_embed_input": "controlnet_x_embedder",
-}
+# BFL module -> diffusers module, outside the blocks (XLabs' ControlNets have no final layer)
+_TOP = {**{k: v for k, v in TOP_LEVEL.items() if not k.startswith("final_layer.")},
+        "pos_embed_input": "controlnet_x_embedder"}
 # inside double block N: BFL parameter -> diffusers parameter (after ``double_blocks.N.`` / ``transformer_blocks.N.``)
-_BLOCK = {
-    "img_mod.lin.weight": "norm1.linear.weight", "img_mod.lin.bias": "norm1.linear.bias",
-    "txt_mod.lin.weight": "norm1_context.linear.weight", "txt_mod.lin.bias": "norm1_context.linear.bias",
-    "img_attn.norm.query_norm.scale": "attn.norm_q.weight", "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
-    "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
-    "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
-    "img_attn.proj.weight": "attn.to_out.0.weight", "img_attn.proj.bias": "attn.to_out.0.bias",
-    "txt_attn.proj.weight": "attn.to_add_out.weight", "txt_attn.proj.bias": "attn.to_add_out.bias",
-    "img_mlp.0.weight": "ff.net.0.proj.weight", "img_mlp.0.bias": "ff.net.0.proj.bias",
-    "img_mlp.2.weight": "ff.net.2.weight", "img_mlp.2.bias": "ff.net.2.bias",
-    "txt_mlp.0.weight": "ff_context.net.0.proj.weight", "txt_mlp.0.bias": "ff_context.net.0.proj.bias",
-    "txt_mlp.2.weight": "ff_context.net.2.weight", "txt_mlp.2.bias": "ff_context.net.2.bias",
-}
+_BLOCK = {**{f"{bfl}.{kind}": f"{target}.{kind}" for bfl, (target, *rest) in DOUBLE_BLOCK.items() if not rest
+             for kind in ("weight", "bias")}, **DOUBLE_BLOCK_NORMS}
 # fused attention projections: one BFL tensor holds q, k and v's rows in that order
-_FUSED = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-          "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+_FUSED = {bfl: targets for bfl, targets in DOUBLE_BLOCK.items() if len(targets) > 1}
 # the hint encoder: a Sequential of convolutions with SiLUs between (odd indices hold no weights)
 _HINT = {0: "conv_in", 2: "blocks.0", 4: "blocks.1", 6: "blocks.2", 8: "blocks.3", 10: "blocks.4", 12: "blocks.5",
          14: "conv_out"}

@@ -74,21 +74,13 @@ def find_clip_vision(configs: Iterable[Any], kind: str = "ViT-L") -> Any:
     """The installed CLIP vision model an IP-Adapter's ``clip_vision_model`` choice means, among model records:
     InvokeAI's by its starter name, else the only ``clip_vision`` model installed."""
     from invokeai_provider.core.taxonomy import ModelType
+    from invokeai_provider.models.model_manager.starter_models import installed_starter
 
     if kind not in CLIP_VISION_MODELS:
         raise ClipVisionError(f"CLIP vision model {kind!r}: expected one of {', '.join(CLIP_VISION_MODELS)}")
     starter = CLIP_VISION_MODELS[kind]
-    found = sorted((c for c in configs if c.type is ModelType.CLIPVision), key=lambda c: c.name)
-    named = [c for c in found if c.name == starter.name]
-    if named:
-        return named[0]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise ClipVisionError(f"the {kind} image encoder is not installed and cannot be downloaded here: install "
-                              f"{starter.source} as a clip_vision model named {starter.name!r} (InvokeAI's name)")
-    raise ClipVisionError(f"several clip_vision models are installed ({', '.join(c.name for c in found)}) and none "
-                          f"is named {starter.name!r}, the {kind} encoder; install {starter.source} under that name")
+    return installed_starter(configs, ModelType.CLIPVision, starter.name, starter.source,
+                             f"the IP-Adapter's {kind} image encoder", ClipVisionError)
 
 
 def load_clip_vision(folder: Path, dtype: "torch.dtype") -> Any:

@@ -143,12 +143,9 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
     (its run was canceled, say: the others carry on). A failing UNet pass raises for all of them."""
     import torch
 
-    outcomes: dict[int, Outcome] = {}
-    for number, item in enumerate(items):
-        try:
-            item.context.util.raise_if_canceled()
-        except BaseException as exc:  # noqa: BLE001 - the item's own outcome
-            outcomes[number] = exc
+    from invokeai_provider.core.context import canceled_outcomes
+
+    outcomes: dict[int, Outcome] = dict(canceled_outcomes([item.context for item in items]))
     active = [n for n in range(len(items)) if n not in outcomes]
     if not active:
         return [outcomes[n] for n in range(len(items))]

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Sequence
 
 from invokeai_provider.core.fields import MetadataField
 from invokeai_provider.errors import ArtifactNotFoundError, CanceledError
@@ -223,6 +223,18 @@ class UtilInterface:
             self._scope.run.logger.info("%s: %s%s", self._scope.exec_id, message,
                                         f" ({percentage:.0%})" if percentage is not None else "")
         self.raise_if_canceled()
+
+
+def canceled_outcomes(contexts: Sequence["InvocationContext"]) -> dict[int, BaseException]:
+    """The CanceledError of each node context whose run is canceled, by position: the items of a batch that are not
+    to run (the others carry on without them)."""
+    outcomes: dict[int, BaseException] = {}
+    for number, context in enumerate(contexts):
+        try:
+            context.util.raise_if_canceled()
+        except BaseException as exc:  # noqa: BLE001 - the item's own outcome
+            outcomes[number] = exc
+    return outcomes
 
 
 class InvocationContext:

@@ -237,8 +237,8 @@ def test_the_clip_vision_model_is_invokeais_by_name_else_the_only_one() -> None:
     def model(name: str, kind: ModelType = ModelType.CLIPVision) -> Any:
         return SimpleNamespace(name=name, type=kind)
 
-    with pytest.raises(ClipVisionError, match="ViT-L image encoder is not installed and cannot be downloaded here: "
-                                              "install InvokeAI/clip-vit-large-patch14 as a clip_vision model named "
+    with pytest.raises(ClipVisionError, match="ViT-L image encoder: no clip_vision model is installed, and it cannot "
+                                              "be downloaded here; install InvokeAI/clip-vit-large-patch14 as "
                                               "'clip-vit-large-patch14'"):
         find_clip_vision([model("clip", ModelType.CLIPEmbed)])
     assert find_clip_vision([model("mine"), model("ipa", ModelType.IPAdapter)]).name == "mine"

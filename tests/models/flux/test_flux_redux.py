@@ -142,11 +142,11 @@ def test_the_siglip_model_is_invokeais_by_name_else_the_only_one() -> None:
     def model(name: str, kind: ModelType = ModelType.SigLIP) -> Any:
         return SimpleNamespace(name=name, type=kind)
 
-    with pytest.raises(ReduxError, match="none is installed: install google/siglip-so400m-patch14-384"):
+    with pytest.raises(ReduxError, match="no siglip model is installed, and it cannot be downloaded here; install google/siglip-so400m-patch14-384"):
         find_siglip([model("clip", ModelType.CLIPEmbed)])
     assert find_siglip([model("mine"), model("redux", ModelType.FluxRedux)]).name == "mine"
     assert find_siglip([model("a"), model(SIGLIP_NAME), model("b")]).name == SIGLIP_NAME
-    with pytest.raises(ReduxError, match=r"several SigLIP models are installed \(a, b\)"):
+    with pytest.raises(ReduxError, match=r"several siglip models are installed \(a, b\)"):
         find_siglip([model("b"), model("a")])
 
 

@@ -68,9 +68,9 @@ def test_errors_name_the_field(models: Any, tmp_path: Path) -> None:
         only_output(run_in(tmp_path / "a", manager), ip_node(installed["controlnet"]))
     registry = ModelRegistry((tmp_path / "lonely-root").as_uri())
     alone = install_tiny(registry, "ip_adapter", "flux").config.identifier()
-    with pytest.raises(NodeExecutionError, match="field clip_vision_model: the ViT-L image encoder is not installed "
-                                                 "and cannot be downloaded here: install "
-                                                 "InvokeAI/clip-vit-large-patch14"):
+    with pytest.raises(NodeExecutionError, match="field clip_vision_model: the IP-Adapter's ViT-L image encoder: no "
+                                                 "clip_vision model is installed, and it cannot be downloaded here; "
+                                                 "install InvokeAI/clip-vit-large-patch14"):
         only_output(run_in(tmp_path / "b", ModelManager(registry, device="cpu")), ip_node(alone))
 
 

@@ -183,8 +183,9 @@ def test_errors_name_the_field(run: RunContext, models: Any, tmp_path: Path) -> 
     alone = install_model(bare_registry, redux_file, name="redux", inplace=True).identifier()
     lonely = run_in(tmp_path / "lonely", ModelManager(bare_registry, device="cpu"))
     put_image(lonely, "hint.png", picture(9))
-    with pytest.raises(NodeExecutionError, match="field redux_model: FLUX Redux encodes its image with a SigLIP "
-                                                 "model, and none is installed: install google/siglip-so400m"):
+    with pytest.raises(NodeExecutionError, match="field redux_model: FLUX Redux's SigLIP encoder: no siglip "
+                                                 "model is installed, and it cannot be downloaded here; install "
+                                                 "google/siglip-so400m"):
         run_nodes(lonely, {"redux": {**nodes["redux"], "redux_model": alone}})
 
 

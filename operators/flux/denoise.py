@@ -11,8 +11,9 @@ ControlNets (on the positive prediction), Redux tokens after the positive T5 tok
 (patched in for the node's span), progress and cancel at every step. In the GPU runtime, the nodes of one run that
 share a shape, schedule and transformer go through it together (`prepare` makes the item that waits for others).
 Not built yet, and refused by name when given: regional prompts (conditioning lists and masks), the Heun and LCM
-schedulers, masked Redux and DyPE. XLabs IP-Adapters attend to their image prompt in the double blocks. A Control LoRA (structural control) widens the transformer's input to
-take its encoded control image, for the node's span.
+schedulers, masked Redux and DyPE. What steers the loop besides the prompts (Fill, Kontext, ControlNets,
+IP-Adapters in the double blocks, a Control LoRA widening the transformer's input for the node's span) is prepared
+in `invokeai_provider.operators.flux.denoise_steering`.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from invokeai_provider.core.fields import (
     VAEField,
 )
 from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
-from invokeai_provider.core.taxonomy import BaseModelType, FluxVariantType, ModelType
+from invokeai_provider.core.taxonomy import BaseModelType, FluxVariantType
 from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.primitives import LatentsOutput
+from invokeai_provider.operators.flux import denoise_steering as steering
 from invokeai_provider.operators.sd.common import GenerationError, lora_patched, model_service
 
 if TYPE_CHECKING:
@@ -181,145 +183,6 @@ class FluxDenoiseInvocation(BaseInvocation):
         mask = (1.0 - mask).reshape(1, 1, *mask.shape[-2:])
         return F.interpolate(mask, size=shape[-2:], mode="bilinear", align_corners=False, antialias=False)
 
-    def _fill_condition(self, context: "InvocationContext", models: Any) -> Any:
-        """FLUX Fill's image and mask as the transformer's extra channels."""
-        import torch
-        import torch.nn.functional as F
-        from PIL import Image
-
-        from invokeai_provider.models.flux.image_conditioning import fill_condition
-        from invokeai_provider.operators.sd.vae import image_to_tensor
-
-        if self.fill_conditioning is None:
-            raise field_error(GenerationError, self, "fill_conditioning", "a FLUX Fill model needs fill conditioning "
-                              "(connect a FLUX Fill Conditioning node)")
-        if self.controlnet_vae is None:
-            raise field_error(GenerationError, self, "controlnet_vae", "a FLUX Fill model needs the VAE here, to "
-                              "encode the fill image")
-        mask = context.tensors.load(self.fill_conditioning.mask.tensor_name)
-        if mask.dtype != torch.bool or mask.ndim != 3 or mask.shape[0] != 1:
-            raise field_error(GenerationError, self, "fill_conditioning", f"its mask is {mask.dtype} of shape "
-                              f"{tuple(mask.shape)}; expected a bool (1, H, W) tensor")
-        mask = F.interpolate(mask[None].float(), size=(self.height, self.width), mode="nearest")[0]
-        image = context.images.get_pil(self.fill_conditioning.image.image_name, mode="RGB")
-        image = image_to_tensor(image.resize((self.width, self.height), Image.Resampling.BICUBIC))
-        context.util.signal_progress("Running VAE")
-        with models.load(self.controlnet_vae.vae) as vae:
-            return fill_condition(vae, image, mask)
-
-    def _ip_adapters(self, context: "InvocationContext", models: Any, stack: ExitStack, steps: int) -> list[Any]:
-        """The XLabs IP-Adapters, loaded for the node's span, with their image prompts' CLIP embeddings (the
-        encoder is released before the transformer loads, as InvokeAI does)."""
-        from invokeai_provider.models.flux.ip_adapter import FluxIPAdapterError, prepare, single_image
-        from invokeai_provider.operators.core.models import check_model
-
-        fields = self.ip_adapter if isinstance(self.ip_adapter, list) else [self.ip_adapter] if self.ip_adapter \
-            else []
-        adapters = []
-        for field in fields:
-            check_model(self, "ip_adapter", field.ip_adapter_model, context, ModelType.IPAdapter,
-                        (BaseModelType.Flux,))
-            if isinstance(field.weight, list) and len(field.weight) != steps:
-                raise field_error(GenerationError, self, "ip_adapter", f"a list of {len(field.weight)} weights for "
-                                  f"{steps} steps")
-            try:
-                image = context.images.get_pil(single_image(field.image).image_name, mode="RGB")
-                adapter = stack.enter_context(models.load(field.ip_adapter_model))
-                with models.load(field.image_encoder_model) as encoder:
-                    adapters.append(prepare(adapter, encoder, image, field.weight, field.begin_step_percent,
-                                            field.end_step_percent))
-            except FluxIPAdapterError as exc:
-                raise field_error(GenerationError, self, "ip_adapter", str(exc)) from None
-        return adapters
-
-    def _control_lora_condition(self, context: "InvocationContext", models: Any, config: Any) -> Any:
-        """The Control LoRA's control image, encoded, as the transformer's extra channels (InvokeAI's checks)."""
-        from invokeai_provider.models.flux.control_lora import ControlLoRAError, control_lora_condition
-        from invokeai_provider.operators.core.models import check_model
-
-        check_model(self, "control_lora", self.control_lora.lora, context, ModelType.ControlLoRa, (BaseModelType.Flux,))
-        if config.variant is FluxVariantType.Schnell:
-            raise field_error(GenerationError, self, "control_lora", "Control LoRAs cannot be used with FLUX Schnell")
-        if config.variant is FluxVariantType.DevFill:
-            raise field_error(GenerationError, self, "control_lora", "Control LoRAs are not compatible with FLUX Fill "
-                              "models")
-        if self.kontext_conditioning:  # its 128-channel tokens and Kontext's 64-channel ones cannot be joined
-            raise field_error(GenerationError, self, "control_lora", "a Control LoRA cannot be combined with Kontext "
-                              "conditioning")
-        if self.controlnet_vae is None:
-            raise field_error(GenerationError, self, "controlnet_vae", "a FLUX Control LoRA needs the VAE here, to "
-                              "encode its control image")
-        image = context.images.get_pil(self.control_lora.img.image_name, mode="RGB")
-        context.util.signal_progress("Running VAE")
-        try:
-            with models.load(self.controlnet_vae.vae) as vae:
-                return control_lora_condition(vae, image, self.width, self.height)
-        except ControlLoRAError as exc:
-            raise field_error(GenerationError, self, "control_lora", str(exc)) from None
-
-    @contextmanager
-    def _control_lora_applied(self, context: "InvocationContext", models: Any, transformer: Any) -> Iterator[Any]:
-        from invokeai_provider.models.flux.control_lora import ControlLoRAError, control_lora_applied
-
-        with models.load(self.control_lora.lora) as state:
-            try:
-                with control_lora_applied(transformer, state, self.control_lora.weight):
-                    yield transformer
-            except ControlLoRAError as exc:
-                raise field_error(GenerationError, self, "control_lora", str(exc)) from None
-
-    def _kontext_references(self, context: "InvocationContext", models: Any) -> tuple[Any, Any]:
-        """The Kontext reference images' tokens and position ids."""
-        from invokeai_provider.models.flux.image_conditioning import kontext_references
-        from invokeai_provider.operators.sd.vae import image_to_tensor
-
-        if self.controlnet_vae is None:
-            raise field_error(GenerationError, self, "controlnet_vae", "Kontext conditioning needs the VAE here, to "
-                              "encode the reference images")
-        fields = self.kontext_conditioning if isinstance(self.kontext_conditioning, list) else \
-            [self.kontext_conditioning]
-        images = [image_to_tensor(context.images.get_pil(field.image.image_name, mode="RGB"), multiple_of=1)
-                  for field in fields]
-        context.util.signal_progress("Running VAE")
-        with models.load(self.controlnet_vae.vae) as vae:
-            return kontext_references(vae, images)
-
-    def _controls(self, context: "InvocationContext", models: Any, stack: ExitStack, steps: int) -> list[Any]:
-        """The ControlNets, loaded for the node's span, with their conditioning: the control image encoded by
-        ``controlnet_vae`` for InstantX ones, the image itself in [-1, 1] for XLabs ones (their own encoder reads
-        it), so only InstantX ControlNets need the VAE, as in InvokeAI."""
-        from invokeai_provider.models.flux.controlnet import FluxControl, is_xlabs
-        from invokeai_provider.models.flux.sampling import pack
-        from invokeai_provider.models.flux.vae import encode_seeded
-        from invokeai_provider.models.image_util.control_image import prepare_control_image
-        from invokeai_provider.operators.core.models import check_model
-
-        fields = self.control if isinstance(self.control, list) else [self.control] if self.control else []
-        controls = []
-        for field in fields:
-            check_model(self, "control", field.control_model, context, ModelType.ControlNet, (BaseModelType.Flux,))
-            if isinstance(field.control_weight, list) and len(field.control_weight) != steps:
-                raise field_error(GenerationError, self, "control", f"a list of {len(field.control_weight)} "
-                                  f"control weights for {steps} steps")
-            image = prepare_control_image(context.images.get_pil(field.image.image_name), self.width, self.height,
-                                          field.resize_mode) * 2 - 1
-            model = stack.enter_context(models.load(field.control_model))  # its kind decides whether the VAE runs
-            if is_xlabs(model):
-                condition = image
-            elif self.controlnet_vae is None:
-                raise field_error(GenerationError, self, "controlnet_vae", "a FLUX ControlNet needs the VAE here, to "
-                                  "encode its control image (InstantX ControlNets do; XLabs ones encode it "
-                                  "themselves)")
-            else:
-                with models.load(self.controlnet_vae.vae) as vae:
-                    condition = pack(encode_seeded(vae, image))
-            mode = field.instantx_control_mode
-            controls.append(FluxControl(
-                model=model, condition=condition, weight=field.control_weight,
-                begin_step_percent=field.begin_step_percent, end_step_percent=field.end_step_percent,
-                mode=mode if mode is not None and mode >= 0 else None))
-        return controls
-
     def prepare(self, context: "InvocationContext") -> Any:
         """The node's denoising job, checked and with its inputs read, but no transformer loaded (a
         `invokeai_provider.models.flux.denoise_loop.FluxDenoiseItem`): it may wait to share passes."""
@@ -355,13 +218,13 @@ class FluxDenoiseInvocation(BaseInvocation):
             negative = self._conditioning(context, "negative_text_conditioning")
         channel_condition = None
         if config.variant is FluxVariantType.DevFill:
-            channel_condition = self._fill_condition(context, models)
+            channel_condition = steering.fill_condition(self, context, models)
         elif self.fill_conditioning is not None:
             raise field_error(GenerationError, self, "fill_conditioning", "given, but the model is not a FLUX Fill "
                               "model")
         if self.control_lora is not None:
-            channel_condition = self._control_lora_condition(context, models, config)
-        references, reference_ids = (self._kontext_references(context, models) if self.kontext_conditioning
+            channel_condition = steering.control_lora_condition(self, context, models, config)
+        references, reference_ids = (steering.kontext_references(self, context, models) if self.kontext_conditioning
                                      else (None, None))
         job = denoise_loop.FluxDenoiseJob(
             noise=noise, positive=self._positive_with_redux(context), timesteps=timesteps,
@@ -376,13 +239,13 @@ class FluxDenoiseInvocation(BaseInvocation):
         @contextmanager
         def open_transformer() -> Iterator[Any]:
             with ExitStack() as stack:
-                job.controls = self._controls(context, models, stack, len(timesteps) - 1)
-                job.ip_adapters = self._ip_adapters(context, models, stack, len(timesteps) - 1)
+                job.controls = steering.controls(self, context, models, stack, len(timesteps) - 1)
+                job.ip_adapters = steering.ip_adapters(self, context, models, stack, len(timesteps) - 1)
                 transformer = stack.enter_context(models.load(self.transformer.transformer))
                 stack.enter_context(lora_patched(self, context, "transformer", transformer, self.transformer.loras,
                                                  "transformer", BaseModelType.Flux))
                 if self.control_lora is not None:  # last, as InvokeAI applies it: the transformer takes 128 channels
-                    stack.enter_context(self._control_lora_applied(context, models, transformer))
+                    stack.enter_context(steering.control_lora_applied(self, context, models, transformer))
                 yield transformer
 
         return denoise_loop.FluxDenoiseItem(

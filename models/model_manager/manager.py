@@ -162,10 +162,11 @@ class ModelManager:
         """Loads a model (every submodel of a main model) into the cache and onto the execution device, so the
         first task using it finds it warm. Returns the cache keys it holds."""
         config = self.get_config(ref)
-        from invokeai_provider.models.model_manager.part_loaders import PARTS
+        from invokeai_provider.models.model_manager.part_loaders import preload_parts
 
-        parts: list[Optional[SubModelType]] = list(main_submodels(config.base)) if config.type is ModelType.Main \
-            else list(PARTS.get(config.type, (None,)))
+        handled = preload_parts(config)  # T5, CLIP, BFL FLUX files (a single-file FLUX main is its transformer)
+        parts: list[Optional[SubModelType]] = list(handled) if handled is not None else \
+            list(main_submodels(config.base)) if config.type is ModelType.Main else [None]
         keys = []
         for part in parts:
             key = self.cache_key(config, part)

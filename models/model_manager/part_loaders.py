@@ -1,6 +1,7 @@
 """Loading the models a FLUX.1 user installs beside the transformer, one submodel at a time as InvokeAI's
 loaders do: a T5 encoder (``tokenizer_2`` / ``text_encoder_2``, or the ``_3`` slots SD3 asks for), a CLIP embed
-(``tokenizer`` / ``text_encoder``) and BFL's single-file FLUX VAE (``ae.safetensors``).
+(``tokenizer`` / ``text_encoder``), BFL's single-file FLUX VAE (``ae.safetensors``) and BFL's single-file FLUX.1
+transformer (``flux1-dev.safetensors``): a main that is the transformer alone, whose other parts are separate models.
 
 InvokeAI runs BFL's VAE with its own autoencoder class; here it becomes diffusers' ``AutoencoderKL`` (what the
 FLUX VAE nodes and a diffusers FLUX folder use), its architecture read from the tensor shapes and its names
@@ -35,11 +36,25 @@ FLUX_VAE_SCALING, FLUX_VAE_SHIFT = 0.3611, 0.1159
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 
+def is_flux_transformer_file(config: ModelConfig) -> bool:
+    """A FLUX.1 main installed as BFL's single file: only its transformer is in it."""
+    return (config.type is ModelType.Main and config.base is BaseModelType.Flux
+            and config.format is ModelFormat.Checkpoint)
+
+
 def handles(config: ModelConfig) -> bool:
     """Whether this module loads (or refuses) the model, rather than the manager's main/VAE/LoRA loaders."""
-    return (config.type in PARTS or config.format in QUANTIZED_FORMATS
+    return (config.type in PARTS or config.format in QUANTIZED_FORMATS or is_flux_transformer_file(config)
             or (config.type is ModelType.VAE and config.base is BaseModelType.Flux
                 and config.format is ModelFormat.Checkpoint))
+
+
+def preload_parts(config: ModelConfig) -> Optional[tuple[Optional[SubModelType], ...]]:
+    """The submodels preloading loads for a model this module handles (None for the others, left to the
+    manager)."""
+    if is_flux_transformer_file(config):
+        return (SubModelType.Transformer,)
+    return PARTS.get(config.type, (None,)) if handles(config) else None
 
 
 def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModelType], dtype: Any) -> Any:
@@ -47,11 +62,18 @@ def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModel
     refused = refusal(config.type, config.format, f"model {config.name!r} ({config.key})")
     if refused:
         raise ModelLoadError(refused)
+    if is_flux_transformer_file(config) and part is not SubModelType.Transformer:  # before fetching the file
+        raise ModelLoadError(
+            f"model {config.name!r} is a single-file FLUX.1 transformer (BFL checkpoint): submodel "
+            f"{part.value if part else 'None'!r} does not exist in it (only transformer); its T5 encoder, CLIP embed "
+            "and VAE are separate models (flux_model_loader's t5_encoder_model, clip_embed_model and vae_model)")
     with registry.local_model(config) as local:
         if config.type is ModelType.T5Encoder:
             return _t5_part(config, part, local.path, dtype)
         if config.type is ModelType.CLIPEmbed:
             return _clip_part(config, part, local.path, dtype)
+        if config.type is ModelType.Main:
+            return _flux_transformer(config, local.path, dtype)
         return load_flux_vae_checkpoint(local.path, dtype)
 
 
@@ -86,6 +108,16 @@ def _clip_part(config: ModelConfig, part: Optional[SubModelType], folder: Path, 
 
         return CLIPTextModel.from_pretrained(encoder, local_files_only=True, torch_dtype=dtype).eval()
     raise _wrong_part(config, part)
+
+
+def _flux_transformer(config: ModelConfig, path: Path, dtype: Any) -> Any:
+    """The transformer of a BFL single file, as diffusers' FluxTransformer2DModel."""
+    from invokeai_provider.models.flux.bfl_transformer import BflTransformerError, load_bfl_transformer
+
+    try:
+        return load_bfl_transformer(path, dtype)
+    except BflTransformerError as exc:
+        raise ModelLoadError(f"model {config.name!r} ({config.key}) transformer: {exc}") from None
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:

@@ -268,7 +268,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
     if path.suffix == probe_parts.GGUF_SUFFIX:
         return probe_parts.probe_gguf(path)
     shapes = file_shapes(path, allow_pickle)
-    if _has_prefix(shapes, ("model.diffusion_model.",)):
+    flux = probe_parts.is_bfl_transformer(shapes)  # BFL's FLUX keys, bare or bundled under model.diffusion_model.
+    if _has_prefix(shapes, ("model.diffusion_model.",)) and not flux:
         return _probe_main_checkpoint(path, shapes)
     if is_flux_control_lora(shapes):  # BFL's Control LoRAs, before LoRAs: their lora_A keys would look like a LoRA's
         return ProbeResult(ModelType.ControlLoRa, ModelFormat.LyCORIS, BaseModelType.Flux)
@@ -278,6 +279,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
         return ProbeResult(ModelType.FluxRedux, ModelFormat.Checkpoint, BaseModelType.Flux)
     if is_xlabs_ip_adapter(shapes):  # XLabs' FLUX IP-Adapter (InvokeAI's IPAdapter_Checkpoint_FLUX_Config test)
         return ProbeResult(ModelType.IPAdapter, ModelFormat.Checkpoint, BaseModelType.Flux)
+    if flux:  # after the FLUX add-ons above, some of which carry double-block keys too (InvokeAI's order)
+        return probe_parts.probe_flux_checkpoint(path, shapes)
     for probe in (_probe_lora, _probe_embedding):
         result = probe(path, shapes)
         if result is not None:

@@ -14,6 +14,11 @@ T5 encoders, CLIP embed encoders, VAE bases from latent channels, and GGUF files
 - GGUF (``.gguf``): the tensor names and shapes are read from the file's header (no ``gguf`` package needed):
   llama.cpp's T5 encoder names (``enc.blk.*``) are a t5_encoder, BFL's transformer names a FLUX.1 main with its
   variant. Both are identified so that installing them can be refused clearly (`unsupported`).
+- BFL's single-file FLUX.1 transformer (``flux1-dev.safetensors``; keys bare or under ``model.diffusion_model.``):
+  a main, format checkpoint, recognised by InvokeAI's key (``double_blocks.0.img_attn.norm.key_norm.scale``) with
+  its variant. FLUX.2 files carry the same key: they are told apart as InvokeAI does (a text input wider than
+  T5-XXL's 4,096, or 128 input channels) and by FLUX.2's shared modulation layers, and refused; so are
+  bitsandbytes NF4 files and architectures the loader could not build (`bfl_transformer.transformer_config`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "v
 FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"  # InvokeAI's mark of a BFL FLUX transformer
 FLUX_PREFIX = "model.diffusion_model."
 FLUX_LATENT_CHANNELS = 16
+FLUX2_KEYS = ("single_stream_modulation.lin.weight", "double_stream_modulation_img.lin.weight")  # bare names
+NF4_KEY = "double_blocks.0.img_attn.proj.weight.quant_state.bitsandbytes__nf4"  # InvokeAI's mark of an NF4 file
 
 
 def _config(path: Path) -> dict[str, Any]:
@@ -143,6 +150,47 @@ def flux_variant(shapes: dict[str, tuple[int, ...]]) -> FluxVariantType:
     return FluxVariantType.DevFill if img_in is not None and img_in[-1] == 384 else FluxVariantType.Dev
 
 
+def is_bfl_transformer(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """InvokeAI's test for a BFL-named FLUX transformer (FLUX.1 or FLUX.2), with or without the bundle prefix."""
+    return FLUX_KEY in shapes or FLUX_PREFIX + FLUX_KEY in shapes
+
+
+def refuse_non_flux1(path: Path, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Raises ProbeError for a BFL-named transformer that is not FLUX.1's (bare names): FLUX.2 (InvokeAI's tests: a
+    text input wider than T5-XXL's, or 128 input channels; and FLUX.2's shared modulation layers) or a full FLUX.1
+    Depth/Canny model, whose 128 input channels InvokeAI takes for FLUX.2 too."""
+    context = shapes.get("txt_in.weight")
+    if context is not None and context[-1] != 4096:
+        raise ProbeError(f"{path}: a {what} whose txt_in takes {context[-1]} features; FLUX.1's takes T5-XXL's 4096 "
+                         "(FLUX.2 is not supported)")
+    shared = [key for key in FLUX2_KEYS if key in shapes]
+    if shared:
+        raise ProbeError(f"{path}: a {what} with FLUX.2's {shared[0]}; FLUX.2 is not supported, only FLUX.1")
+    img_in = shapes.get("img_in.weight")
+    if img_in is not None and img_in[-1] not in (64, 384):
+        raise ProbeError(f"{path}: a {what} taking {img_in[-1]} input channels; FLUX.1 takes 64 (dev, schnell, "
+                         "Kontext) or 384 (Fill); 128 is FLUX.2's or a full Depth/Canny model's, neither supported (use "
+                         "a Control LoRA for depth or canny)")
+
+
+def probe_flux_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> ProbeResult:
+    """A BFL single-file FLUX.1 transformer: a main (checkpoint) with InvokeAI's variant; other FLUX-like files are
+    refused with the reason."""
+    from invokeai_provider.models.flux.bfl_transformer import BflTransformerError, transformer_config, transformer_only
+
+    bare = transformer_only(shapes)
+    if NF4_KEY in bare:
+        raise ProbeError(f"{path}: a bitsandbytes NF4-quantized FLUX.1 transformer (InvokeAI's "
+                         "bnb_quantized_nf4b); running it needs bitsandbytes, a CUDA GPU and a loader this provider "
+                         "does not have; install the unquantized single file (flux1-dev.safetensors) instead")
+    refuse_non_flux1(path, bare, "single-file transformer")
+    try:
+        transformer_config(bare)
+    except BflTransformerError as exc:
+        raise ProbeError(f"{path}: a BFL FLUX transformer that cannot be loaded: {exc}") from None
+    return ProbeResult(ModelType.Main, ModelFormat.Checkpoint, BaseModelType.Flux, flux_variant(bare))
+
+
 def _gguf_string(handle: BinaryIO) -> str:
     (length,) = struct.unpack("<Q", handle.read(8))
     return handle.read(length).decode("utf-8", errors="replace")
@@ -195,11 +243,10 @@ def probe_gguf(path: Path) -> ProbeResult:
     if any(name.startswith("enc.blk.") or name.endswith("enc.output_norm.weight") for name in tensors):
         return ProbeResult(ModelType.T5Encoder, ModelFormat.GGUFQuantized, BaseModelType.Any)
     if FLUX_KEY in tensors or FLUX_PREFIX + FLUX_KEY in tensors:
+        from invokeai_provider.models.flux.bfl_transformer import transformer_only
+
         shapes = {name: shape for name, (shape, _) in tensors.items()}
-        context = shapes.get("txt_in.weight", shapes.get(FLUX_PREFIX + "txt_in.weight"))
-        if context is not None and context[-1] != 4096:
-            raise ProbeError(f"{path}: a GGUF transformer whose txt_in takes {context[-1]} features; FLUX.1's "
-                             "takes T5-XXL's 4096 (FLUX.2 is not supported)")
+        refuse_non_flux1(path, transformer_only(shapes), "GGUF transformer")
         return ProbeResult(ModelType.Main, ModelFormat.GGUFQuantized, BaseModelType.Flux, flux_variant(shapes))
     sample = ", ".join(sorted(tensors)[:3])
     raise ProbeError(f"{path}: a GGUF file that is neither a T5 encoder (enc.blk.* tensors) nor a FLUX.1 "

@@ -12,7 +12,8 @@ from invokeai_provider.models.model_manager.configs import ModelFormat
 
 QUANTIZED_FORMATS = (ModelFormat.BnbQuantizedLlmInt8b, ModelFormat.GGUFQuantized)
 T5_FOLDER = "a T5 encoder folder: text_encoder_2/ (T5EncoderModel config and safetensors) with tokenizer_2/"
-FLUX_FOLDER = "FLUX.1 diffusers folder (model_index.json with transformer/, text encoders, tokenizers and vae/)"
+FLUX_FOLDER = ("FLUX.1 diffusers folder (model_index.json with transformer/, text encoders, tokenizers and vae/) "
+               "or BFL's single file (flux1-dev.safetensors)")
 
 
 def _installed(module: str) -> bool:

@@ -2,7 +2,8 @@
 flux_model_loader.py does (type string, title, version 1.1.0, fields and output).
 
 InvokeAI takes the T5 encoder, CLIP embed and VAE as separate models, since its FLUX mains are single-file
-transformers; a main that carries its own parts (a diffusers FLUX folder here, an SDNQ pipeline there) supplies
+transformers (BFL's ``flux1-dev.safetensors``, here too: each part left empty is then refused by its field before
+anything loads); a main that carries its own parts (a diffusers FLUX folder here, an SDNQ pipeline there) supplies
 whichever of them is not selected. Nothing is loaded: identifiers pass on, pointed at the submodel each part is
 loaded as (InvokeAI's): ``tokenizer_2``/``text_encoder_2`` of a T5 encoder of base any or flux (``_3`` for an SD3
 one), ``tokenizer``/``text_encoder`` of a CLIP embed, ``vae`` of a VAE. The T5 sequence length follows the variant
@@ -76,12 +77,15 @@ class FluxModelLoaderInvocation(BaseInvocation):
                 check_model(self, field, chosen, context, kind, bases)
         config = model_service(self, context, "model").get_config(self.model)
         self_contained = config.format.value == "diffusers"
-        missing = [title for title, chosen in (("T5 Encoder", self.t5_encoder_model),
-                                               ("CLIP Embed", self.clip_embed_model), ("VAE", self.vae_model))
-                   if chosen is None and not self_contained]
-        if missing:
-            raise field_error(ModelInputError, self, "model", f"the selected FLUX model does not ship its own "
-                              f"{', '.join(missing)}, so {'it' if len(missing) == 1 else 'they'} must be selected")
+        parts = (("t5_encoder_model", "T5 Encoder", self.t5_encoder_model),
+                 ("clip_embed_model", "CLIP Embed", self.clip_embed_model), ("vae_model", "VAE", self.vae_model))
+        missing = [] if self_contained else [(field, title) for field, title, chosen in parts if chosen is None]
+        if missing:  # a single-file (BFL) transformer: refused by the first empty field, naming them all
+            raise field_error(ModelInputError, self, missing[0][0], (
+                f"the selected FLUX model {config.name!r} is a {config.format.value} (the transformer alone) and does "
+                f"not ship its own {', '.join(title for _, title in missing)}, so "
+                f"{'it' if len(missing) == 1 else 'they'} must be selected: "
+                f"{', '.join(field for field, _ in missing)}"))
         t5 = self.t5_encoder_model or self.model
         t5_tokenizer, t5_encoder = T5_SLOTS[t5.base] if self.t5_encoder_model else T5_SLOTS[BaseModelType.Flux]
         clip = self.clip_embed_model or self.model

@@ -51,6 +51,24 @@ def sd1_graph(model: str = "tiny-sd1", *, prompt: str = "a (red)++ cat", seed: i
 # --- saved workflows (meta 3.0.0 / 4.0.0) ---------------------------------------------------------------
 
 
+def flux_graph(model: dict[str, Any], *, prompt: str = "a lighthouse in a storm, oil painting", seed: int = 11,
+               steps: int = 2, width: int = 32, height: int = 48, guidance: float = 3.5,
+               loader: Optional[dict[str, Any]] = None, **denoise: Any) -> dict[str, Any]:
+    """InvokeAI's FLUX text-to-image graph: flux_model_loader (``loader``: more of its fields, the separate parts),
+    flux_text_encoder, flux_denoise (``denoise``: more of its fields) and flux_vae_decode."""
+    return graph(
+        node("load", "flux_model_loader", model=model, **(loader or {})), node("prompt", "flux_text_encoder",
+                                                                                prompt=prompt),
+        node("denoise", "flux_denoise", seed=seed, num_steps=steps, width=width, height=height, guidance=guidance,
+             **denoise),
+        node("decode", "flux_vae_decode"),
+        edges=[edge("load", "clip", "prompt", "clip"), edge("load", "t5_encoder", "prompt", "t5_encoder"),
+               edge("load", "max_seq_len", "prompt", "t5_max_seq_len"),
+               edge("load", "transformer", "denoise", "transformer"),
+               edge("prompt", "conditioning", "denoise", "positive_text_conditioning"),
+               edge("denoise", "latents", "decode", "latents"), edge("load", "vae", "decode", "vae")])
+
+
 def wf_node(node_id: str, node_type: str, label: str = "", use_cache: bool = True,
             **inputs: Any) -> dict[str, Any]:
     return {

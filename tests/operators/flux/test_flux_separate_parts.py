@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import flux_graph
 from invokeai_provider.core.context import RunContext
 from invokeai_provider.core.taxonomy import BaseModelType
 from invokeai_provider.errors import NodeExecutionError
@@ -49,28 +50,9 @@ def run_context(tmp_path: Path, manager: ModelManager) -> RunContext:
                       services={"models": manager})
 
 
-def link(source: str, field: str, destination: str, destination_field: Optional[str] = None) -> dict[str, Any]:
-    return {"source": {"node_id": source, "field": field},
-            "destination": {"node_id": destination, "field": destination_field or field}}
-
-
 def loader_graph(main: dict[str, Any], **parts: dict[str, Any]) -> dict[str, Any]:
     return {"id": "g", "nodes": {"load": {"id": "load", "type": "flux_model_loader", "model": main, **parts}},
             "edges": []}
-
-
-def t2i_graph(main: dict[str, Any], **parts: dict[str, Any]) -> dict[str, Any]:
-    """InvokeAI's FLUX text-to-image graph (loader, prompt, denoise, decode) at a tiny size."""
-    graph = loader_graph(main, **parts)
-    graph["nodes"] |= {
-        "prompt": {"id": "prompt", "type": "flux_text_encoder", "prompt": "a lighthouse in a storm, oil painting"},
-        "denoise": {"id": "denoise", "type": "flux_denoise", "seed": 11, "num_steps": 2, "width": 32, "height": 48},
-        "decode": {"id": "decode", "type": "flux_vae_decode"}}
-    graph["edges"] = [link("load", "clip", "prompt"), link("load", "t5_encoder", "prompt"),
-                      link("load", "max_seq_len", "prompt", "t5_max_seq_len"), link("load", "transformer", "denoise"),
-                      link("prompt", "conditioning", "denoise", "positive_text_conditioning"),
-                      link("denoise", "latents", "decode"), link("load", "vae", "decode")]
-    return graph
 
 
 def image_of(tmp_path: Path, manager: ModelManager, graph: dict[str, Any]) -> np.ndarray:
@@ -115,11 +97,11 @@ def test_an_sd3_t5_takes_the_third_slots_and_a_wrong_kind_names_its_field(
 def test_separate_parts_with_the_mains_weights_give_the_mains_image(
         tmp_path: Path, models: tuple[ModelManager, dict[str, dict[str, Any]]]) -> None:
     manager, ids = models
-    own = image_of(tmp_path / "own", manager, t2i_graph(ids["main"]))
+    own = image_of(tmp_path / "own", manager, flux_graph(ids["main"], guidance=4.0))
     assert own.shape == (48, 32, 3) and own.std() > 3
     separate = image_of(tmp_path / "separate", manager,
-                        t2i_graph(ids["main"], **{field: ids[f"{field}-same"] for field in PARTS}))
+                        flux_graph(ids["main"], guidance=4.0, loader={field: ids[f"{field}-same"] for field in PARTS}))
     assert np.array_equal(own, separate)
     for field in PARTS:  # another T5, CLIP or VAE: another image, so each selected part is the one used
-        other = image_of(tmp_path / field, manager, t2i_graph(ids["main"], **{field: ids[f"{field}-other"]}))
+        other = image_of(tmp_path / field, manager, flux_graph(ids["main"], guidance=4.0, loader={field: ids[f"{field}-other"]}))
         assert np.abs(other.astype(int) - own.astype(int)).max() > 10, field

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import flux_graph
 from invokeai_provider.core.context import RunContext
 from invokeai_provider.errors import NodeExecutionError
 from invokeai_provider.graph.engine import run_graph
@@ -49,25 +50,6 @@ def run_context(tmp_path: Path, manager: ModelManager) -> RunContext:
                       services={"models": manager})
 
 
-def link(source: str, field: str, destination: str, destination_field: Optional[str] = None) -> dict[str, Any]:
-    return {"source": {"node_id": source, "field": field},
-            "destination": {"node_id": destination, "field": destination_field or field}}
-
-
-def t2i_graph(main: dict[str, Any], **parts: dict[str, Any]) -> dict[str, Any]:
-    """InvokeAI's FLUX text-to-image graph (loader, prompt, denoise, decode) at a tiny size."""
-    nodes = {"load": {"id": "load", "type": "flux_model_loader", "model": main, **parts},
-             "prompt": {"id": "prompt", "type": "flux_text_encoder", "prompt": "a lighthouse in a storm, oil painting"},
-             "denoise": {"id": "denoise", "type": "flux_denoise", "seed": 11, "num_steps": 2, "width": 32,
-                         "height": 48, "guidance": 3.5},
-             "decode": {"id": "decode", "type": "flux_vae_decode"}}
-    edges = [link("load", "clip", "prompt"), link("load", "t5_encoder", "prompt"),
-             link("load", "max_seq_len", "prompt", "t5_max_seq_len"), link("load", "transformer", "denoise"),
-             link("prompt", "conditioning", "denoise", "positive_text_conditioning"),
-             link("denoise", "latents", "decode"), link("load", "vae", "decode")]
-    return {"id": "g", "nodes": nodes, "edges": edges}
-
-
 def image_of(tmp_path: Path, manager: ModelManager, graph: dict[str, Any]) -> np.ndarray:
     run = run_context(tmp_path, manager)
     [decoded] = run_graph(Graph.from_dict(graph), run).outputs_of("decode")
@@ -77,10 +59,10 @@ def image_of(tmp_path: Path, manager: ModelManager, graph: dict[str, Any]) -> np
 def test_the_single_file_main_with_separate_parts_gives_the_folders_image(
         tmp_path: Path, models: tuple[ModelManager, dict[str, dict[str, Any]]]) -> None:
     manager, ids = models
-    folder = image_of(tmp_path / "folder", manager, t2i_graph(ids["folder"]))
+    folder = image_of(tmp_path / "folder", manager, flux_graph(ids["folder"]))
     assert folder.shape == (48, 32, 3) and folder.std() > 3
     single = image_of(tmp_path / "single", manager,
-                      t2i_graph(ids["single"], **{field: ids[field] for field in PARTS}))
+                      flux_graph(ids["single"], loader={field: ids[field] for field in PARTS}))
     assert np.array_equal(folder, single)
 
 
@@ -95,7 +77,7 @@ def test_the_loader_refuses_by_the_first_missing_field_before_anything_loads(
     with pytest.raises(NodeExecutionError, match=f"field {first}: the selected FLUX model 'single' is a checkpoint "
                                                  rf"\(the transformer alone\) .* must be selected: "
                                                  f"{', '.join(missing)}$") as caught:
-        run_graph(Graph.from_dict(t2i_graph(ids["single"], **{field: ids[field] for field in given})),
+        run_graph(Graph.from_dict(flux_graph(ids["single"], loader={field: ids[field] for field in given})),
                   run_context(tmp_path, manager))
     assert caught.value.field == first
     assert manager.cache.keys() == []  # refused before any model loaded

@@ -45,6 +45,8 @@ class FluxDenoiseJob:
     reference_ids: Optional["torch.Tensor"] = None  # and their (n, 3) position ids
     controls: list[FluxControl] = field(default_factory=list)  # ControlNets, their residuals summed
     ip_adapters: list[FluxIPAdapter] = field(default_factory=list)  # XLabs IP-Adapters, in the double blocks
+    scheduler: str = "euler"  # InvokeAI's FLUX samplers: euler (this loop's steps), heun and lcm (diffusers')
+    seed: int = 0  # LCM's step noise
 
 
 Outcome = Any  # a job's latents, or the exception that stopped it
@@ -52,7 +54,8 @@ Outcome = Any  # a job's latents, or the exception that stopped it
 
 def batch_signature(job: FluxDenoiseJob) -> dict[str, Any]:
     """What jobs must share to go through the transformer together: size, timesteps, guidance, CFG schedule,
-    conditioning and extra-token shapes, Kontext positions. ControlNets and IP-Adapters make a job run alone."""
+    conditioning and extra-token shapes, Kontext positions. ControlNets, IP-Adapters and the diffusers samplers
+    (their state is one image's) make a job run alone."""
     def shape(tensor: Optional["torch.Tensor"]) -> Optional[list[int]]:
         return None if tensor is None else list(tensor.shape)
 
@@ -63,7 +66,8 @@ def batch_signature(job: FluxDenoiseJob) -> dict[str, Any]:
             "negative": None if negative is None else [shape(negative.t5_embeds), shape(negative.clip_embeds)],
             "extra": shape(job.channel_condition), "reference": shape(job.reference_tokens),
             "reference_ids": None if job.reference_ids is None else job.reference_ids.tolist(),
-            "alone": id(job) if job.controls or job.ip_adapters else None}
+            "scheduler": job.scheduler,
+            "alone": id(job) if job.controls or job.ip_adapters or job.scheduler != "euler" else None}
 
 
 class _Image:
@@ -116,7 +120,7 @@ def run_batch(transformer: Any, jobs: list[FluxDenoiseJob],
     on_steps = on_steps or [None] * len(jobs)
     first = jobs[0]
     device, dtype = transformer.device, transformer.dtype
-    timesteps, total = first.timesteps, len(first.timesteps) - 1
+    total = len(first.timesteps) - 1
     images = [_Image(job, device, dtype) for job in jobs]
     count = images[0].tokens.shape[1]
     img_ids = sampling.image_ids(first.height, first.width, device=device, dtype=dtype)
@@ -150,25 +154,12 @@ def run_batch(transformer: Any, jobs: list[FluxDenoiseJob],
                            return_dict=False)[0][:, :count]
 
     with torch.no_grad(), ip_adapters_applied(transformer, first.ip_adapters) as ip:
-        for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
-            active = [image for image in images if image.outcome is None]
-            if not active:
-                break
-            prediction = predict(active, "positive", t_curr, step, ip)
-            scale = first.cfg_scale[min(step, len(first.cfg_scale) - 1)]
-            if first.negative is not None and scale != 1.0:
-                negative = predict(active, "negative", t_curr, step, ip)
-                prediction = negative + scale * (prediction - negative)
-            for image, part in zip(active, prediction.split(1)):
-                image.tokens = image.tokens + (t_prev - t_curr) * part
-                if image.keep is not None:
-                    image.tokens = _keep_unmasked(image.tokens, *image.keep, t_prev)
-            for image, on_step in zip(images, on_steps):
-                if image.outcome is None and on_step is not None:
-                    try:
-                        on_step(step + 1, total)
-                    except BaseException as exc:  # noqa: BLE001 - this job's own outcome
-                        image.outcome = exc
+        if first.scheduler != "euler":  # such jobs run alone (batch_signature)
+            [image] = images
+            _scheduled_steps(image, sampling.flow_scheduler(first.scheduler, total, device), on_steps[0],
+                             lambda sign, t, step: predict([image], sign, t, step, ip))
+        else:
+            _euler_steps(images, first, on_steps, lambda active, sign, t, step: predict(active, sign, t, step, ip))
     return [image.outcome if image.outcome is not None else
             sampling.unpack(image.tokens.float(), image.job.height, image.job.width) for image in images]
 
@@ -203,6 +194,68 @@ def run_items(items: list[FluxDenoiseItem]) -> list[Outcome]:
             results = run_batch(transformer, [items[n].job for n in active], [items[n].on_step for n in active])
         outcomes.update(zip(active, results))
     return [outcomes[n] for n in range(len(items))]
+
+
+def _euler_steps(images: list[_Image], job: FluxDenoiseJob, on_steps: list[Optional[Callable[[int, int], None]]],
+                 predict: Callable[[list[_Image], str, float, int], "torch.Tensor"]) -> None:
+    """The jobs' Euler steps along their (shared) schedule, every pass taking the images still running."""
+    timesteps, total = job.timesteps, len(job.timesteps) - 1
+    for step, (t_curr, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+        active = [image for image in images if image.outcome is None]
+        if not active:
+            break
+        prediction = predict(active, "positive", t_curr, step)
+        scale = job.cfg_scale[min(step, len(job.cfg_scale) - 1)]
+        if job.negative is not None and scale != 1.0:
+            negative = predict(active, "negative", t_curr, step)
+            prediction = negative + scale * (prediction - negative)
+        for image, part in zip(active, prediction.split(1)):
+            image.tokens = image.tokens + (t_prev - t_curr) * part
+            if image.keep is not None:
+                image.tokens = _keep_unmasked(image.tokens, *image.keep, t_prev)
+        for image, on_step in zip(images, on_steps):
+            if image.outcome is None and on_step is not None:
+                try:
+                    on_step(step + 1, total)
+                except BaseException as exc:  # noqa: BLE001 - this job's own outcome
+                    image.outcome = exc
+
+
+def _scheduled_steps(image: _Image, scheduler: Any, on_step: Optional[Callable[[int, int], None]],
+                     predict: Callable[[str, float, int], "torch.Tensor"]) -> None:
+    """InvokeAI's path for its other FLUX samplers: diffusers' scheduler steps over its own schedule (``steps``
+    user-facing steps; Heun takes two passes for each, and reports progress after the second). CFG, ControlNets,
+    IP-Adapters and inpainting act per user step as on the Euler path."""
+    import torch
+
+    job = image.job
+    total = len(job.timesteps) - 1
+    heun = hasattr(scheduler, "state_in_first_order")
+    step_noise = {"generator": torch.Generator("cpu").manual_seed(job.seed)} if job.scheduler == "lcm" else {}
+    user_step = 0
+    for index, timestep in enumerate(scheduler.timesteps):
+        t_curr = float(timestep) / scheduler.config.num_train_timesteps
+        first_order = scheduler.state_in_first_order if heun else False
+        prediction = predict("positive", t_curr, user_step)
+        scale = job.cfg_scale[min(user_step, len(job.cfg_scale) - 1)]
+        if job.negative is not None and scale != 1.0:
+            negative = predict("negative", t_curr, user_step)
+            prediction = negative + scale * (prediction - negative)
+        image.tokens = scheduler.step(prediction, timestep, image.tokens, **step_noise).prev_sample
+        t_prev = float(scheduler.sigmas[index + 1]) if index + 1 < len(scheduler.sigmas) else 0.0
+        if image.keep is not None:
+            image.tokens = _keep_unmasked(image.tokens, *image.keep, t_prev)
+        last = index == len(scheduler.timesteps) - 1
+        if first_order and not last:
+            continue
+        # Heun's last step has no second pass (its next sigma is 0): it completes the schedule all the same
+        user_step = total if last else user_step + 1
+        if on_step is not None and user_step <= total:
+            try:
+                on_step(user_step, total)
+            except BaseException as exc:  # noqa: BLE001 - this job's own outcome
+                image.outcome = exc
+                return
 
 
 def json_key(signature: dict[str, Any]) -> str:

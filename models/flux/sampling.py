@@ -8,7 +8,7 @@ Latents are ``(batch, 16, 2*ceil(h/16), 2*ceil(w/16))``; the transformer sees th
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -88,3 +88,20 @@ def image_ids(height: int, width: int, *, index: int = 0, row_offset: int = 0, c
     ids[..., 1] = torch.arange(rows)[:, None] + row_offset
     ids[..., 2] = torch.arange(columns)[None, :] + column_offset
     return ids.reshape(rows * columns, 3).to(device=device, dtype=dtype or torch.float32)
+
+
+SCHEDULERS = ("euler", "heun", "lcm")  # InvokeAI's FLUX samplers
+
+
+def flow_scheduler(name: str, steps: int, device: Any = "cpu") -> Any:
+    """The diffusers scheduler InvokeAI steps with for ``heun`` (FlowMatchHeunDiscreteScheduler) or ``lcm``
+    (FlowMatchLCMScheduler), set to ``steps`` steps of its own unshifted schedule as InvokeAI sets them: these
+    samplers take no custom sigmas, so dev's resolution shift and an image-to-image start do not reach them."""
+    from diffusers import FlowMatchHeunDiscreteScheduler, FlowMatchLCMScheduler
+
+    classes = {"heun": FlowMatchHeunDiscreteScheduler, "lcm": FlowMatchLCMScheduler}
+    if name not in classes:
+        raise ValueError(f"FLUX scheduler {name!r}: expected one of {', '.join(SCHEDULERS)}")
+    scheduler = classes[name](num_train_timesteps=1000)
+    scheduler.set_timesteps(num_inference_steps=steps, device=device)
+    return scheduler

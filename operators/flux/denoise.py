@@ -10,8 +10,9 @@ with a ``denoise_mask`` (gradient masks included), dev's ``guidance``, true CFG 
 ControlNets (on the positive prediction), Redux tokens after the positive T5 tokens, the transformer's LoRAs
 (patched in for the node's span), progress and cancel at every step. In the GPU runtime, the nodes of one run that
 share a shape, schedule and transformer go through it together (`prepare` makes the item that waits for others).
-Not built yet, and refused by name when given: regional prompts (conditioning lists and masks), the Heun and LCM
-schedulers, masked Redux and DyPE. What steers the loop besides the prompts (Fill, Kontext, ControlNets,
+The ``heun`` and ``lcm`` samplers step with diffusers' schedulers over their own schedules, as InvokeAI's do (LCM's
+step noise seeded by ``seed``). Not built yet, and refused by name when given: regional prompts (conditioning lists
+and masks), masked Redux and DyPE. What steers the loop besides the prompts (Fill, Kontext, ControlNets,
 IP-Adapters in the double blocks, a Control LoRA widening the transformer's input for the node's span) is prepared
 in `invokeai_provider.operators.flux.denoise_steering`.
 """
@@ -113,9 +114,6 @@ class FluxDenoiseInvocation(BaseInvocation):
                                                 "when dype_preset is not 'off'.", ui_order=102)
 
     def _refuse_what_is_not_built(self) -> None:
-        if self.scheduler != "euler":
-            raise field_error(GenerationError, self, "scheduler", f"{self.scheduler!r} is not supported by this "
-                              "provider's FLUX yet (euler is)")
         if self.dype_preset != "off":
             raise field_error(GenerationError, self, "dype_preset", "DyPE is not supported by this provider's FLUX yet")
 
@@ -231,7 +229,8 @@ class FluxDenoiseInvocation(BaseInvocation):
             height=self.height, width=self.width, guidance=self.guidance, negative=negative, cfg_scale=cfg or [1.0],
             init_latents=init, add_noise=self.add_noise,
             inpaint_mask=self._inpaint_mask(context, expected) if self.denoise_mask is not None else None,
-            channel_condition=channel_condition, reference_tokens=references, reference_ids=reference_ids)
+            channel_condition=channel_condition, reference_tokens=references, reference_ids=reference_ids,
+            scheduler=self.scheduler, seed=self.seed)
 
         def on_step(step: int, total: int) -> None:
             context.util.signal_progress(f"Denoising step {step}/{total}", step / total, step=step, total=total)

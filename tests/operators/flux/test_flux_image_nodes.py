@@ -406,3 +406,15 @@ def test_an_ip_adapter_graph_gives_the_backends_image(run: RunContext, models: A
     nodes["ip"]["weight"] = [0.5, 0.5]
     with pytest.raises(NodeExecutionError, match="field ip_adapter: a list of 2 weights for 3 steps"):
         run_nodes(run, nodes, edges)
+
+
+@pytest.mark.parametrize("scheduler", ["heun", "lcm"])
+def test_flux_denoise_runs_invokeais_other_samplers(run: RunContext, models: Any, scheduler: str) -> None:
+    _, installed = models
+    events: list[dict[str, Any]] = []
+    run.on_progress = events.append
+    sampled = pixels(stored_image(run, run_nodes(run, *generation(installed["dev"], scheduler=scheduler))
+                                  .outputs_of("decode")[0]))
+    assert [e["step"] for e in events if e.get("step")] == [1, 2, 3]  # one per user step
+    euler = pixels(stored_image(run, run_nodes(run, *generation(installed["dev"])).outputs_of("decode")[0]))
+    assert np.abs(sampled - euler).max() > 3

@@ -212,8 +212,6 @@ def test_cfg_scale_schedule_and_refusals_name_their_field() -> None:
         denoise(**base, cfg_scale_start_step=3, cfg_scale_end_step=1).cfg_schedule(5)
     with pytest.raises(GenerationError, match="field cfg_scale: a list of 2 values for 4 steps"):
         denoise(**base, cfg_scale=[1.0, 2.0]).cfg_schedule(4)
-    with pytest.raises(GenerationError, match="field scheduler: 'heun' is not supported"):
-        denoise(**base, scheduler="heun")._refuse_what_is_not_built()
     with pytest.raises(GenerationError, match="field dype_preset: DyPE is not supported"):
         denoise(**base, dype_preset="auto")._refuse_what_is_not_built()
 

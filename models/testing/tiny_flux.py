@@ -93,9 +93,10 @@ def _t5(seed: int, vocab_size: int) -> Any:
 
     config = T5Config(vocab_size=vocab_size, d_model=T5_WIDTH, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
                       feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, dense_act_fn="gelu_new",
-                      is_gated_act=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                      tie_word_embeddings=False)
-    return _construct(lambda: T5EncoderModel(config), materialize=True, seed=seed, tag="flux/t5")
+                      is_gated_act=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = _construct(lambda: T5EncoderModel(config), materialize=True, seed=seed, tag="flux/t5")
+    model.tie_weights()  # one embedding table, as T5's: the random fill gave the tied pair two
+    return model
 
 
 def flux_components(variant: FluxVariant = "dev", seed: int = 0) -> dict[str, Any]:

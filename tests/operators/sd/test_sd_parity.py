@@ -8,7 +8,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from helpers import sd1_graph

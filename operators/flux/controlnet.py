@@ -19,6 +19,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
+from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
 from invokeai_provider.operators.core.models import check_model
 
 if TYPE_CHECKING:
@@ -27,13 +28,6 @@ if TYPE_CHECKING:
 INSTANTX_CONTROL_MODE = ("The control mode for InstantX ControlNet union models. Ignored for other ControlNet models. "
                          "The standard mapping is: canny (0), tile (1), depth (2), blur (3), pose (4), gray (5), low "
                          "quality (6). Negative values will be treated as 'None'.")
-
-
-def check_control_weights(weights: Union[float, list[float]]) -> Union[float, list[float]]:
-    """InvokeAI's range for ControlNet weights, one or per step."""
-    if any(w < -1 or w > 2 for w in (weights if isinstance(weights, list) else [weights])):
-        raise ValueError("Control weights must be within -1 to 2 range")
-    return weights
 
 
 @invocation_output("flux_controlnet_output")
@@ -69,8 +63,7 @@ class FluxControlNetInvocation(BaseInvocation):
 
     @model_validator(mode="after")
     def _begin_before_end(self) -> "FluxControlNetInvocation":
-        if self.begin_step_percent > self.end_step_percent:
-            raise ValueError("Begin step percent must be less than or equal to end step percent")
+        check_step_range(self.begin_step_percent, self.end_step_percent)
         return self
 
     def invoke(self, context: "InvocationContext") -> FluxControlNetOutput:

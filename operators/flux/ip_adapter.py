@@ -17,7 +17,7 @@ from invokeai_provider.core.taxonomy import BaseModelType, ModelType
 from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.ip_adapter import IPAdapterOutput
 from invokeai_provider.operators.core.models import check_model
-from invokeai_provider.operators.flux.controlnet import check_control_weights
+from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
 from invokeai_provider.operators.sd.common import GenerationError, model_service
 
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ class FluxIPAdapterInvocation(BaseInvocation):
 
     @model_validator(mode="after")
     def _begin_before_end(self) -> "FluxIPAdapterInvocation":
-        if self.begin_step_percent > self.end_step_percent:
-            raise ValueError("Begin step percent must be less than or equal to end step percent")
+        check_step_range(self.begin_step_percent, self.end_step_percent)
         return self
 
     def invoke(self, context: "InvocationContext") -> IPAdapterOutput:

@@ -127,9 +127,9 @@ class FluxControl:
     def weight_at(self, step: int, total: int) -> float:
         """InvokeAI's rule: the weight (or the step's weight from a list) from floor(begin * steps) to
         ceil(end * steps), inclusive; 0 outside."""
-        if step < math.floor(self.begin_step_percent * total) or step > math.ceil(self.end_step_percent * total):
-            return 0.0
-        return self.weight[step] if isinstance(self.weight, list) else self.weight
+        from invokeai_provider.models.image_util.control_image import step_weight
+
+        return step_weight(self.weight, self.begin_step_percent, self.end_step_percent, step, total)
 
 
 def _spread(samples: Optional[list["torch.Tensor"]], blocks: int) -> Optional[list["torch.Tensor"]]:

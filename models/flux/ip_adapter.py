@@ -17,7 +17,6 @@ negative (CFG) prediction gets the same adapter with the embeddings of a black i
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +115,11 @@ class FluxIPAdapter:
     def weight_at(self, step: int, total: int) -> float:
         """InvokeAI's rule: the weight (a list's weight of the step) from floor(begin * steps) to ceil(end * steps),
         inclusive; 0 outside."""
-        if step < math.floor(self.begin_step_percent * total) or step > math.ceil(self.end_step_percent * total):
-            return 0.0
-        if isinstance(self.weight, list):
-            if step >= len(self.weight):
-                raise FluxIPAdapterError(f"IP-Adapter weights: {len(self.weight)} given, none for step {step} of "
-                                         f"{total}")
-            return float(self.weight[step])
-        return float(self.weight)
+        from invokeai_provider.models.image_util.control_image import step_weight
+
+        if isinstance(self.weight, list) and step >= len(self.weight):
+            raise FluxIPAdapterError(f"IP-Adapter weights: {len(self.weight)} given, none for step {step} of {total}")
+        return step_weight(self.weight, self.begin_step_percent, self.end_step_percent, step, total)
 
 
 def prepare(adapter: Any, encoder: Any, image: "Image", weight: Union[float, list[float]] = 1.0,

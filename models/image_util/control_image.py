@@ -1,6 +1,7 @@
 """Control images as InvokeAI prepares them for ControlNets (SD's and FLUX's) and T2I-Adapters: resized to the
 generation's size by one of its resize modes, with a resize that keeps edge maps thin and binary and colour maps
-exact (InvokeAI's heuristic, also the ``heuristic_resize`` node)."""
+exact (InvokeAI's heuristic, also the ``heuristic_resize`` node); and the weight a control (or adapter) has at a
+step of its step range."""
 
 from __future__ import annotations
 
@@ -150,3 +151,14 @@ def prepare_control_image(image: "object", width: int, height: int, resize_mode:
             array = resized[top:top + height, left:left + width]
     tensor = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
     return tensor.permute(2, 0, 1)[None].contiguous()
+
+
+def step_weight(weight: "float | list[float]", begin_step_percent: float, end_step_percent: float, step: int,
+                total: int) -> float:
+    """InvokeAI's rule for ControlNets and IP-Adapters: the weight (a list's weight of the step) from
+    floor(begin * steps) to ceil(end * steps), inclusive; 0 outside."""
+    import math
+
+    if step < math.floor(begin_step_percent * total) or step > math.ceil(end_step_percent * total):
+        return 0.0
+    return float(weight[step]) if isinstance(weight, list) else float(weight)

@@ -29,6 +29,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.denoise",
     "sd.vae",
     "sd.masks",
+    "sd.controlnet",
     "flux.model_loader",
     "flux.lora_loaders",
     "flux.prompts",

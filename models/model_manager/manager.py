@@ -211,6 +211,8 @@ class ModelManager:
 
                 with self.registry.local_model(config) as local:
                     return load_controlnet(local.path, self.dtype_for(config))
+            if config.type is ModelType.ControlNet:  # SD1/SD2/SDXL, a diffusers folder
+                return self._load_sd_controlnet(config)
             if config.type in (ModelType.SigLIP, ModelType.FluxRedux):
                 return self._load_redux_part(config)
             if config.type is ModelType.CLIPVision:  # as InvokeAI: the encoder alone, its processor is the default
@@ -238,6 +240,15 @@ class ModelManager:
             raise ModelLoadError(f"model {config.name!r} ({config.key}) {part.value if part else ''}: could not be "
                                  f"loaded: {type(exc).__name__}: {exc}") from exc
         raise ModelLoadError(f"model {config.name!r}: loading {config.type.value} models is not supported yet")
+
+    def _load_sd_controlnet(self, config: ModelConfig) -> Any:
+        from diffusers import ControlNetModel
+
+        if config.format is not ModelFormat.Diffusers:
+            raise ModelLoadError(f"ControlNet {config.name!r} is a single-file checkpoint; SD ControlNets load from "
+                                 "diffusers folders here (install the model's diffusers folder)")
+        with self.registry.local_model(config) as local:
+            return ControlNetModel.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
 
     def _load_redux_part(self, config: ModelConfig) -> Any:
         """FLUX Redux's models: SigLIP (vision tower and image processor) or the Redux embedder. InvokeAI runs the

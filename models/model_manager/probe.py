@@ -376,6 +376,12 @@ def probe_folder(path: Path) -> ProbeResult:
     if folder_is_controlnet(path):
         return ProbeResult(ModelType.ControlNet, ModelFormat.Diffusers, BaseModelType.Flux,
                            repo_variant=_repo_variant(path))
+    if config.is_file() and _read_json(config).get("_class_name") == "ControlNetModel":  # SD1/SD2/SDXL
+        width = _read_json(config).get("cross_attention_dim")
+        if width not in CROSS_ATTENTION_BASE:
+            raise ProbeError(f"{path}: ControlNet cross_attention_dim {width} matches no SD base")
+        return ProbeResult(ModelType.ControlNet, ModelFormat.Diffusers, CROSS_ATTENTION_BASE[width],
+                           repo_variant=_repo_variant(path))
     if config.is_file() and _read_json(config).get("_class_name") in ("AutoencoderKL", "AutoencoderTiny"):
         base = probe_parts.vae_folder_base(_read_json(config)) or _vae_base_from_name(path.name)
         return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, base, repo_variant=_repo_variant(path))

@@ -3,7 +3,8 @@
 Every item keeps its own scheduler, noise, step generator, guidance and mask; only the UNet's forward
 pass takes the items' inputs in one batch. So an item comes out the same whether it ran alone or beside
 others (up to the rounding of batched kernels), and ``run_denoise([item])`` is exactly the unbatched
-path. The GPU runtime batches the denoise nodes of concurrent tasks through this.
+path. The GPU runtime batches the denoise nodes of concurrent tasks through this. An item with ControlNets runs
+alone, their residuals added to the UNet's blocks (`invokeai_provider.models.stable_diffusion.controlnet`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from invokeai_provider.models.stable_diffusion.controlnet import SDControl, control_residuals
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +50,9 @@ class DenoiseItem:
     mask: Optional["torch.Tensor"] = None
     masked_latents: Optional["torch.Tensor"] = None
     gradient: bool = False
+    # ControlNets, loaded into the item by ``open_unet``; an item with ControlNets runs alone
+    controls: list[SDControl] = field(default_factory=list)
+    has_controls: bool = False
     # set by start(), on the UNet's device
     latents: Any = field(default=None, repr=False)
     _embeds: Any = field(default=None, repr=False)
@@ -65,7 +71,8 @@ class DenoiseItem:
         conditioning shapes, and the same timesteps (so every pass is at one t for all of them)."""
         shapes = {name: list(tensor.shape) for cond in (self.positive, self.negative) for name, tensor in cond.items()}
         return json.dumps({"unet": self.unet_spec, "latents": list(self.orig_latents.shape), "conditioning": shapes,
-                           "timesteps": [float(t) for t in self.timesteps]}, sort_keys=True)
+                           "timesteps": [float(t) for t in self.timesteps],
+                           "alone": id(self) if self.has_controls else None}, sort_keys=True)
 
     def start(self, unet: Any, device: Any, dtype: Any) -> None:
         import torch
@@ -157,8 +164,13 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
         for index, t in enumerate(items[active[0]].timesteps):
             inputs = [items[n].model_input(t) for n in active]
             embeds, added = conditioning
-            prediction = unet(torch.cat(inputs).to(dtype), t, encoder_hidden_states=embeds,
-                              added_cond_kwargs=added or None).sample.float()
+            sample = torch.cat(inputs).to(dtype)
+            down = mid = None
+            if items[active[0]].controls:  # such an item runs alone
+                down, mid = control_residuals(items[active[0]].controls, index, len(items[active[0]].timesteps),
+                                              model_input=sample, timestep=t, embeds=embeds, added=added)
+            prediction = unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs=added or None,
+                              down_block_additional_residuals=down, mid_block_additional_residual=mid).sample.float()
             for number, part in zip(active, prediction.split([len(x) for x in inputs])):
                 try:
                     items[number].step(index, t, part)

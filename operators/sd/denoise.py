@@ -10,7 +10,7 @@ torch and diffusers are imported inside ``invoke()``.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from invokeai_provider.core.fields import (
@@ -23,6 +23,7 @@ from invokeai_provider.core.fields import (
     UNetField,
 )
 from invokeai_provider.core.invocation import BaseInvocation, Input, InputField, invocation
+from invokeai_provider.core.taxonomy import ModelType
 from invokeai_provider.operators.core.primitives import LatentsOutput
 from invokeai_provider.operators.sd.common import (
     LATENTS_DESCRIPTION,
@@ -115,7 +116,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                                           input=Input.Connection, ui_order=8)
 
     def _refuse_unsupported(self) -> None:
-        for field in ("control", "ip_adapter", "t2i_adapter"):
+        for field in ("ip_adapter", "t2i_adapter"):
             if getattr(self, field):
                 raise GenerationError(f"node {self.id} (denoise_latents): field {field}: not supported yet",
                                       node_id=self.id, field=field)
@@ -171,24 +172,55 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                                    align_corners=False)
             if self.denoise_mask.masked_latents_name:
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
-        return DenoiseItem(
-            node_id=self.id, context=context, open_unet=lambda: self._unet(context),
+        controls = self._control_images(context, latents.shape, len(timesteps))
+        item = DenoiseItem(
+            node_id=self.id, context=context, open_unet=lambda: self._unet(context, item, controls),
             unet_spec=self.unet.model_dump(mode="json", exclude={"scheduler"}), scheduler=scheduler,
             timesteps=timesteps, init_timestep=init_timestep, orig_latents=latents, noise=noise, seed=seed,
             positive=positive, negative=negative, cfg=[float(c) for c in cfg],
             cfg_rescale_multiplier=self.cfg_rescale_multiplier, mask=mask, masked_latents=masked_latents,
-            gradient=bool(self.denoise_mask and self.denoise_mask.gradient))
+            gradient=bool(self.denoise_mask and self.denoise_mask.gradient), has_controls=bool(controls))
+        return item
+
+    def _control_images(self, context: "InvocationContext", latent_shape: Any, steps: int
+                        ) -> list[tuple[ControlField, Any]]:
+        """Each ControlNet field with its control image prepared at the generation's size (InvokeAI's resize
+        modes); its model loads with the UNet."""
+        from invokeai_provider.models.image_util.control_image import prepare_control_image
+        from invokeai_provider.operators.core.models import check_model
+
+        fields = _as_list(self.control) if self.control else []
+        base = model_service(self, context, "unet").get_config(self.unet.unet).base if fields else None
+        prepared = []
+        for field in fields:
+            check_model(self, "control", field.control_model, context, ModelType.ControlNet, (base,))
+            if isinstance(field.control_weight, list) and len(field.control_weight) != steps:
+                raise GenerationError(f"node {self.id} (denoise_latents): field control: a list of "
+                                      f"{len(field.control_weight)} control weights for {steps} steps",
+                                      node_id=self.id, field="control")
+            image = context.images.get_pil(field.image.image_name)
+            prepared.append((field, prepare_control_image(image, latent_shape[-1] * 8, latent_shape[-2] * 8,
+                                                          field.resize_mode)))
+        return prepared
 
     @contextmanager
-    def _unet(self, context: "InvocationContext") -> Iterator[Any]:
-        """The UNet as this node runs it: loaded, with its LoRAs, seamless axes and FreeU, without grad."""
+    def _unet(self, context: "InvocationContext", item: "DenoiseItem",
+              controls: list[tuple[ControlField, Any]]) -> Iterator[Any]:
+        """The UNet as this node runs it: loaded, with its LoRAs, seamless axes and FreeU, without grad; its
+        ControlNets loaded into the item."""
         import torch
 
+        from invokeai_provider.models.stable_diffusion.controlnet import SDControl
         from invokeai_provider.models.stable_diffusion.extensions import freeu, seamless
 
         models = model_service(self, context, "unet")
         base = models.get_config(self.unet.unet).base
-        with models.load(self.unet.unet) as unet, \
-                lora_patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
-                seamless(unet, self.unet.seamless_axes), freeu(unet, self.unet.freeu_config), torch.no_grad():
-            yield unet
+        with ExitStack() as stack:
+            item.controls = [SDControl(model=stack.enter_context(models.load(field.control_model)), image=image,
+                                       weight=field.control_weight, begin_step_percent=field.begin_step_percent,
+                                       end_step_percent=field.end_step_percent, mode=field.control_mode)
+                             for field, image in controls]
+            with models.load(self.unet.unet) as unet, \
+                    lora_patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
+                    seamless(unet, self.unet.seamless_axes), freeu(unet, self.unet.freeu_config), torch.no_grad():
+                yield unet

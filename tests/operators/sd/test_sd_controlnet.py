@@ -101,3 +101,34 @@ def test_controlnets_are_checked_against_the_unet(model_run, tiny_registry, cont
     sdxl = control_graph(controlnet, {"control_weight": [0.5, 0.5]})
     with pytest.raises(NodeExecutionError, match="field control: a list of 2 control weights for 4 steps"):
         image(model_run, tiny_registry, sdxl)
+
+
+def test_an_sdxl_controlnet_steers_an_sdxl_graph(model_run, tiny_registry) -> None:
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    xl_controlnet = install_tiny(tiny_registry, "controlnet", "sdxl", name="tiny-sdxl-controlnet").config.identifier()
+    nodes = {
+        "model": {"type": "sdxl_model_loader", "model": "tiny-sdxl"},
+        "pos": {"type": "sdxl_compel_prompt", "prompt": "a cat", "target_width": SIZE, "target_height": SIZE,
+                "original_width": SIZE, "original_height": SIZE},
+        "neg": {"type": "sdxl_compel_prompt", "prompt": ""},
+        "noise": {"type": "noise", "seed": 1, "width": SIZE, "height": SIZE},
+        "denoise": {"type": "denoise_latents", "steps": 2},
+        "decode": {"type": "l2i"}}
+    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip2", "pos", "clip2"),
+             edge("model", "clip", "neg", "clip"), edge("model", "clip2", "neg", "clip2"),
+             edge("model", "unet", "denoise", "unet"), edge("pos", "conditioning", "denoise", "positive_conditioning"),
+             edge("neg", "conditioning", "denoise", "negative_conditioning"), edge("noise", "noise", "denoise", "noise"),
+             edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae")]
+    plain = image(model_run, tiny_registry, {"id": "xl", "nodes": {k: {"id": k, **v} for k, v in nodes.items()},
+                                             "edges": edges})
+    nodes["control"] = {"type": "controlnet", "image": {"image_name": "hint.png"}, "control_model": xl_controlnet}
+    edges.append(edge("control", "control", "denoise", "control"))
+    steered = image(model_run, tiny_registry, {"id": "xl", "nodes": {k: {"id": k, **v} for k, v in nodes.items()},
+                                               "edges": edges})
+    assert np.abs(steered - plain).max() > 3
+    sd1_controlnet = install_tiny(tiny_registry, "controlnet", "sd-1", name="tiny-sd1-controlnet").config
+    nodes["control"]["control_model"] = sd1_controlnet.identifier()
+    with pytest.raises(NodeExecutionError, match="field control"):  # an SD1 ControlNet on the SDXL UNet
+        image(model_run, tiny_registry, {"id": "xl", "nodes": {k: {"id": k, **v} for k, v in nodes.items()},
+                                         "edges": edges})

@@ -30,6 +30,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.vae",
     "sd.masks",
     "sd.controlnet",
+    "sd.t2i_adapter",
     "flux.model_loader",
     "flux.lora_loaders",
     "flux.prompts",

@@ -213,6 +213,11 @@ class ModelManager:
                     return load_controlnet(local.path, self.dtype_for(config))
             if config.type is ModelType.ControlNet:  # SD1/SD2/SDXL, a diffusers folder
                 return self._load_sd_controlnet(config)
+            if config.type is ModelType.T2IAdapter:
+                from diffusers import T2IAdapter
+
+                with self.registry.local_model(config) as local:
+                    return T2IAdapter.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
             if config.type in (ModelType.SigLIP, ModelType.FluxRedux):
                 return self._load_redux_part(config)
             if config.type is ModelType.CLIPVision:  # as InvokeAI: the encoder alone, its processor is the default

@@ -376,6 +376,15 @@ def probe_folder(path: Path) -> ProbeResult:
     if folder_is_controlnet(path):
         return ProbeResult(ModelType.ControlNet, ModelFormat.Diffusers, BaseModelType.Flux,
                            repo_variant=_repo_variant(path))
+    if config.is_file() and _read_json(config).get("_class_name") == "T2IAdapter":  # InvokeAI's bases by adapter type
+        adapter_type = _read_json(config).get("adapter_type")
+        bases = {"full_adapter": BaseModelType.StableDiffusion1, "light_adapter": BaseModelType.StableDiffusion1,
+                 "full_adapter_xl": BaseModelType.StableDiffusionXL}
+        if adapter_type not in bases:
+            raise ProbeError(f"{path}: T2I-Adapter type {adapter_type!r} is not one InvokeAI runs "
+                             f"({', '.join(bases)})")
+        return ProbeResult(ModelType.T2IAdapter, ModelFormat.Diffusers, bases[adapter_type],
+                           repo_variant=_repo_variant(path))
     if config.is_file() and _read_json(config).get("_class_name") == "ControlNetModel":  # SD1/SD2/SDXL
         width = _read_json(config).get("cross_attention_dim")
         if width not in CROSS_ATTENTION_BASE:

@@ -4,7 +4,8 @@ Every item keeps its own scheduler, noise, step generator, guidance and mask; on
 pass takes the items' inputs in one batch. So an item comes out the same whether it ran alone or beside
 others (up to the rounding of batched kernels), and ``run_denoise([item])`` is exactly the unbatched
 path. The GPU runtime batches the denoise nodes of concurrent tasks through this. An item with ControlNets runs
-alone, their residuals added to the UNet's blocks (`invokeai_provider.models.stable_diffusion.controlnet`).
+alone, their residuals added to the UNet's blocks (`invokeai_provider.models.stable_diffusion.controlnet`), as does
+one with T2I-Adapters, their features added inside its down blocks (`.t2i_adapter`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from invokeai_provider.models.stable_diffusion.controlnet import SDControl, control_residuals
+from invokeai_provider.models.stable_diffusion.t2i_adapter import SDAdapter, adapter_residuals
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +54,8 @@ class DenoiseItem:
     gradient: bool = False
     # ControlNets, loaded into the item by ``open_unet``; an item with ControlNets runs alone
     controls: list[SDControl] = field(default_factory=list)
-    has_controls: bool = False
+    adapters: list[SDAdapter] = field(default_factory=list)  # T2I-Adapters, their features computed once
+    has_controls: bool = False  # ControlNets or T2I-Adapters: the item runs alone
     # set by start(), on the UNet's device
     latents: Any = field(default=None, repr=False)
     _embeds: Any = field(default=None, repr=False)
@@ -165,12 +168,16 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
             inputs = [items[n].model_input(t) for n in active]
             embeds, added = conditioning
             sample = torch.cat(inputs).to(dtype)
-            down = mid = None
-            if items[active[0]].controls:  # such an item runs alone
-                down, mid = control_residuals(items[active[0]].controls, index, len(items[active[0]].timesteps),
-                                              model_input=sample, timestep=t, embeds=embeds, added=added)
+            down = mid = intrablock = None
+            first = items[active[0]]
+            if first.controls:  # such an item runs alone
+                down, mid = control_residuals(first.controls, index, len(first.timesteps), model_input=sample,
+                                              timestep=t, embeds=embeds, added=added)
+            if first.adapters:
+                intrablock = adapter_residuals(first.adapters, index, len(first.timesteps))
             prediction = unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs=added or None,
-                              down_block_additional_residuals=down, mid_block_additional_residual=mid).sample.float()
+                              down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                              down_intrablock_additional_residuals=intrablock).sample.float()
             for number, part in zip(active, prediction.split([len(x) for x in inputs])):
                 try:
                     items[number].step(index, t, part)

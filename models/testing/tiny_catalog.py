@@ -76,6 +76,12 @@ def _sd_controlnet(base: str, dest: Path, seed: int) -> Path:
     return build_sd_controlnet(base, dest, seed=seed)
 
 
+def _sd_t2i_adapter(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_sd_controlnet import build_sd_t2i_adapter
+
+    return build_sd_t2i_adapter(base, dest, seed=seed)
+
+
 def _flux_controlnet(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny_flux_control import build_flux_controlnet
 
@@ -163,6 +169,8 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
         table[ModelType.TextualInversion, base] = TinyModel(ModelType.TextualInversion, base, _embedding,
                                                             ".safetensors")
         table[ModelType.ControlNet, base] = TinyModel(ModelType.ControlNet, base, _sd_controlnet)
+    table[ModelType.T2IAdapter, BaseModelType.StableDiffusion1] = TinyModel(
+        ModelType.T2IAdapter, BaseModelType.StableDiffusion1, _sd_t2i_adapter)
     table[ModelType.Main, BaseModelType.Flux] = TinyModel(ModelType.Main, BaseModelType.Flux, _flux_main)
     flux_main = "tiny-flux"  # default_name of the FLUX main
     table[ModelType.VAE, BaseModelType.Flux] = TinyModel(ModelType.VAE, BaseModelType.Flux, _flux_vae, ".safetensors",

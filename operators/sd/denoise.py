@@ -116,7 +116,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                                           input=Input.Connection, ui_order=8)
 
     def _refuse_unsupported(self) -> None:
-        for field in ("ip_adapter", "t2i_adapter"):
+        for field in ("ip_adapter",):
             if getattr(self, field):
                 raise GenerationError(f"node {self.id} (denoise_latents): field {field}: not supported yet",
                                       node_id=self.id, field=field)
@@ -173,14 +173,43 @@ class DenoiseLatentsInvocation(BaseInvocation):
             if self.denoise_mask.masked_latents_name:
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
         controls = self._control_images(context, latents.shape, len(timesteps))
+        adapters = self._adapters(context, latents.shape, len(timesteps))
         item = DenoiseItem(
             node_id=self.id, context=context, open_unet=lambda: self._unet(context, item, controls),
             unet_spec=self.unet.model_dump(mode="json", exclude={"scheduler"}), scheduler=scheduler,
             timesteps=timesteps, init_timestep=init_timestep, orig_latents=latents, noise=noise, seed=seed,
             positive=positive, negative=negative, cfg=[float(c) for c in cfg],
             cfg_rescale_multiplier=self.cfg_rescale_multiplier, mask=mask, masked_latents=masked_latents,
-            gradient=bool(self.denoise_mask and self.denoise_mask.gradient), has_controls=bool(controls))
+            gradient=bool(self.denoise_mask and self.denoise_mask.gradient), adapters=adapters,
+            has_controls=bool(controls or adapters))
         return item
+
+    def _adapters(self, context: "InvocationContext", latent_shape: Any, steps: int) -> list[Any]:
+        """Each T2I-Adapter's features of its image, computed once before the loop (the adapter is released)."""
+        from invokeai_provider.models.stable_diffusion.t2i_adapter import SDAdapter, adapter_features
+        from invokeai_provider.operators.core.models import check_model
+
+        fields = _as_list(self.t2i_adapter) if self.t2i_adapter else []
+        models = model_service(self, context, "unet")
+        base = models.get_config(self.unet.unet).base if fields else None
+        adapters = []
+        for field in fields:
+            check_model(self, "t2i_adapter", field.t2i_adapter_model, context, ModelType.T2IAdapter, (base,))
+            if isinstance(field.weight, list) and len(field.weight) != steps:
+                raise GenerationError(f"node {self.id} (denoise_latents): field t2i_adapter: a list of "
+                                      f"{len(field.weight)} weights for {steps} steps", node_id=self.id,
+                                      field="t2i_adapter")
+            image = context.images.get_pil(field.image.image_name)
+            with models.load(field.t2i_adapter_model) as model:
+                try:
+                    features = adapter_features(model, image, base.value, tuple(latent_shape[-2:]), field.resize_mode)
+                except ValueError as exc:
+                    raise GenerationError(f"node {self.id} (denoise_latents): field t2i_adapter: {exc}",
+                                          node_id=self.id, field="t2i_adapter") from None
+            adapters.append(SDAdapter(features=features, weight=field.weight,
+                                      begin_step_percent=field.begin_step_percent,
+                                      end_step_percent=field.end_step_percent))
+        return adapters
 
     def _control_images(self, context: "InvocationContext", latent_shape: Any, steps: int
                         ) -> list[tuple[ControlField, Any]]:

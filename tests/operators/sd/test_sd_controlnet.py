@@ -1,6 +1,7 @@
-"""SD ControlNets through InvokeAI's nodes (controlnet -> denoise_latents): the image of diffusers'
-StableDiffusionControlNetPipeline with the same tiny weights, prompt, noise, control image and schedule; control
-modes, step ranges and several ControlNets act as InvokeAI's do; probing and install of the tiny ControlNets."""
+"""SD ControlNets and T2I-Adapters through InvokeAI's nodes (controlnet / t2i_adapter -> denoise_latents): the
+images of diffusers' StableDiffusionControlNetPipeline and StableDiffusionAdapterPipeline with the same tiny weights,
+prompt, noise, control image and schedule; control modes, step ranges and several ControlNets act as InvokeAI's do;
+probing and install of the tiny models."""
 
 from __future__ import annotations
 
@@ -132,3 +133,33 @@ def test_an_sdxl_controlnet_steers_an_sdxl_graph(model_run, tiny_registry) -> No
     with pytest.raises(NodeExecutionError, match="field control"):  # an SD1 ControlNet on the SDXL UNet
         image(model_run, tiny_registry, {"id": "xl", "nodes": {k: {"id": k, **v} for k, v in nodes.items()},
                                          "edges": edges})
+
+
+def test_a_t2i_adapter_gives_the_adapter_pipelines_image(model_run, tiny_registry) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionAdapterPipeline, T2IAdapter
+
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+    from invokeai_provider.operators.sd.latents import generate_noise
+
+    adapter = install_tiny(tiny_registry, "t2i_adapter", "sd-1", name="tiny-sd1-t2i_adapter").config.identifier()
+    graph = sd1_graph("tiny-sd1", prompt=PROMPT, seed=SEED, steps=STEPS, size=SIZE,
+                      extra_nodes={"adapter": {"type": "t2i_adapter", "image": {"image_name": "hint.png"},
+                                               "t2i_adapter_model": adapter, "weight": 0.7}},
+                      extra_edges=[edge("adapter", "t2i_adapter", "denoise", "t2i_adapter")])
+    mine = image(model_run, tiny_registry, graph)
+    folder = tiny_registry.model_path(tiny_registry.find("tiny-sd1"))
+    model = T2IAdapter.from_pretrained(tiny_registry.model_path(tiny_registry.get(adapter["key"])))
+    pipe = StableDiffusionAdapterPipeline.from_pretrained(folder, adapter=model, local_files_only=True,
+                                                          safety_checker=None, feature_extractor=None,
+                                                          requires_safety_checker=False)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.set_timesteps(STEPS)
+    start = generate_noise("SD", SIZE, SIZE, SEED).float() * pipe.scheduler.sigmas[0] / pipe.scheduler.init_noise_sigma
+    reference = pipe(PROMPT, image=hint(), negative_prompt=None, num_inference_steps=STEPS, guidance_scale=7.5,
+                     adapter_conditioning_scale=0.7, height=SIZE, width=SIZE, latents=start,
+                     output_type="np").images[0]
+    theirs = (reference * 255).round().astype(int)
+    assert np.abs(mine - theirs).max() <= 1
+    plain = image(model_run, tiny_registry, sd1_graph("tiny-sd1", prompt=PROMPT, seed=SEED, steps=STEPS, size=SIZE))
+    assert np.abs(plain - theirs).max() > 5  # the adapter steers it

@@ -58,8 +58,8 @@ def test_names_kinds_and_bases_are_checked(model_root: Path, capsys) -> None:
     root = ["--model-root", str(model_root)]
     assert main(["models", "install-tiny", "textual_inversion", "--name", "my-ti", *root]) == 0  # InvokeAI's name
     assert capsys.readouterr().out.startswith("installed 'my-ti': sd-1 embedding ")
-    assert main(["models", "install-tiny", "t2i_adapter", *root]) == 1
-    assert "no tiny model of type 't2i_adapter'; expected one of: main, vae, lora, embedding" in capsys.readouterr().err
+    assert main(["models", "install-tiny", "onnx", *root]) == 1
+    assert "no tiny model of type 'onnx'; expected one of: main, vae, lora, embedding" in capsys.readouterr().err
     assert main(["models", "install-tiny", "vae", "--base", "sdxl-refiner", *root]) == 1
     assert "no tiny vae model for base 'sdxl-refiner'; expected one of: sd-1, sd-2, sdxl" in capsys.readouterr().err
     assert main(["models", "install-tiny", "lora", "--name", "../escape", *root]) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from invokeai_provider.core.aliases import LEGACY_NODE_ALIASES
 from invokeai_provider.core.fields import ModelIdentifierField
 from invokeai_provider.core.registry import InvocationRegistry
 from invokeai_provider.errors import InvokeAIProviderError
@@ -21,6 +22,13 @@ def _is_model_field(annotation: Any) -> bool:
 
 
 def model_fields_of(node_type: str) -> list[str]:
+    """The model fields of a node type; a removed type InvokeAI still loads (``canny_image_processor``) as its
+    current type's."""
+    alias = LEGACY_NODE_ALIASES.get(node_type)
+    if alias is not None:
+        if alias.new_type is None:
+            return []
+        node_type = alias.new_type
     node_class = InvocationRegistry.get_invocation_class(node_type)
     return [name for name in node_class.input_fields() if _is_model_field(node_class.input_type(name))]
 

@@ -163,3 +163,22 @@ def test_a_t2i_adapter_gives_the_adapter_pipelines_image(model_run, tiny_registr
     assert np.abs(mine - theirs).max() <= 1
     plain = image(model_run, tiny_registry, sd1_graph("tiny-sd1", prompt=PROMPT, seed=SEED, steps=STEPS, size=SIZE))
     assert np.abs(plain - theirs).max() > 5  # the adapter steers it
+
+
+def test_an_old_canny_image_processor_graph_feeds_the_controlnet(model_run, tiny_registry, controlnet) -> None:
+    """Graphs from before InvokeAI removed its ``*_image_processor`` nodes run: the old Canny node (its old field
+    names) feeds the ControlNet as the new ``canny_edge_detection`` does."""
+    def graph(processor: dict[str, Any]) -> dict[str, Any]:
+        document = control_graph(controlnet, {"control_weight": 0.8})
+        document["nodes"]["edges"] = {"id": "edges", "image": {"image_name": "hint.png"}, **processor}
+        document["nodes"]["control0"].pop("image")
+        document["edges"].append(edge("edges", "image", "control0", "image"))
+        return document
+
+    old = image(model_run, tiny_registry, graph({"type": "canny_image_processor", "low_threshold": 50,
+                                                 "high_threshold": 150}))
+    new = image(model_run, tiny_registry, graph({"type": "canny_edge_detection", "low_threshold": 50,
+                                                 "high_threshold": 150}))
+    assert np.array_equal(old, new)
+    plain = image(model_run, tiny_registry, sd1_graph("tiny-sd1", prompt=PROMPT, seed=SEED, steps=STEPS, size=SIZE))
+    assert np.abs(old - plain).max() > 3

@@ -55,6 +55,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType, SubModelType
+from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
 from invokeai_provider.operators.core.models import MODEL_SERVICE, clip_of, submodel, unet_of
 from invokeai_provider.operators.core.primitives import (
     BooleanCollectionOutput,
@@ -827,17 +828,6 @@ def append_list(item_class: type[T], new_item: T, items: Union[T, list[T], None]
     raise ValueError(f"Invalid items type in: {items},  expected {item_class}")
 
 
-def _check_weights(weights: Union[float, list[float]]) -> None:
-    values = weights if isinstance(weights, list) else [weights]
-    if any(w < -1 or w > 2 for w in values):
-        raise ValueError("Control weights must be within -1 to 2 range")
-
-
-def _check_steps(begin: float, end: float) -> None:
-    if begin > end:
-        raise ValueError("Begin step percent must be less than or equal to end step percent")
-
-
 def _required(entry: Any, key: str, what: str) -> Any:
     if not isinstance(entry, Mapping) or key not in entry:
         raise ValueError(f"{what} metadata entry has no {key!r}: {entry!r}")
@@ -874,7 +864,7 @@ class MetadataToControlnetsInvocation(BaseInvocation, WithMetadata):
         for entry in _metadata_list(self, "controlnets"):
             model = _required_model(entry, "control_model", ModelType.ControlNet, context, "ControlNet")
             weight = entry.get("control_weight", 1.0)
-            _check_weights(weight)
+            check_control_weights(weight)
             control = ControlField(
                 image=_required(entry, "image", "ControlNet"),
                 control_model=model,
@@ -884,7 +874,7 @@ class MetadataToControlnetsInvocation(BaseInvocation, WithMetadata):
                 control_mode=entry.get("control_mode", "balanced"),
                 resize_mode=entry.get("resize_mode", "just_resize"),
             )
-            _check_steps(control.begin_step_percent, control.end_step_percent)
+            check_step_range(control.begin_step_percent, control.end_step_percent)
             controls = append_list(ControlField, control, controls)
         return MDControlListOutput(control_list=controls)
 
@@ -924,7 +914,7 @@ class MetadataToIPAdaptersInvocation(BaseInvocation, WithMetadata):
         for entry in _metadata_list(self, "ipAdapters"):
             model = _required_model(entry, "ip_adapter_model", ModelType.IPAdapter, context, "IP-Adapter")
             weight = entry.get("weight", 1)
-            _check_weights(weight)
+            check_control_weights(weight)
             # As in InvokeAI, the recorded method is not passed on: the IP-Adapter node's default ("full")
             # applies, whose target blocks are ["block"].
             adapter = IPAdapterField(
@@ -938,7 +928,7 @@ class MetadataToIPAdaptersInvocation(BaseInvocation, WithMetadata):
                 end_step_percent=entry.get("end_step_percent", 1),
                 mask=None,
             )
-            _check_steps(adapter.begin_step_percent, adapter.end_step_percent)
+            check_step_range(adapter.begin_step_percent, adapter.end_step_percent)
             adapters = append_list(IPAdapterField, adapter, adapters)
         return MDIPAdapterListOutput(ip_adapter_list=adapters)
 
@@ -965,7 +955,7 @@ class MetadataToT2IAdaptersInvocation(BaseInvocation, WithMetadata):
             weight = entry.get("weight", 1)
             if not isinstance(weight, list) and weight < 0:
                 raise ValueError("T2I-Adapter weight must be greater than or equal to 0")
-            _check_weights(weight)
+            check_control_weights(weight)
             adapter = T2IAdapterField(
                 image=_required(entry, "image", "T2I-Adapter"),
                 t2i_adapter_model=model,
@@ -974,6 +964,6 @@ class MetadataToT2IAdaptersInvocation(BaseInvocation, WithMetadata):
                 end_step_percent=entry.get("end_step_percent", 1),
                 resize_mode=entry.get("resize_mode", "just_resize"),
             )
-            _check_steps(adapter.begin_step_percent, adapter.end_step_percent)
+            check_step_range(adapter.begin_step_percent, adapter.end_step_percent)
             adapters = append_list(T2IAdapterField, adapter, adapters)
         return MDT2IAdapterListOutput(t2i_adapter_list=adapters)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Union
 
-from pydantic import field_validator, model_validator
-
 from invokeai_provider.core.fields import CONTROLNET_RESIZE_VALUES, FluxControlNetField, ImageField, \
     ModelIdentifierField
 from invokeai_provider.core.invocation import (
@@ -19,7 +17,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
-from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
+from invokeai_provider.operators.core.controlnet import WeightedStepRange
 from invokeai_provider.operators.core.models import check_model
 
 if TYPE_CHECKING:
@@ -39,8 +37,10 @@ class FluxControlNetOutput(BaseInvocationOutput):
 
 @invocation("flux_controlnet", title="FLUX ControlNet", tags=["controlnet", "flux"], category="conditioning",
             version="1.0.0")
-class FluxControlNetInvocation(BaseInvocation):
+class FluxControlNetInvocation(BaseInvocation, WeightedStepRange):
     """Collect FLUX ControlNet info to pass to other nodes."""
+
+    WEIGHT_FIELD = "control_weight"
 
     image: ImageField = InputField(description="The control image")
     control_model: ModelIdentifierField = InputField(description="ControlNet model to load",
@@ -56,15 +56,6 @@ class FluxControlNetInvocation(BaseInvocation):
     resize_mode: CONTROLNET_RESIZE_VALUES = InputField(default="just_resize", description="The resize mode used")
     instantx_control_mode: Optional[int] = InputField(default=-1, description=INSTANTX_CONTROL_MODE)
 
-    @field_validator("control_weight")
-    @classmethod
-    def _weights_in_range(cls, value: Union[float, list[float]]) -> Union[float, list[float]]:
-        return check_control_weights(value)
-
-    @model_validator(mode="after")
-    def _begin_before_end(self) -> "FluxControlNetInvocation":
-        check_step_range(self.begin_step_percent, self.end_step_percent)
-        return self
 
     def invoke(self, context: "InvocationContext") -> FluxControlNetOutput:
         check_model(self, "control_model", self.control_model, context, ModelType.ControlNet, (BaseModelType.Flux,))

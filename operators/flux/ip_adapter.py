@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Union
 
-from pydantic import field_validator, model_validator
-
 from invokeai_provider.core.fields import ImageField, IPAdapterField, ModelIdentifierField
 from invokeai_provider.core.invocation import BaseInvocation, InputField, invocation
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
 from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.ip_adapter import IPAdapterOutput
 from invokeai_provider.operators.core.models import check_model
-from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
+from invokeai_provider.operators.core.controlnet import WeightedStepRange
 from invokeai_provider.operators.sd.common import GenerationError, model_service
 
 if TYPE_CHECKING:
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
 
 @invocation("flux_ip_adapter", title="FLUX IP-Adapter", tags=["ip_adapter", "control"], category="conditioning",
             version="1.0.0")
-class FluxIPAdapterInvocation(BaseInvocation):
+class FluxIPAdapterInvocation(BaseInvocation, WeightedStepRange):
     """Collects FLUX IP-Adapter info to pass to other nodes."""
 
     image: ImageField = InputField(description="The IP-Adapter image prompt(s).")
@@ -41,15 +39,6 @@ class FluxIPAdapterInvocation(BaseInvocation):
     end_step_percent: float = InputField(default=1, ge=0, le=1, description="When the IP-Adapter is last applied "
                                          "(% of total steps)")
 
-    @field_validator("weight")
-    @classmethod
-    def _weights_in_range(cls, value: Union[float, list[float]]) -> Union[float, list[float]]:
-        return check_control_weights(value)  # InvokeAI's validate_weights: -1..2
-
-    @model_validator(mode="after")
-    def _begin_before_end(self) -> "FluxIPAdapterInvocation":
-        check_step_range(self.begin_step_percent, self.end_step_percent)
-        return self
 
     def invoke(self, context: "InvocationContext") -> IPAdapterOutput:
         from invokeai_provider.models.image_encoders.clip_vision import ClipVisionError, find_clip_vision

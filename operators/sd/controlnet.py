@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from pydantic import field_validator, model_validator
-
 from invokeai_provider.core.fields import (
     CONTROLNET_MODE_VALUES,
     CONTROLNET_RESIZE_VALUES,
@@ -24,7 +22,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
-from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
+from invokeai_provider.operators.core.controlnet import WeightedStepRange
 from invokeai_provider.operators.core.models import check_model
 
 if TYPE_CHECKING:
@@ -42,8 +40,10 @@ class ControlOutput(BaseInvocationOutput):
 
 @invocation("controlnet", title="ControlNet - SD1.5, SD2, SDXL", tags=["controlnet"], category="conditioning",
             version="1.1.3")
-class ControlNetInvocation(BaseInvocation):
+class ControlNetInvocation(BaseInvocation, WeightedStepRange):
     """Collects ControlNet info to pass to other nodes"""
+
+    WEIGHT_FIELD = "control_weight"
 
     image: ImageField = InputField(description="The control image")
     control_model: ModelIdentifierField = InputField(description="ControlNet model to load",
@@ -58,15 +58,6 @@ class ControlNetInvocation(BaseInvocation):
     control_mode: CONTROLNET_MODE_VALUES = InputField(default="balanced", description="The control mode used")
     resize_mode: CONTROLNET_RESIZE_VALUES = InputField(default="just_resize", description="The resize mode used")
 
-    @field_validator("control_weight")
-    @classmethod
-    def _weights_in_range(cls, value: Union[float, list[float]]) -> Union[float, list[float]]:
-        return check_control_weights(value)
-
-    @model_validator(mode="after")
-    def _begin_before_end(self) -> "ControlNetInvocation":
-        check_step_range(self.begin_step_percent, self.end_step_percent)
-        return self
 
     def invoke(self, context: "InvocationContext") -> ControlOutput:
         check_model(self, "control_model", self.control_model, context, ModelType.ControlNet, SD_BASES)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from pydantic import field_validator, model_validator
-
 from invokeai_provider.core.fields import CONTROLNET_RESIZE_VALUES, ImageField, ModelIdentifierField, T2IAdapterField
 from invokeai_provider.core.invocation import (
     BaseInvocation,
@@ -18,7 +16,7 @@ from invokeai_provider.core.invocation import (
     invocation_output,
 )
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
-from invokeai_provider.operators.core.controlnet import check_control_weights, check_step_range
+from invokeai_provider.operators.core.controlnet import WeightedStepRange
 from invokeai_provider.operators.core.models import check_model
 
 if TYPE_CHECKING:
@@ -34,7 +32,7 @@ class T2IAdapterOutput(BaseInvocationOutput):
 
 @invocation("t2i_adapter", title="T2I-Adapter - SD1.5, SDXL", tags=["t2i_adapter", "control"],
             category="conditioning", version="1.0.4")
-class T2IAdapterInvocation(BaseInvocation):
+class T2IAdapterInvocation(BaseInvocation, WeightedStepRange):
     """Collects T2I-Adapter info to pass to other nodes."""
 
     image: ImageField = InputField(description="The IP-Adapter image prompt.")
@@ -52,15 +50,6 @@ class T2IAdapterInvocation(BaseInvocation):
                                                        "to the T2I-Adapter input image so that it matches the target "
                                                        "output size.")
 
-    @field_validator("weight")
-    @classmethod
-    def _weights_in_range(cls, value: Union[float, list[float]]) -> Union[float, list[float]]:
-        return check_control_weights(value)
-
-    @model_validator(mode="after")
-    def _begin_before_end(self) -> "T2IAdapterInvocation":
-        check_step_range(self.begin_step_percent, self.end_step_percent)
-        return self
 
     def invoke(self, context: "InvocationContext") -> T2IAdapterOutput:
         check_model(self, "t2i_adapter_model", self.t2i_adapter_model, context, ModelType.T2IAdapter, T2I_BASES)

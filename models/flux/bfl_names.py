@@ -6,6 +6,9 @@ single block's ``linear1`` is those three and ``proj_mlp``, their rows in that o
 
 from __future__ import annotations
 
+import re
+from typing import Iterable
+
 # in double block i (``double_blocks.i.`` -> ``transformer_blocks.i.``): BFL layer -> the diffusers layers it holds
 DOUBLE_BLOCK: dict[str, tuple[str, ...]] = {
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
@@ -46,3 +49,8 @@ TOP_LEVEL: dict[str, str] = {
 }
 # BFL's rows (shift, scale) are diffusers' (scale, shift) here: the halves of the output rows swap
 SWAPPED_HALVES = frozenset({"final_layer.adaLN_modulation.1"})
+
+
+def block_count(keys: Iterable[str], blocks: str) -> int:
+    """How many blocks named ``<blocks>.<i>.`` a state dict's keys have (a config read from the weights)."""
+    return len({m.group(1) for key in keys if (m := re.match(rf"{blocks}\.(\d+)\.", key))})

@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
+from invokeai_provider.models.flux.bfl_names import block_count
+
 if TYPE_CHECKING:
     import torch
 
@@ -48,10 +50,6 @@ def transformer_only(state: Mapping[str, _V]) -> dict[str, _V]:
     return dict(state)
 
 
-def _count(keys: Any, blocks: str) -> int:
-    return len({m.group(1) for key in keys if (m := re.match(rf"{blocks}\.(\d+)\.", key))})
-
-
 def transformer_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """``FluxTransformer2DModel`` arguments from bare BFL names' shapes (what a config.json on the hub would say)."""
     missing = [key for key in NEEDED if key not in shapes]
@@ -66,7 +64,7 @@ def transformer_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     if mlp != MLP_RATIO * inner:
         raise BflTransformerError(f"an MLP {mlp} wide for a {inner}-wide transformer; FLUX.1's is {MLP_RATIO}x")
     return dict(patch_size=1, in_channels=int(in_channels), out_channels=int(shapes["final_layer.linear.weight"][0]),
-                num_layers=_count(shapes, "double_blocks"), num_single_layers=_count(shapes, "single_blocks"),
+                num_layers=block_count(shapes, "double_blocks"), num_single_layers=block_count(shapes, "single_blocks"),
                 attention_head_dim=int(head), num_attention_heads=int(inner) // int(head),
                 joint_attention_dim=int(shapes["txt_in.weight"][1]),
                 pooled_projection_dim=int(shapes["vector_in.in_layer.weight"][1]),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
@@ -49,16 +48,16 @@ def controlnet_kind(keys: Iterable[str]) -> Optional[str]:
 
 def _config_from_weights(state: dict[str, "torch.Tensor"]) -> dict[str, Any]:
     """A ``FluxControlNetModel`` config read from an InstantX single file's shapes."""
-    def count(prefix: str) -> int:
-        return len({m.group(1) for k in state if (m := re.match(rf"{prefix}\.(\d+)\.", k))})
+    from invokeai_provider.models.flux.bfl_names import block_count
 
     inner, in_channels = state["x_embedder.weight"].shape
-    head = state["transformer_blocks.0.attn.norm_q.weight"].shape[0] if count("transformer_blocks") else 128
+    norm = state.get("transformer_blocks.0.attn.norm_q.weight")
+    head = norm.shape[0] if norm is not None else 128
     if head != 128:
         raise ControlNetLoadError(f"attention heads {head} wide; a single-file FLUX ControlNet needs FLUX.1's 128 "
                                   "(other widths need a diffusers folder with its config.json)")
-    config = {"in_channels": int(in_channels), "num_layers": count("transformer_blocks"),
-              "num_single_layers": count("single_transformer_blocks"), "attention_head_dim": int(head),
+    config = {"in_channels": int(in_channels), "num_layers": block_count(state, "transformer_blocks"),
+              "num_single_layers": block_count(state, "single_transformer_blocks"), "attention_head_dim": int(head),
               "num_attention_heads": int(inner) // int(head),
               "joint_attention_dim": int(state["context_embedder.weight"].shape[1]),
               "pooled_projection_dim": int(state["time_text_embed.text_embedder.linear_1.weight"].shape[1]),

@@ -14,7 +14,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from invokeai_provider.models.flux.bfl_names import DOUBLE_BLOCK, DOUBLE_BLOCK_NORMS, TOP_LEVEL
+from invokeai_provider.models.flux.bfl_names import DOUBLE_BLOCK, DOUBLE_BLOCK_NORMS, TOP_LEVEL, block_count
 from invokeai_provider.models.flux.controlnet import FLUX_ROPE_AXES, ControlNetLoadError
 
 if TYPE_CHECKING:
@@ -34,10 +34,6 @@ _HINT = {0: "conv_in", 2: "blocks.0", 4: "blocks.1", 6: "blocks.2", 8: "blocks.3
 _HINT_WIDTH = 16  # diffusers builds the hint encoder 16 channels wide throughout, as XLabs' is
 
 
-def _block_count(state: dict[str, Any], prefix: str) -> int:
-    return len({m.group(1) for k in state if (m := re.match(rf"{prefix}\.(\d+)\.", k))})
-
-
 def xlabs_config(state: dict[str, "torch.Tensor"]) -> dict[str, Any]:
     """A ``FluxControlNetModel`` config read from an XLabs file's shapes."""
     try:
@@ -45,7 +41,7 @@ def xlabs_config(state: dict[str, "torch.Tensor"]) -> dict[str, Any]:
         head = int(state["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0])
         hint_out = int(state[f"input_hint_block.{max(_HINT)}.weight"].shape[0])
         hint_widths = {int(state[f"input_hint_block.{i}.weight"].shape[0]) for i in _HINT if i != max(_HINT)}
-        config = {"in_channels": int(in_channels), "num_layers": _block_count(state, "double_blocks"),
+        config = {"in_channels": int(in_channels), "num_layers": block_count(state, "double_blocks"),
                   "num_single_layers": 0, "attention_head_dim": head, "num_attention_heads": int(inner) // head,
                   "joint_attention_dim": int(state["txt_in.weight"].shape[1]),
                   "pooled_projection_dim": int(state["vector_in.in_layer.weight"].shape[1]),

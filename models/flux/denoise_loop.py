@@ -128,21 +128,33 @@ def run_batch(transformer: Any, jobs: list[FluxDenoiseJob],
     blocks = (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks))
     use_guidance = bool(transformer.config.guidance_embeds)
 
+    fixed: dict[tuple[Any, ...], tuple["torch.Tensor", ...]] = {}  # per (sign, active images): built once
+
+    def constants(active: list[_Image], sign: str) -> tuple["torch.Tensor", ...]:
+        """What does not change between steps while the same images run: conditioning, extra tokens, ids."""
+        key = (sign, *map(id, active))
+        if key not in fixed:
+            t5 = torch.cat([image.conditioning[sign][0] for image in active])
+            fixed[key] = (t5, torch.cat([image.conditioning[sign][1] for image in active]),
+                          torch.zeros(t5.shape[1], 3, device=device, dtype=dtype),
+                          torch.cat([image.extra for image in active]) if first.channel_condition is not None
+                          else None,
+                          torch.cat([image.reference for image in active]) if first.reference_tokens is not None
+                          else None)
+        return fixed[key]
+
     def predict(active: list[_Image], sign: str, t_curr: float, step: int, ip: Any) -> "torch.Tensor":
         tokens = torch.cat([image.tokens for image in active])
-        t5 = torch.cat([image.conditioning[sign][0] for image in active])
-        clip = torch.cat([image.conditioning[sign][1] for image in active])
+        t5, clip, txt_ids, extra_tokens, references = constants(active, sign)
         t = torch.full((len(active),), t_curr, device=device, dtype=dtype)
-        txt_ids = torch.zeros(t5.shape[1], 3, device=device, dtype=dtype)
         double = single = None
         if sign == "positive" and first.controls:  # the ControlNets act on the positive prediction only
             double, single = control_residuals(first.controls, step, total, tokens=tokens, timestep=t,
                                                guidance=first.guidance, t5=t5, clip=clip, txt_ids=txt_ids,
                                                img_ids=img_ids, blocks=blocks)
-        hidden = tokens if first.channel_condition is None else \
-            torch.cat([tokens, torch.cat([image.extra for image in active])], dim=-1)
-        if first.reference_tokens is not None:
-            hidden = torch.cat([hidden, torch.cat([image.reference for image in active])], dim=1)
+        hidden = tokens if extra_tokens is None else torch.cat([tokens, extra_tokens], dim=-1)
+        if references is not None:
+            hidden = torch.cat([hidden, references], dim=1)
             # the ControlNets steer the image's own tokens, not Kontext's (InvokeAI fails on a shape mismatch here)
             extra = first.reference_tokens.shape[1]
             double, single = (_pad_tokens(r, extra) for r in (double, single))

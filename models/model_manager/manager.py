@@ -211,7 +211,7 @@ class ModelManager:
 
                 with self.registry.local_model(config) as local:
                     return load_controlnet(local.path, self.dtype_for(config))
-            if config.type is ModelType.ControlNet:  # SD1/SD2/SDXL, a diffusers folder
+            if config.type is ModelType.ControlNet:  # SD1/SD2/SDXL, a diffusers folder or a single file
                 return self._load_sd_controlnet(config)
             if config.type is ModelType.T2IAdapter:
                 from diffusers import T2IAdapter
@@ -230,6 +230,11 @@ class ModelManager:
 
                 with self.registry.local_model(config) as local:
                     return load_ip_adapter(local.path, self.dtype_for(config))
+            if config.type is ModelType.IPAdapter:  # SD1/SD2/SDXL: InvokeAI's folder or the original single file
+                from invokeai_provider.models.stable_diffusion.ip_adapter import load_ip_adapter as load_sd_ip_adapter
+
+                with self.registry.local_model(config) as local:
+                    return load_sd_ip_adapter(local.path, self.dtype)
             if config.type is ModelType.SpandrelImageToImage:
                 from invokeai_provider.models.upscalers import spandrel as spandrel_model
                 with self.registry.local_model(config) as local:
@@ -249,11 +254,18 @@ class ModelManager:
     def _load_sd_controlnet(self, config: ModelConfig) -> Any:
         from diffusers import ControlNetModel
 
-        if config.format is not ModelFormat.Diffusers:
-            raise ModelLoadError(f"ControlNet {config.name!r} is a single-file checkpoint; SD ControlNets load from "
-                                 "diffusers folders here (install the model's diffusers folder)")
         with self.registry.local_model(config) as local:
-            return ControlNetModel.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
+            if config.format is ModelFormat.Diffusers:
+                return ControlNetModel.from_pretrained(local.path, local_files_only=True, torch_dtype=self.dtype).eval()
+            from invokeai_provider.models.stable_diffusion.controlnet_checkpoint import (
+                ControlNetCheckpointError,
+                load_controlnet_checkpoint,
+            )
+
+            try:  # the config from the weights, or from the --config folder given at install
+                return load_controlnet_checkpoint(local.path, config.base.value, self.dtype, local.config_path)
+            except ControlNetCheckpointError as error:
+                raise ModelLoadError(f"ControlNet {config.name!r} ({config.key}): {error}") from None
 
     def _load_redux_part(self, config: ModelConfig) -> Any:
         """FLUX Redux's models: SigLIP (vision tower and image processor) or the Redux embedder. InvokeAI runs the

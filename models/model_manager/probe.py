@@ -31,6 +31,7 @@ from invokeai_provider.models.flux.ip_adapter import is_xlabs_ip_adapter
 from invokeai_provider.models.flux.lora_conversion import flux_lora_format
 from invokeai_provider.models.flux.redux import SIGLIP_PROCESSOR_FILE, folder_siglip_class, is_redux
 from invokeai_provider.models.model_manager.configs import ModelFormat
+from invokeai_provider.models.stable_diffusion import ip_adapter as sd_ip_adapter
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -76,6 +77,7 @@ class ProbeResult:
     variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
+    image_encoder_model_id: Optional[str] = None  # an InvokeAI-format IP-Adapter's image_encoder.txt
 
 
 # --- reading tensor shapes ----------------------------------------------------------------------------
@@ -202,21 +204,33 @@ def _probe_main_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> Pr
     return ProbeResult(ModelType.Main, ModelFormat.Checkpoint, base, variant, prediction)
 
 
+def _lora_input_width(key: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> Optional[int]:
+    """The input width of the layer whose down-side factor ``key`` is: a LoRA/LoHa down matrix's or a full ``diff``'s
+    second dimension, or a LoKr's ``w1`` input width times its ``w2``'s; None for other keys."""
+    if len(shape) < 2:
+        return None
+    if key.endswith(("lora_down.weight", "lora.down.weight", "lora_A.weight", "hada_w1_b", "hada_w2_b", ".diff")):
+        return shape[1]
+    if key.endswith((".lokr_w1", ".lokr_w1_b")):
+        stem = key.rsplit(".", 1)[0]
+        w2 = shapes.get(f"{stem}.lokr_w2") or shapes.get(f"{stem}.lokr_w2_b")
+        return shape[1] * w2[1] if w2 is not None and len(w2) >= 2 else None
+    return None
+
+
 def _lora_token_length(shapes: dict[str, tuple[int, ...]]) -> Optional[int]:
     """The text-embedding width a LoRA's cross-attention or text-encoder layers take (as InvokeAI reads it)."""
     length = None
     for key, shape in shapes.items():
-        if len(shape) < 2:
-            continue
-        down = key.endswith(("lora_down.weight", "lora.down.weight", "lora_A.weight", "hada_w1_b", "hada_w2_b"))
-        if not down:
+        width = _lora_input_width(key, shape, shapes)
+        if width is None:
             continue
         if any(part in key for part in ("attn2_to_k", "attn2_to_v", "attn2.to_k", "attn2.to_v")):
-            length = shape[1]
+            length = width
         elif key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te1.", "te2.")):
             return 2048
         elif (key.startswith("lora_te_") or key.startswith("text_encoder.")) and ("self_attn" in key) and length is None:
-            length = shape[1]
+            length = width
     return length
 
 
@@ -254,6 +268,22 @@ def _probe_embedding(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional
     return ProbeResult(ModelType.TextualInversion, ModelFormat.EmbeddingFile, base)
 
 
+def _probe_sd_controlnet(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    """An SD1/SD2/SDXL ControlNet file (InvokeAI's key prefixes; base from its cross-attention width)."""
+    from invokeai_provider.models.stable_diffusion import controlnet_checkpoint as checkpoint
+
+    if not checkpoint.looks_like_controlnet(shapes):
+        return None
+    reason = checkpoint.refusal(shapes)
+    if reason:
+        raise ProbeError(f"{path}: {reason}")
+    base = checkpoint.checkpoint_base(shapes)
+    if base is None:
+        raise ProbeError(f"{path}: looks like a ControlNet, but its cross-attention context width "
+                         f"{checkpoint.context_width(shapes)} is not SD1's (768), SD2's (1024) or SDXL's (2048, 1280)")
+    return ProbeResult(ModelType.ControlNet, ModelFormat.Checkpoint, BaseModelType(base))
+
+
 def _vae_base_from_name(name: str) -> BaseModelType:
     if re.search("xl", name, re.IGNORECASE):
         return BaseModelType.StableDiffusionXL
@@ -279,9 +309,11 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
         return ProbeResult(ModelType.FluxRedux, ModelFormat.Checkpoint, BaseModelType.Flux)
     if is_xlabs_ip_adapter(shapes):  # XLabs' FLUX IP-Adapter (InvokeAI's IPAdapter_Checkpoint_FLUX_Config test)
         return ProbeResult(ModelType.IPAdapter, ModelFormat.Checkpoint, BaseModelType.Flux)
+    if sd_ip_adapter.is_ip_adapter_state(shapes):  # Tencent's single file, SD1/SD2/SDXL
+        return _probe_sd_ip_adapter(path, shapes, ModelFormat.Checkpoint)
     if flux:  # after the FLUX add-ons above, some of which carry double-block keys too (InvokeAI's order)
         return probe_parts.probe_flux_checkpoint(path, shapes)
-    for probe in (_probe_lora, _probe_embedding):
+    for probe in (_probe_sd_controlnet, _probe_lora, _probe_embedding):
         result = probe(path, shapes)
         if result is not None:
             return result
@@ -342,6 +374,17 @@ def _probe_siglip(path: Path) -> ProbeResult:
     return ProbeResult(ModelType.SigLIP, ModelFormat.Diffusers, BaseModelType.Any, repo_variant=_repo_variant(path))
 
 
+def _probe_sd_ip_adapter(path: Path, shapes: dict[str, tuple[int, ...]], format: ModelFormat,
+                         encoder: Optional[str] = None) -> ProbeResult:
+    try:
+        base = sd_ip_adapter.ip_adapter_base(shapes, path.name)
+        sd_ip_adapter.ip_adapter_kind((k[len("image_proj."):] for k in shapes if k.startswith("image_proj.")),
+                                      path.name)
+    except sd_ip_adapter.IPAdapterError as exc:
+        raise ProbeError(str(exc)) from None
+    return ProbeResult(ModelType.IPAdapter, format, BaseModelType(base), image_encoder_model_id=encoder)
+
+
 def probe_folder(path: Path) -> ProbeResult:
     index = path / "model_index.json"
     if index.is_file():
@@ -364,6 +407,9 @@ def probe_folder(path: Path) -> ProbeResult:
                            SchedulerPredictionType(prediction), _repo_variant(path))
     from invokeai_provider.models.model_manager import probe_parts
 
+    if (path / sd_ip_adapter.INVOKEAI_WEIGHTS).is_file():  # InvokeAI's IP-Adapter folder (its own pickle, scanned)
+        return _probe_sd_ip_adapter(path, pickle_shapes(path / sd_ip_adapter.INVOKEAI_WEIGHTS), ModelFormat.InvokeAI,
+                                    sd_ip_adapter.encoder_model_id(path))
     if is_clip_vision_folder(path):  # an IP-Adapter's image encoder (CLIPVisionModelWithProjection)
         return ProbeResult(ModelType.CLIPVision, ModelFormat.Diffusers, BaseModelType.Any,
                            repo_variant=_repo_variant(path))
@@ -385,6 +431,10 @@ def probe_folder(path: Path) -> ProbeResult:
                              f"({', '.join(bases)})")
         return ProbeResult(ModelType.T2IAdapter, ModelFormat.Diffusers, bases[adapter_type],
                            repo_variant=_repo_variant(path))
+    if config.is_file() and _read_json(config).get("_class_name") in ("ControlNetUnionModel", "ControlNetModel_Union"):
+        raise ProbeError(f"{path}: a union ControlNet ({_read_json(config)['_class_name']}); InvokeAI 6.11 identifies "
+                         "only ControlNetModel folders, and its controlnet node has no control type to give a union "
+                         "model; install a ControlNetModel folder")
     if config.is_file() and _read_json(config).get("_class_name") == "ControlNetModel":  # SD1/SD2/SDXL
         width = _read_json(config).get("cross_attention_dim")
         if width not in CROSS_ATTENTION_BASE:

@@ -57,6 +57,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "controlnet.openpose",
     "controlnet.mediapipe_face",
     "image.pbr_maps",
+    "image.faces",
     "upscale.esrgan",
     "upscale.spandrel",
 )

@@ -45,6 +45,8 @@ FAMILIES: dict[str, set[str]] = {
         "lineart_edge_detection", "mediapipe_face_detection", "mlsd_detection", "normal_map", "pbr_maps",
         "pidi_edge_detection"},
     "ControlNet / IP-Adapter / T2I-Adapter (SD-family conditioning)": {"controlnet", "ip_adapter", "t2i_adapter"},
+    "Segmentation / face": {"face_identifier", "face_mask_detection", "face_off", "grounding_dino",
+                            "segment_anything"},
     "FLUX.1": {
         "flux_control_lora_loader", "flux_controlnet", "flux_denoise", "flux_denoise_meta", "flux_fill",
         "flux_ip_adapter", "flux_kontext", "flux_kontext_image_prep", "flux_lora_collection_loader",

@@ -169,8 +169,8 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
         table[ModelType.TextualInversion, base] = TinyModel(ModelType.TextualInversion, base, _embedding,
                                                             ".safetensors")
         table[ModelType.ControlNet, base] = TinyModel(ModelType.ControlNet, base, _sd_controlnet)
-    table[ModelType.T2IAdapter, BaseModelType.StableDiffusion1] = TinyModel(
-        ModelType.T2IAdapter, BaseModelType.StableDiffusion1, _sd_t2i_adapter)
+    for base in (BaseModelType.StableDiffusion1, BaseModelType.StableDiffusionXL):  # InvokeAI's T2I-Adapter bases
+        table[ModelType.T2IAdapter, base] = TinyModel(ModelType.T2IAdapter, base, _sd_t2i_adapter)
     table[ModelType.Main, BaseModelType.Flux] = TinyModel(ModelType.Main, BaseModelType.Flux, _flux_main)
     flux_main = "tiny-flux"  # default_name of the FLUX main
     table[ModelType.VAE, BaseModelType.Flux] = TinyModel(ModelType.VAE, BaseModelType.Flux, _flux_vae, ".safetensors",

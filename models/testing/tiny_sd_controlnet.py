@@ -1,8 +1,8 @@
 """Tiny random-weight SD control models that fit the tiny UNets of `invokeai_provider.models.testing.tiny`:
 ControlNets (diffusers' ``ControlNetModel``) for SD1/SD2/SDXL, with the same down blocks, widths and
 cross-attention width, so their residuals add onto those UNets' blocks (the control image encoded at the real 8x
-downscale); and an SD1 T2I-Adapter (diffusers' ``T2IAdapter``, the full adapter) whose four feature levels have the
-tiny SD1 UNet's four down-block widths.
+downscale); and SD1/SDXL T2I-Adapters (diffusers' ``T2IAdapter``, ``full_adapter`` / ``full_adapter_xl``) whose
+feature levels have the widths of the tiny UNet's blocks they are added to.
 
 A ControlNet can also be written as one file in lllyasviel's original key layout (``control_model.`` prefix, or
 none) or with diffusers' names (`write_controlnet_file`), the way ControlNets are distributed outside diffusers."""
@@ -94,14 +94,20 @@ def build_sd_controlnet_file(base: str, dest: Path, *, seed: int = 0, layout: Fi
 
 
 def sd_t2i_adapter(base: str = "sd-1", *, seed: int = 0) -> Any:
-    """A full T2I-Adapter for the tiny SD1 UNet (features at 1/8 to 1/64 of the image, its block widths)."""
+    """A full T2I-Adapter for the tiny ``base`` UNet. SD1 (``full_adapter``): features at 1/8 to 1/64 of the image,
+    the four down-block widths. SDXL (``full_adapter_xl``): features at 1/16, 1/16, 1/32 and 1/32 of the image,
+    widths of the three down blocks and the mid block, where the UNet adds them."""
     from diffusers import T2IAdapter
 
-    if base != "sd-1":
-        raise ValueError(f"no tiny T2I-Adapter for base {base!r}; expected sd-1")
+    if base not in ("sd-1", "sdxl"):
+        raise ValueError(f"no tiny T2I-Adapter for base {base!r}; expected sd-1 or sdxl")
     widths = list(_SPECS[base].unet["block_out_channels"])
-    return _construct(lambda: T2IAdapter(in_channels=3, channels=widths, num_res_blocks=1, downscale_factor=8,
-                                         adapter_type="full_adapter"), materialize=True, seed=seed,
+    if base == "sdxl":
+        kind, channels, downscale = "full_adapter_xl", [*widths, widths[-1]], 16
+    else:
+        kind, channels, downscale = "full_adapter", widths, 8
+    return _construct(lambda: T2IAdapter(in_channels=3, channels=channels, num_res_blocks=1,
+                                         downscale_factor=downscale, adapter_type=kind), materialize=True, seed=seed,
                       tag=f"{base}/t2i_adapter")
 
 

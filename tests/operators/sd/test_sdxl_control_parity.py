@@ -1,0 +1,103 @@
+"""SDXL control through InvokeAI's nodes (sdxl_model_loader, two sdxl_compel_prompt, noise, controlnet /
+t2i_adapter, denoise_latents, l2i) against diffusers' SDXL pipelines with the same tiny weights, prompt, noise,
+control image, schedule and size conditioning.
+
+The prompts are InvokeAI's defaults: the positive names the generation's size as its original and target size, the
+empty negative keeps InvokeAI's 1024x1024 (diffusers' ``negative_original_size`` / ``negative_target_size``) and is
+zeros, as SDXL's ``force_zeros_for_empty_prompt`` makes diffusers' too. InvokeAI starts from noise times the first
+sigma; diffusers scales its latents by ``init_noise_sigma``, so it is handed ``noise * sigma_0 / init_noise_sigma``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import edge, put_image
+from invokeai_provider.graph.engine import run_graph
+from invokeai_provider.graph.graph import Graph
+from invokeai_provider.models.model_manager.binding import bind_model_fields
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
+
+PROMPT, SEED, STEPS, SIZE, CFG = "a red cat", 7, 4, 64, 7.5
+TOLERANCE = 1  # 8-bit levels; see each test for what was measured
+
+
+def hint() -> Image.Image:
+    blocks = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(np.kron(blocks, np.ones((8, 8, 1), np.uint8)))
+
+
+def sdxl_graph(extra: Optional[dict[str, Any]] = None, extra_edges: Optional[list[dict[str, Any]]] = None
+               ) -> dict[str, Any]:
+    nodes = {
+        "model": {"type": "sdxl_model_loader", "model": "tiny-sdxl"},
+        "pos": {"type": "sdxl_compel_prompt", "prompt": PROMPT, "target_width": SIZE, "target_height": SIZE,
+                "original_width": SIZE, "original_height": SIZE},
+        "neg": {"type": "sdxl_compel_prompt", "prompt": ""},
+        "noise": {"type": "noise", "seed": SEED, "width": SIZE, "height": SIZE},
+        "denoise": {"type": "denoise_latents", "steps": STEPS, "cfg_scale": CFG, "scheduler": "euler"},
+        "decode": {"type": "l2i"},
+        **(extra or {})}
+    edges = [edge("model", "clip", "pos", "clip"), edge("model", "clip2", "pos", "clip2"),
+             edge("model", "clip", "neg", "clip"), edge("model", "clip2", "neg", "clip2"),
+             edge("model", "unet", "denoise", "unet"), edge("pos", "conditioning", "denoise", "positive_conditioning"),
+             edge("neg", "conditioning", "denoise", "negative_conditioning"), edge("noise", "noise", "denoise", "noise"),
+             edge("denoise", "latents", "decode", "latents"), edge("model", "vae", "decode", "vae"),
+             *(extra_edges or [])]
+    return {"id": "xl", "nodes": {k: {"id": k, **v} for k, v in nodes.items()}, "edges": edges}
+
+
+def graph_image(model_run, tiny_registry, graph: dict[str, Any]) -> np.ndarray:
+    put_image(model_run, "hint.png", hint())
+    [out] = run_graph(Graph.from_dict(bind_model_fields(graph, tiny_registry)), model_run).outputs_of("decode")
+    data = model_run.store.read("images", out.image.image_name)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def pipeline_image(pipe: Any, **kwargs: Any) -> np.ndarray:
+    """The image of a diffusers SDXL pipeline, from the graph's noise, with InvokeAI's size conditioning."""
+    from diffusers import EulerDiscreteScheduler
+
+    from invokeai_provider.operators.sd.latents import generate_noise
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.set_timesteps(STEPS)
+    start = generate_noise("SD", SIZE, SIZE, SEED).float() * pipe.scheduler.sigmas[0] / pipe.scheduler.init_noise_sigma
+    result = pipe(PROMPT, image=hint(), negative_prompt=None, num_inference_steps=STEPS, guidance_scale=CFG,
+                  height=SIZE, width=SIZE, latents=start, original_size=(SIZE, SIZE), target_size=(SIZE, SIZE),
+                  negative_original_size=(1024, 1024), negative_target_size=(1024, 1024), output_type="np", **kwargs)
+    return (result.images[0] * 255).round().astype(int)
+
+
+def test_an_sdxl_t2i_adapter_gives_the_xl_adapter_pipelines_image(model_run, tiny_registry) -> None:
+    """Measured: 0 levels apart (tolerance 1); the plain image is 51 levels away, the pipeline at weight 0.6
+    instead of 0.7 15."""
+    from diffusers import StableDiffusionXLAdapterPipeline, T2IAdapter
+
+    from invokeai_provider.models.model_manager.probe import probe
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    adapter = install_tiny(tiny_registry, "t2i_adapter", "sdxl").config
+    folder = tiny_registry.model_path(adapter)
+    found = probe(folder)
+    assert (found.type.value, found.base.value) == ("t2i_adapter", "sdxl")
+    nodes = {"adapter": {"type": "t2i_adapter", "image": {"image_name": "hint.png"},
+                         "t2i_adapter_model": adapter.identifier(), "weight": 0.7}}
+    mine = graph_image(model_run, tiny_registry,
+                       sdxl_graph(nodes, [edge("adapter", "t2i_adapter", "denoise", "t2i_adapter")]))
+    main = tiny_registry.model_path(tiny_registry.find("tiny-sdxl"))
+    pipe = StableDiffusionXLAdapterPipeline.from_pretrained(main, adapter=T2IAdapter.from_pretrained(folder),
+                                                            local_files_only=True)
+    theirs = pipeline_image(pipe, adapter_conditioning_scale=0.7)
+    difference = np.abs(mine - theirs).max()
+    assert difference <= TOLERANCE, f"the SDXL T2I-Adapter graph differs from the pipeline by {difference} levels"
+    plain = graph_image(model_run, tiny_registry, sdxl_graph())
+    assert np.abs(plain - theirs).max() > 5  # the adapter steers it

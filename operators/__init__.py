@@ -31,6 +31,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.masks",
     "sd.controlnet",
     "sd.t2i_adapter",
+    "sd.ip_adapter",
     "sd.multi_diffusion",
     "flux.model_loader",
     "flux.lora_loaders",

@@ -70,17 +70,39 @@ def is_clip_vision_folder(folder: Path) -> bool:
     return False
 
 
-def find_clip_vision(configs: Iterable[Any], kind: str = "ViT-L") -> Any:
-    """The installed CLIP vision model an IP-Adapter's ``clip_vision_model`` choice means, among model records:
-    InvokeAI's by its starter name, else the only ``clip_vision`` model installed."""
+def _installed(configs: Iterable[Any], names: list[str], source: str) -> Any:
+    """The clip_vision record under the first of ``names`` installed, else the only one (else a ClipVisionError
+    naming ``source`` and ``names[0]``)."""
     from invokeai_provider.core.taxonomy import ModelType
     from invokeai_provider.models.model_manager.starter_models import installed_starter
 
+    configs = list(configs)
+    installed = {c.name for c in configs if c.type is ModelType.CLIPVision}
+    name = next((n for n in names if n in installed), names[0])
+    return installed_starter(configs, ModelType.CLIPVision, name, source, "the IP-Adapter's image encoder",
+                             ClipVisionError)
+
+
+def _repo_name(model_id: str) -> str:
+    return model_id.rstrip("/").split("/")[-1].strip()
+
+
+def find_clip_vision(configs: Iterable[Any], kind: str = "ViT-L") -> Any:
+    """The installed CLIP vision model an IP-Adapter's ``clip_vision_model`` choice means, among model records:
+    InvokeAI's by its starter name (or its repo's name, which InvokeAI's folder format uses), else the only
+    ``clip_vision`` model installed."""
     if kind not in CLIP_VISION_MODELS:
         raise ClipVisionError(f"CLIP vision model {kind!r}: expected one of {', '.join(CLIP_VISION_MODELS)}")
     starter = CLIP_VISION_MODELS[kind]
-    return installed_starter(configs, ModelType.CLIPVision, starter.name, starter.source,
-                             f"the IP-Adapter's {kind} image encoder", ClipVisionError)
+    return _installed(configs, [starter.name, _repo_name(starter.source)], starter.source)
+
+
+def find_named_clip_vision(configs: Iterable[Any], model_id: str) -> Any:
+    """The CLIP vision model an InvokeAI-format IP-Adapter names in ``image_encoder.txt`` (a repo id such as
+    ``InvokeAI/ip_adapter_sd_image_encoder``): installed under the id's last part, as InvokeAI installs it, or under
+    InvokeAI's starter name for that repo; else the only ``clip_vision`` model installed."""
+    starters = [s.name for s in CLIP_VISION_MODELS.values() if s.source == model_id]
+    return _installed(configs, [_repo_name(model_id), *starters], model_id)
 
 
 def load_clip_vision(folder: Path, dtype: "torch.dtype") -> Any:

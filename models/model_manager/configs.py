@@ -31,6 +31,7 @@ class ModelFormat(str, Enum):
     T5Encoder = "t5_encoder"  # InvokeAI's own layout: text_encoder_2/ and tokenizer_2/ in one folder
     BnbQuantizedLlmInt8b = "bnb_quantized_int8b"
     GGUFQuantized = "gguf_quantized"
+    InvokeAI = "invokeai"  # InvokeAI's own IP-Adapter folder: ip_adapter.bin and image_encoder.txt
     Unknown = "unknown"
 
 
@@ -62,6 +63,8 @@ class ModelConfig(BaseModel):
     config_path: Optional[str] = Field(
         default=None, description="For single-file checkpoints: a diffusers folder of the same architecture to build it")
     trigger_phrases: Optional[list[str]] = None
+    image_encoder_model_id: Optional[str] = Field(
+        default=None, description="For IP-Adapters in InvokeAI's folder format: the CLIP vision model it names")
     installed_in_place: bool = Field(default=False, description="Registered where it lies rather than copied")
 
     def identifier(self, submodel_type: Optional[SubModelType] = None) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def install_path(registry: ModelRegistry, path: Path, *, name: Optional[str] = N
         key=key, hash=digest, path=str(stored), file_size=size, name=name or path.stem,
         source=source or str(path), source_type=source_type, type=found.type, format=found.format, base=found.base,
         variant=found.variant, prediction_type=found.prediction_type, repo_variant=found.repo_variant,
-        config_path=recorded_config, installed_in_place=inplace,
+        config_path=recorded_config, installed_in_place=inplace, image_encoder_model_id=found.image_encoder_model_id,
     )
     if not registry.is_remote:
         return registry.add(config)

@@ -5,7 +5,8 @@ pass takes the items' inputs in one batch. So an item comes out the same whether
 others (up to the rounding of batched kernels), and ``run_denoise([item])`` is exactly the unbatched
 path. The GPU runtime batches the denoise nodes of concurrent tasks through this. An item with ControlNets runs
 alone, their residuals added to the UNet's blocks (`invokeai_provider.models.stable_diffusion.controlnet`), as does
-one with T2I-Adapters, their features added inside its down blocks (`.t2i_adapter`).
+one with T2I-Adapters, their features added inside its down blocks (`.t2i_adapter`), and one with IP-Adapters or
+regional prompts, which its UNet's cross-attention layers read (`.cross_attention`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from invokeai_provider.models.stable_diffusion.controlnet import SDControl, control_residuals
+from invokeai_provider.models.stable_diffusion.cross_attention import CrossAttentionState
 from invokeai_provider.models.stable_diffusion.t2i_adapter import SDAdapter, adapter_residuals
 
 if TYPE_CHECKING:
@@ -55,10 +57,13 @@ class DenoiseItem:
     # ControlNets, loaded into the item by ``open_unet``; an item with ControlNets runs alone
     controls: list[SDControl] = field(default_factory=list)
     adapters: list[SDAdapter] = field(default_factory=list)  # T2I-Adapters, their features computed once
-    has_controls: bool = False  # ControlNets or T2I-Adapters: the item runs alone
+    # IP-Adapters and regional prompts, read by the UNet's patched cross-attention layers
+    attention: CrossAttentionState = field(default_factory=CrossAttentionState)
+    has_controls: bool = False  # ControlNets, T2I-Adapters, IP-Adapters or regions: the item runs alone
     # set by start(), on the UNet's device
     latents: Any = field(default=None, repr=False)
     _embeds: Any = field(default=None, repr=False)
+    _encoder_mask: Any = field(default=None, repr=False)  # (2, tokens): 0 on the padding of the shorter half
     _added: dict[str, Any] = field(default_factory=dict, repr=False)
     _extra_channels: Any = field(default=None, repr=False)
     _inpainting_unet: bool = False
@@ -96,7 +101,15 @@ class DenoiseItem:
                 mask < 0.5, 0.0, self.orig_latents)
             # the inpainting UNet takes 1 - mask (InvokeAI's mask keeps where it is 1)
             self._extra_channels = torch.cat([1 - mask, masked.to(device=device, dtype=torch.float32)], 1)
-        self._embeds = torch.cat([self.negative["embeds"], self.positive["embeds"]]).to(device=device, dtype=dtype)
+        halves = [self.negative["embeds"], self.positive["embeds"]]
+        lengths = (halves[0].shape[1], halves[1].shape[1])
+        if lengths[0] != lengths[1]:  # regional prompts, say: the shorter half is padded and its padding hidden
+            longest = max(lengths)
+            halves = [torch.nn.functional.pad(h, (0, 0, 0, longest - h.shape[1])) for h in halves]
+            self._encoder_mask = torch.stack([torch.arange(longest) < n for n in lengths]).to(device=device,
+                                                                                             dtype=dtype)
+        self._embeds = torch.cat(halves).to(device=device, dtype=dtype)
+        self.attention.start(device, dtype, lengths, *self.orig_latents.shape[-2:])
         if "pooled_embeds" in self.positive:
             self._added = {
                 "text_embeds": torch.cat([self.negative["pooled_embeds"], self.positive["pooled_embeds"]]).to(device, dtype),
@@ -166,7 +179,7 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
         conditioning = _batched_conditioning([items[n] for n in active])
         for index, t in enumerate(items[active[0]].timesteps):
             inputs = [items[n].model_input(t) for n in active]
-            embeds, added = conditioning
+            embeds, added, encoder_mask = conditioning
             sample = torch.cat(inputs).to(dtype)
             down = mid = intrablock = None
             first = items[active[0]]
@@ -175,7 +188,10 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
                                               timestep=t, embeds=embeds, added=added)
             if first.adapters:
                 intrablock = adapter_residuals(first.adapters, index, len(first.timesteps))
+            if first.attention.active:  # such an item runs alone too
+                first.attention.set_step(index, len(first.timesteps))
             prediction = unet(sample, t, encoder_hidden_states=embeds, added_cond_kwargs=added or None,
+                              encoder_attention_mask=encoder_mask,
                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
                               down_intrablock_additional_residuals=intrablock).sample.float()
             for number, part in zip(active, prediction.split([len(x) for x in inputs])):
@@ -194,13 +210,20 @@ def run_denoise(items: list[DenoiseItem]) -> list[Outcome]:
     return [outcomes[n] for n in range(len(items))]
 
 
-def _batched_conditioning(items: list[DenoiseItem]) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-    """The items' text embeddings in the order of their UNet inputs: uncond, cond of each item in turn."""
+def _batched_conditioning(items: list[DenoiseItem]
+                          ) -> tuple["torch.Tensor", dict[str, "torch.Tensor"], Optional["torch.Tensor"]]:
+    """The items' text embeddings in the order of their UNet inputs (uncond, cond of each item in turn), and the
+    padding mask when a half was padded."""
     import torch
 
     embeds = torch.cat([item._embeds for item in items])
     added = {name: torch.cat([item._added[name] for item in items]) for name in items[0]._added}
-    return embeds, added
+    mask = None
+    if any(item._encoder_mask is not None for item in items):
+        mask = torch.cat([item._encoder_mask if item._encoder_mask is not None
+                          else torch.ones(item._embeds.shape[:2], device=embeds.device, dtype=embeds.dtype)
+                          for item in items])
+    return embeds, added, mask
 
 
 def denoise_alone(item: DenoiseItem) -> "torch.Tensor":

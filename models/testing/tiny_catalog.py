@@ -118,6 +118,21 @@ def _flux_ip_adapter(base: str, dest: Path, seed: int) -> Path:
     return build_flux_ip_adapter(dest, seed=seed)
 
 
+def _sd_ip_adapter(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_sd_ip_adapter import build_sd_ip_adapter
+
+    return build_sd_ip_adapter(base, dest, seed=seed)  # InvokeAI's folder, naming its encoder
+
+
+def _sd_clip_vision(encoder: str) -> Builder:
+    def build(base: str, dest: Path, seed: int) -> Path:
+        from invokeai_provider.models.testing.tiny_sd_ip_adapter import build_sd_clip_vision
+
+        return build_sd_clip_vision(encoder, dest, seed=seed)
+
+    return build
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -146,6 +161,8 @@ class TinyModel:
     # Under its default name the model takes this model's seed: FLUX's parts are then the tiny FLUX main's own
     # weights, so a graph using them gives the main's image
     weights_of: str = ""
+    # the default name when it is not tiny-<slug>-<type>: an encoder IP-Adapters find by InvokeAI's name for it
+    name: str = ""
 
     def seed(self, name: str) -> int:
         """The seed of the model installed as ``name`` (see `seed_for`)."""
@@ -191,6 +208,13 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                                _flux_ip_adapter, ".safetensors")
     table[ModelType.CLIPVision, BaseModelType.Any] = TinyModel(ModelType.CLIPVision, BaseModelType.Any,
                                                                _clip_vision, slug="flux")
+    # SD IP-Adapters (InvokeAI's folder) and the encoders InvokeAI pairs with them: clip_vision models are base any,
+    # so --base picks the encoder (ViT-H for sd-1, ViT-G for sdxl), installed under the name the adapter asks for
+    for base, encoder, repo_name in ((BaseModelType.StableDiffusion1, "ViT-H", "ip_adapter_sd_image_encoder"),
+                                     (BaseModelType.StableDiffusionXL, "ViT-G", "ip_adapter_sdxl_image_encoder")):
+        table[ModelType.IPAdapter, base] = TinyModel(ModelType.IPAdapter, base, _sd_ip_adapter)
+        table[ModelType.CLIPVision, base] = TinyModel(ModelType.CLIPVision, BaseModelType.Any,
+                                                      _sd_clip_vision(encoder), name=repo_name)
     # InvokeAI's base for standalone T5 and CLIP embed encoders is "any": one encoder serves several families
     table[ModelType.T5Encoder, BaseModelType.Any] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _flux_t5,
                                                               slug="flux", weights_of=flux_main)
@@ -227,8 +251,9 @@ def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None) -
     that type has."""
     model_type = kind if isinstance(kind, ModelType) else resolve_kind(kind)
     bases = [b.value for k, b in TINY_MODELS if k == model_type]
-    if base is None:
-        base = bases[0] if len(bases) == 1 else BaseModelType.StableDiffusion1
+    if base is None:  # the type's only base, else the family-neutral one, else sd-1
+        base = bases[0] if len(bases) == 1 else (BaseModelType.Any if BaseModelType.Any.value in bases
+                                                 else BaseModelType.StableDiffusion1)
     try:
         return TINY_MODELS[model_type, BaseModelType(base)]
     except (KeyError, ValueError):
@@ -242,6 +267,8 @@ def base_slug(base: BaseModelType) -> str:
 
 def default_name(entry: TinyModel) -> str:
     """``tiny-sd15`` for the SD1 main model, ``tiny-sdxl-lora`` for the SDXL LoRA, and so on."""
+    if entry.name:
+        return entry.name
     slug = entry.slug or base_slug(entry.base)
     return f"tiny-{slug}" if entry.type == ModelType.Main else f"tiny-{slug}-{entry.type.value}"
 

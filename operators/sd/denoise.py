@@ -48,14 +48,15 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _load_conditioning(node: BaseInvocation, context: "InvocationContext", field: str,
-                       value: Union[ConditioningField, list[ConditioningField]]) -> dict[str, "torch.Tensor"]:
+def _joined_conditioning(node: BaseInvocation, context: "InvocationContext",
+                         value: Union[ConditioningField, list[ConditioningField]], latent_shape: Any) -> Any:
+    """One CFG half's conditionings, joined as InvokeAI joins regional prompts (one unmasked conditioning is itself)."""
+    from invokeai_provider.models.stable_diffusion.cross_attention import join_conditionings
+
     fields = _as_list(value)
-    if len(fields) != 1 or fields[0].mask is not None:
-        raise GenerationError(f"node {node.id} (denoise_latents): field {field}: regional prompts (several or "
-                              "masked conditionings) are not supported yet; give one unmasked conditioning",
-                              node_id=node.id, field=field)
-    return context.conditioning.load_dict(fields[0].conditioning_name)
+    conditionings = [context.conditioning.load_dict(f.conditioning_name) for f in fields]
+    masks = [context.tensors.load(f.mask.tensor_name) if f.mask is not None else None for f in fields]
+    return join_conditionings(conditionings, masks, latent_shape[-2], latent_shape[-1])
 
 
 def init_timesteps(scheduler: Any, steps: int, denoising_start: float,
@@ -116,10 +117,6 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                                           input=Input.Connection, ui_order=8)
 
     def _refuse_unsupported(self) -> None:
-        for field in ("ip_adapter",):
-            if getattr(self, field):
-                raise GenerationError(f"node {self.id} (denoise_latents): field {field}: not supported yet",
-                                      node_id=self.id, field=field)
         if self.hidiffusion:
             raise GenerationError(f"node {self.id} (denoise_latents): field hidiffusion: not supported yet",
                                   node_id=self.id, field="hidiffusion")
@@ -145,6 +142,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
         a prepared item can wait for others to share its UNet passes without holding the model."""
         import torch
 
+        from invokeai_provider.models.stable_diffusion.cross_attention import CrossAttentionState
         from invokeai_provider.models.stable_diffusion.denoise_loop import DenoiseItem
         from invokeai_provider.models.stable_diffusion.schedulers import make_scheduler
 
@@ -156,8 +154,8 @@ class DenoiseLatentsInvocation(BaseInvocation):
         if noise is not None and noise.shape != latents.shape:
             raise GenerationError(f"node {self.id} (denoise_latents): field noise: shape {tuple(noise.shape)} does "
                                   f"not match latents {tuple(latents.shape)}", node_id=self.id, field="noise")
-        positive = _load_conditioning(self, context, "positive_conditioning", self.positive_conditioning)
-        negative = _load_conditioning(self, context, "negative_conditioning", self.negative_conditioning)
+        positive = _joined_conditioning(self, context, self.positive_conditioning, latents.shape)
+        negative = _joined_conditioning(self, context, self.negative_conditioning, latents.shape)
         with models.load(self.unet.scheduler) as scheduler_config:
             scheduler = make_scheduler(self.scheduler, scheduler_config, seed=seed)
         timesteps, init_timestep = init_timesteps(scheduler, self.steps, self.denoising_start, self.denoising_end)
@@ -174,14 +172,17 @@ class DenoiseLatentsInvocation(BaseInvocation):
                 masked_latents = context.tensors.load(self.denoise_mask.masked_latents_name)
         controls = self._control_images(context, latents.shape, len(timesteps))
         adapters = self._adapters(context, latents.shape, len(timesteps))
+        attention = CrossAttentionState(adapters=self._ip_adapters(context, latents.shape, len(timesteps)))
+        if positive.regions is not None or negative.regions is not None:
+            attention.regions = (negative.regions, positive.regions)
         item = DenoiseItem(
             node_id=self.id, context=context, open_unet=lambda: self._unet(context, item, controls),
             unet_spec=self.unet.model_dump(mode="json", exclude={"scheduler"}), scheduler=scheduler,
             timesteps=timesteps, init_timestep=init_timestep, orig_latents=latents, noise=noise, seed=seed,
-            positive=positive, negative=negative, cfg=[float(c) for c in cfg],
+            positive=positive.tensors, negative=negative.tensors, cfg=[float(c) for c in cfg],
             cfg_rescale_multiplier=self.cfg_rescale_multiplier, mask=mask, masked_latents=masked_latents,
-            gradient=bool(self.denoise_mask and self.denoise_mask.gradient), adapters=adapters,
-            has_controls=bool(controls or adapters))
+            gradient=bool(self.denoise_mask and self.denoise_mask.gradient), adapters=adapters, attention=attention,
+            has_controls=bool(controls or adapters or attention.active))
         return item
 
     def _adapters(self, context: "InvocationContext", latent_shape: Any, steps: int) -> list[Any]:
@@ -210,6 +211,37 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                       begin_step_percent=field.begin_step_percent,
                                       end_step_percent=field.end_step_percent))
         return adapters
+
+    def _ip_adapters(self, context: "InvocationContext", latent_shape: Any, steps: int) -> list[Any]:
+        """Each IP-Adapter's image tokens, computed once before the loop (adapter and encoder are released); the
+        adapter loads again with the UNet for its attention weights."""
+        from invokeai_provider.models.stable_diffusion.cross_attention import IPAdapterUse, latent_mask
+        from invokeai_provider.models.stable_diffusion.ip_adapter import IPAdapterError, image_prompt
+        from invokeai_provider.operators.core.models import check_model
+
+        fields = _as_list(self.ip_adapter) if self.ip_adapter else []
+        models = model_service(self, context, "unet")
+        base = models.get_config(self.unet.unet).base if fields else None
+        uses = []
+        for field in fields:
+            check_model(self, "ip_adapter", field.ip_adapter_model, context, ModelType.IPAdapter, (base,))
+            check_model(self, "ip_adapter", field.image_encoder_model, context, ModelType.CLIPVision)
+            if isinstance(field.weight, list) and len(field.weight) != steps:
+                raise GenerationError(f"node {self.id} (denoise_latents): field ip_adapter: a list of "
+                                      f"{len(field.weight)} weights for {steps} steps", node_id=self.id,
+                                      field="ip_adapter")
+            images = [context.images.get_pil(image.image_name, mode="RGB") for image in _as_list(field.image)]
+            mask = context.tensors.load(field.mask.tensor_name) if field.mask is not None else None
+            with models.load(field.ip_adapter_model) as adapter, models.load(field.image_encoder_model) as encoder:
+                try:
+                    prompt = image_prompt(adapter, encoder, images)
+                except IPAdapterError as exc:
+                    raise GenerationError(f"node {self.id} (denoise_latents): field ip_adapter: {exc}",
+                                          node_id=self.id, field="ip_adapter") from None
+            uses.append(IPAdapterUse(prompt=prompt, weight=field.weight, begin_step_percent=field.begin_step_percent,
+                                     end_step_percent=field.end_step_percent, target_blocks=list(field.target_blocks),
+                                     method=field.method, mask=latent_mask(mask, *latent_shape[-2:])))
+        return uses
 
     def _control_images(self, context: "InvocationContext", latent_shape: Any, steps: int
                         ) -> list[tuple[ControlField, Any]]:
@@ -240,6 +272,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
         import torch
 
         from invokeai_provider.models.stable_diffusion.controlnet import SDControl
+        from invokeai_provider.models.stable_diffusion.cross_attention import CrossAttentionError, cross_attention_patched
         from invokeai_provider.models.stable_diffusion.extensions import freeu, seamless
 
         models = model_service(self, context, "unet")
@@ -249,7 +282,14 @@ class DenoiseLatentsInvocation(BaseInvocation):
                                        weight=field.control_weight, begin_step_percent=field.begin_step_percent,
                                        end_step_percent=field.end_step_percent, mode=field.control_mode)
                              for field, image in controls]
-            with models.load(self.unet.unet) as unet, \
-                    lora_patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
+            for use, field in zip(item.attention.adapters, _as_list(self.ip_adapter) if self.ip_adapter else []):
+                use.model = stack.enter_context(models.load(field.ip_adapter_model))
+            unet = stack.enter_context(models.load(self.unet.unet))
+            try:
+                stack.enter_context(cross_attention_patched(unet, item.attention))
+            except CrossAttentionError as exc:
+                raise GenerationError(f"node {self.id} (denoise_latents): field ip_adapter: {exc}", node_id=self.id,
+                                      field="ip_adapter") from None
+            with lora_patched(self, context, "unet", unet, self.unet.loras, "unet", base), \
                     seamless(unet, self.unet.seamless_axes), freeu(unet, self.unet.freeu_config), torch.no_grad():
                 yield unet

@@ -86,12 +86,15 @@ class DenoiseItem:
         import torch
 
         self.orig_latents = self.orig_latents.to(device=device, dtype=torch.float32)
-        if self.noise is None:
+        noised = self.noise is not None
+        if not noised:
+            # InvokeAI: latents without noise are already noised (the SDXL refiner's), and start as they are; a mask
+            # still blends in noise, made from the seed
             generator = torch.Generator(device="cpu").manual_seed(self.seed)
             self.noise = torch.randn(self.orig_latents.shape, generator=generator, dtype=torch.float32)
         self.noise = self.noise.to(device=device, dtype=torch.float32)
-        self.latents = self.scheduler.add_noise(self.orig_latents, self.noise,
-                                                self.init_timestep.expand(self.orig_latents.shape[0]))
+        self.latents = self.scheduler.add_noise(self.orig_latents, self.noise, self.init_timestep.expand(
+            self.orig_latents.shape[0])) if noised else self.orig_latents.clone()
         self._inpainting_unet = unet.config.in_channels == 9
         if self.mask is not None:
             self.mask = self.mask.to(device)

@@ -63,12 +63,11 @@ def region_weight(tile: "Tile", device: Any) -> "torch.Tensor":
 
 
 def multi_diffusion_denoise(unet: Any, items: Sequence["DenoiseItem"], tiles: Sequence["Tile"],
-                            latents_shape: Sequence[int], context: "InvocationContext",
-                            add_noise: bool = True) -> "torch.Tensor":
+                            latents_shape: Sequence[int], context: "InvocationContext") -> "torch.Tensor":
     """Denoises the tiles' items together as one image of ``latents_shape``; returns its latents on the CPU.
 
-    The items share one timestep schedule. Without ``add_noise`` the latents start as given (already noised, as
-    for a refiner), as InvokeAI does when no noise is connected. The items' ControlNets (``item.controls``) must
+    The items share one timestep schedule. Items without noise start from their latents as given (already noised,
+    as for a refiner), as InvokeAI does when no noise is connected. The items' ControlNets (``item.controls``) must
     be loaded, with their images cropped to the tile.
     """
     import torch
@@ -76,8 +75,6 @@ def multi_diffusion_denoise(unet: Any, items: Sequence["DenoiseItem"], tiles: Se
     device, dtype = unet.device, unet.dtype
     for item in items:
         item.start(unet, device, dtype)
-        if not add_noise:
-            item.latents = item.orig_latents.clone()
     shared_kwargs = items[0]._step_kwargs  # one step generator for all tiles, in tile order (InvokeAI's)
     weights = [region_weight(tile, device) for tile in tiles]
     merged = torch.zeros(tuple(latents_shape), device=device, dtype=torch.float32)
@@ -92,8 +89,7 @@ def multi_diffusion_denoise(unet: Any, items: Sequence["DenoiseItem"], tiles: Se
         for item, tile, weight in zip(items, tiles, weights):
             sample = item.model_input(t).to(dtype)
             embeds, added = item._embeds, item._added
-            # set where the two halves' prompts differ in length and one was padded (when the loop has masks)
-            encoder_mask = getattr(item, "_encoder_mask", None)
+            encoder_mask = item._encoder_mask  # where the two halves' prompts differ in length
             down = mid = None
             if item.controls:
                 down, mid = control_residuals(item.controls, index, total, model_input=sample, timestep=t,

@@ -149,7 +149,8 @@ class DenoiseLatentsInvocation(BaseInvocation):
         self._refuse_unsupported()
         models = model_service(self, context, "unet")
         noise = context.tensors.load(self.noise.latents_name) if self.noise else None
-        seed = self.noise.seed if self.noise and self.noise.seed is not None else 0
+        # InvokeAI's seed: the noise's, else the latents', else 0
+        seed = next((f.seed for f in (self.noise, self.latents) if f is not None and f.seed is not None), 0)
         latents = context.tensors.load(self.latents.latents_name) if self.latents else torch.zeros_like(noise)
         if noise is not None and noise.shape != latents.shape:
             raise GenerationError(f"node {self.id} (denoise_latents): field noise: shape {tuple(noise.shape)} does "

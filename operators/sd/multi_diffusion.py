@@ -89,8 +89,7 @@ class TiledMultiDiffusionDenoiseLatents(BaseInvocation):
         else:
             controls = self._control_images(context, latents.shape, len(items[0].timesteps))
             with self._unet(context, items, tiles, controls) as unet:
-                result = multi_diffusion_denoise(unet, items, tiles, latents.shape, context,
-                                                 add_noise=noise is not None)
+                result = multi_diffusion_denoise(unet, items, tiles, latents.shape, context)
         name = context.tensors.save(result)
         return LatentsOutput.build(name, result, seed=None)
 

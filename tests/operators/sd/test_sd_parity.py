@@ -54,3 +54,24 @@ def test_text_to_image_gives_stable_diffusion_pipelines_image(model_run, tiny_re
     assert theirs.std() > 3
     unguided = engine_image(model_run, tiny_registry, cfg_scale=1.0).astype(int)
     assert np.abs(unguided - theirs).max() > 5  # without guidance: another image
+
+
+def test_a_run_split_at_half_and_continued_from_its_latents_is_the_whole_run(model_run, tiny_registry) -> None:
+    """InvokeAI's refiner handoff: denoise_latents given latents and no noise takes them as already noised and
+    continues (with Euler, a run split at 0.5 equals the whole run); adding noise to them again would not."""
+    from helpers import edge
+
+    graph = sd1_graph("tiny-sd1", prompt=PROMPT, seed=SEED, steps=STEPS, size=SIZE, denoise={"denoising_end": 0.5},
+                      extra_nodes={"rest": {"type": "denoise_latents", "steps": STEPS, "cfg_scale": 7.5,
+                                            "scheduler": "euler", "denoising_start": 0.5}},
+                      extra_edges=[edge("model", "unet", "rest", "unet"),
+                                   edge("pos", "conditioning", "rest", "positive_conditioning"),
+                                   edge("neg", "conditioning", "rest", "negative_conditioning"),
+                                   edge("denoise", "latents", "rest", "latents")])
+    graph["edges"] = [e for e in graph["edges"] if e["destination"]["node_id"] != "decode"
+                      or e["destination"]["field"] != "latents"] + [edge("rest", "latents", "decode", "latents")]
+    state = run_graph(Graph.from_dict(bind_model_fields(graph, tiny_registry)), model_run)
+    [out] = state.outputs_of("decode")
+    split = np.asarray(Image.open(io.BytesIO(model_run.store.read("images", out.image.image_name))).convert("RGB"))
+    whole = engine_image(model_run, tiny_registry)
+    assert np.abs(split.astype(int) - whole.astype(int)).max() <= 1

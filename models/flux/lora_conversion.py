@@ -10,8 +10,10 @@ the shared ``down`` and alpha. Diffusers' own names (``transformer.transformer_b
 ``base_model.model.``) and OneTrainer's (``lora_transformer_`` + underscores) pass through, as do kohya's text
 encoder keys (``lora_te1_`` CLIP-L, ``lora_te2_`` T5), which the patcher resolves against the models' own modules.
 
-Kohya files' final-layer keys are skipped, as InvokeAI skips them. The result uses PEFT suffixes (``lora_A``/``lora_B``/``alpha``) under ``transformer.``. Layers a LoRA patches some
-other way (LoKr, LoHa, full ``diff`` weights, norm scales) are refused by the patcher by key.
+Kohya files' final-layer keys are skipped, as InvokeAI skips them. The result uses PEFT suffixes (``lora_A``/``lora_B``/``alpha``) under ``transformer.``. LyCORIS layers (LoHa, LoKr, full ``diff``, DoRA; see
+`invokeai_provider.models.patches.lycoris`) keep their own suffixes; where one stands for a fused layer, each
+diffusers layer gets the whole layer's factors plus a ``row_index`` naming its rows of the update, which the patcher
+builds one layer at a time (a DoRA scale, which normalises the fused layer as a whole, is refused there).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from typing import TYPE_CHECKING, Optional
 
 from invokeai_provider.models.flux.bfl_names import DOUBLE_BLOCK, SINGLE_BLOCK, SWAPPED_HALVES, TOP_LEVEL
+from invokeai_provider.models.patches import lycoris
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +40,7 @@ _KOHYA_GLOBAL = {name.replace(".", "_"): name for name in TOP_LEVEL}
 _XLABS = re.compile(r"double_blocks\.(\d+)\.processor\.(qkv|proj)_lora([12])\.(down|up)\.weight")
 _PARTS = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "lora_A.weight": "lora_A.weight",
           "lora_B.weight": "lora_B.weight", "lora.down.weight": "lora_A.weight", "lora.up.weight": "lora_B.weight",
-          "alpha": "alpha"}
+          "alpha": "alpha", **{role: role for role in lycoris.ROLES if role != "row_index"}}
 _DIFFUSERS_MARKERS = ("single_transformer_blocks.", "transformer_blocks.")
 
 
@@ -125,8 +128,15 @@ def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "Lor
         targets = _diffusers_targets(bfl)
     except KeyError:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} is not one a LoRA can patch") from None
-    if "lora_A.weight" not in parts or "lora_B.weight" not in parts:
+    matrices = {"lora_A.weight", "lora_B.weight"} & parts.keys()
+    if matrices and len(matrices) < 2:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} lacks an up or down matrix")
+    if not matrices or (len(targets) == 1 and bfl not in SWAPPED_HALVES):
+        return _convert_lycoris(bfl, targets, parts, key)  # a DoRA passes through; the patcher checks the rest
+    _refuse_split_dora(bfl, targets, parts, key)
+    if others := sorted(set(parts) - matrices - {"alpha"}):
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} is fused from {', '.join(targets)}; its LoRA "
+                         f"matrices come with {', '.join(others)}, which cannot be split with them")
     up, down = parts["lora_B.weight"], parts["lora_A.weight"]
     if bfl in SWAPPED_HALVES:
         up = torch.cat(up.chunk(2, dim=0)[::-1], dim=0)
@@ -140,6 +150,39 @@ def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "Lor
         out[f"transformer.{target}.lora_B.weight"] = rows.contiguous()
         if "alpha" in parts:
             out[f"transformer.{target}.alpha"] = parts["alpha"]
+    return out
+
+
+def _refuse_split_dora(bfl: str, targets: tuple[str, ...], parts: dict[str, "torch.Tensor"], key: str) -> None:
+    if "dora_scale" in parts:
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} is fused from {', '.join(targets)}; its DoRA scale "
+                         "normalises them as one layer, which cannot be split")
+
+
+def _convert_lycoris(bfl: str, targets: tuple[str, ...], parts: dict[str, "torch.Tensor"],
+                     key: str) -> "LoraWeights":
+    """A layer of one diffusers layer under that layer's name (suffixes kept); a fused (or half-swapped) LyCORIS
+    layer's factors go to each of its diffusers layers with the ``row_index`` of their rows."""
+    import torch
+
+    if len(targets) == 1 and bfl not in SWAPPED_HALVES:
+        return {f"transformer.{targets[0]}.{role}": tensor for role, tensor in parts.items()}
+    _refuse_split_dora(bfl, targets, parts, key)
+    try:
+        rows, width = lycoris.update_shape(lycoris.kind_of(parts), parts)[:2]
+    except ValueError as exc:
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r}: the layer {exc}") from None
+    order = torch.arange(rows)
+    if bfl in SWAPPED_HALVES:
+        order = torch.cat(order.chunk(2)[::-1])
+    splits = _row_splits(bfl, targets, rows, width)
+    if min(splits) <= 0 or sum(splits) != rows:
+        raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} has {rows} output rows, which do not split "
+                         f"into {', '.join(targets)}")
+    out: LoraWeights = {}
+    for target, index in zip(targets, order.split(splits)):
+        out |= {f"transformer.{target}.{role}": tensor for role, tensor in parts.items()}
+        out[f"transformer.{target}.row_index"] = index.clone()
     return out
 
 
@@ -190,9 +233,7 @@ def to_diffusers_names(state_dict: "LoraWeights") -> "LoraWeights":
         else:
             found = _bfl_layer(key)
             if found is None:
-                kind = "a LyCORIS (LoKr/LoHa) layer, " if re.search(r"\.(lokr|hada)_", key) else ""
-                raise ValueError(f"LoRA key {key!r} is {kind}not a layer of a {form} FLUX.1 LoRA this provider can "
-                                 "apply")
+                raise ValueError(f"LoRA key {key!r} is not a layer of a {form} FLUX.1 LoRA this provider can apply")
             bfl, suffix = found
             part = _PARTS[suffix]
         grouped.setdefault(bfl, {})[part] = tensor

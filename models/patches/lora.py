@@ -3,6 +3,9 @@
 The model cache keeps a single loaded copy of each model and several runs share it, so a LoRA must never be baked
 into cached weights: ``apply_loras`` adds ``weight * alpha/rank * up @ down`` to the touched parameters in place
 (fast: no second model copy) and, on exit, copies the saved originals back bit for bit, exceptions included.
+Besides LoRA (LoCon, with an optional Tucker ``lora_mid``), the LyCORIS kinds InvokeAI applies are understood under
+any of the names below: DoRA, LoHa (``hada_*``), LoKr (``lokr_*``), full ``diff``/``diff_b`` and norm
+``w_norm``/``b_norm`` layers, mixed freely within one file; their maths is in :mod:`.lycoris`.
 
 Three key styles are understood (InvokeAI reads the same ones):
 
@@ -31,6 +34,7 @@ from typing import Literal
 
 import torch
 
+from invokeai_provider.models.patches import lycoris
 from invokeai_provider.models.stable_diffusion.ldm_keys import unet_key_to_ldm
 
 Target = Literal["unet", "transformer", "text_encoder", "text_encoder_2"]
@@ -43,6 +47,7 @@ _SDXL_BASES = ("sdxl", "sdxl-refiner")
 
 # Key suffix -> role. Longest first so ".lora_linear_layer.down.weight" wins over shorter tails.
 _SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".lora_mid.weight", "mid"),
     (".lora_linear_layer.down.weight", "down"),
     (".lora_linear_layer.up.weight", "up"),
     (".lora_down.weight", "down"),
@@ -52,6 +57,7 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".lora_A.weight", "down"),
     (".lora_B.weight", "up"),
     (".alpha", "alpha"),
+    *((f".{role}", role) for role in lycoris.ROLES),
 )
 _PROCESSOR = re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")
 _OWNERS: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2")
@@ -64,10 +70,13 @@ class LoraKeyError(ValueError):
 
 @dataclass
 class _Layer:
-    """The parts of one LoRA layer, keyed by role; ``keys`` keeps the original names for error messages."""
+    """The parts of one LoRA layer, keyed by role; ``keys`` keeps the original names for error messages. ``kind``
+    and ``scale`` (``alpha/rank``) are set once the layer's keys are all read."""
 
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
+    kind: str = ""
+    scale: float = 1.0
 
 
 def load_lora_file(path: str | Path) -> LoraWeights:
@@ -94,7 +103,8 @@ def _split_key(key: str, base: str) -> tuple[str, str, str, bool]:
     else:
         match = next(((key[: -len(suffix)], role) for suffix, role in _SUFFIXES if key.endswith(suffix)), None)
         if match is None:
-            raise LoraKeyError(f"unsupported LoRA key {key!r} (not a kohya, diffusers or PEFT LoRA layer)")
+            raise LoraKeyError(f"unsupported LoRA key {key!r} (not a kohya, diffusers or PEFT LoRA layer, nor a "
+                               "LyCORIS LoHa, LoKr, DoRA, full or norm layer; IA3 layers are not supported)")
         stem, role = match
     if stem.startswith("lora_"):
         prefixes = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
@@ -124,7 +134,8 @@ _LOOKUPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, _Lookups]] = wea
 
 
 def _lookups(model: torch.nn.Module, target: Target) -> _Lookups:
-    """Name lookups built from the model's own weight-bearing modules (2-D+ weights: linear, conv)."""
+    """Name lookups built from the model's own weight-bearing modules (linear, conv, embedding and, for LyCORIS
+    norm layers, normalisation layers)."""
     text = target not in _DENOISERS
     cached = _LOOKUPS.setdefault(model, {})
     if text in cached:
@@ -134,7 +145,7 @@ def _lookups(model: torch.nn.Module, target: Target) -> _Lookups:
     config = getattr(model, "config", None) if not text else None
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+        if not isinstance(weight, torch.Tensor) or weight.ndim < 1:
             continue
         plain = _strip_text_model(name, ".") if text else name
         dotted[plain] = name
@@ -165,33 +176,37 @@ def _resolve(model: torch.nn.Module, lora: LoraWeights, target: Target, base: st
         layer.parts[role] = tensor
         layer.keys.append(key)
     for module, layer in layers.items():
-        if "up" not in layer.parts or "down" not in layer.parts:
-            raise LoraKeyError(f"LoRA keys {layer.keys} lack an up or down matrix for {target} layer {module!r}")
+        try:
+            layer.kind = lycoris.kind_of(layer.parts)
+            layer.scale = lycoris.scale_of(layer.kind, layer.parts)
+        except ValueError as exc:
+            raise LoraKeyError(f"LoRA keys {layer.keys} for {target} layer {module!r}: the layer {exc}") from None
     return layers
 
 
-def _check_shape(layer: _Layer, weight: torch.Tensor, module: str, target: str) -> None:
-    """Reject factors whose product cannot be reshaped onto ``weight`` (checked before any weight is touched).
+def _params(module: torch.nn.Module, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """The module's ``weight`` and ``bias`` (when it has one), as float32 copies or, on ``meta``, their shapes."""
+    params = {"weight": module.weight}
+    if isinstance(getattr(module, "bias", None), torch.Tensor):
+        params["bias"] = module.bias
+    if device == "meta":
+        return {name: torch.empty(p.shape, device="meta") for name, p in params.items()}
+    return {name: p.detach().float() for name, p in params.items()}
 
-    Flattening both factors covers linear layers, 1x1 convs, and kohya's 3x3 convs (down k x k, up 1x1), and lets a
-    linear-shaped LoRA patch a 1x1 conv (SD1's proj_in/proj_out) or the reverse.
+
+def _check_shape(layer: _Layer, module: torch.nn.Module, name: str, target: str) -> None:
+    """Reject factors that do not combine or cannot be reshaped onto the module's parameters: a dry run of the
+    maths on meta tensors (shapes only), before any weight is touched.
+
+    Reshaping by element count covers linear layers, 1x1 convs, and kohya's 3x3 convs (down k x k, up 1x1), and lets
+    a linear-shaped LoRA patch a 1x1 conv (SD1's proj_in/proj_out) or the reverse.
     """
-    up, down = layer.parts["up"], layer.parts["down"]
-    rank, fan_in = (down.shape[0], down[0].numel()) if down.ndim >= 2 else (0, 0)
-    fits = up.ndim >= 2 and up[0].numel() == rank and up.shape[0] == weight.shape[0]
-    if not rank or not fits or up.shape[0] * fan_in != weight.numel():
-        raise LoraKeyError(
-            f"LoRA keys {layer.keys} have shapes up {tuple(up.shape)}, down {tuple(down.shape)}, which do not fit "
-            f"{target} layer {module!r} of shape {tuple(weight.shape)}"
-        )
-
-
-def _delta(layer: _Layer, weight: torch.Tensor) -> torch.Tensor:
-    """``alpha/rank * up @ down`` in float32 on ``weight``'s device, shaped like ``weight``."""
-    up = layer.parts["up"].to(weight.device, torch.float32).flatten(1)
-    down = layer.parts["down"].to(weight.device, torch.float32).flatten(1)
-    scale = float(layer.parts["alpha"]) / down.shape[0] if "alpha" in layer.parts else 1.0
-    return (up @ down).mul_(scale).reshape(weight.shape)
+    try:
+        lycoris.param_deltas(layer.kind, layer.parts, layer.scale, _params(module, "meta"))
+    except ValueError as exc:
+        shapes = ", ".join(f"{role} {tuple(t.shape)}" for role, t in layer.parts.items() if t.ndim)
+        raise LoraKeyError(f"LoRA keys {layer.keys} ({shapes}) do not fit {target} layer {name!r} of shape "
+                           f"{tuple(module.weight.shape)}: the layer {exc}") from None
 
 
 @contextmanager
@@ -207,7 +222,8 @@ def apply_loras(
     Yields the names of the patched modules. Keys and shapes are checked before anything is touched, so a bad LoRA
     raises ``LoraKeyError`` with the model unchanged. Each parameter gets the float32 sum of its deltas in one add,
     one module at a time (peak extra memory: one layer); only touched parameters are copied, to CPU since VRAM is
-    the scarce resource, and copied back on exit.
+    the scarce resource, and copied back on exit. A DoRA layer's update depends on the weight it patches, so it
+    sees the weight as the LoRAs listed before it left it (InvokeAI applies them in that order too).
     """
     if target not in _OWNERS:
         raise ValueError(f"unknown LoRA target {target!r}; expected one of {_OWNERS}")
@@ -216,21 +232,36 @@ def apply_loras(
     per_module: dict[str, list[tuple[_Layer, float]]] = {}
     for layers, weight in resolved:
         for name, layer in layers.items():
-            _check_shape(layer, modules[name].weight, name, target)
+            _check_shape(layer, modules[name], name, target)
             if weight != 0.0:
                 per_module.setdefault(name, []).append((layer, weight))
-    originals: dict[str, torch.Tensor] = {}
+    originals: dict[tuple[str, str], torch.Tensor] = {}
     try:
         with torch.no_grad():
             for name, parts in per_module.items():
-                param = modules[name].weight
-                delta = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
-                for layer, weight in parts:
-                    delta.add_(_delta(layer, param), alpha=weight)
-                originals[name] = param.detach().to("cpu", copy=True)
-                param.copy_(param.float().add_(delta).to(param.dtype))
+                _patch_module(modules[name], name, parts, originals)
         yield sorted(per_module)
     finally:
         with torch.no_grad():
-            for name, original in originals.items():
-                modules[name].weight.copy_(original)
+            for (name, param_name), original in originals.items():
+                getattr(modules[name], param_name).copy_(original)
+
+
+def _patch_module(module: torch.nn.Module, name: str, layers: list[tuple[_Layer, float]],
+                  originals: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Add the weighted updates of ``layers`` to ``module``'s parameters, saving each touched one to ``originals``
+    (on CPU) first."""
+    current = _params(module)  # float32; DoRA reads the weight as updated by the layers before it
+    deltas: dict[str, torch.Tensor] = {}
+    for layer, weight in layers:
+        view = {p: current[p] + deltas[p] if p in deltas else current[p] for p in current} \
+            if layer.kind == "dora" else current
+        for param_name, delta in lycoris.param_deltas(layer.kind, layer.parts, layer.scale, view).items():
+            if param_name in deltas:
+                deltas[param_name].add_(delta, alpha=weight)
+            else:
+                deltas[param_name] = delta.mul_(weight) if weight != 1.0 else delta
+    for param_name, delta in deltas.items():
+        param = getattr(module, param_name)
+        originals[name, param_name] = param.detach().to("cpu", copy=True)
+        param.copy_(current[param_name].add_(delta).to(param.dtype))

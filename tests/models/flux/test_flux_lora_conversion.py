@@ -101,9 +101,12 @@ def test_every_format_of_one_lora_patches_the_same_weights(transformer: Any,
 
 
 def test_bad_loras_are_refused_by_key(transformer: Any) -> None:
-    with pytest.raises(ValueError, match="LyCORIS"):
+    with pytest.raises(ValueError, match="qkv' is fused from .*matrices come with lokr_w1"):
         to_diffusers_names({"diffusion_model.double_blocks.0.img_attn.qkv.lokr_w1": torch.zeros(2, 2),
-                            "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 2)})
+                            "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 2),
+                            "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(6, 2)})
+    with pytest.raises(ValueError, match="'double_blocks.0.img_attn.qkv' lacks an up or down matrix"):
+        to_diffusers_names({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match="not a FLUX.1 LoRA"):
         to_diffusers_names({"unet.down_blocks.0.lora_A.weight": torch.zeros(2, 2)})
     def qkv(rows: int) -> dict[str, torch.Tensor]:

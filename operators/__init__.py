@@ -27,6 +27,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "sd.latents",
     "sd.prompts",
     "sd.denoise",
+    "sd.denoise_meta",
     "sd.vae",
     "sd.masks",
     "sd.controlnet",

@@ -276,3 +276,25 @@ def test_masks_confine_adapters_and_regions_per_pixel() -> None:
     assert torch.allclose(regional[:, ~left], first_only[:, ~left], atol=1e-5)
     assert torch.allclose(regional[:, left], text_only[:, left], atol=1e-5)
     assert pooled.shape == (2, 64, 16) and state.text_bias(64, 10)[0, :, 5:].eq(0).any()
+
+
+def test_denoise_latents_meta_records_its_parameters_and_adapters(model_run, tiny_registry, adapters) -> None:
+    """denoise_latents_meta gives denoise_latents' image and writes InvokeAI's keys (its IP-Adapters included) into
+    the PNG through l2i's metadata."""
+    import json
+
+    graph = ip_graph({"ip_adapter_model": adapters["plain"].identifier(), "weight": 0.7})
+    plain = image(model_run, tiny_registry, graph)
+    graph["nodes"]["denoise"]["type"] = "denoise_latents_meta"
+    graph["edges"].append(edge("denoise", "metadata", "decode", "metadata"))
+    put_image(model_run, "ref.png", reference_image())
+    state = run_graph(Graph.from_dict(bind_model_fields(graph, tiny_registry)), model_run)
+    [out] = state.outputs_of("decode")
+    png = Image.open(io.BytesIO(model_run.store.read("images", out.image.image_name)))
+    assert np.abs(np.asarray(png.convert("RGB")).astype(int) - plain).max() == 0
+    metadata = json.loads(png.text["invokeai_metadata"])
+    assert {k: metadata[k] for k in ("width", "height", "steps", "cfg_scale", "scheduler", "seed")} == {
+        "width": SIZE, "height": SIZE, "steps": STEPS, "cfg_scale": 7.5, "scheduler": "euler", "seed": SEED}
+    [recorded] = metadata["ipAdapters"]
+    assert recorded["weight"] == 0.7 and recorded["ip_adapter_model"]["key"] == adapters["plain"].key
+    assert "controlnets" not in metadata and metadata["model"]["name"] == "tiny-sd1"

@@ -149,7 +149,7 @@ def prepare_control_image(image: "object", width: int, height: int, resize_mode:
             resized = heuristic_resize(array, (int(np.round(old_w * scale)), int(np.round(old_h * scale))))
             top, left = max(0, (resized.shape[0] - height) // 2), max(0, (resized.shape[1] - width) // 2)
             array = resized[top:top + height, left:left + width]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
+    tensor = torch.from_numpy(np.array(array, copy=True)).float() / 255.0
     return tensor.permute(2, 0, 1)[None].contiguous()
 
 

@@ -1,5 +1,5 @@
 """SDXL control through InvokeAI's nodes (sdxl_model_loader, two sdxl_compel_prompt, noise, controlnet /
-t2i_adapter, denoise_latents, l2i) against diffusers' SDXL pipelines with the same tiny weights, prompt, noise,
+t2i_adapter / ip_adapter, denoise_latents, l2i) against diffusers' SDXL pipelines with the same tiny weights, prompt, noise,
 control image, schedule and size conditioning.
 
 The prompts are InvokeAI's defaults: the positive names the generation's size as its original and target size, the
@@ -61,8 +61,9 @@ def graph_image(model_run, tiny_registry, graph: dict[str, Any]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
 
-def pipeline_image(pipe: Any, **kwargs: Any) -> np.ndarray:
-    """The image of a diffusers SDXL pipeline, from the graph's noise, with InvokeAI's size conditioning."""
+def pipeline_image(pipe: Any, control: bool = True, **kwargs: Any) -> np.ndarray:
+    """The image of a diffusers SDXL pipeline (with the control image when ``control``), from the graph's noise, with
+    InvokeAI's size conditioning."""
     from diffusers import EulerDiscreteScheduler
 
     from invokeai_provider.operators.sd.latents import generate_noise
@@ -71,7 +72,9 @@ def pipeline_image(pipe: Any, **kwargs: Any) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler.set_timesteps(STEPS)
     start = generate_noise("SD", SIZE, SIZE, SEED).float() * pipe.scheduler.sigmas[0] / pipe.scheduler.init_noise_sigma
-    result = pipe(PROMPT, image=hint(), negative_prompt=None, num_inference_steps=STEPS, guidance_scale=CFG,
+    if control:
+        kwargs["image"] = hint()
+    result = pipe(PROMPT, negative_prompt=None, num_inference_steps=STEPS, guidance_scale=CFG,
                   height=SIZE, width=SIZE, latents=start, original_size=(SIZE, SIZE), target_size=(SIZE, SIZE),
                   negative_original_size=(1024, 1024), negative_target_size=(1024, 1024), output_type="np", **kwargs)
     return (result.images[0] * 255).round().astype(int)
@@ -135,3 +138,36 @@ def test_an_sdxl_controlnet_gives_the_xl_controlnet_pipelines_image(model_run, t
                            config_path=str(folder))  # tiny heads are 16 wide, not SDXL's 64: the folder's config
     assert (single.type.value, single.format.value, single.base.value) == ("controlnet", "checkpoint", "sdxl")
     assert np.array_equal(graph_image(model_run, tiny_registry, graph(single.identifier())), mine)
+
+
+def test_an_sdxl_ip_adapter_gives_diffusers_ip_adapter_image(model_run, tiny_registry) -> None:
+    """The tiny SDXL IP-Adapter (InvokeAI's folder, its ViT-G-shaped encoder found by the name the folder gives)
+    against StableDiffusionXLPipeline with diffusers' own IP-Adapter loader: within TOLERANCE."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPImageProcessor
+
+    from invokeai_provider.models.image_encoders.clip_vision import load_clip_vision
+    from invokeai_provider.models.stable_diffusion.ip_adapter import read_state
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    install_tiny(tiny_registry, "clip_vision", "sdxl")
+    adapter = install_tiny(tiny_registry, "ip_adapter", "sdxl", name="tiny-sdxl-ip_adapter").config
+    reference = Image.fromarray(np.kron(np.random.default_rng(9).integers(0, 256, (6, 6, 3), dtype=np.uint8),
+                                        np.ones((16, 16, 1), np.uint8)))
+    put_image(model_run, "ref.png", reference)
+    mine = graph_image(model_run, tiny_registry, sdxl_graph(
+        {"ip": {"type": "ip_adapter", "image": {"image_name": "ref.png"}, "ip_adapter_model": adapter.identifier(),
+                "weight": 0.8}}, [edge("ip", "ip_adapter", "denoise", "ip_adapter")]))
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_registry.model_path(tiny_registry.find("tiny-sdxl")),
+                                                     local_files_only=True)
+    pipe.image_encoder = load_clip_vision(
+        tiny_registry.model_path(tiny_registry.find("ip_adapter_sdxl_image_encoder")), torch.float32)
+    pipe.feature_extractor = CLIPImageProcessor()
+    pipe.load_ip_adapter(read_state(tiny_registry.model_path(adapter)), subfolder="", weight_name="",
+                         image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.8)
+    theirs = pipeline_image(pipe, control=False, ip_adapter_image=reference)
+    assert np.abs(mine - theirs).max() <= TOLERANCE
+    plain = graph_image(model_run, tiny_registry, sdxl_graph())
+    assert np.abs(plain - theirs).max() > 5

@@ -70,7 +70,7 @@ def is_clip_vision_folder(folder: Path) -> bool:
     return False
 
 
-def _installed(configs: Iterable[Any], names: list[str], source: str) -> Any:
+def _installed(configs: Iterable[Any], names: list[str], source: str, what: str) -> Any:
     """The clip_vision record under the first of ``names`` installed, else the only one (else a ClipVisionError
     naming ``source`` and ``names[0]``)."""
     from invokeai_provider.core.taxonomy import ModelType
@@ -79,8 +79,7 @@ def _installed(configs: Iterable[Any], names: list[str], source: str) -> Any:
     configs = list(configs)
     installed = {c.name for c in configs if c.type is ModelType.CLIPVision}
     name = next((n for n in names if n in installed), names[0])
-    return installed_starter(configs, ModelType.CLIPVision, name, source, "the IP-Adapter's image encoder",
-                             ClipVisionError)
+    return installed_starter(configs, ModelType.CLIPVision, name, source, what, ClipVisionError)
 
 
 def _repo_name(model_id: str) -> str:
@@ -94,7 +93,8 @@ def find_clip_vision(configs: Iterable[Any], kind: str = "ViT-L") -> Any:
     if kind not in CLIP_VISION_MODELS:
         raise ClipVisionError(f"CLIP vision model {kind!r}: expected one of {', '.join(CLIP_VISION_MODELS)}")
     starter = CLIP_VISION_MODELS[kind]
-    return _installed(configs, [starter.name, _repo_name(starter.source)], starter.source)
+    return _installed(configs, [starter.name, _repo_name(starter.source)], starter.source,
+                      f"the IP-Adapter's {kind} image encoder")
 
 
 def find_named_clip_vision(configs: Iterable[Any], model_id: str) -> Any:
@@ -102,7 +102,8 @@ def find_named_clip_vision(configs: Iterable[Any], model_id: str) -> Any:
     ``InvokeAI/ip_adapter_sd_image_encoder``): installed under the id's last part, as InvokeAI installs it, or under
     InvokeAI's starter name for that repo; else the only ``clip_vision`` model installed."""
     starters = [s.name for s in CLIP_VISION_MODELS.values() if s.source == model_id]
-    return _installed(configs, [_repo_name(model_id), *starters], model_id)
+    return _installed(configs, [_repo_name(model_id), *starters], model_id,
+                      f"the IP-Adapter's image encoder {model_id}")
 
 
 def load_clip_vision(folder: Path, dtype: "torch.dtype") -> Any:

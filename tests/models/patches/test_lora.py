@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,6 @@ PARTS = {"sd-1": ("unet", "text_encoder"), "sdxl": ("unet", "text_encoder", "tex
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 TO_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"  # an SD1 UNet layer every tiny LoRA patches
 SDXL_TO_K = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"  # SDXL's first block has no attention
-
-
-@pytest.fixture(scope="module")
-def tmp_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="tiny-lora-") as d:  # ~1 GB: removed at teardown, not kept by pytest
-        yield Path(d)
-
-
-@pytest.fixture(scope="module")
-def sd(tmp_dir: Path) -> Callable[[str], dict[str, Any]]:
-    """Loaded unet/text encoders of a tiny model, built once per base."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    loaded: dict[str, dict[str, Any]] = {}
-
-    def get(base: str) -> dict[str, Any]:
-        if base not in loaded:
-            path = tiny.build_sd_model(base, tmp_dir / base)
-            parts: dict[str, Any] = {"unet": UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True),
-                                     "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder",
-                                                                                   local_files_only=True)}
-            if base == "sdxl":
-                parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2",
-                                                                                      local_files_only=True)
-            loaded[base] = {k: v.eval() for k, v in parts.items()}
-        return loaded[base]
-
-    return get
 
 
 @pytest.fixture(scope="module")

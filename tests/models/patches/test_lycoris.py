@@ -4,8 +4,7 @@ layer they name, bad layers are refused by key before anything is touched, and w
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ pytest.importorskip("diffusers")
 from safetensors.torch import save_file
 
 from invokeai_provider.models.patches.lora import LoraKeyError, apply_loras, load_lora_file
-from invokeai_provider.models.testing import tiny
 from invokeai_provider.models.testing.tiny_lycoris import build_lycoris_lora
 
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -32,34 +30,6 @@ SDXL_TO_K_SGM = "input_blocks_4_1_transformer_blocks_0_attn2_to_k"  # kohya's na
 
 def kohya(module: str) -> str:
     return "lora_unet_" + module.replace(".", "_")
-
-
-@pytest.fixture(scope="module")
-def tmp_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="tiny-lycoris-") as d:
-        yield Path(d)
-
-
-@pytest.fixture(scope="module")
-def sd(tmp_dir: Path) -> Callable[[str], dict[str, Any]]:
-    """Loaded unet/text encoders of a tiny model, built once per base."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    loaded: dict[str, dict[str, Any]] = {}
-
-    def get(base: str) -> dict[str, Any]:
-        if base not in loaded:
-            path = tiny.build_sd_model(base, tmp_dir / base)
-            parts = {"unet": UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True),
-                     "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)}
-            if base == "sdxl":
-                parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2",
-                                                                                      local_files_only=True)
-            loaded[base] = {k: v.eval() for k, v in parts.items()}
-        return loaded[base]
-
-    return get
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,23 @@ class TransformerField(BaseModel):
     loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
 
 
+class Qwen3EncoderField(BaseModel):
+    """A Qwen3 tokenizer and text encoder (Z-Image, FLUX.2 Klein), with the LoRAs patched into the encoder."""
+
+    tokenizer: ModelIdentifierField = Field(description="Info to load tokenizer submodel")
+    text_encoder: ModelIdentifierField = Field(description="Info to load text_encoder submodel")
+    loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
+
+
+class ZImageConditioningField(BaseModel):
+    """Z-Image conditioning (the Qwen3 prompt embeddings), by name."""
+
+    conditioning_name: str = Field(description="The name of conditioning tensor")
+    mask: Optional[TensorField] = Field(default=None, description="The mask associated with this conditioning tensor "
+                                        "for regional prompting. Excluded regions should be set to False, included "
+                                        "regions should be set to True.")
+
+
 # Latents are 1/8 of the image size on each side (InvokeAI's LATENT_SCALE_FACTOR).
 LATENT_SCALE_FACTOR = 8
 

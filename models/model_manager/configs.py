@@ -17,8 +17,10 @@ from invokeai_provider.core.taxonomy import (
     FluxVariantType,
     ModelType,
     ModelVariantType,
+    Qwen3VariantType,
     SchedulerPredictionType,
     SubModelType,
+    ZImageVariantType,
 )
 
 
@@ -31,6 +33,7 @@ class ModelFormat(str, Enum):
     T5Encoder = "t5_encoder"  # InvokeAI's own layout: text_encoder_2/ and tokenizer_2/ in one folder
     BnbQuantizedLlmInt8b = "bnb_quantized_int8b"
     GGUFQuantized = "gguf_quantized"
+    Qwen3Encoder = "qwen3_encoder"  # InvokeAI's standalone Qwen3 encoder folder: text_encoder/ (+ tokenizer/)
     InvokeAI = "invokeai"  # InvokeAI's own IP-Adapter folder: ip_adapter.bin and image_encoder.txt
     Unknown = "unknown"
 
@@ -57,7 +60,8 @@ class ModelConfig(BaseModel):
     type: ModelType
     format: ModelFormat
     base: BaseModelType
-    variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType]] = None
+    variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType, ZImageVariantType,
+                            Qwen3VariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     config_path: Optional[str] = Field(

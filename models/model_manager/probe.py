@@ -21,7 +21,9 @@ from invokeai_provider.core.taxonomy import (
     FluxVariantType,
     ModelType,
     ModelVariantType,
+    Qwen3VariantType,
     SchedulerPredictionType,
+    ZImageVariantType,
 )
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.models.image_encoders.clip_vision import is_clip_vision_folder
@@ -74,7 +76,8 @@ class ProbeResult:
     type: ModelType
     format: ModelFormat
     base: BaseModelType
-    variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType]] = None
+    variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType, ZImageVariantType,
+                            Qwen3VariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     image_encoder_model_id: Optional[str] = None  # an InvokeAI-format IP-Adapter's image_encoder.txt

@@ -89,6 +89,22 @@ class FluxVariantType(str, Enum):
     DevFill = "dev_fill"
 
 
+class ZImageVariantType(str, Enum):
+    """Z-Image variants: Turbo (distilled, few steps, no CFG; scheduler shift 3) and Base (undistilled; shift 6)."""
+
+    Turbo = "turbo"
+    ZBase = "zbase"
+
+
+class Qwen3VariantType(str, Enum):
+    """A Qwen3 text encoder's size, read from its hidden width: 4B (2560: Z-Image, FLUX.2 Klein 4B), 8B (4096: FLUX.2
+    Klein 9B) or 0.6B (1024)."""
+
+    Qwen3_4B = "qwen3_4b"
+    Qwen3_8B = "qwen3_8b"
+    Qwen3_06B = "qwen3_06b"
+
+
 class ClipVariantType(str, Enum):
     """A CLIP text encoder's size, read from its hidden width: CLIP-L (768, FLUX's) or CLIP-G (1280)."""
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from invokeai_provider.core.taxonomy import (
     BaseModelType,
     ClipVariantType,
+    Flux2VariantType,
     FluxVariantType,
     ModelType,
     ModelVariantType,
@@ -61,7 +62,7 @@ class ModelConfig(BaseModel):
     format: ModelFormat
     base: BaseModelType
     variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType, ZImageVariantType,
-                            Qwen3VariantType]] = None
+                            Qwen3VariantType, Flux2VariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     config_path: Optional[str] = Field(
@@ -70,6 +71,14 @@ class ModelConfig(BaseModel):
     image_encoder_model_id: Optional[str] = Field(
         default=None, description="For IP-Adapters in InvokeAI's folder format: the CLIP vision model it names")
     installed_in_place: bool = Field(default=False, description="Registered where it lies rather than copied")
+
+    @model_validator(mode="after")
+    def _flux2_variant(self) -> "ModelConfig":
+        """FLUX.2's ``dev`` is spelled as FLUX.1's: a FLUX.2 record's variant is read as a FLUX.2 variant."""
+        if self.base is BaseModelType.Flux2 and self.variant is not None \
+                and not isinstance(self.variant, Flux2VariantType):
+            self.variant = Flux2VariantType(self.variant.value)
+        return self
 
     def identifier(self, submodel_type: Optional[SubModelType] = None) -> dict[str, Any]:
         """The ModelIdentifierField JSON that nodes carry on edges."""

@@ -89,6 +89,17 @@ class FluxVariantType(str, Enum):
     DevFill = "dev_fill"
 
 
+class Flux2VariantType(str, Enum):
+    """FLUX.2 variants, as InvokeAI names them: Klein 4B / 9B (Qwen3 4B / 8B text encoders; step-distilled) and
+    their undistilled Base models, and [dev] (Mistral Small 3.1 encoder)."""
+
+    Klein4B = "klein_4b"
+    Klein4BBase = "klein_4b_base"
+    Klein9B = "klein_9b"
+    Klein9BBase = "klein_9b_base"
+    Dev = "dev"
+
+
 class ZImageVariantType(str, Enum):
     """Z-Image variants: Turbo (distilled, few steps, no CFG; scheduler shift 3) and Base (undistilled; shift 6)."""
 

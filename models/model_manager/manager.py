@@ -53,6 +53,9 @@ def main_submodels(base: BaseModelType) -> tuple[SubModelType, ...]:
     if base is BaseModelType.StableDiffusionXLRefiner:  # the refiner has only the second text encoder
         return (SubModelType.Tokenizer2, SubModelType.TextEncoder2, SubModelType.UNet, SubModelType.VAE,
                 SubModelType.Scheduler)
+    if base is BaseModelType.CogView4:  # GLM and its tokenizer, the transformer
+        return (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.Transformer, SubModelType.VAE,
+                SubModelType.Scheduler)
     if base is BaseModelType.Flux:  # CLIP-L, T5-XXL, the transformer
         return (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.Tokenizer2, SubModelType.TextEncoder2,
                 SubModelType.Transformer, SubModelType.VAE, SubModelType.Scheduler)
@@ -63,8 +66,11 @@ def main_submodels(base: BaseModelType) -> tuple[SubModelType, ...]:
 # model folder (data) can never make the loader import anything else
 LOADABLE_CLASSES = {
     "transformers": {"CLIPTokenizer", "CLIPTokenizerFast", "CLIPTextModel", "CLIPTextModelWithProjection",
-                     "T5TokenizerFast", "T5Tokenizer", "T5EncoderModel"},
-    "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "FluxTransformer2DModel"},
+                     "T5TokenizerFast", "T5Tokenizer", "T5EncoderModel",
+                     # CogView4's GLM and its tokenizer (transformers 5 saves a fast tokenizer as TokenizersBackend)
+                     "GlmModel", "PreTrainedTokenizerFast", "TokenizersBackend"},
+    "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "FluxTransformer2DModel",
+                  "CogView4Transformer2DModel"},
 }
 
 
@@ -112,7 +118,8 @@ class ModelManager:
         import torch
 
         if not self._dtype_given and self.device.startswith("cuda") and (
-                config.base is BaseModelType.Flux or config.type is ModelType.T5Encoder):
+                config.base is BaseModelType.Flux or config.type is ModelType.T5Encoder
+                or config.base is BaseModelType.CogView4):  # CogView4: InvokeAI forces bf16 (float16 gives black)
             return torch.bfloat16
         return self.dtype
 
@@ -290,6 +297,8 @@ class ModelManager:
         if part is SubModelType.Scheduler:
             return json.loads((sub / "scheduler_config.json").read_text())
         if config.base is BaseModelType.Flux:
+            return self._load_indexed(config, part, sub)
+        if config.base is BaseModelType.CogView4:  # the classes its model_index.json names: GLM, its tokenizer
             return self._load_indexed(config, part, sub)
         if part in (SubModelType.Tokenizer, SubModelType.Tokenizer2):
             from transformers import CLIPTokenizer

@@ -394,6 +394,10 @@ def probe_folder(path: Path) -> ProbeResult:
         class_name = _read_json(index).get("_class_name")
         if class_name in FLUX_PIPELINES:
             return _probe_flux_folder(path)
+        from invokeai_provider.models.cogview4 import probe as cogview4_probe
+
+        if class_name in cogview4_probe.PIPELINES:
+            return cogview4_probe.probe_folder(path, _repo_variant(path))
         if class_name not in MAIN_PIPELINES:
             raise ProbeError(f"{path}: diffusers pipeline {class_name!r} is not a supported main model "
                              f"(expected one of {', '.join(sorted(MAIN_PIPELINES | FLUX_PIPELINES))})")

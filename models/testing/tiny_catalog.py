@@ -34,6 +34,12 @@ def _flux_main(base: str, dest: Path, seed: int) -> Path:
     return build_flux_model(dest, variant="dev", seed=seed)
 
 
+def _cogview4_main(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_cogview4 import build_cogview4_model
+
+    return build_cogview4_model(dest, seed=seed)
+
+
 def _flux_t5(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny_flux_parts import build_t5_encoder
 
@@ -189,6 +195,8 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
     for base in (BaseModelType.StableDiffusion1, BaseModelType.StableDiffusionXL):  # InvokeAI's T2I-Adapter bases
         table[ModelType.T2IAdapter, base] = TinyModel(ModelType.T2IAdapter, base, _sd_t2i_adapter)
     table[ModelType.Main, BaseModelType.Flux] = TinyModel(ModelType.Main, BaseModelType.Flux, _flux_main)
+    # CogView4: a diffusers folder with its GLM encoder, tokenizer and VAE (InvokeAI has no separate CogView4 parts)
+    table[ModelType.Main, BaseModelType.CogView4] = TinyModel(ModelType.Main, BaseModelType.CogView4, _cogview4_main)
     flux_main = "tiny-flux"  # default_name of the FLUX main
     table[ModelType.VAE, BaseModelType.Flux] = TinyModel(ModelType.VAE, BaseModelType.Flux, _flux_vae, ".safetensors",
                                                          weights_of=flux_main)

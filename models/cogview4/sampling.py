@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["LATENT_SCALE", "SIZE_MULTIPLE", "clip_schedule", "image_seq_len", "latent_shape", "noise", "schedule",
-           "shift_mu", "sigmas_of"]
+           "shift_mu", "sigmas_of", "timesteps"]
 
 LATENT_SCALE = 8  # the VAE's downsampling (InvokeAI's LATENT_SCALE_FACTOR)
 SIZE_MULTIPLE = 32  # CogView4's image sizes: 8x the VAE, 2x2 patches, and an even number of patches per side
@@ -56,10 +56,15 @@ def sigmas_of(timesteps: list[float], mu: float) -> list[float]:
     return (mu / (mu + (1 / t - 1) ** 1.0)).tolist()
 
 
-def schedule(steps: int, seq_len: int, denoising_start: float = 0.0,
-             denoising_end: float = 1.0) -> tuple[list[float], list[float]]:
-    """The timesteps (``steps + 1`` from 1 to 0, clipped to the denoising range) and their shifted sigmas."""
+def timesteps(steps: int, denoising_start: float = 0.0, denoising_end: float = 1.0) -> list[float]:
+    """``steps + 1`` timesteps from 1 to 0, clipped to the denoising range."""
     import torch
 
-    timesteps = clip_schedule(torch.linspace(1, 0, steps + 1).tolist(), denoising_start, denoising_end)
-    return timesteps, sigmas_of(timesteps, shift_mu(seq_len))
+    return clip_schedule(torch.linspace(1, 0, steps + 1).tolist(), denoising_start, denoising_end)
+
+
+def schedule(steps: int, seq_len: int, denoising_start: float = 0.0,
+             denoising_end: float = 1.0) -> tuple[list[float], list[float]]:
+    """The timesteps of `timesteps` and their shifted sigmas."""
+    clipped = timesteps(steps, denoising_start, denoising_end)
+    return clipped, sigmas_of(clipped, shift_mu(seq_len))

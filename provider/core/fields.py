@@ -161,6 +161,19 @@ class TransformerField(BaseModel):
     loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
 
 
+class GlmEncoderField(BaseModel):
+    """CogView4's GLM tokenizer and text encoder (no LoRAs, as InvokeAI's)."""
+
+    tokenizer: ModelIdentifierField = Field(description="Info to load tokenizer submodel")
+    text_encoder: ModelIdentifierField = Field(description="Info to load text_encoder submodel")
+
+
+class CogView4ConditioningField(BaseModel):
+    """CogView4 conditioning (GLM embeddings), by name."""
+
+    conditioning_name: str = Field(description="The name of conditioning tensor")
+
+
 class Qwen3EncoderField(BaseModel):
     """A Qwen3 tokenizer and text encoder (Z-Image, FLUX.2 Klein), with the LoRAs patched into the encoder."""
 

@@ -58,6 +58,7 @@ FAMILIES: dict[str, set[str]] = {
         "flux_ip_adapter", "flux_kontext", "flux_kontext_image_prep", "flux_lora_collection_loader",
         "flux_lora_loader", "flux_model_loader", "flux_redux", "flux_text_encoder", "flux_vae_decode",
         "flux_vae_encode"},
+    "CogView4": {"cogview4_denoise", "cogview4_i2l", "cogview4_l2i", "cogview4_model_loader", "cogview4_text_encoder"},
 }
 # Not built yet, each named; this set only shrinks.
 NOT_YET: set[str] = set()

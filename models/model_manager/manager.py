@@ -53,7 +53,14 @@ def main_submodels(base: BaseModelType) -> tuple[SubModelType, ...]:
     if base is BaseModelType.StableDiffusionXLRefiner:  # the refiner has only the second text encoder
         return (SubModelType.Tokenizer2, SubModelType.TextEncoder2, SubModelType.UNet, SubModelType.VAE,
                 SubModelType.Scheduler)
+    if base is BaseModelType.StableDiffusion3:  # CLIP-L, CLIP-G, T5-XXL, the transformer
+        return (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.Tokenizer2, SubModelType.TextEncoder2,
+                SubModelType.Tokenizer3, SubModelType.TextEncoder3, SubModelType.Transformer, SubModelType.VAE,
+                SubModelType.Scheduler)
     if base is BaseModelType.CogView4:  # GLM and its tokenizer, the transformer
+        return (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.Transformer, SubModelType.VAE,
+                SubModelType.Scheduler)
+    if base is BaseModelType.Flux2:  # Qwen3 and its tokenizer, the transformer (a BFL single file: only it)
         return (SubModelType.Tokenizer, SubModelType.TextEncoder, SubModelType.Transformer, SubModelType.VAE,
                 SubModelType.Scheduler)
     if base is BaseModelType.Flux:  # CLIP-L, T5-XXL, the transformer
@@ -69,7 +76,7 @@ LOADABLE_CLASSES = {
                      "T5TokenizerFast", "T5Tokenizer", "T5EncoderModel",
                      # CogView4's GLM and its tokenizer (transformers 5 saves a fast tokenizer as TokenizersBackend)
                      "GlmModel", "PreTrainedTokenizerFast", "TokenizersBackend"},
-    "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "FluxTransformer2DModel",
+    "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "FluxTransformer2DModel", "SD3Transformer2DModel",
                   "CogView4Transformer2DModel"},
 }
 
@@ -118,8 +125,11 @@ class ModelManager:
         import torch
 
         if not self._dtype_given and self.device.startswith("cuda") and (
-                config.base is BaseModelType.Flux or config.type is ModelType.T5Encoder
-                or config.base is BaseModelType.CogView4):  # CogView4: InvokeAI forces bf16 (float16 gives black)
+                config.base in (BaseModelType.Flux, BaseModelType.StableDiffusion3)
+                or config.type is ModelType.T5Encoder
+                or config.base is BaseModelType.CogView4  # CogView4: InvokeAI forces bf16 (float16 gives black)
+                or config.base is BaseModelType.ZImage or config.type is ModelType.Qwen3Encoder  # as InvokeAI's
+                or config.base is BaseModelType.Flux2):  # InvokeAI runs FLUX.2 in bfloat16
             return torch.bfloat16
         return self.dtype
 
@@ -161,7 +171,8 @@ class ModelManager:
         """A T5 encoder (a FLUX main's or a standalone one) with ``[invokeai] t5_encoder_device = cpu``."""
         from invokeai_provider.config import settings
 
-        main_t5 = config.base is BaseModelType.Flux and config.type is ModelType.Main and part is SubModelType.TextEncoder2
+        main_t5 = config.type is ModelType.Main and (config.base, part) in (
+            (BaseModelType.Flux, SubModelType.TextEncoder2), (BaseModelType.StableDiffusion3, SubModelType.TextEncoder3))
         t5 = main_t5 or (config.type is ModelType.T5Encoder and part is not SubModelType.Tokenizer2)
         return t5 and settings("t5_encoder_device").t5_encoder_device == "cpu"
 
@@ -171,7 +182,10 @@ class ModelManager:
         config = self.get_config(ref)
         from invokeai_provider.models.model_manager.part_loaders import preload_parts
 
-        handled = preload_parts(config)  # T5, CLIP, BFL FLUX files (a single-file FLUX main is its transformer)
+        from invokeai_provider.models.z_image import loading as z_image
+
+        handled = z_image.preload_parts(config) if z_image.handles(config) else \
+            preload_parts(config)  # T5, CLIP, BFL FLUX files (a single-file FLUX main is its transformer)
         parts: list[Optional[SubModelType]] = list(handled) if handled is not None else \
             list(main_submodels(config.base)) if config.type is ModelType.Main else [None]
         keys = []
@@ -192,8 +206,16 @@ class ModelManager:
         from invokeai_provider.models.model_manager import part_loaders
 
         try:
+            from invokeai_provider.models.z_image import loading as z_image
+
+            if z_image.handles(config):  # Z-Image mains, LoRAs and ControlNets; Qwen3 encoders
+                return z_image.load(self.registry, config, part, self.dtype_for(config))
             if part_loaders.handles(config):  # T5 encoders, CLIP embeds, BFL FLUX VAEs; quantized ones refused
                 return part_loaders.load(self.registry, config, part, self.dtype_for(config))
+            if config.base is BaseModelType.Flux2:  # FLUX.2 mains (folders, BFL files) and VAEs
+                from invokeai_provider.models.flux2.loading import load as load_flux2
+
+                return load_flux2(self.registry, config, part, self.dtype_for(config))
             if config.type is ModelType.Main:
                 return self._load_main_part(config, part)
             if config.type is ModelType.VAE:
@@ -296,7 +318,7 @@ class ModelManager:
     def _load_submodel(self, config: ModelConfig, part: SubModelType, sub: Path) -> Any:
         if part is SubModelType.Scheduler:
             return json.loads((sub / "scheduler_config.json").read_text())
-        if config.base is BaseModelType.Flux:
+        if config.base in (BaseModelType.Flux, BaseModelType.StableDiffusion3):
             return self._load_indexed(config, part, sub)
         if config.base is BaseModelType.CogView4:  # the classes its model_index.json names: GLM, its tokenizer
             return self._load_indexed(config, part, sub)

@@ -52,7 +52,8 @@ def handles(config: ModelConfig) -> bool:
 def preload_parts(config: ModelConfig) -> Optional[tuple[Optional[SubModelType], ...]]:
     """The submodels preloading loads for a model this module handles (None for the others, left to the
     manager)."""
-    if is_flux_transformer_file(config):
+    if is_flux_transformer_file(config) or (config.base is BaseModelType.Flux2 and config.type is ModelType.Main
+                                            and config.format is ModelFormat.Checkpoint):  # the transformer alone
         return (SubModelType.Transformer,)
     return PARTS.get(config.type, (None,)) if handles(config) else None
 
@@ -107,6 +108,10 @@ def _clip_part(config: ModelConfig, part: Optional[SubModelType], folder: Path, 
         from transformers import CLIPTextModel
 
         return CLIPTextModel.from_pretrained(encoder, local_files_only=True, torch_dtype=dtype).eval()
+    if part is SubModelType.TextEncoder2:  # SD3 reads the projected pooled output (CLIP-L's and CLIP-G's)
+        from invokeai_provider.models.sd3.text_encoding import load_projected_clip
+
+        return load_projected_clip(encoder, dtype, f"model {config.name!r}")
     raise _wrong_part(config, part)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional, Union
 from invokeai_provider.core.taxonomy import (
     BaseModelType,
     ClipVariantType,
+    Flux2VariantType,
     FluxVariantType,
     ModelType,
     ModelVariantType,
@@ -77,7 +78,7 @@ class ProbeResult:
     format: ModelFormat
     base: BaseModelType
     variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType, ZImageVariantType,
-                            Qwen3VariantType]] = None
+                            Qwen3VariantType, Flux2VariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     image_encoder_model_id: Optional[str] = None  # an InvokeAI-format IP-Adapter's image_encoder.txt
@@ -301,7 +302,23 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
     if path.suffix == probe_parts.GGUF_SUFFIX:
         return probe_parts.probe_gguf(path)
     shapes = file_shapes(path, allow_pickle)
+    from invokeai_provider.models.z_image.probe import probe_z_image_file
+
+    z_image = probe_z_image_file(path, shapes)  # first: Z-Image files carry model.diffusion_model./lora_unet_ names too
+    if z_image is not None:
+        return z_image
+    from invokeai_provider.models.flux2 import probe as flux2_probe
+
+    flux2 = flux2_probe.probe_file(path, shapes)  # before FLUX.1's: FLUX.2 files carry BFL's FLUX keys too
+    if flux2 is not None:
+        return flux2
+    from invokeai_provider.models.cogview4 import probe as cogview4_probe
+
+    cogview4_probe.refuse_single_file(path, shapes)  # CogView4 is a diffusers folder only (InvokeAI's rule)
     flux = probe_parts.is_bfl_transformer(shapes)  # BFL's FLUX keys, bare or bundled under model.diffusion_model.
+    from invokeai_provider.models.sd3 import probe as sd3_probe
+
+    sd3_probe.refuse_checkpoint(path, shapes)  # Stability's SD3 single files: refused with the reason
     if _has_prefix(shapes, ("model.diffusion_model.",)) and not flux:
         return _probe_main_checkpoint(path, shapes)
     if is_flux_control_lora(shapes):  # BFL's Control LoRAs, before LoRAs: their lora_A keys would look like a LoRA's
@@ -392,12 +409,26 @@ def probe_folder(path: Path) -> ProbeResult:
     index = path / "model_index.json"
     if index.is_file():
         class_name = _read_json(index).get("_class_name")
+        from invokeai_provider.models.z_image.probe import probe_z_image_folder
+
+        z_image = probe_z_image_folder(path, class_name)
+        if z_image is not None:
+            return z_image
         if class_name in FLUX_PIPELINES:
             return _probe_flux_folder(path)
+        from invokeai_provider.models.flux2 import probe as flux2_probe
+
+        if class_name in flux2_probe.PIPELINES:
+            return flux2_probe.probe_folder(path, _read_json(index), _read_json(path / "transformer" / "config.json"),
+                                            _repo_variant(path))
         from invokeai_provider.models.cogview4 import probe as cogview4_probe
 
         if class_name in cogview4_probe.PIPELINES:
             return cogview4_probe.probe_folder(path, _repo_variant(path))
+        from invokeai_provider.models.sd3 import probe as sd3_probe
+
+        if class_name in sd3_probe.SD3_PIPELINES:
+            return sd3_probe.probe_sd3_folder(path)
         if class_name not in MAIN_PIPELINES:
             raise ProbeError(f"{path}: diffusers pipeline {class_name!r} is not a supported main model "
                              f"(expected one of {', '.join(sorted(MAIN_PIPELINES | FLUX_PIPELINES))})")
@@ -420,6 +451,11 @@ def probe_folder(path: Path) -> ProbeResult:
     if is_clip_vision_folder(path):  # an IP-Adapter's image encoder (CLIPVisionModelWithProjection)
         return ProbeResult(ModelType.CLIPVision, ModelFormat.Diffusers, BaseModelType.Any,
                            repo_variant=_repo_variant(path))
+    from invokeai_provider.models.z_image.probe import probe_qwen3_folder
+
+    qwen3 = probe_qwen3_folder(path)  # a standalone Qwen3 encoder (Z-Image, FLUX.2 Klein)
+    if qwen3 is not None:
+        return qwen3
     part = probe_parts.probe_part_folder(path)  # a T5 encoder or CLIP embed folder
     if part is not None:
         return part
@@ -448,8 +484,15 @@ def probe_folder(path: Path) -> ProbeResult:
             raise ProbeError(f"{path}: ControlNet cross_attention_dim {width} matches no SD base")
         return ProbeResult(ModelType.ControlNet, ModelFormat.Diffusers, CROSS_ATTENTION_BASE[width],
                            repo_variant=_repo_variant(path))
+    if config.is_file():
+        from invokeai_provider.models.sd3 import probe as sd3_probe
+
+        sd3_probe.refuse_transformer_folder(path, _read_json(config))
+    if config.is_file() and _read_json(config).get("_class_name") == "AutoencoderKLFlux2":  # FLUX.2's 32 channels
+        return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, BaseModelType.Flux2, repo_variant=_repo_variant(path))
     if config.is_file() and _read_json(config).get("_class_name") in ("AutoencoderKL", "AutoencoderTiny"):
-        base = probe_parts.vae_folder_base(_read_json(config)) or _vae_base_from_name(path.name)
+        base = sd3_probe.vae_folder_base(_read_json(config)) or probe_parts.vae_folder_base(_read_json(config)) \
+            or _vae_base_from_name(path.name)
         return ProbeResult(ModelType.VAE, ModelFormat.Diffusers, base, repo_variant=_repo_variant(path))
     weights = sorted(path.glob("*.safetensors"))
     if len(weights) == 1:

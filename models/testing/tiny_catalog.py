@@ -58,6 +58,30 @@ def _flux_vae(base: str, dest: Path, seed: int) -> Path:
     return build_flux_vae(dest, seed=seed)  # BFL's single file (ae.safetensors) for a .safetensors destination
 
 
+def _sd3_main(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_sd3 import build_sd3_model
+
+    return build_sd3_model(dest, seed=seed)
+
+
+def _sd3_vae(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_sd3 import build_sd3_vae
+
+    return build_sd3_vae(dest, seed=seed)
+
+
+def _sd3_clip_g(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_sd3 import build_sd3_clip_embed
+
+    return build_sd3_clip_embed(dest, "g", seed=seed)
+
+
+def _sd3_t5(base: str, dest: Path, seed: int) -> Path:
+    from invokeai_provider.models.testing.tiny_sd3 import build_sd3_t5_encoder
+
+    return build_sd3_t5_encoder(dest, seed=seed)
+
+
 def _vae(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_vae
 
@@ -148,7 +172,7 @@ def _embedding(base: str, dest: Path, seed: int) -> Path:
 # InvokeAI's base strings -> the short form in default names (the demo and example workflows use tiny-sd15/tiny-sdxl)
 _SLUGS = {BaseModelType.StableDiffusion1: "sd15", BaseModelType.StableDiffusion2: "sd2",
           BaseModelType.StableDiffusionXL: "sdxl", BaseModelType.StableDiffusionXLRefiner: "sdxl-refiner",
-          BaseModelType.Flux: "flux"}
+          BaseModelType.Flux: "flux", BaseModelType.StableDiffusion3: "sd3"}
 # Other spellings of a type that people (and InvokeAI's enum member names) use for it
 _KIND_ALIASES = {"textual_inversion": ModelType.TextualInversion, "ti": ModelType.TextualInversion}
 
@@ -228,6 +252,15 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                               slug="flux", weights_of=flux_main)
     table[ModelType.CLIPEmbed, BaseModelType.Any] = TinyModel(ModelType.CLIPEmbed, BaseModelType.Any, _flux_clip,
                                                               slug="flux", weights_of=flux_main)
+    # SD3.5: the main (a StableDiffusion3Pipeline folder), its VAE (base sd-3) and, base any as InvokeAI's encoders
+    # are, its CLIP-G embed (with projection; --base sd-3 picks it) and T5 encoder: the main's own weights
+    sd3, sd3_main = BaseModelType.StableDiffusion3, "tiny-sd3"
+    table[ModelType.Main, sd3] = TinyModel(ModelType.Main, sd3, _sd3_main)
+    table[ModelType.VAE, sd3] = TinyModel(ModelType.VAE, sd3, _sd3_vae, weights_of=sd3_main)
+    table[ModelType.CLIPEmbed, sd3] = TinyModel(ModelType.CLIPEmbed, BaseModelType.Any, _sd3_clip_g,
+                                                weights_of=sd3_main, name="tiny-sd3-clip-g")
+    table[ModelType.T5Encoder, sd3] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _sd3_t5, slug="sd3",
+                                                weights_of=sd3_main)
     return table
 
 

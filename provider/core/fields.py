@@ -77,6 +77,12 @@ class FluxKontextConditioningField(BaseModel):
     image: ImageField = Field(description="The Kontext reference image.")
 
 
+class SD3ConditioningField(BaseModel):
+    """SD3 conditioning (CLIP-L, CLIP-G and T5 embeddings), by name."""
+
+    conditioning_name: str = Field(description="The name of conditioning tensor")
+
+
 class ColorField(BaseModel):
     r: int = Field(ge=0, le=255, description="The red component")
     g: int = Field(ge=0, le=255, description="The green component")

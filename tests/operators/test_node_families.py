@@ -58,7 +58,12 @@ FAMILIES: dict[str, set[str]] = {
         "flux_ip_adapter", "flux_kontext", "flux_kontext_image_prep", "flux_lora_collection_loader",
         "flux_lora_loader", "flux_model_loader", "flux_redux", "flux_text_encoder", "flux_vae_decode",
         "flux_vae_encode"},
+    "Z-Image": {
+        "z_image_control", "z_image_denoise", "z_image_denoise_meta", "z_image_i2l", "z_image_l2i",
+        "z_image_lora_collection_loader", "z_image_lora_loader", "z_image_model_loader",
+        "z_image_seed_variance_enhancer", "z_image_text_encoder"},
     "CogView4": {"cogview4_denoise", "cogview4_i2l", "cogview4_l2i", "cogview4_model_loader", "cogview4_text_encoder"},
+    "SD3 / SD3.5": {"sd3_denoise", "sd3_i2l", "sd3_l2i", "sd3_model_loader", "sd3_text_encoder"},
 }
 # Not built yet, each named; this set only shrinks.
 NOT_YET: set[str] = set()

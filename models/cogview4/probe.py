@@ -31,3 +31,19 @@ def probe_folder(path: Path, repo_variant: "str | None") -> "ProbeResult":
     if not (path / "tokenizer" / "tokenizer.json").is_file():
         raise ProbeError(f"{path}: a CogView4Pipeline without tokenizer/tokenizer.json (GLM's tokenizer)")
     return ProbeResult(ModelType.Main, ModelFormat.Diffusers, BaseModelType.CogView4, repo_variant=repo_variant)
+
+
+# diffusers' names of a CogView4Transformer2DModel's text projection and size conditioning, under any prefix
+TRANSFORMER_KEYS = ("patch_embed.text_proj.weight", "time_condition_embed.condition_embedder.linear_1.weight")
+
+
+def refuse_single_file(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A CogView4 transformer as one file (or a folder of it alone) is refused with the reason: InvokeAI 6.11 takes
+    CogView4 only as a whole ``CogView4Pipeline`` folder, since its nodes need the GLM encoder and VAE beside it."""
+    from invokeai_provider.models.model_manager.probe import ProbeError
+
+    found = {mark for key in shapes for mark in TRANSFORMER_KEYS if key.endswith(mark)}
+    if len(found) == len(TRANSFORMER_KEYS):
+        raise ProbeError(f"{path}: a CogView4 transformer on its own; CogView4 models are installed as a diffusers "
+                         "folder (CogView4Pipeline: transformer, GLM text encoder and tokenizer, VAE), the only form "
+                         "InvokeAI 6.11 accepts")

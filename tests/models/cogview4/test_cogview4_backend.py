@@ -132,3 +132,19 @@ def test_the_glm_encoding_is_cogview4_pipelines(installed: tuple[ModelManager, A
     assert mine.shape[1] % 16 == 0 and mine.shape[2] == 32
     assert torch.equal(mine, theirs)
     assert short.shape[1] == 16 and cut and "truncated to 8 tokens" in cut[0]
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_a_cogview4_transformer_alone_is_refused_with_the_reason(folder: Path, tmp_path: Path, prefix: str) -> None:
+    """As a single file (bare or ComfyUI-prefixed names) and as a lone transformer folder: InvokeAI 6.11 takes
+    CogView4 only as a CogView4Pipeline folder."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    single = tmp_path / "cogview4-transformer.safetensors"
+    save_file({prefix + key: value for key, value in weights.items()}, str(single))
+    with pytest.raises(ProbeError, match="a CogView4 transformer on its own.*CogView4Pipeline"):
+        probe(single)
+    if not prefix:
+        with pytest.raises(ProbeError, match="a CogView4 transformer on its own"):
+            probe(folder / "transformer")

@@ -86,7 +86,7 @@ def install_path(registry: ModelRegistry, path: Path, *, name: Optional[str] = N
         raise InstallError(f"{path}: --inplace registers a local path where it lies, which workers reading the remote "
                            f"model root {registry.location} cannot see; install without --inplace to upload it")
     found = probe(path, allow_pickle=allow_pickle)
-    refused = refusal(found.type, found.format, str(path))
+    refused = refusal(found.type, found.format, str(path), found.base)
     if refused:  # identified, but nothing here could run it
         raise InstallError(refused)
     digest = model_hash(path)

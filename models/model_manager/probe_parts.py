@@ -248,6 +248,11 @@ def probe_gguf(path: Path) -> ProbeResult:
         shapes = {name: shape for name, (shape, _) in tensors.items()}
         refuse_non_flux1(path, transformer_only(shapes), "GGUF transformer")
         return ProbeResult(ModelType.Main, ModelFormat.GGUFQuantized, BaseModelType.Flux, flux_variant(shapes))
+    from invokeai_provider.models.z_image.probe import probe_z_image_gguf
+
+    z_image = probe_z_image_gguf(path, {name: shape for name, (shape, _) in tensors.items()})
+    if z_image is not None:  # a Z-Image transformer or a Qwen3 encoder, refused at install like the others
+        return z_image
     sample = ", ".join(sorted(tensors)[:3])
     raise ProbeError(f"{path}: a GGUF file that is neither a T5 encoder (enc.blk.* tensors) nor a FLUX.1 "
                      f"transformer ({FLUX_KEY}); it has {len(tensors)} tensors ({sample}, ...)")

@@ -1,13 +1,13 @@
 """Quantized model formats that are identified but not run here (bitsandbytes LLM.int8 T5 encoders, GGUF T5
-encoders and FLUX.1 transformers): installing or loading one is refused with what it would need, so a workflow
-never fails halfway on a model that was accepted at install time."""
+encoders, FLUX.1 and Z-Image transformers and Qwen3 encoders): installing or loading one is refused with what it would
+need, so a workflow never fails halfway on a model that was accepted at install time."""
 
 from __future__ import annotations
 
 import importlib.util
 from typing import Optional
 
-from invokeai_provider.core.taxonomy import ModelType
+from invokeai_provider.core.taxonomy import BaseModelType, ModelType
 from invokeai_provider.models.model_manager.configs import ModelFormat
 
 QUANTIZED_FORMATS = (ModelFormat.BnbQuantizedLlmInt8b, ModelFormat.GGUFQuantized)
@@ -28,8 +28,14 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def refusal(model_type: ModelType, model_format: ModelFormat, where: str) -> Optional[str]:
-    """Why a model of this type and format cannot be installed or loaded here, or None when it can."""
+Z_IMAGE = "a ZImagePipeline diffusers folder or the unquantized single-file transformer"
+FLUX2 = "a Flux2KleinPipeline diffusers folder or BFL's unquantized single file"
+QWEN3_FOLDER = "a Qwen3 encoder folder: text_encoder/ (config and safetensors) with tokenizer/"
+
+
+def refusal(model_type: ModelType, model_format: ModelFormat, where: str,
+            base: Optional[BaseModelType] = None) -> Optional[str]:
+    """Why a model of this type, format (and base) cannot be installed or loaded here, or None when it can."""
     if model_format is ModelFormat.BnbQuantizedLlmInt8b:
         bnb = "installed" if _installed("bitsandbytes") else "not installed here"
         cuda = "available" if _cuda() else "none here"
@@ -38,6 +44,9 @@ def refusal(model_type: ModelType, model_format: ModelFormat, where: str) -> Opt
                 f"which this provider does not have yet; install the unquantized T5 encoder instead ({T5_FOLDER})")
     if model_format is ModelFormat.GGUFQuantized:
         what, instead = (("T5 encoder", T5_FOLDER) if model_type is ModelType.T5Encoder
+                         else ("Qwen3 encoder", QWEN3_FOLDER) if model_type is ModelType.Qwen3Encoder
+                         else ("Z-Image transformer", Z_IMAGE) if base is BaseModelType.ZImage
+                         else ("FLUX.2 transformer", FLUX2) if base is BaseModelType.Flux2
                          else ("FLUX.1 transformer", f"a {FLUX_FOLDER}"))
         gguf = "installed" if _installed("gguf") else "not installed here"
         return (f"{where}: a GGUF-quantized {what} (format gguf_quantized); running it needs the gguf package "

@@ -16,8 +16,9 @@ T5 encoders, CLIP embed encoders, VAE bases from latent channels, and GGUF files
   variant. Both are identified so that installing them can be refused clearly (`unsupported`).
 - BFL's single-file FLUX.1 transformer (``flux1-dev.safetensors``; keys bare or under ``model.diffusion_model.``):
   a main, format checkpoint, recognised by InvokeAI's key (``double_blocks.0.img_attn.norm.key_norm.scale``) with
-  its variant. FLUX.2 files carry the same key: they are told apart as InvokeAI does (a text input wider than
-  T5-XXL's 4,096, or 128 input channels) and by FLUX.2's shared modulation layers, and refused; so are
+  its variant. FLUX.2 files carry the same key: `invokeai_provider.models.flux2.probe` identifies them first (a
+  text input wider than T5-XXL's 4,096, or FLUX.2's shared modulation layers); what still reaches FLUX.1's probe
+  with FLUX.2's marks or 128 input channels (a full Depth/Canny model) is refused here; so are
   bitsandbytes NF4 files and architectures the loader could not build (`bfl_transformer.transformer_config`).
 """
 
@@ -244,8 +245,12 @@ def probe_gguf(path: Path) -> ProbeResult:
         return ProbeResult(ModelType.T5Encoder, ModelFormat.GGUFQuantized, BaseModelType.Any)
     if FLUX_KEY in tensors or FLUX_PREFIX + FLUX_KEY in tensors:
         from invokeai_provider.models.flux.bfl_transformer import transformer_only
+        from invokeai_provider.models.flux2.probe import probe_gguf as probe_flux2_gguf
 
         shapes = {name: shape for name, (shape, _) in tensors.items()}
+        flux2 = probe_flux2_gguf(path, shapes)  # identified, so that installing it is refused with the reason
+        if flux2 is not None:
+            return flux2
         refuse_non_flux1(path, transformer_only(shapes), "GGUF transformer")
         return ProbeResult(ModelType.Main, ModelFormat.GGUFQuantized, BaseModelType.Flux, flux_variant(shapes))
     from invokeai_provider.models.z_image.probe import probe_z_image_gguf

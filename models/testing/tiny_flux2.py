@@ -1,0 +1,160 @@
+"""Tiny random-weight FLUX.2 Klein models (diffusers' ``Flux2KleinPipeline`` layout) for tests and offline runs.
+
+As for FLUX.1 (`invokeai_provider.models.testing.tiny_flux`), the sizes a prober reads are the real ones and the rest
+is narrow. The transformer takes 128 channels per token (32 VAE channels in 2x2 patches) and, as its context, three
+hidden states of Qwen3-4B side by side (7,680 wide: InvokeAI reads that as Klein 4B); it has one double and one
+single block of two 16-wide heads and no guidance embedder (Klein's). The text encoder is `tiny_qwen3`'s 27-layer
+Qwen3 of Qwen3-4B's width. The VAE is diffusers' ``AutoencoderKLFlux2`` with 32 latent channels and its batch-norm
+statistics over the 128 patch channels drawn at random (a real model's are not 0 and 1, and FLUX.2 latents are
+normalized by them). The scheduler is Klein's: flow matching, exponential dynamic shifting.
+
+``klein_4b`` is step-distilled (the pipeline's ``is_distilled``); ``klein_4b_base`` is the same architecture, told
+apart by its name as InvokeAI does, and runs CFG. A BFL single file of the transformer (BFL's names, fused QKV) and
+of the VAE (LDM names with ``bn.*``) can be written from the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from invokeai_provider.models.testing.tiny import _construct, _derive_seed
+from invokeai_provider.models.testing.tiny_qwen3 import QWEN3_4B_WIDTH, qwen3_encoder, qwen3_tokenizer
+
+Flux2Variant = Literal["klein_4b", "klein_4b_base"]
+VARIANTS: tuple[Flux2Variant, ...] = ("klein_4b", "klein_4b_base")
+CONTEXT_WIDTH = 3 * QWEN3_4B_WIDTH  # the transformer's joint_attention_dim: Klein 4B's 7,680
+HEADS, HEAD_DIM = 2, 16
+# Klein's scheduler (the real model's scheduler_config.json)
+SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                 base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+
+
+def _transformer(seed: int) -> Any:
+    from diffusers import Flux2Transformer2DModel
+
+    return _construct(lambda: Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=HEAD_DIM,
+        num_attention_heads=HEADS, joint_attention_dim=CONTEXT_WIDTH, timestep_guidance_channels=256, mlp_ratio=3.0,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False), materialize=True, seed=seed,
+        tag="flux2/transformer")
+
+
+def _vae(seed: int) -> Any:
+    import torch
+    from diffusers import AutoencoderKLFlux2
+
+    vae = _construct(lambda: AutoencoderKLFlux2(
+        block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=32, norm_num_groups=32,
+        sample_size=64), materialize=True, seed=seed, tag="flux2/vae")
+    generator = torch.Generator().manual_seed(_derive_seed(seed, "flux2/vae/bn"))
+    features = vae.bn.running_mean.shape[0]
+    vae.bn.running_mean.copy_(torch.empty(features).uniform_(-0.5, 0.5, generator=generator))
+    vae.bn.running_var.copy_(torch.empty(features).uniform_(0.5, 2.0, generator=generator))
+    return vae
+
+
+def flux2_components(variant: Flux2Variant = "klein_4b", seed: int = 0) -> dict[str, Any]:
+    """What ``Flux2KleinPipeline(**components)`` takes for a tiny model of ``variant``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if variant not in VARIANTS:
+        raise ValueError(f"FLUX.2 variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    tokenizer = qwen3_tokenizer()
+    return {"transformer": _transformer(seed), "vae": _vae(seed),
+            "text_encoder": qwen3_encoder(seed, vocab_size=len(tokenizer), tag="flux2/qwen3"),
+            "tokenizer": tokenizer, "scheduler": FlowMatchEulerDiscreteScheduler(**SCHEDULER),
+            "is_distilled": variant == "klein_4b"}
+
+
+def _new(dest: Path) -> Path:
+    dest = Path(dest)
+    if dest.exists() and (dest.is_file() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} is not empty")
+    return dest
+
+
+def build_flux2_model(dest: Path, *, variant: Flux2Variant = "klein_4b", seed: int = 0) -> Path:
+    """A tiny FLUX.2 Klein model as a diffusers folder (``model_index.json`` of a ``Flux2KleinPipeline``). Name the
+    folder with "base" for ``klein_4b_base``: that is how the variants are told apart."""
+    from diffusers import Flux2KleinPipeline
+
+    dest = _new(dest)
+    Flux2KleinPipeline(**flux2_components(variant, seed)).save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def build_flux2_vae(dest: Path, *, seed: int = 0) -> Path:
+    """The tiny FLUX.2 VAE (the main's, for the same seed): a diffusers ``AutoencoderKLFlux2`` folder, or BFL's
+    single file (LDM names and ``bn.*``) when ``dest`` ends in ``.safetensors``."""
+    dest = _new(dest)
+    vae = _vae(seed)
+    if dest.suffix != ".safetensors":
+        vae.save_pretrained(dest, safe_serialization=True)
+        return dest
+    from safetensors.torch import save_file
+
+    from invokeai_provider.models.stable_diffusion.ldm_keys import vae_to_ldm
+
+    state = {key: value.contiguous() for key, value in vae.state_dict().items()}
+    bn = {key: state.pop(key) for key in list(state) if key.startswith("bn.")}
+    ldm = vae_to_ldm(state, num_blocks=len(vae.config.block_out_channels))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({**ldm, **{k: v for k, v in bn.items() if not k.endswith("num_batches_tracked")}}, str(dest))
+    return dest
+
+
+def bfl_transformer_state(seed: int = 0) -> dict[str, Any]:
+    """The tiny transformer's weights under Black Forest Labs' names (what a FLUX.2 single file carries): fused
+    ``qkv`` in the double blocks, ``linear1``/``linear2`` in the single ones, ``*_norm.scale``, and the final
+    modulation's halves in BFL's (shift, scale) order."""
+    import torch
+
+    state = {key: value.contiguous() for key, value in _transformer(seed).state_dict().items()}
+    out: dict[str, Any] = {}
+    renames = {"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
+               "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+               "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+               "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+               "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+               "single_stream_modulation.linear": "single_stream_modulation.lin"}
+    double = {"attn.norm_q.weight": "img_attn.norm.query_norm.scale", "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+              "attn.to_out.0.weight": "img_attn.proj.weight", "ff.linear_in.weight": "img_mlp.0.weight",
+              "ff.linear_out.weight": "img_mlp.2.weight", "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+              "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale", "attn.to_add_out.weight": "txt_attn.proj.weight",
+              "ff_context.linear_in.weight": "txt_mlp.0.weight", "ff_context.linear_out.weight": "txt_mlp.2.weight"}
+    single = {"attn.to_qkv_mlp_proj.weight": "linear1.weight", "attn.to_out.weight": "linear2.weight",
+              "attn.norm_q.weight": "norm.query_norm.scale", "attn.norm_k.weight": "norm.key_norm.scale"}
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")}
+    for index in blocks:
+        prefix = f"transformer_blocks.{index}."
+        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+            out[f"double_blocks.{index}.{stream}_attn.qkv.weight"] = torch.cat(
+                [state.pop(f"{prefix}attn.{name}.weight") for name in names])
+        for name, bfl in double.items():
+            out[f"double_blocks.{index}.{bfl}"] = state.pop(prefix + name)
+    for key in [k for k in state if k.startswith("single_transformer_blocks.")]:
+        _, index, rest = key.split(".", 2)
+        out[f"single_blocks.{index}.{single[rest]}"] = state.pop(key)
+    shift_scale = state.pop("norm_out.linear.weight")
+    scale, shift = shift_scale.chunk(2)
+    out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale])
+    for key, value in state.items():
+        stem, param = key.rsplit(".", 1)
+        out[f"{renames.get(stem, stem)}.{param}"] = value
+    return out
+
+
+def build_flux2_checkpoint(dest: Path, *, seed: int = 0, prefix: str = "") -> Path:
+    """The tiny transformer (the main's, for the same seed) as BFL's single file, its keys under ``prefix``
+    (ComfyUI's files use ``model.diffusion_model.``)."""
+    from safetensors.torch import save_file
+
+    dest = _new(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + key: value for key, value in bfl_transformer_state(seed).items()}, str(dest))
+    return dest
+
+
+__all__ = ["CONTEXT_WIDTH", "SCHEDULER", "VARIANTS", "bfl_transformer_state", "build_flux2_checkpoint",
+           "build_flux2_model", "build_flux2_vae", "flux2_components"]

@@ -163,6 +163,18 @@ def _sd_clip_vision(encoder: str) -> Builder:
     return build
 
 
+def _z_image(builder: str) -> Builder:
+    """A builder of `tiny_z_image` (main, qwen3_encoder, lora, controlnet) or the FLUX VAE it uses (vae)."""
+    def build(base: str, dest: Path, seed: int) -> Path:
+        from invokeai_provider.models.testing import tiny_flux_parts, tiny_z_image
+
+        if builder == "vae":
+            return tiny_flux_parts.build_flux_vae(dest, seed=seed)
+        return getattr(tiny_z_image, f"build_{builder}")(dest, seed=seed)
+
+    return build
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -261,6 +273,19 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                 weights_of=sd3_main, name="tiny-sd3-clip-g")
     table[ModelType.T5Encoder, sd3] = TinyModel(ModelType.T5Encoder, BaseModelType.Any, _sd3_t5, slug="sd3",
                                                 weights_of=sd3_main)
+    # Z-Image: the main (a ZImagePipeline folder), a LoRA and a ControlNet (base z-image), and the parts InvokeAI
+    # installs separately with the main's own weights: its Qwen3 encoder (base any; --base z-image picks it) and its
+    # VAE, a FLUX VAE (base flux, what z_image_model_loader's vae_model takes; --base z-image picks it)
+    z_image, z_image_main = BaseModelType.ZImage, "tiny-z-image"
+    table[ModelType.Main, z_image] = TinyModel(ModelType.Main, z_image, _z_image("z_image_model"))
+    table[ModelType.LoRA, z_image] = TinyModel(ModelType.LoRA, z_image, _z_image("z_image_lora"), ".safetensors")
+    table[ModelType.ControlNet, z_image] = TinyModel(ModelType.ControlNet, z_image, _z_image("z_image_controlnet"),
+                                                     ".safetensors")
+    table[ModelType.Qwen3Encoder, z_image] = TinyModel(ModelType.Qwen3Encoder, BaseModelType.Any,
+                                                       _z_image("qwen3_encoder"), slug="z-image",
+                                                       weights_of=z_image_main)
+    table[ModelType.VAE, z_image] = TinyModel(ModelType.VAE, BaseModelType.Flux, _z_image("vae"),
+                                              weights_of=z_image_main, name="tiny-z-image-vae")
     return table
 
 

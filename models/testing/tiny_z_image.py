@@ -175,7 +175,7 @@ def build_z_image_lora(dest: Path, *, style: ZImageLoraStyle = "kohya", rank: in
             key = f"{'transformer' if style == 'diffusers' else 'diffusion_model'}.{name}"
             tensors |= {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up}
     if text_encoder and style != "kohya":
-        for proj, (fan_out, fan_in) in (("q_proj", (32, QWEN3_WIDTH)), ("v_proj", (16, QWEN3_WIDTH))):
+        for proj, (fan_out, fan_in) in (("q_proj", (16, QWEN3_WIDTH)), ("v_proj", (8, QWEN3_WIDTH))):  # 2 / 1 x 8
             up, down = factors(fan_out, fan_in)
             key = f"text_encoder.layers.0.self_attn.{proj}"
             tensors |= {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up}

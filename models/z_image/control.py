@@ -61,7 +61,9 @@ def load_controlnet(path: Path, dtype: Any) -> Any:
 
     from invokeai_provider.models.z_image.loading import to_diffusers_state
 
-    state = {k: v for k, v in to_diffusers_state(load_file(str(path))).items() if k != "x_pad_token"}
+    raw = load_file(str(path))
+    embedder = {k: raw.pop(k) for k in list(raw) if k.startswith("control_all_x_embedder.")}  # already its name
+    state = {**{k: v for k, v in to_diffusers_state(raw).items() if k != "x_pad_token"}, **embedder}
     with init_empty_weights():
         model = ZImageControlNetModel(**controlnet_config(state))
     try:

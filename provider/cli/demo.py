@@ -42,6 +42,36 @@ FLUX_DEMO_INPUTS: dict[str, InputPath] = {
     "height": InputPath("flux_denoise", "height"),
 }
 
+# SD3 / SD3.5: the denoise node takes the seed and size itself too
+SD3_DEMO_INPUTS: dict[str, InputPath] = {
+    "model": InputPath("sd3_denoise", "transformer", ("model",)),
+    "prompt": InputPath("sd3_denoise", "positive_conditioning", ("prompt",)),
+    "seed": InputPath("sd3_denoise", "seed"),
+    "steps": InputPath("sd3_denoise", "steps"),
+    "width": InputPath("sd3_denoise", "width"),
+    "height": InputPath("sd3_denoise", "height"),
+}
+
+# CogView4: the denoise node takes the seed and size itself as well
+COGVIEW4_DEMO_INPUTS: dict[str, InputPath] = {
+    "model": InputPath("cogview4_denoise", "transformer", ("model",)),
+    "prompt": InputPath("cogview4_denoise", "positive_conditioning", ("prompt",)),
+    "seed": InputPath("cogview4_denoise", "seed"),
+    "steps": InputPath("cogview4_denoise", "steps"),
+    "width": InputPath("cogview4_denoise", "width"),
+    "height": InputPath("cogview4_denoise", "height"),
+}
+
+# FLUX.2 Klein: the denoise node takes the seed and size itself as well
+FLUX2_DEMO_INPUTS: dict[str, InputPath] = {
+    "model": InputPath("flux2_denoise", "transformer", ("model",)),
+    "prompt": InputPath("flux2_denoise", "positive_text_conditioning", ("prompt",)),
+    "seed": InputPath("flux2_denoise", "seed"),
+    "steps": InputPath("flux2_denoise", "num_steps"),
+    "width": InputPath("flux2_denoise", "width"),
+    "height": InputPath("flux2_denoise", "height"),
+}
+
 
 @dataclass(frozen=True)
 class DemoFamily:
@@ -60,7 +90,14 @@ DEMO_FAMILIES: dict[str, DemoFamily] = {
     "sdxl": DemoFamily("sdxl-text-to-image.json", "sdxl", size=128, steps=4),
     # the tiny FLUX.1 dev model (a diffusers folder: its own T5, CLIP-L and VAE); sizes are multiples of 16
     "flux": DemoFamily("flux-text-to-image.json", "flux", size=64, steps=4, inputs=FLUX_DEMO_INPUTS),
+    # the tiny CogView4 model (a CogView4Pipeline folder: its own GLM encoder and VAE); sizes are multiples of 32
+    "cogview4": DemoFamily("cogview4-text-to-image.json", "cogview4", size=64, steps=4, inputs=COGVIEW4_DEMO_INPUTS),
+    # the tiny SD3.5 model (a StableDiffusion3Pipeline folder: its own CLIP-L, CLIP-G, T5 and VAE); multiples of 16
+    "sd3": DemoFamily("sd3-text-to-image.json", "sd-3", size=64, steps=4, inputs=SD3_DEMO_INPUTS),
 }
+# the tiny FLUX.2 Klein 4B model (a Flux2KleinPipeline folder: its own Qwen3 encoder and VAE); multiples of 16
+DEMO_FAMILIES["flux2-klein"] = DemoFamily("flux2-klein-text-to-image.json", "flux2", size=64, steps=4,
+                                          inputs=FLUX2_DEMO_INPUTS)
 DEMO_MODEL = "tiny-sd15"  # the sd15 demo's model (the cluster installs it)
 DEMO_WORKFLOW = WORKFLOWS / DEMO_FAMILIES["sd15"].workflow
 
@@ -235,13 +272,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="text to image through Airflow with a tiny model built on this machine")
     demo.add_argument("--family", choices=sorted(DEMO_FAMILIES), default="sd15",
                       help="sd15: dags/workflows/sd15-text-to-image.json with tiny-sd15; sdxl: "
-                           "sdxl-text-to-image.json with tiny-sdxl; flux: flux-text-to-image.json with tiny-flux "
-                           "(default: sd15)")
+                           "sdxl-text-to-image.json with tiny-sdxl; flux: flux-text-to-image.json with tiny-flux; "
+                           "sd3: sd3-text-to-image.json with tiny-sd3; cogview4: cogview4-text-to-image.json with "
+                           "tiny-cogview4; flux2-klein: flux2-klein-text-to-image.json with tiny-flux2 (default: sd15)")
     demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
     demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl and flux)")
-    demo.add_argument("--size", type=int, help="width and height in pixels, a multiple of 8, of 16 for flux (default: "
-                                               "128, 64 for flux)")
+    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl, flux and sd3)")
+    demo.add_argument("--size", type=int, help="width and height in pixels, a multiple of 8, of 16 for flux and "
+                                               "sd3 (default: 128, 64 for flux and sd3)")
     demo.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     demo.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
     demo.add_argument("--home", metavar="DIR", help="Airflow home for the embedded run (default: ./.airflow)")

@@ -88,11 +88,25 @@ def test_each_demo_workflow_exposes_what_the_demo_sets(family: str) -> None:
         return graph["nodes"][node_id][field] if edge is None else graph["nodes"][edge["source"]["node_id"]][
             edge["source"]["field"]]
 
-    seeded = ("flux_denoise", "flux_denoise") if family == "flux" else ("noise", "denoise_latents")
-    assert (fed(seeded[0], "width"), fed(seeded[0], "height"), fed(seeded[0], "seed")) == (80, 96, 9)
-    assert fed(seeded[1], "num_steps" if family == "flux" else "steps") == 3
+    def target(key: str) -> tuple[str, str]:
+        return demo.inputs[key].node_type, demo.inputs[key].field
+
+    assert (fed(*target("width")), fed(*target("height")), fed(*target("seed"))) == (80, 96, 9)
+    assert fed(*target("steps")) == 3
     if family == "flux":
         assert fed("flux_text_encoder", "prompt") == "a tiny test"
+    if family == "sd3":  # two prompt encoders: the one feeding the positive conditioning
+        [denoise] = [n for n, node in graph["nodes"].items() if node["type"] == "sd3_denoise"]
+        [source] = [e["source"]["node_id"] for e in graph["edges"]
+                    if e["destination"] == {"node_id": denoise, "field": "positive_conditioning"}]
+        prompt = next(e for e in graph["edges"] if e["destination"] == {"node_id": source, "field": "prompt"})
+        assert graph["nodes"][prompt["source"]["node_id"]][prompt["source"]["field"]] == "a tiny test"
+    if family == "cogview4":  # two prompt encoders: the one feeding the positive conditioning gets the prompt
+        [denoise] = [n for n, node in graph["nodes"].items() if node["type"] == "cogview4_denoise"]
+        [source] = [e["source"]["node_id"] for e in graph["edges"]
+                    if e["destination"] == {"node_id": denoise, "field": "positive_conditioning"}]
+        prompt = next(e for e in graph["edges"] if e["destination"] == {"node_id": source, "field": "prompt"})
+        assert graph["nodes"][prompt["source"]["node_id"]][prompt["source"]["field"]] == "a tiny test"
     assert conf[resolve_input(document, specs_of(document), demo.inputs["model"]).param] == "tiny-x"
 
 

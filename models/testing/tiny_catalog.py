@@ -175,6 +175,19 @@ def _z_image(builder: str) -> Builder:
     return build
 
 
+def _flux2(builder: str) -> Builder:
+    """A builder of `tiny_flux2` (the Klein main, its VAE as BFL's single file) or its Qwen3 encoder as a standalone
+    ``qwen3_encoder`` folder (the main's own weights for the same seed)."""
+    def build(base: str, dest: Path, seed: int) -> Path:
+        from invokeai_provider.models.testing import tiny_flux2, tiny_qwen3
+
+        if builder == "qwen3_encoder":
+            return tiny_qwen3.build_qwen3_encoder(dest, seed=seed, tag="flux2/qwen3")
+        return getattr(tiny_flux2, f"build_{builder}")(dest, seed=seed)
+
+    return build
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -286,6 +299,15 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
                                                        weights_of=z_image_main)
     table[ModelType.VAE, z_image] = TinyModel(ModelType.VAE, BaseModelType.Flux, _z_image("vae"),
                                               weights_of=z_image_main, name="tiny-z-image-vae")
+    # FLUX.2 Klein: the main (a Flux2KleinPipeline folder, Klein 4B) and the parts a single-file Klein transformer
+    # needs, with the main's own weights: its VAE (BFL's single file, base flux2) and its Qwen3 encoder (base any;
+    # --base flux2 picks this 27-layer one)
+    flux2, flux2_main = BaseModelType.Flux2, "tiny-flux2"
+    table[ModelType.Main, flux2] = TinyModel(ModelType.Main, flux2, _flux2("flux2_model"))
+    table[ModelType.VAE, flux2] = TinyModel(ModelType.VAE, flux2, _flux2("flux2_vae"), ".safetensors",
+                                            weights_of=flux2_main)
+    table[ModelType.Qwen3Encoder, flux2] = TinyModel(ModelType.Qwen3Encoder, BaseModelType.Any,
+                                                     _flux2("qwen3_encoder"), slug="flux2", weights_of=flux2_main)
     return table
 
 
@@ -317,9 +339,10 @@ def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None) -
     that type has."""
     model_type = kind if isinstance(kind, ModelType) else resolve_kind(kind)
     bases = [b.value for k, b in TINY_MODELS if k == model_type]
-    if base is None:  # the type's only base, else the family-neutral one, else sd-1
+    if base is None:  # the type's only base, else the family-neutral one, else sd-1, else the first listed
         base = bases[0] if len(bases) == 1 else (BaseModelType.Any if BaseModelType.Any.value in bases
-                                                 else BaseModelType.StableDiffusion1)
+                                                 else BaseModelType.StableDiffusion1
+                                                 if BaseModelType.StableDiffusion1.value in bases else bases[0])
     try:
         return TINY_MODELS[model_type, BaseModelType(base)]
     except (KeyError, ValueError):

@@ -50,6 +50,11 @@ def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModel
 
                 return AutoencoderKLFlux2.from_pretrained(local.path, local_files_only=True, torch_dtype=dtype).eval()
             return load_vae_checkpoint(local.path, dtype)
+        if config.type is ModelType.LoRA:
+            from invokeai_provider.models.flux2.lora_conversion import to_patch_names
+            from invokeai_provider.models.patches.lora import load_lora_file
+
+            return to_patch_names(load_lora_file(local.path))
         if config.type is not ModelType.Main:
             raise Flux2LoadError(f"{where}: loading FLUX.2 {config.type.value} models is not supported")
         if config.format is ModelFormat.Checkpoint:

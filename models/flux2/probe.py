@@ -82,6 +82,19 @@ def probe_file(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[Probe
     return ProbeResult(ModelType.Main, ModelFormat.Checkpoint, BaseModelType.Flux2, variant)
 
 
+def probe_lora(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    """A diffusers-named FLUX.2 LoRA (`lora_conversion.is_flux2_lora`), with the Klein variant its context embedder
+    tells when it has one."""
+    from invokeai_provider.models.flux2.lora_conversion import is_flux2_lora
+
+    if not is_flux2_lora(shapes):
+        return None
+    context = [shape[1] for key, shape in shapes.items() if ".context_embedder." in key and len(shape) == 2
+               and key.endswith((".lora_A.weight", ".lora_down.weight"))]
+    variant = CONTEXT_VARIANT.get(context[0]) if context else None
+    return ProbeResult(ModelType.LoRA, ModelFormat.LyCORIS, BaseModelType.Flux2, variant)
+
+
 def probe_gguf(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
     """A GGUF-quantized FLUX.2 transformer (identified, so that installing it is refused with the reason)."""
     if not is_flux2_transformer(shapes):

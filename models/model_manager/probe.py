@@ -309,7 +309,8 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
         return z_image
     from invokeai_provider.models.flux2 import probe as flux2_probe
 
-    flux2 = flux2_probe.probe_file(path, shapes)  # before FLUX.1's: FLUX.2 files carry BFL's FLUX keys too
+    flux2 = flux2_probe.probe_file(path, shapes) or flux2_probe.probe_lora(path, shapes)  # before FLUX.1's: FLUX.2
+    # files carry BFL's FLUX keys too, and FLUX.2 LoRAs FLUX.1's diffusers names
     if flux2 is not None:
         return flux2
     from invokeai_provider.models.cogview4 import probe as cogview4_probe

@@ -306,6 +306,7 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
     table[ModelType.Main, flux2] = TinyModel(ModelType.Main, flux2, _flux2("flux2_model"))
     table[ModelType.VAE, flux2] = TinyModel(ModelType.VAE, flux2, _flux2("flux2_vae"), ".safetensors",
                                             weights_of=flux2_main)
+    table[ModelType.LoRA, flux2] = TinyModel(ModelType.LoRA, flux2, _flux2("flux2_lora"), ".safetensors")
     table[ModelType.Qwen3Encoder, flux2] = TinyModel(ModelType.Qwen3Encoder, BaseModelType.Any,
                                                      _flux2("qwen3_encoder"), slug="flux2", weights_of=flux2_main)
     return table

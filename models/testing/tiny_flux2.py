@@ -156,5 +156,34 @@ def build_flux2_checkpoint(dest: Path, *, seed: int = 0, prefix: str = "") -> Pa
     return dest
 
 
-__all__ = ["CONTEXT_WIDTH", "SCHEDULER", "VARIANTS", "bfl_transformer_state", "build_flux2_checkpoint",
+LORA_LAYERS = ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
+               "transformer_blocks.0.attn.to_out.0", "transformer_blocks.0.ff.linear_in",
+               "single_transformer_blocks.0.attn.to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out")
+
+
+def build_flux2_lora(dest: Path, *, rank: int = 4, seed: int = 0) -> Path:
+    """A tiny random FLUX.2 Klein LoRA ``.safetensors`` for the tiny transformer, in diffusers' PEFT naming
+    (``transformer.<module>.lora_A.weight`` / ``lora_B.weight``), including the single blocks' fused
+    ``to_qkv_mlp_proj`` that marks it as FLUX.2's."""
+    import torch
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    if dest.suffix != ".safetensors" or dest.exists():
+        raise ValueError(f"{dest}: expected a new .safetensors file")
+    shapes = {key: value.shape for key, value in _transformer(0).state_dict().items()}
+    generator = torch.Generator().manual_seed(_derive_seed(seed, "flux2/lora"))
+    tensors = {}
+    for layer in LORA_LAYERS:
+        fan_out, fan_in = shapes[f"{layer}.weight"]
+        tensors[f"transformer.{layer}.lora_A.weight"] = torch.empty(rank, fan_in).uniform_(
+            -(fan_in ** -0.5), fan_in ** -0.5, generator=generator)
+        tensors[f"transformer.{layer}.lora_B.weight"] = torch.empty(fan_out, rank).uniform_(-0.5, 0.5,
+                                                                                          generator=generator)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dest))
+    return dest
+
+
+__all__ = ["CONTEXT_WIDTH", "build_flux2_lora", "SCHEDULER", "VARIANTS", "bfl_transformer_state", "build_flux2_checkpoint",
            "build_flux2_model", "build_flux2_vae", "flux2_components"]

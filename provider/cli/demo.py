@@ -277,9 +277,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "tiny-cogview4; flux2-klein: flux2-klein-text-to-image.json with tiny-flux2 (default: sd15)")
     demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
     demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl, flux and sd3)")
+    demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl, flux, sd3 and "
+                                                "cogview4)")
     demo.add_argument("--size", type=int, help="width and height in pixels, a multiple of 8, of 16 for flux and "
-                                               "sd3 (default: 128, 64 for flux and sd3)")
+                                               "sd3, of 32 for cogview4 (default: 128, 64 for flux, sd3 and "
+                                               "cogview4)")
     demo.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     demo.add_argument("--artifacts", metavar="URI", help="artifact root (default: [invokeai] artifact_root)")
     demo.add_argument("--home", metavar="DIR", help="Airflow home for the embedded run (default: ./.airflow)")

@@ -162,7 +162,8 @@ def _clean_env() -> dict[str, str]:
 
 def test_readme_shows_the_demo_families() -> None:
     text = (REPO_ROOT / "README.md").read_text()
-    assert "invokeai-airflow demo [--family sd15|sdxl|flux|sd3] [--size N] [--steps N]" in text
+    assert "invokeai-airflow demo [--family sd15|sdxl|flux|sd3|cogview4] [--size N] [--steps N]" in text
+    assert "demo --family cogview4" in text and "models install-tiny main --base cogview4" in text
     assert "demo --family sd3" in text and "models install-tiny main --base sd-3" in text
     assert "models install-tiny main --base sdxl" in text
     assert "demo --family flux" in text and "models install-tiny vae --base flux" in text

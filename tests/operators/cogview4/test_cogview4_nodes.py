@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import edge, graph, node, put_image, stored_image
 from invokeai_provider.core.context import RunContext
 from invokeai_provider.core.taxonomy import SubModelType
 from invokeai_provider.errors import NodeExecutionError
@@ -22,7 +23,6 @@ from invokeai_provider.models.model_manager.manager import ModelManager
 from invokeai_provider.models.model_manager.registry import ModelRegistry
 from invokeai_provider.models.testing.tiny_cogview4 import SCHEDULER, build_cogview4_model
 from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
-from tests.helpers import edge, graph, node, put_image, stored_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,7 +11,9 @@ What is aligned, and why:
   noise at the first sigma, batch-norm normalized; computed here with diffusers' VAE, not our code) along InvokeAI's
   clipped, unshifted sigmas (a scheduler with shift 1 and no dynamic shifting, ``sigmas=``).
 - uint8 conversion: InvokeAI truncates, diffusers rounds: tolerance 1 level of 255.
-Teeth: the pipeline's own mu, or CFG dropped, moves the image past the tolerance.
+Measured max differences: 1 level for each of text-to-image, CFG, a reference image and image-to-image.
+Teeth: the pipeline's own mu moves the image by 13 levels (with a reference image too), CFG dropped by 4, and the
+image-to-image run differs from text-to-image by 233; a reference image changes the denoised latents.
 """
 
 from __future__ import annotations

@@ -72,6 +72,16 @@ FLUX2_DEMO_INPUTS: dict[str, InputPath] = {
     "height": InputPath("flux2_denoise", "height"),
 }
 
+# Z-Image: the denoise node takes the seed and size itself as well
+Z_IMAGE_DEMO_INPUTS: dict[str, InputPath] = {
+    "model": InputPath("z_image_denoise_meta", "transformer", ("model",)),
+    "prompt": InputPath("z_image_denoise_meta", "positive_conditioning", ("prompt",)),
+    "seed": InputPath("z_image_denoise_meta", "seed"),
+    "steps": InputPath("z_image_denoise_meta", "steps"),
+    "width": InputPath("z_image_denoise_meta", "width"),
+    "height": InputPath("z_image_denoise_meta", "height"),
+}
+
 
 @dataclass(frozen=True)
 class DemoFamily:
@@ -98,6 +108,9 @@ DEMO_FAMILIES: dict[str, DemoFamily] = {
 # the tiny FLUX.2 Klein 4B model (a Flux2KleinPipeline folder: its own Qwen3 encoder and VAE); multiples of 16
 DEMO_FAMILIES["flux2-klein"] = DemoFamily("flux2-klein-text-to-image.json", "flux2", size=64, steps=4,
                                           inputs=FLUX2_DEMO_INPUTS)
+# the tiny Z-Image Turbo model (a ZImagePipeline folder: its own Qwen3 encoder and VAE); sizes are multiples of 16
+DEMO_FAMILIES["z-image"] = DemoFamily("z-image-text-to-image.json", "z-image", size=64, steps=4,
+                                      inputs=Z_IMAGE_DEMO_INPUTS)
 DEMO_MODEL = "tiny-sd15"  # the sd15 demo's model (the cluster installs it)
 DEMO_WORKFLOW = WORKFLOWS / DEMO_FAMILIES["sd15"].workflow
 
@@ -274,7 +287,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="sd15: dags/workflows/sd15-text-to-image.json with tiny-sd15; sdxl: "
                            "sdxl-text-to-image.json with tiny-sdxl; flux: flux-text-to-image.json with tiny-flux; "
                            "sd3: sd3-text-to-image.json with tiny-sd3; cogview4: cogview4-text-to-image.json with "
-                           "tiny-cogview4; flux2-klein: flux2-klein-text-to-image.json with tiny-flux2 (default: sd15)")
+                           "tiny-cogview4; flux2-klein: flux2-klein-text-to-image.json with tiny-flux2; z-image: "
+                           "z-image-text-to-image.json with tiny-z-image (default: sd15)")
     demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--steps", type=int, help="denoising steps (default: 12 for sd15, 4 for sdxl, flux, sd3 and "

@@ -16,7 +16,8 @@ from helpers import REPO_ROOT, png_pixels, task_states, uri_path
 
 DAGS = REPO_ROOT / "dags"
 WORKFLOWS = {"sd15-text-to-image": "sd-1", "sdxl-text-to-image": "sdxl", "prompt-list-batch": "sd-1",
-             "flux-text-to-image": "flux", "sd3-text-to-image": "sd-3", "cogview4-text-to-image": "cogview4"}
+             "flux-text-to-image": "flux", "sd3-text-to-image": "sd-3", "cogview4-text-to-image": "cogview4",
+             "z-image-text-to-image": "z-image"}
 SIZE = 64
 
 
@@ -36,6 +37,7 @@ def tiny_root(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
     run_cli_ok(airflow_env, "models", "install-tiny", "main", "--base", "flux", "--model-root", str(root))
     run_cli_ok(airflow_env, "models", "install-tiny", "main", "--base", "sd-3", "--model-root", str(root))
     run_cli_ok(airflow_env, "models", "install-tiny", "main", "--base", "cogview4", "--model-root", str(root))
+    run_cli_ok(airflow_env, "models", "install-tiny", "main", "--base", "z-image", "--model-root", str(root))
     return root.as_uri()
 
 

@@ -192,3 +192,39 @@ def test_a_controlnet_gives_the_control_pipelines_image(run_t2i: Callable[..., n
     with pytest.raises(NodeExecutionError, match="VAE is required when using Z-Image Control") as caught:
         run_t2i(graph=control_graph(identifier, extras["control"], image, vae=False))
     assert caught.value.field == "vae"
+
+
+def test_a_qwen3_encoder_of_another_size_is_refused_naming_its_field(
+        z_run: RunContext, z_image: Any, tmp_path: Path) -> None:
+    from invokeai_provider.errors import NodeExecutionError
+    from invokeai_provider.models.testing.tiny_qwen3 import qwen3_encoder, qwen3_tokenizer
+
+    manager, identifier = z_image
+    folder = tmp_path / "qwen3-0.6b"
+    qwen3_encoder(1, layers=2, width=1024, tag="z-image/qwen3-06b").save_pretrained(folder / "text_encoder")
+    qwen3_tokenizer().save_pretrained(folder / "tokenizer")
+    small = install_model(manager.registry, str(folder), name="qwen3-06b").identifier()
+    assert small["type"] == "qwen3_encoder"
+    graph = t2i_graph(identifier, loader={"qwen3_encoder_model": small})
+    with pytest.raises(NodeExecutionError, match="Z-Image reads Qwen3-4B's embeddings .*qwen3_06b") as caught:
+        run_graph(Graph.from_dict(graph), z_run)
+    assert caught.value.node_id == "load" and caught.value.field == "qwen3_encoder_model"
+
+
+def test_a_v2_controlnet_takes_the_latents_a_reference_and_a_mask_channel(tmp_path: Path) -> None:
+    """Alibaba's 2.0 files take 33 channels: the control latents, 16 reference channels (zeros: no inpainting) and
+    an inpaint-mask channel of ones, as InvokeAI pads them; the config is read from the file's shapes."""
+    from invokeai_provider.models.testing.tiny_flux import _vae
+    from invokeai_provider.models.z_image.control import ZImageControl, control_latents, load_controlnet
+
+    model = load_controlnet(tiny.build_z_image_controlnet(tmp_path / "v2.safetensors", control_in_dim=33),
+                            torch.float32)
+    assert (model.config.control_in_dim, model.config.control_layers_places) == (33, [0, 2])
+    assert model.config.add_control_noise_refiner is None and model.config.dim == tiny.DIM
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    latents = control_latents(_vae(0), image, 33)
+    assert latents.shape == (33, 1, 4, 6)
+    assert torch.equal(latents[16:32], torch.zeros(16, 1, 4, 6)) and torch.equal(latents[32], torch.ones(1, 4, 6))
+    assert latents[:16].abs().sum() > 0
+    control = ZImageControl(model=model, latents=latents, begin=0.25, end=0.5)
+    assert [control.applies(step, 8) for step in range(8)] == [False, False, True, True, True, False, False, False]

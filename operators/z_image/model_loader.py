@@ -91,7 +91,9 @@ class ZImageModelLoaderInvocation(BaseInvocation):
                     f"Z-Image reads Qwen3-4B's embeddings (2560 wide); the selected encoder is {variant.value}"))
         if self.qwen3_source_model is not None:
             check_model(self, "qwen3_source_model", self.qwen3_source_model, context, ModelType.Main, Z_IMAGE)
-        source = self._pipeline_source(context)
+        # the source is read (and checked) only for a part not selected: with both selected it is ignored
+        source = self._pipeline_source(context) if self.vae_model is None or self.qwen3_encoder_model is None \
+            else None
         if self.vae_model is None and source is None:
             raise field_error(ModelInputError, self, "vae_model", "No VAE source provided. Either set 'VAE' to a FLUX "
                               "VAE model, or set 'Qwen3 Source' to a Diffusers Z-Image model.")

@@ -60,9 +60,12 @@ def test_a_single_file_transformer_with_separate_parts_gives_the_folders_image(
     with pytest.raises(NodeExecutionError, match="No VAE source provided") as caught:
         run_t2i(graph=t2i_graph(extras["single"], loader={"qwen3_encoder_model": extras["qwen3"]}))
     assert caught.value.field == "vae_model"
+    source = {"qwen3_source_model": extras["single"]}
     with pytest.raises(NodeExecutionError, match="Qwen3 Source must be a Diffusers-style") as caught:
-        run_t2i(graph=t2i_graph(extras["single"], loader={**parts, "qwen3_source_model": extras["single"]}))
+        run_t2i(graph=t2i_graph(extras["single"], loader={"qwen3_encoder_model": extras["qwen3"], **source}))
     assert caught.value.field == "qwen3_source_model"
+    ignored = run_t2i(graph=t2i_graph(extras["single"], seed=12, loader={**parts, **source}))
+    assert np.array_equal(ignored, folder)  # both parts selected: the source is ignored, as in InvokeAI
 
 
 def lora_graph(identifier: dict[str, Any], loras: list[tuple[dict[str, Any], float]], **denoise: Any

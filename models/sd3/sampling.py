@@ -6,7 +6,7 @@ Latents are ``(1, 16, h/8, w/8)``; the transformer patches them itself (2x2), so
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from invokeai_provider.models.flux.sampling import clip_schedule
 
@@ -53,7 +53,3 @@ def inpaint_mask(mask: "torch.Tensor", height: int, width: int) -> "torch.Tensor
         raise ValueError(f"a mask of shape {tuple(mask.shape)}; expected one channel (1, H, W) or (1, 1, H, W)")
     inverted = (1.0 - mask.float()).reshape(1, 1, *mask.shape[-2:])
     return F.interpolate(inverted, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-
-
-def as_list(value: Any) -> list[float]:
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]

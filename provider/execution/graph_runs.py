@@ -261,7 +261,9 @@ class EngineCall:
 
 def _check_literals(sub: dict[str, Any]) -> None:
     """Validates a (sub)graph's literal values as the runtime will, except model names (the runtime binds them
-    to its registry), so that bad input never takes a place in the runtime's queue."""
+    to its registry), so that bad input never takes a place in the runtime's queue. A model name stands in as an
+    identifier of that name meanwhile: a required direct-input model field (InvokeAI's Z-Image, SD3 and FLUX.2
+    loaders take the model on the node itself) is not missing."""
     from invokeai_provider.models.model_manager.binding import model_fields_of
 
     nodes = {}
@@ -270,7 +272,8 @@ def _check_literals(sub: dict[str, Any]) -> None:
             names = [f for f in model_fields_of(str(node.get("type"))) if isinstance(node.get(f), str)]
         except InvokeAIProviderError:
             names = []  # an unknown type: Graph.from_dict says so, naming the node
-        nodes[node_id] = {k: v for k, v in node.items() if k not in names}
+        nodes[node_id] = {k: ({"key": v, "hash": "", "name": v, "base": "any", "type": "main"} if k in names else v)
+                          for k, v in node.items()}
     Graph.from_dict({**sub, "nodes": nodes}).validate()
 
 

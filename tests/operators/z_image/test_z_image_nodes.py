@@ -267,3 +267,15 @@ def test_regional_prompts_are_refused_naming_the_field(z_run: RunContext, z_imag
     with pytest.raises(NodeExecutionError, match="regional prompts are not supported") as caught:
         run_graph(Graph.from_dict(graph), z_run)
     assert caught.value.field == "positive_conditioning"
+
+
+def test_a_runtime_task_checks_the_loaders_model_name_as_given() -> None:
+    """The GPU runtime's literal check leaves model names to the runtime's binding: the loader's required
+    direct-input model field must not count as missing meanwhile (the cluster ran into this)."""
+    from invokeai_provider.errors import NodeValidationError
+    from invokeai_provider.execution.graph_runs import _check_literals
+
+    _check_literals({"id": "g", "nodes": {"l": {"id": "l", "type": "z_image_model_loader", "model": "tiny-z-image"}},
+                     "edges": []})
+    with pytest.raises(NodeValidationError, match="field \"model\" Field required"):
+        _check_literals({"id": "g", "nodes": {"l": {"id": "l", "type": "z_image_model_loader"}}, "edges": []})

@@ -182,9 +182,11 @@ class ModelManager:
         config = self.get_config(ref)
         from invokeai_provider.models.model_manager.part_loaders import preload_parts
 
+        from invokeai_provider.models.text_encoders import qwen3
         from invokeai_provider.models.z_image import loading as z_image
 
-        handled = z_image.preload_parts(config) if z_image.handles(config) else \
+        handled = qwen3.QWEN3_PARTS if config.type is ModelType.Qwen3Encoder else \
+            z_image.preload_parts(config) if z_image.handles(config) else \
             preload_parts(config)  # T5, CLIP, BFL FLUX files (a single-file FLUX main is its transformer)
         parts: list[Optional[SubModelType]] = list(handled) if handled is not None else \
             list(main_submodels(config.base)) if config.type is ModelType.Main else [None]
@@ -202,13 +204,25 @@ class ModelManager:
         stale."""
         return f"{config.key}:{config.hash}:{part.value if part else 'model'}"
 
+    def _load_qwen3(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        from invokeai_provider.models.model_manager.quantized import refusal
+        from invokeai_provider.models.text_encoders import qwen3
+
+        refused = refusal(config.type, config.format, f"model {config.name!r} ({config.key})", config.base)
+        if refused:
+            raise ModelLoadError(refused)
+        with self.registry.local_model(config) as local:
+            return qwen3.load_part(config, part, local.path, local.config_path, self.dtype_for(config))
+
     def _build(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
         from invokeai_provider.models.model_manager import part_loaders
 
         try:
             from invokeai_provider.models.z_image import loading as z_image
 
-            if z_image.handles(config):  # Z-Image mains, LoRAs and ControlNets; Qwen3 encoders
+            if config.type is ModelType.Qwen3Encoder:  # Z-Image's and FLUX.2 Klein's text encoder
+                return self._load_qwen3(config, part)
+            if z_image.handles(config):  # Z-Image mains, LoRAs and ControlNets
                 return z_image.load(self.registry, config, part, self.dtype_for(config))
             if part_loaders.handles(config):  # T5 encoders, CLIP embeds, BFL FLUX VAEs; quantized ones refused
                 return part_loaders.load(self.registry, config, part, self.dtype_for(config))

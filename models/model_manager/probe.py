@@ -452,7 +452,7 @@ def probe_folder(path: Path) -> ProbeResult:
     if is_clip_vision_folder(path):  # an IP-Adapter's image encoder (CLIPVisionModelWithProjection)
         return ProbeResult(ModelType.CLIPVision, ModelFormat.Diffusers, BaseModelType.Any,
                            repo_variant=_repo_variant(path))
-    from invokeai_provider.models.z_image.probe import probe_qwen3_folder
+    from invokeai_provider.models.text_encoders.qwen3 import probe_qwen3_folder
 
     qwen3 = probe_qwen3_folder(path)  # a standalone Qwen3 encoder (Z-Image, FLUX.2 Klein)
     if qwen3 is not None:

@@ -166,7 +166,8 @@ def test_the_catalog_installs_each_kind_with_the_mains_weights(tmp_path: Path) -
 def test_single_files_load_to_the_folders_weights(built: Path, tmp_path: Path) -> None:
     from diffusers import ZImageTransformer2DModel
 
-    from invokeai_provider.models.z_image.loading import load_qwen3_file, load_transformer_file
+    from invokeai_provider.models.text_encoders.qwen3 import load_file as load_qwen3_file
+    from invokeai_provider.models.z_image.loading import load_transformer_file
 
     folder = ZImageTransformer2DModel.from_pretrained(built / "turbo" / "transformer").state_dict()
     for name in ("bare", "comfy"):

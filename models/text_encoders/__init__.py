@@ -1,0 +1,1 @@
+"""Text encoders installed as models of their own (base any) that several families read."""

@@ -1,0 +1,166 @@
+"""Qwen3 text encoders (InvokeAI's ``qwen3_encoder`` models, base any), read by Z-Image and FLUX.2 Klein.
+
+Identified with InvokeAI's rules: a folder with ``text_encoder/config.json`` (or ``config.json``) naming Qwen3 and its
+tokenizer, or a single file with Qwen3's names (``model.layers.*``, ``q_norm``), or a GGUF file with llama.cpp's
+names (identified so that installing it is refused with the reason); the variant from the hidden width (1024 0.6B,
+2560 4B, 4096 8B), an unknown width is not one InvokeAI knows.
+
+Loaded always as a ``Qwen3Model`` (the causal LM's head is never used: the families read a hidden state). A single
+file ships no tokenizer: InvokeAI bundles a copy of Qwen3's, this provider has none, so it comes from the ``--config``
+folder the file was installed with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from invokeai_provider.core.taxonomy import BaseModelType, ModelType, Qwen3VariantType, SubModelType
+from invokeai_provider.models.flux.bfl_names import block_count
+from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
+from invokeai_provider.models.model_manager.probe import ProbeError, ProbeResult
+
+QWEN3_CLASSES = {"Qwen3ForCausalLM", "Qwen3Model"}
+QWEN3_WIDTHS = {1024: Qwen3VariantType.Qwen3_06B, 2560: Qwen3VariantType.Qwen3_4B, 4096: Qwen3VariantType.Qwen3_8B}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+QWEN3_PARTS = (SubModelType.Tokenizer, SubModelType.TextEncoder)
+
+
+def qwen3_variant(width: Any, where: Path) -> Qwen3VariantType:
+    variant = QWEN3_WIDTHS.get(width) if isinstance(width, int) else None
+    if variant is None:
+        raise ProbeError(f"{where}: a Qwen3 encoder {width} wide; InvokeAI knows Qwen3 0.6B (1024), 4B (2560) and "
+                         "8B (4096)")
+    return variant
+
+
+def is_qwen3_state(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Qwen3's names (``model.layers.*`` or ``model.embed_tokens``) with its QK norms, no vision tower."""
+    names = list(shapes)
+    qwen = any(k.startswith("model.layers.0.") or k == "model.embed_tokens.weight" for k in names)
+    qk_norm = any(".self_attn.q_norm." in k or ".self_attn.k_norm." in k for k in names)
+    vision = any(k.startswith(("visual.", "model.visual.")) or ".visual." in k for k in names)
+    return qwen and qk_norm and not vision
+
+
+def probe_qwen3_file(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    """A single-file Qwen3 encoder, or None."""
+    if not is_qwen3_state(shapes):
+        return None
+    embed = shapes.get("model.embed_tokens.weight")
+    return ProbeResult(ModelType.Qwen3Encoder, ModelFormat.Checkpoint, BaseModelType.Any,
+                       qwen3_variant(embed[-1] if embed else None, path))
+
+
+def probe_qwen3_gguf(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
+    """A GGUF Qwen3 encoder (llama.cpp names with ``attn_q_norm``, no T5-style ``enc.``), or None."""
+    llama = any(k.startswith("blk.0.") or k == "token_embd.weight" for k in shapes)
+    if not (llama and any(".attn_q_norm." in k for k in shapes) and not any(k.startswith("enc.") for k in shapes)):
+        return None
+    embed = shapes.get("token_embd.weight")
+    return ProbeResult(ModelType.Qwen3Encoder, ModelFormat.GGUFQuantized, BaseModelType.Any,
+                       qwen3_variant(embed[-1] if embed else None, path))
+
+
+def qwen3_folders(path: Path) -> tuple[Path, Path]:
+    """(encoder folder, tokenizer folder) of a standalone Qwen3 encoder: ``text_encoder/`` and ``tokenizer/`` when it
+    has them, else the folder itself."""
+    encoder = path / "text_encoder" if (path / "text_encoder" / "config.json").is_file() else path
+    tokenizer = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    return encoder, tokenizer
+
+
+def probe_qwen3_folder(path: Path) -> Optional[ProbeResult]:
+    """A standalone Qwen3 encoder folder (InvokeAI's ``qwen3_encoder`` format), or None when the folder is not one."""
+    if (path / "model_index.json").exists() or (path / "transformer").exists():
+        return None
+    encoder, tokenizer = qwen3_folders(path)
+    if not (encoder / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((encoder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProbeError(f"{encoder / 'config.json'}: unreadable config ({exc})") from None
+    if not isinstance(config, dict):
+        return None
+    architectures = config.get("architectures") or [config.get("_class_name")]
+    if not any(name in QWEN3_CLASSES for name in architectures if isinstance(name, str)):
+        return None
+    if (encoder / "quantization_config.json").is_file():
+        raise ProbeError(f"{path}: an SDNQ-quantized Qwen3 encoder; running it needs SDNQ's dequantizing loader, "
+                         "which this provider does not have; install the unquantized encoder")
+    if not any((tokenizer / name).is_file() for name in TOKENIZER_FILES):
+        raise ProbeError(f"{path}: a Qwen3 encoder needs its tokenizer (tokenizer.json) in tokenizer/ or beside its "
+                         "config; none found")
+    return ProbeResult(ModelType.Qwen3Encoder, ModelFormat.Qwen3Encoder, BaseModelType.Any,
+                       qwen3_variant(config.get("hidden_size"), encoder / "config.json"))
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def load_encoder(folder: Path, dtype: Any) -> Any:
+    """A ``Qwen3Model`` from a folder holding a ``Qwen3Model`` or ``Qwen3ForCausalLM`` (its ``model.`` weights)."""
+    from transformers import Qwen3Model
+
+    return Qwen3Model.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).eval()
+
+
+def load_part(config: ModelConfig, part: Optional[SubModelType], path: Path, config_path: Optional[Path],
+              dtype: Any) -> Any:
+    """A standalone Qwen3 encoder's tokenizer or encoder (``path``: its local files)."""
+    from invokeai_provider.models.model_manager.manager import ModelLoadError
+
+    where = f"model {config.name!r} ({config.key})"
+    if part not in QWEN3_PARTS:
+        raise ModelLoadError(f"{where}: submodel {part.value if part else 'None'!r} does not exist in a "
+                             f"{config.type.value} model (expected one of {', '.join(p.value for p in QWEN3_PARTS)})")
+    if config.format is ModelFormat.Qwen3Encoder:
+        encoder, tokenizer = qwen3_folders(path)
+        return load_tokenizer(tokenizer) if part is SubModelType.Tokenizer else load_encoder(encoder, dtype)
+    if part is SubModelType.Tokenizer:
+        if config_path is None:
+            raise ModelLoadError(
+                f"{where} is a single-file Qwen3 encoder, which ships no tokenizer (InvokeAI uses a copy bundled with "
+                "it; this provider has none): install it again with --config naming a folder that holds Qwen3's "
+                "tokenizer (tokenizer.json, tokenizer_config.json), or install the encoder as a folder with "
+                "text_encoder/ and tokenizer/")
+        return load_tokenizer(qwen3_folders(config_path)[1])
+    return load_file(path, dtype)
+
+
+def load_file(path: Path, dtype: Any) -> Any:
+    """A single-file Qwen3 encoder (``model.*`` names, its causal LM's head ignored) as a ``Qwen3Model``, its
+    architecture read from the shapes."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file as read
+    from transformers import Qwen3Config, Qwen3Model
+
+    from invokeai_provider.models.model_manager.manager import ModelLoadError
+
+    state = {k.removeprefix("model."): v for k, v in read(str(path)).items() if not k.startswith("lm_head.")}
+    try:
+        vocab, width = state["embed_tokens.weight"].shape
+        head_dim = state["layers.0.self_attn.q_norm.weight"].shape[0]
+        config = Qwen3Config(
+            vocab_size=vocab, hidden_size=width, num_hidden_layers=block_count(state, "layers"), head_dim=head_dim,
+            num_attention_heads=state["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
+            num_key_value_heads=state["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
+            intermediate_size=state["layers.0.mlp.gate_proj.weight"].shape[0], max_position_embeddings=40960,
+            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    except KeyError as missing:
+        raise ModelLoadError(f"{path.name}: not a Qwen3 encoder this loader can build: no {missing} tensor") from None
+    with init_empty_weights():
+        model = Qwen3Model(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path.name}: the weights do not fit a Qwen3 encoder: {exc}") from None
+    return model.to(dtype=dtype).eval()

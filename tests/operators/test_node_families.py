@@ -74,9 +74,6 @@ NOT_YET: set[str] = {
     # FLUX.2 [dev]: its text encoder is Mistral Small 3.1 (a multimodal Mistral3 model read through its Pixtral
     # processor, 30+ layers deep), which this provider does not load or encode with yet; Klein shares the rest
     "flux2_dev_lora_collection_loader", "flux2_dev_lora_loader", "flux2_dev_model_loader", "flux2_dev_text_encoder",
-    # InvokeAI's PiD pixel-space decoders (their own family): z_image_pid_decode needs the pid_decoder model type,
-    # its Gemma-2 text encoder and InvokeAI's PiD decoder network, none of which this provider has yet
-    "z_image_pid_decode",
 }
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"

@@ -178,3 +178,58 @@ def run_image_records(store: Any) -> list[dict[str, Any]]:
     records = [library.get(name) for name, _ in library.record_versions()]
     return sorted((r for r in records if (r.get("dag_id"), r.get("run_id")) == (store.dag_id, store.run_id)),
                   key=lambda r: r["image_name"])
+
+
+def block_picture(rng: Any, cell: int = 8) -> Any:
+    """A picture of 4 x 4 random colour blocks of ``cell`` pixels (uint8 array); ``rng`` a seed or a numpy
+    Generator (then the picture is its next draw)."""
+    import numpy as np
+
+    blocks = np.random.default_rng(rng).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return np.kron(blocks, np.ones((cell, cell, 1), np.uint8))
+
+
+def png_metadata(uri: str) -> dict[str, Any]:
+    """The ``invokeai_metadata`` a PNG (a file URI) carries."""
+    from PIL import Image
+
+    with Image.open(uri_path(uri)) as png:
+        return json.loads(png.info["invokeai_metadata"])
+
+
+def small_example(path: Path, loader: str, model: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """An example workflow with ``model`` on its ``loader`` node and ``values`` set on its primitive nodes (by node
+    id): the example at a small size and few steps."""
+    document = json.loads(path.read_text())
+    for workflow_node in document["nodes"]:
+        data = workflow_node["data"]
+        if data["id"] in values:
+            data["inputs"]["value"]["value"] = values[data["id"]]
+        if data["id"] == loader:
+            data["inputs"]["model"]["value"] = model
+    return document
+
+
+def run_demo(cwd: Path, family: str, model: str, *, size: int, steps: int, seed: int = 7) -> tuple[str, dict[str, Any]]:
+    """``invokeai-airflow demo --family <family>`` in a clean environment (no AIRFLOW/INVOKEAI settings), checked: it
+    builds the tiny ``model``, runs ``steps`` steps and makes one ``size`` x ``size`` image with content whose
+    metadata names the model. Returns the demo's stderr (its log) and the image's metadata."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("invokeai-airflow")
+    args = [str(exe), "demo", "--family", family, "--size", str(size), "--steps", str(steps), "--seed", str(seed),
+            "--model-root", str(cwd / "models"), "--artifacts", str(cwd / "art")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INVOKEAI"))}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=600,
+                            env={**env, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"building the tiny random-weight {model.removeprefix('tiny-')} main model '{model}'" in result.stderr
+    [image] = json.loads(result.stdout)
+    assert (image["width"], image["height"]) == (size, size)
+    assert f"Denoising step {steps}/{steps}" in result.stderr and f"Denoising step {steps + 1}/" not in result.stderr
+    assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
+    metadata = png_metadata(image["uri"])
+    assert metadata["model"]["name"] == model
+    return result.stderr, metadata

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, png_pixels, task_states, uri_path
 
 CLI = [sys.executable, "-m", "invokeai_provider.cli"]
 
@@ -91,5 +91,91 @@ def airflow_python(airflow_env: dict[str, str]) -> Callable[[str], Any]:
             raise AirflowRunError(f"script failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
         value = json.loads(result.stdout.strip().splitlines()[-1])
         return (value, result.stdout + result.stderr) if logs else value
+
+    return run
+
+
+# --- one workflow in the engine and through Airflow -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def upload_image(artifact_root: Path) -> Callable[[Any], str]:
+    """Uploads a picture (a uint8 array) to the default tenant's library, as `images upload` does; returns its
+    image name."""
+    from invokeai_provider.storage.base import backend_for_uri
+    from invokeai_provider.storage.library.images import ImageLibrary
+
+    library = ImageLibrary(backend_for_uri(artifact_root.as_uri()), "default")
+
+    def upload(array: Any) -> str:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return library.upload(buffer.getvalue())["image_name"]
+
+    return upload
+
+
+@pytest.fixture(scope="session")
+def engine_image(artifact_root: Path) -> Callable[[dict[str, Any], str], Any]:
+    """Runs a workflow document in the engine, as a worker runs it, over the session's library and the given model
+    root; returns its ``decode`` node's image (an RGB array)."""
+
+    def run(document: dict[str, Any], model_root: str) -> Any:
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from invokeai_provider.core.context import RunContext
+        from invokeai_provider.graph.engine import run_graph
+        from invokeai_provider.graph.workflow import load_document
+        from invokeai_provider.models.model_manager.manager import ModelManager
+        from invokeai_provider.models.model_manager.registry import ModelRegistry
+        from invokeai_provider.storage.base import RunStore, backend_for_uri
+
+        graph = load_document(json.dumps(document)).graph
+        context = RunContext(store=RunStore(backend_for_uri(artifact_root.as_uri()), dag_id="engine", run_id="r1"),
+                             services={"models": ModelManager(ModelRegistry(model_root))})
+        [decoded] = run_graph(graph, context).outputs_of("decode")
+        png = context.store.read("images", decoded.image.image_name)
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+    return run
+
+
+def airflow_image(run: dict[str, Any], size: int) -> tuple[dict[str, Any], Any]:
+    """A successful Airflow run's ``decode`` image: its record and its pixels, checked to be size x size and not
+    flat."""
+    import numpy as np
+    from PIL import Image
+
+    assert run["state"] == "success" and set(task_states(run).values()) == {"success"}
+    [image] = [i for i in run["images"] if i["node_id"] == "decode"]
+    assert (image["width"], image["height"]) == (size, size)
+    assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
+    with Image.open(uri_path(image["uri"])) as png:
+        return image, np.asarray(png.convert("RGB"))
+
+
+@pytest.fixture
+def engine_and_airflow(engine_image, airflow_run, tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Any]]:
+    """Runs a workflow document in the engine and through `invokeai-airflow run` (as DAG ``dag_id``) over one model
+    root and checks that Airflow made the engine's image (within 1 per channel: the same graph, the same image);
+    returns the Airflow image's record and the engine's image."""
+
+    def run(document: dict[str, Any], dag_id: str, model_root: str, size: int) -> tuple[dict[str, Any], Any]:
+        import numpy as np
+
+        path = tmp_path / f"{dag_id}.json"
+        path.write_text(json.dumps(document))
+        engine = engine_image(document, model_root)
+        image, through_airflow = airflow_image(
+            airflow_run(path, dag_id=dag_id, extra_env={"AIRFLOW__INVOKEAI__MODEL_ROOT": model_root}), size)
+        assert np.abs(through_airflow.astype(int) - engine.astype(int)).max() <= 1
+        return image, engine
 
     return run

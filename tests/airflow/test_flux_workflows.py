@@ -5,16 +5,12 @@ library; models are the tiny FLUX ones `models install-tiny` builds."""
 
 from __future__ import annotations
 
-import io
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import png_pixels, task_states, uri_path, wf_edge, wf_node, workflow
+from helpers import block_picture, wf_edge, wf_node, workflow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,27 +34,16 @@ def flux_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def uploads(artifact_root: Path) -> dict[str, str]:
+def uploads(upload_image) -> dict[str, str]:
     """Images uploaded to the default tenant's library, as `images upload` does: a picture, a control image, a
     Kontext reference and a mask (white where Fill fills)."""
-    from invokeai_provider.storage.base import backend_for_uri
-    from invokeai_provider.storage.library.images import ImageLibrary
-
-    library = ImageLibrary(backend_for_uri(artifact_root.as_uri()), "default")
     rng = np.random.default_rng(5)
-
-    def upload(array: np.ndarray) -> str:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
-        return library.upload(buffer.getvalue())["image_name"]
-
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:24, 8:24] = 255
-    blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return {"picture": upload(np.kron(blocks, np.ones((8, 8, 1), np.uint8))),
-            "control": upload(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)),
-            "reference": upload(rng.integers(0, 256, (SIZE, 48, 3), dtype=np.uint8)),
-            "mask": upload(mask)}
+    return {"picture": upload_image(block_picture(rng)),
+            "control": upload_image(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)),
+            "reference": upload_image(rng.integers(0, 256, (SIZE, 48, 3), dtype=np.uint8)),
+            "mask": upload_image(mask)}
 
 
 def flux_nodes(model: dict[str, Any], *, denoise: dict[str, Any]) -> tuple[list, list]:
@@ -113,35 +98,8 @@ def fill_workflow(models: dict[str, Any], images: dict[str, str]) -> dict[str, A
     return workflow(nodes, edges)
 
 
-def engine_image(document: dict[str, Any], model_root: str, artifacts: Path) -> np.ndarray:
-    """The workflow run in the engine, as a worker runs it, over the same library."""
-    from invokeai_provider.core.context import RunContext
-    from invokeai_provider.graph.engine import run_graph
-    from invokeai_provider.graph.workflow import load_document
-    from invokeai_provider.models.model_manager.manager import ModelManager
-    from invokeai_provider.models.model_manager.registry import ModelRegistry
-    from invokeai_provider.storage.base import RunStore, backend_for_uri
-
-    graph = load_document(json.dumps(document)).graph
-    run = RunContext(store=RunStore(backend_for_uri(artifacts.as_uri()), dag_id="engine", run_id="r1"),
-                     services={"models": ModelManager(ModelRegistry(model_root))})
-    [decoded] = run_graph(graph, run).outputs_of("decode")
-    return np.asarray(Image.open(io.BytesIO(run.store.read("images", decoded.image.image_name))).convert("RGB"))
-
-
 @pytest.mark.parametrize("name", ["steered", "fill"])
 def test_a_flux_workflow_runs_in_the_engine_and_through_airflow(name: str, flux_root: dict[str, Any],
-                                                                  uploads: dict[str, str], artifact_root: Path,
-                                                                  airflow_run, tmp_path: Path) -> None:
+                                                                  uploads: dict[str, str], engine_and_airflow) -> None:
     document = (steered_workflow if name == "steered" else fill_workflow)(flux_root["models"], uploads)
-    path = tmp_path / f"flux-{name}.json"
-    path.write_text(json.dumps(document))
-    engine = engine_image(document, flux_root["uri"], artifact_root)
-    run = airflow_run(path, dag_id=f"flux-{name}", extra_env={"AIRFLOW__INVOKEAI__MODEL_ROOT": flux_root["uri"]})
-    assert run["state"] == "success" and set(task_states(run).values()) == {"success"}
-    [image] = [i for i in run["images"] if i["node_id"] == "decode"]
-    assert (image["width"], image["height"]) == (SIZE, SIZE)
-    assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
-    with Image.open(uri_path(image["uri"])) as png:
-        through_airflow = np.asarray(png.convert("RGB"))
-    assert np.abs(through_airflow.astype(int) - engine.astype(int)).max() <= 1  # the same graph, the same image
+    engine_and_airflow(document, f"flux-{name}", flux_root["uri"], SIZE)

@@ -6,18 +6,14 @@ the tiny Z-Image ones `models install-tiny ... --base z-image` builds. `demo --f
 
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import REPO_ROOT, png_pixels, task_states, uri_path, wf_edge, wf_node, workflow
+from helpers import REPO_ROOT, block_picture, png_metadata, run_demo, small_example, wf_edge, wf_node, workflow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,78 +34,23 @@ def z_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def uploads(artifact_root: Path) -> dict[str, str]:
+def uploads(upload_image) -> dict[str, str]:
     """A picture and a control image uploaded to the default tenant's library, as `images upload` does."""
-    from invokeai_provider.storage.base import backend_for_uri
-    from invokeai_provider.storage.library.images import ImageLibrary
-
-    library = ImageLibrary(backend_for_uri(artifact_root.as_uri()), "default")
-    rng = np.random.default_rng(6)
-
-    def upload(array: np.ndarray) -> str:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
-        return library.upload(buffer.getvalue())["image_name"]
-
     control = np.zeros((SIZE, SIZE, 3), np.uint8)
     control[8:24, 4:28] = 255
-    blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return {"picture": upload(np.kron(blocks, np.ones((8, 8, 1), np.uint8))), "control": upload(control)}
-
-
-def engine_image(document: dict[str, Any], model_root: str, artifacts: Path) -> np.ndarray:
-    """The workflow run in the engine, as a worker runs it, over the same library."""
-    from invokeai_provider.core.context import RunContext
-    from invokeai_provider.graph.engine import run_graph
-    from invokeai_provider.graph.workflow import load_document
-    from invokeai_provider.models.model_manager.manager import ModelManager
-    from invokeai_provider.models.model_manager.registry import ModelRegistry
-    from invokeai_provider.storage.base import RunStore, backend_for_uri
-
-    graph = load_document(json.dumps(document)).graph
-    run = RunContext(store=RunStore(backend_for_uri(artifacts.as_uri()), dag_id="engine", run_id="r1"),
-                     services={"models": ModelManager(ModelRegistry(model_root))})
-    [decoded] = run_graph(graph, run).outputs_of("decode")
-    return np.asarray(Image.open(io.BytesIO(run.store.read("images", decoded.image.image_name))).convert("RGB"))
-
-
-def airflow_image(run: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
-    assert run["state"] == "success" and set(task_states(run).values()) == {"success"}
-    [image] = [i for i in run["images"] if i["node_id"] == "decode"]
-    assert (image["width"], image["height"]) == (SIZE, SIZE)
-    assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
-    with Image.open(uri_path(image["uri"])) as png:
-        return image, np.asarray(png.convert("RGB"))
-
-
-def small_example(model: dict[str, Any]) -> dict[str, Any]:
-    """The example workflow with the tiny model, a small size and few steps set on its primitive nodes."""
-    document = json.loads(EXAMPLE.read_text())
-    values = {"seed": 7, "steps": STEPS, "width": SIZE, "height": SIZE}
-    for workflow_node in document["nodes"]:
-        data = workflow_node["data"]
-        if data["id"] in values:
-            data["inputs"]["value"]["value"] = values[data["id"]]
-        if data["id"] == "model_loader":
-            data["inputs"]["model"]["value"] = model
-    return document
+    return {"picture": upload_image(block_picture(6)), "control": upload_image(control)}
 
 
 def test_the_example_z_image_workflow_runs_in_the_engine_and_through_airflow(
-        z_root: dict[str, Any], artifact_root: Path, airflow_run, tmp_path: Path) -> None:
+        z_root: dict[str, Any], engine_and_airflow) -> None:
     from invokeai_provider.models.testing.tiny_catalog import default_name, tiny_model
 
     [model_node] = [n for n in json.loads(EXAMPLE.read_text())["nodes"] if n["id"] == "model_loader"]
     assert model_node["data"]["inputs"]["model"]["value"]["name"] == default_name(tiny_model("main", "z-image"))
-    document = small_example(z_root["main"])
-    path = tmp_path / "z-image-text-to-image.json"
-    path.write_text(json.dumps(document))
-    engine = engine_image(document, z_root["uri"], artifact_root)
-    run = airflow_run(path, dag_id="z-image-t2i", extra_env={"AIRFLOW__INVOKEAI__MODEL_ROOT": z_root["uri"]})
-    image, through_airflow = airflow_image(run)
-    assert np.abs(through_airflow.astype(int) - engine.astype(int)).max() <= 1  # the same graph, the same image
-    with Image.open(uri_path(image["uri"])) as png:
-        metadata = json.loads(png.info["invokeai_metadata"])
+    document = small_example(EXAMPLE, "model_loader", z_root["main"],
+                             {"seed": 7, "steps": STEPS, "width": SIZE, "height": SIZE})
+    image, _ = engine_and_airflow(document, "z-image-t2i", z_root["uri"], SIZE)
+    metadata = png_metadata(image["uri"])
     assert {k: metadata[k] for k in ("generation_mode", "seed", "steps", "width", "height")} == {
         "generation_mode": "z_image_txt2img", "seed": 7, "steps": STEPS, "width": SIZE, "height": SIZE}
     assert metadata["model"]["name"] == z_root["name"]
@@ -170,40 +111,18 @@ BUILDERS = {"image-to-image": image_to_image, "lora": with_lora, "control": with
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_a_z_image_workflow_runs_in_the_engine_and_through_airflow(name: str, z_root: dict[str, Any],
-                                                                     uploads: dict[str, str], artifact_root: Path,
-                                                                     airflow_run, tmp_path: Path) -> None:
-    document = BUILDERS[name](z_root, uploads)
-    path = tmp_path / f"z-image-{name}.json"
-    path.write_text(json.dumps(document))
-    engine = engine_image(document, z_root["uri"], artifact_root)
-    run = airflow_run(path, dag_id=f"z-image-{name}", extra_env={"AIRFLOW__INVOKEAI__MODEL_ROOT": z_root["uri"]})
-    _, through_airflow = airflow_image(run)
-    assert np.abs(through_airflow.astype(int) - engine.astype(int)).max() <= 1  # the same graph, the same image
+                                                                     uploads: dict[str, str], engine_image,
+                                                                     engine_and_airflow) -> None:
+    _, engine = engine_and_airflow(BUILDERS[name](z_root, uploads), f"z-image-{name}", z_root["uri"], SIZE)
     if name != "image-to-image":  # the LoRA / the ControlNet changed the image
-        without = engine_image(plain(z_root, uploads), z_root["uri"], artifact_root)
+        without = engine_image(plain(z_root, uploads), z_root["uri"])
         assert np.abs(engine.astype(int) - without.astype(int)).max() > 4
 
 
 def test_demo_z_image_runs_end_to_end(tmp_path: Path) -> None:
     """The Z-Image demo builds tiny-z-image and runs z-image-text-to-image.json through Airflow at the size and
     steps given; the image's metadata records them (the workflow feeds them by edges)."""
-    import os
-
-    exe = Path(sys.executable).with_name("invokeai-airflow")
-    args = [str(exe), "demo", "--family", "z-image", "--size", "48", "--steps", "3", "--seed", "7", "--model-root",
-            str(tmp_path / "models"), "--artifacts", str(tmp_path / "art")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INVOKEAI"))}
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=600,
-                            env={**env, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "building the tiny random-weight z-image main model 'tiny-z-image'" in result.stderr
-    [image] = json.loads(result.stdout)
-    assert (image["width"], image["height"]) == (48, 48)
-    assert "Denoising step 3/3" in result.stderr and "Denoising step 4/" not in result.stderr
-    assert "success (queue gpu)" in result.stderr
-    assert uri_path(image["uri"]).is_file() and len(set(png_pixels(image["uri"]))) > 1
-    with Image.open(uri_path(image["uri"])) as png:
-        metadata = json.loads(png.info["invokeai_metadata"])
+    log, metadata = run_demo(tmp_path, "z-image", "tiny-z-image", size=48, steps=3)
+    assert "success (queue gpu)" in log
     assert {k: metadata[k] for k in ("generation_mode", "seed", "steps", "width", "height")} == {
         "generation_mode": "z_image_txt2img", "seed": 7, "steps": 3, "width": 48, "height": 48}
-    assert metadata["model"]["name"] == "tiny-z-image"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,7 +14,7 @@ from typing import Any, Optional
 
 import airflow_client.client as af
 
-from invokeai_provider.cluster.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings, read_pids
+from invokeai_provider.cluster.cluster import ADMIN_USER, ARTIFACT_BUCKET, ClusterSettings, read_pids, service_env
 
 FINISHED = {"success", "failed"}
 
@@ -178,3 +180,48 @@ def wait_for_task_log(settings: ClusterSettings, dag_id: str, run_id: str, needl
                 return str(log)
         time.sleep(0.2)
     raise TimeoutError(f"no attempt={attempt} log of {dag_id}/{run_id} mentions {needle!r} after {timeout:.0f} s")
+
+
+# --- a workflow on the gpu worker -----------------------------------------------------------------------------------
+
+
+def install_models(cluster: ClusterClient, code: str) -> None:
+    """Runs Python ``code`` (an install of tiny models) in the cluster's CLI environment, so its ``ModelRegistry(None)``
+    is the cluster's S3 model root, as a user's install command would."""
+    result = subprocess.run([sys.executable, "-c", code], env=service_env(cluster.settings, "cli"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def install_demo_model(cluster: ClusterClient, family: str) -> None:
+    """The tiny main model of ``family`` installed into the cluster's model root as `demo --family` installs it."""
+    install_models(cluster, f"from invokeai_provider.cli.demo import ensure_demo_model; "
+                            f"ensure_demo_model(None, {family!r})")
+
+
+def run_on_gpu_worker(cluster: ClusterClient, dag_id: str, conf: dict[str, Any], *,
+                      timeout: float = 600) -> tuple[str, list[Any]]:
+    """Triggers ``dag_id`` over REST once the dag processor has it, waits for the run to succeed (the task logs in
+    the message if not) and checks that its gpu-queue tasks ran on worker-gpu; returns the run id and those tasks."""
+    cluster.wait_for_dag(dag_id)
+    run_id = cluster.trigger(dag_id, conf)
+    assert cluster.wait(dag_id, run_id, timeout=timeout) == "success", \
+        task_logs(cluster.settings, dag_id, run_id)[-4000:]
+    gpu = [ti for ti in cluster.task_instances(dag_id, run_id) if ti.queue == "gpu"]
+    assert gpu and all(worker_of(ti.hostname) == "worker-gpu" for ti in gpu)
+    return run_id, gpu
+
+
+def run_example_on_gpu_runtime(cluster: ClusterClient, family: str, dag_id: str,
+                               conf: dict[str, Any]) -> dict[str, Any]:
+    """A family's example text-to-image DAG on the cluster: its tiny model installed as `demo --family` does, the
+    run triggered with ``conf`` (its ``tenant`` too), its gpu segments run on worker-gpu in the GPU runtime (not in
+    the task process), one image stored under the run's prefix in S3. Returns that image's InvokeAI metadata."""
+    install_demo_model(cluster, family)
+    run_id, gpu = run_on_gpu_worker(cluster, dag_id, conf)
+    images = [k for k in cluster.keys(cluster.run_prefix(conf["tenant"], dag_id, run_id)) if "/images/" in k]
+    assert len(images) == 1
+    for ti in gpu:
+        usage = cluster.xcom(dag_id, run_id, ti.task_id, "invokeai_usage", map_index=ti.map_index)
+        assert usage["runtime"]["socket"] == cluster.settings.runtime_socket
+    return json.loads(cluster.png_text(images[0])["invokeai_metadata"])

@@ -4,35 +4,15 @@ segment runs on the gpu worker's runtime, the image lands in S3 with InvokeAI's 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from cluster_client import ClusterClient, worker_of
-from invokeai_provider.cluster.cluster import service_env
+from cluster_client import ClusterClient, run_example_on_gpu_runtime
 
 DAG = "cogview4-text-to-image"
 
 
 def test_cogview4_text_to_image_runs_on_the_gpu_worker(cluster: ClusterClient) -> None:
-    install = subprocess.run([sys.executable, "-c", "from invokeai_provider.cli.demo import ensure_demo_model; "
-                              "ensure_demo_model(None, 'cogview4')"], env=service_env(cluster.settings, "cli"),
-                             capture_output=True, text=True, timeout=600)
-    assert install.returncode == 0, install.stderr[-3000:]
-    cluster.wait_for_dag(DAG)
     conf = {"prompt": "a red fox in the snow", "negative_prompt": "blurry", "seed": 5, "steps": 2, "width": 96,
             "height": 64, "tenant": "acme"}
-    run_id = cluster.trigger(DAG, conf)
-    assert cluster.wait(DAG, run_id) == "success"
-    tis = cluster.task_instances(DAG, run_id)
-    gpu = [ti for ti in tis if ti.queue == "gpu"]
-    assert gpu and all(worker_of(ti.hostname) == "worker-gpu" for ti in gpu)
-    images = [k for k in cluster.keys(cluster.run_prefix("acme", DAG, run_id)) if "/images/" in k]
-    assert len(images) == 1
-    metadata = json.loads(cluster.png_text(images[0])["invokeai_metadata"])
+    metadata = run_example_on_gpu_runtime(cluster, "cogview4", DAG, conf)
     assert (metadata["seed"], metadata["positive_prompt"], metadata["negative_prompt"]) == (
         5, "a red fox in the snow", "blurry")
     assert (metadata["width"], metadata["height"], metadata["generation_mode"]) == (96, 64, "cogview4_txt2img")
-    for ti in gpu:  # the CogView4 segment ran in the runtime, not in the task process
-        usage = cluster.xcom(DAG, run_id, ti.task_id, "invokeai_usage", map_index=ti.map_index)
-        assert usage["runtime"]["socket"] == cluster.settings.runtime_socket

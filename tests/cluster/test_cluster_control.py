@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from urllib.parse import quote
 
-from cluster_client import ClusterClient, task_logs, worker_of
-from invokeai_provider.cluster.cluster import service_env
+from cluster_client import ClusterClient, install_models, run_on_gpu_worker
 
 DAG = "sdxl-multidiffusion-upscale"
 API = "/invokeai/api"
@@ -37,20 +34,13 @@ def png(size: int = 48) -> bytes:
 
 
 def test_sdxl_multidiffusion_upscale_with_a_controlnet_runs_on_the_gpu_worker(cluster: ClusterClient) -> None:
-    install = subprocess.run([sys.executable, "-c", INSTALL], env=service_env(cluster.settings, "cli"),
-                             capture_output=True, text=True, timeout=600)
-    assert install.returncode == 0, install.stderr[-3000:]
+    install_models(cluster, INSTALL)
     status, body = cluster.http("POST", f"{API}/images/upload?tenant=default", png(), content_type="image/png")
     assert status == 201, body
     uploaded = json.loads(body)["image_name"]
 
-    cluster.wait_for_dag(DAG)
     conf = {"image": uploaded, "tile_width": 64, "tile_height": 64, "tile_overlap": 16, "steps": 2, "seed": 3}
-    run_id = cluster.trigger(DAG, conf)
-    assert cluster.wait(DAG, run_id, timeout=600) == "success", task_logs(cluster.settings, DAG, run_id)
-    tis = cluster.task_instances(DAG, run_id)
-    gpu = [ti for ti in tis if ti.queue == "gpu"]
-    assert gpu and all(worker_of(ti.hostname) == "worker-gpu" for ti in gpu)
+    run_id, _ = run_on_gpu_worker(cluster, DAG, conf)
 
     status, body = cluster.http("GET", f"{API}/images?tenant=default&dag_id={DAG}&run_id={quote(run_id)}")
     assert status == 200, body

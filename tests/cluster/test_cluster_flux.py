@@ -4,32 +4,12 @@ worker's runtime, the image lands in S3 with InvokeAI's metadata."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from cluster_client import ClusterClient, worker_of
-from invokeai_provider.cluster.cluster import service_env
+from cluster_client import ClusterClient, run_example_on_gpu_runtime
 
 DAG = "flux-text-to-image"
 
 
 def test_flux_text_to_image_runs_on_the_gpu_worker(cluster: ClusterClient) -> None:
-    install = subprocess.run([sys.executable, "-c", "from invokeai_provider.cli.demo import ensure_demo_model; "
-                              "ensure_demo_model(None, 'flux')"], env=service_env(cluster.settings, "cli"),
-                             capture_output=True, text=True, timeout=600)
-    assert install.returncode == 0, install.stderr[-3000:]
-    cluster.wait_for_dag(DAG)
     conf = {"prompt": "a red fox in the snow", "seed": 5, "steps": 2, "width": 64, "height": 64, "tenant": "acme"}
-    run_id = cluster.trigger(DAG, conf)
-    assert cluster.wait(DAG, run_id) == "success"
-    tis = cluster.task_instances(DAG, run_id)
-    gpu = [ti for ti in tis if ti.queue == "gpu"]
-    assert gpu and all(worker_of(ti.hostname) == "worker-gpu" for ti in gpu)
-    images = [k for k in cluster.keys(cluster.run_prefix("acme", DAG, run_id)) if "/images/" in k]
-    assert len(images) == 1
-    metadata = json.loads(cluster.png_text(images[0])["invokeai_metadata"])
+    metadata = run_example_on_gpu_runtime(cluster, "flux", DAG, conf)
     assert metadata["seed"] == 5 and metadata["positive_prompt"] == "a red fox in the snow"
-    for ti in gpu:  # the FLUX segment ran in the runtime, not in the task process
-        usage = cluster.xcom(DAG, run_id, ti.task_id, "invokeai_usage", map_index=ti.map_index)
-        assert usage["runtime"]["socket"] == cluster.settings.runtime_socket

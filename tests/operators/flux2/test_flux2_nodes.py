@@ -24,7 +24,7 @@ from invokeai_provider.models.testing.tiny_flux2 import (
 )
 from invokeai_provider.models.testing.tiny_qwen3 import build_qwen3_encoder
 from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
-from tests.helpers import edge, run_nodes, stored_image
+from helpers import edge, run_nodes, stored_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -31,7 +31,7 @@ from invokeai_provider.models.model_manager.manager import ModelManager
 from invokeai_provider.models.model_manager.registry import ModelRegistry
 from invokeai_provider.models.testing.tiny_flux2 import build_flux2_model
 from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
-from tests.helpers import edge, put_image, run_nodes, stored_image
+from helpers import edge, put_image, run_nodes, stored_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

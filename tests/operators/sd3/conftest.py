@@ -10,6 +10,11 @@ SD3_SEED = 3  # the main's weights; its separate parts are built with the same s
 
 
 @pytest.fixture(scope="session")
+def sd3_seed() -> int:
+    return SD3_SEED
+
+
+@pytest.fixture(scope="session")
 def sd3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]]:
     """(a CPU model manager, the tiny-sd3 main's identifier)."""
     from invokeai_provider.models.model_manager.install import install_model

@@ -19,7 +19,7 @@ from invokeai_provider.graph.engine import run_graph
 from invokeai_provider.graph.graph import Graph
 from invokeai_provider.models.model_manager.manager import ModelManager
 from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
-from tests.helpers import edge, graph, node
+from helpers import edge, graph, node
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT = "a lighthouse in a storm, oil painting"

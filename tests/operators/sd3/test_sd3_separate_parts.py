@@ -16,23 +16,23 @@ from invokeai_provider.core.context import RunContext
 from invokeai_provider.graph.engine import run_graph
 from invokeai_provider.graph.graph import Graph
 from invokeai_provider.storage.base import LocalArtifactBackend, RunStore
-from tests.helpers import edge, graph, node
-from tests.operators.sd3.conftest import SD3_SEED
+from helpers import edge, graph, node
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def parts(sd3: tuple[Any, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def parts(sd3: tuple[Any, dict[str, Any]], sd3_seed: int, tmp_path_factory: pytest.TempPathFactory
+          ) -> dict[str, dict[str, Any]]:
     from invokeai_provider.models.model_manager.install import install_model
     from invokeai_provider.models.testing import tiny_sd3
 
     manager, _ = sd3
     folder = tmp_path_factory.mktemp("sd3-parts")
-    built = {"clip_l": tiny_sd3.build_sd3_clip_embed(folder / "clip-l", "l", seed=SD3_SEED),
-             "clip_g": tiny_sd3.build_sd3_clip_embed(folder / "clip-g", "g", seed=SD3_SEED),
-             "t5": tiny_sd3.build_sd3_t5_encoder(folder / "t5", seed=SD3_SEED),
-             "vae": tiny_sd3.build_sd3_vae(folder / "vae", seed=SD3_SEED)}
+    built = {"clip_l": tiny_sd3.build_sd3_clip_embed(folder / "clip-l", "l", seed=sd3_seed),
+             "clip_g": tiny_sd3.build_sd3_clip_embed(folder / "clip-g", "g", seed=sd3_seed),
+             "t5": tiny_sd3.build_sd3_t5_encoder(folder / "t5", seed=sd3_seed),
+             "vae": tiny_sd3.build_sd3_vae(folder / "vae", seed=sd3_seed)}
     return {name: install_model(manager.registry, str(path), name=f"sd3-{name}").model_dump(mode="json")
             for name, path in built.items()}
 

@@ -4,6 +4,7 @@ demos run end to end through Airflow with the size and steps they are given."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,7 +163,8 @@ def _clean_env() -> dict[str, str]:
 
 def test_readme_shows_the_demo_families() -> None:
     text = (REPO_ROOT / "README.md").read_text()
-    assert "invokeai-airflow demo [--family sd15|sdxl|flux|sd3|cogview4] [--size N] [--steps N]" in text
+    synopsis = re.search(r"invokeai-airflow demo \[--family ([a-z0-9|-]+)\] \[--size N\] \[--steps N\]", text)
+    assert synopsis and set(synopsis.group(1).split("|")) == set(DEMO_FAMILIES)
     assert "demo --family cogview4" in text and "models install-tiny main --base cogview4" in text
     assert "demo --family sd3" in text and "models install-tiny main --base sd-3" in text
     assert "models install-tiny main --base sdxl" in text

@@ -40,11 +40,13 @@ def test_install_tiny_probes_as_its_type_and_base(model_root: Path, capsys, kind
     assert main(args) == 0
     captured = capsys.readouterr()
     name = default_name(TINY_MODELS[kind, base])
-    # a clip_vision model is base any: --base sd-1/sdxl picks the encoder that family's IP-Adapters read; so are
-    # text encoders: --base sd-3 picks SD3's CLIP-G embed and T5
+    # the family --base names may use a model of another base, as InvokeAI records them: base-any encoders
+    # (--base sd-1/sdxl picks the IP-Adapters' CLIP vision, sd-3 its CLIP-G embed and T5, z-image/flux2 their Qwen3)
+    # and Z-Image's FLUX VAE; the catalog says which, and the probe must agree with it
     recorded = TINY_MODELS[kind, base].base
     assert recorded == base or (recorded is BaseModelType.Any and kind in (
-        ModelType.CLIPVision, ModelType.CLIPEmbed, ModelType.T5Encoder))
+        ModelType.CLIPVision, ModelType.CLIPEmbed, ModelType.T5Encoder, ModelType.Qwen3Encoder)) or (
+        (kind, base, recorded) == (ModelType.VAE, BaseModelType.ZImage, BaseModelType.Flux))
     assert captured.out.startswith(f"installed {name!r}: {recorded.value} {kind.value} ")
     assert "building the tiny random-weight" in captured.err
     config = ModelRegistry(str(model_root)).find(name)

@@ -32,55 +32,20 @@ DEMO_INPUTS: dict[str, InputPath] = {
     "width": InputPath("noise", "width"),
     "height": InputPath("noise", "height"),
 }
-# FLUX has no noise node: the denoise node takes the seed and size itself
-FLUX_DEMO_INPUTS: dict[str, InputPath] = {
-    "model": InputPath("flux_denoise", "transformer", ("model",)),
-    "prompt": InputPath("flux_denoise", "positive_text_conditioning", ("prompt",)),
-    "seed": InputPath("flux_denoise", "seed"),
-    "steps": InputPath("flux_denoise", "num_steps"),
-    "width": InputPath("flux_denoise", "width"),
-    "height": InputPath("flux_denoise", "height"),
-}
 
-# SD3 / SD3.5: the denoise node takes the seed and size itself too
-SD3_DEMO_INPUTS: dict[str, InputPath] = {
-    "model": InputPath("sd3_denoise", "transformer", ("model",)),
-    "prompt": InputPath("sd3_denoise", "positive_conditioning", ("prompt",)),
-    "seed": InputPath("sd3_denoise", "seed"),
-    "steps": InputPath("sd3_denoise", "steps"),
-    "width": InputPath("sd3_denoise", "width"),
-    "height": InputPath("sd3_denoise", "height"),
-}
 
-# CogView4: the denoise node takes the seed and size itself as well
-COGVIEW4_DEMO_INPUTS: dict[str, InputPath] = {
-    "model": InputPath("cogview4_denoise", "transformer", ("model",)),
-    "prompt": InputPath("cogview4_denoise", "positive_conditioning", ("prompt",)),
-    "seed": InputPath("cogview4_denoise", "seed"),
-    "steps": InputPath("cogview4_denoise", "steps"),
-    "width": InputPath("cogview4_denoise", "width"),
-    "height": InputPath("cogview4_denoise", "height"),
-}
+def denoise_inputs(node: str, prompt: str = "positive_conditioning", steps: str = "steps") -> dict[str, InputPath]:
+    """The demo's inputs for a family without a noise node: its denoise node takes the seed and size itself."""
+    return {"model": InputPath(node, "transformer", ("model",)), "prompt": InputPath(node, prompt, ("prompt",)),
+            "seed": InputPath(node, "seed"), "steps": InputPath(node, steps), "width": InputPath(node, "width"),
+            "height": InputPath(node, "height")}
 
-# FLUX.2 Klein: the denoise node takes the seed and size itself as well
-FLUX2_DEMO_INPUTS: dict[str, InputPath] = {
-    "model": InputPath("flux2_denoise", "transformer", ("model",)),
-    "prompt": InputPath("flux2_denoise", "positive_text_conditioning", ("prompt",)),
-    "seed": InputPath("flux2_denoise", "seed"),
-    "steps": InputPath("flux2_denoise", "num_steps"),
-    "width": InputPath("flux2_denoise", "width"),
-    "height": InputPath("flux2_denoise", "height"),
-}
 
-# Z-Image: the denoise node takes the seed and size itself as well
-Z_IMAGE_DEMO_INPUTS: dict[str, InputPath] = {
-    "model": InputPath("z_image_denoise_meta", "transformer", ("model",)),
-    "prompt": InputPath("z_image_denoise_meta", "positive_conditioning", ("prompt",)),
-    "seed": InputPath("z_image_denoise_meta", "seed"),
-    "steps": InputPath("z_image_denoise_meta", "steps"),
-    "width": InputPath("z_image_denoise_meta", "width"),
-    "height": InputPath("z_image_denoise_meta", "height"),
-}
+FLUX_DEMO_INPUTS = denoise_inputs("flux_denoise", "positive_text_conditioning", "num_steps")
+SD3_DEMO_INPUTS = denoise_inputs("sd3_denoise")
+COGVIEW4_DEMO_INPUTS = denoise_inputs("cogview4_denoise")
+FLUX2_DEMO_INPUTS = denoise_inputs("flux2_denoise", "positive_text_conditioning", "num_steps")
+Z_IMAGE_DEMO_INPUTS = denoise_inputs("z_image_denoise_meta")
 
 
 @dataclass(frozen=True)

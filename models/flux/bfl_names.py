@@ -7,6 +7,7 @@ single block's ``linear1`` is those three and ``proj_mlp``, their rows in that o
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterable
 
 # in double block i (``double_blocks.i.`` -> ``transformer_blocks.i.``): BFL layer -> the diffusers layers it holds
@@ -49,6 +50,21 @@ TOP_LEVEL: dict[str, str] = {
 }
 # BFL's rows (shift, scale) are diffusers' (scale, shift) here: the halves of the output rows swap
 SWAPPED_HALVES = frozenset({"final_layer.adaLN_modulation.1"})
+
+
+@dataclass(frozen=True)
+class BflNames:
+    """One BFL transformer's layer names and the diffusers layers each holds: FLUX.1's here, FLUX.2's (whose
+    single blocks keep ``linear1`` fused and whose modulations are shared) in ``models.flux2.bfl_names``; LoRA
+    conversion reads either."""
+
+    double_block: dict[str, tuple[str, ...]]
+    single_block: dict[str, tuple[str, ...]]
+    top_level: dict[str, str]
+    swapped_halves: frozenset[str] = SWAPPED_HALVES
+
+
+FLUX1_NAMES = BflNames(DOUBLE_BLOCK, SINGLE_BLOCK, TOP_LEVEL)
 
 
 def block_count(keys: Iterable[str], blocks: str) -> int:

@@ -19,9 +19,9 @@ builds one layer at a time (a DoRA scale, which normalises the fused layer as a 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, TypeVar
 
-from invokeai_provider.models.flux.bfl_names import DOUBLE_BLOCK, SINGLE_BLOCK, SWAPPED_HALVES, TOP_LEVEL
+from invokeai_provider.models.flux.bfl_names import FLUX1_NAMES, BflNames
 from invokeai_provider.models.patches import lycoris
 
 if TYPE_CHECKING:
@@ -29,14 +29,15 @@ if TYPE_CHECKING:
 
     LoraWeights = dict[str, torch.Tensor]
 
-__all__ = ["FluxLoraFormat", "flux_lora_format", "split_bfl_rows", "to_diffusers_names"]
+__all__ = ["FluxLoraFormat", "bfl_layers", "flux_lora_format", "split_bfl_rows", "to_diffusers_names"]
+
+T = TypeVar("T")
 
 FluxLoraFormat = str  # "kohya", "onetrainer", "diffusers", "aitoolkit" (BFL names, PEFT suffixes), "xlabs"
 
 _BLOCK = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)")
 _KOHYA_BLOCK = re.compile(r"(double_blocks|single_blocks)_(\d+)_(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|"
                           r"linear1|linear2|modulation)_?(.*)")
-_KOHYA_GLOBAL = {name.replace(".", "_"): name for name in TOP_LEVEL}
 _XLABS = re.compile(r"double_blocks\.(\d+)\.processor\.(qkv|proj)_lora([12])\.(down|up)\.weight")
 _PARTS = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "lora_A.weight": "lora_A.weight",
           "lora_B.weight": "lora_B.weight", "lora.down.weight": "lora_A.weight", "lora.up.weight": "lora_B.weight",
@@ -44,7 +45,7 @@ _PARTS = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"
 _DIFFUSERS_MARKERS = ("single_transformer_blocks.", "transformer_blocks.")
 
 
-def _bfl_layer(key: str) -> Optional[tuple[str, str]]:
+def _bfl_layer(key: str, names: BflNames = FLUX1_NAMES) -> Optional[tuple[str, str]]:
     """``(BFL layer name, part)`` of a kohya, ai-toolkit or BFL-PEFT key; None for other formats' keys."""
     stem, part = _split_part(key)
     if part is None:
@@ -54,13 +55,12 @@ def _bfl_layer(key: str) -> Optional[tuple[str, str]]:
         if m := _KOHYA_BLOCK.fullmatch(body):
             blocks, index, group, rest = m.groups()
             return f"{blocks}.{index}.{group}{'.' + rest if rest else ''}", part
-        if body in _KOHYA_GLOBAL:
-            return _KOHYA_GLOBAL[body], part
-        return None
+        kohya_top = {name.replace(".", "_"): name for name in names.top_level}
+        return (kohya_top[body], part) if body in kohya_top else None
     for prefix in ("diffusion_model.", "base_model.model."):
         if stem.startswith(prefix):
             body = stem.removeprefix(prefix)
-            if _BLOCK.fullmatch(body) or body in TOP_LEVEL:
+            if _BLOCK.fullmatch(body) or body in names.top_level:
                 return body, part
     return None
 
@@ -70,6 +70,16 @@ def _split_part(key: str) -> tuple[str, Optional[str]]:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1], suffix
     return key, None
+
+
+def bfl_layers(state: "Mapping[str, T]", names: BflNames = FLUX1_NAMES) -> dict[str, dict[str, T]]:
+    """A kohya or BFL-PEFT LoRA's values (tensors, or shapes when probing) per BFL layer, under PEFT part names
+    (``lora_A.weight``, ``lora_B.weight``, ``alpha``, LyCORIS roles); keys of no BFL layer are left out."""
+    grouped: dict[str, dict[str, T]] = {}
+    for key, value in state.items():
+        if found := _bfl_layer(key, names):
+            grouped.setdefault(found[0], {})[_PARTS[found[1]]] = value
+    return grouped
 
 
 def flux_lora_format(keys: "list[str] | set[str] | dict") -> Optional[FluxLoraFormat]:
@@ -100,15 +110,15 @@ def flux_lora_format(keys: "list[str] | set[str] | dict") -> Optional[FluxLoraFo
     return None
 
 
-def _diffusers_targets(bfl: str) -> tuple[str, ...]:
-    if bfl in TOP_LEVEL:
-        return (TOP_LEVEL[bfl],)
+def _diffusers_targets(bfl: str, names: BflNames) -> tuple[str, ...]:
+    if bfl in names.top_level:
+        return (names.top_level[bfl],)
     m = _BLOCK.fullmatch(bfl)
     if m is None:
         raise KeyError(bfl)
     blocks, index, layer = m.groups()
-    table, owner = (DOUBLE_BLOCK, "transformer_blocks") if blocks == "double_blocks" else \
-        (SINGLE_BLOCK, "single_transformer_blocks")
+    table, owner = (names.double_block, "transformer_blocks") if blocks == "double_blocks" else \
+        (names.single_block, "single_transformer_blocks")
     return tuple(f"{owner}.{index}.{target}" for target in table[layer])
 
 
@@ -121,24 +131,25 @@ def _row_splits(bfl: str, targets: tuple[str, ...], rows: int, width: int) -> li
     return [rows // 3] * 3
 
 
-def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str) -> "LoraWeights":
+def _convert_fused(bfl: str, parts: dict[str, "torch.Tensor"], key: str, names: BflNames) -> "LoraWeights":
     import torch
 
+    swapped = bfl in names.swapped_halves
     try:
-        targets = _diffusers_targets(bfl)
+        targets = _diffusers_targets(bfl, names)
     except KeyError:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} is not one a LoRA can patch") from None
     matrices = {"lora_A.weight", "lora_B.weight"} & parts.keys()
     if matrices and len(matrices) < 2:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} lacks an up or down matrix")
-    if not matrices or (len(targets) == 1 and bfl not in SWAPPED_HALVES):
-        return _convert_lycoris(bfl, targets, parts, key)  # a DoRA passes through; the patcher checks the rest
+    if not matrices or (len(targets) == 1 and not swapped):
+        return _convert_lycoris(bfl, targets, parts, key, swapped)  # a DoRA passes through; the patcher checks the rest
     _refuse_split_dora(bfl, targets, parts, key)
     if others := sorted(set(parts) - matrices - {"alpha"}):
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r} is fused from {', '.join(targets)}; its LoRA "
                          f"matrices come with {', '.join(others)}, which cannot be split with them")
     up, down = parts["lora_B.weight"], parts["lora_A.weight"]
-    if bfl in SWAPPED_HALVES:
+    if swapped:
         up = torch.cat(up.chunk(2, dim=0)[::-1], dim=0)
     splits = _row_splits(bfl, targets, up.shape[0], down.shape[1])
     if min(splits) <= 0 or sum(splits) != up.shape[0]:
@@ -160,12 +171,12 @@ def _refuse_split_dora(bfl: str, targets: tuple[str, ...], parts: dict[str, "tor
 
 
 def _convert_lycoris(bfl: str, targets: tuple[str, ...], parts: dict[str, "torch.Tensor"],
-                     key: str) -> "LoraWeights":
+                     key: str, swapped: bool) -> "LoraWeights":
     """A layer of one diffusers layer under that layer's name (suffixes kept); a fused (or half-swapped) LyCORIS
     layer's factors go to each of its diffusers layers with the ``row_index`` of their rows."""
     import torch
 
-    if len(targets) == 1 and bfl not in SWAPPED_HALVES:
+    if len(targets) == 1 and not swapped:
         return {f"transformer.{targets[0]}.{role}": tensor for role, tensor in parts.items()}
     _refuse_split_dora(bfl, targets, parts, key)
     try:
@@ -173,7 +184,7 @@ def _convert_lycoris(bfl: str, targets: tuple[str, ...], parts: dict[str, "torch
     except ValueError as exc:
         raise ValueError(f"LoRA key {key!r}: FLUX layer {bfl!r}: the layer {exc}") from None
     order = torch.arange(rows)
-    if bfl in SWAPPED_HALVES:
+    if swapped:
         order = torch.cat(order.chunk(2)[::-1])
     splits = _row_splits(bfl, targets, rows, width)
     if min(splits) <= 0 or sum(splits) != rows:
@@ -193,8 +204,8 @@ def split_bfl_rows(bfl: str, rows: "torch.Tensor", width: int) -> dict[str, "tor
     Raises KeyError for a layer name that is not FLUX's, ValueError when the rows do not split."""
     import torch
 
-    targets = _diffusers_targets(bfl)
-    if bfl in SWAPPED_HALVES:
+    targets = _diffusers_targets(bfl, FLUX1_NAMES)
+    if bfl in FLUX1_NAMES.swapped_halves:
         rows = torch.cat(rows.chunk(2, dim=0)[::-1], dim=0)
     splits = _row_splits(bfl, targets, rows.shape[0], width)
     if min(splits) <= 0 or sum(splits) != rows.shape[0]:
@@ -203,15 +214,17 @@ def split_bfl_rows(bfl: str, rows: "torch.Tensor", width: int) -> dict[str, "tor
     return {target: part.contiguous() for target, part in zip(targets, rows.split(splits, dim=0))}
 
 
-def to_diffusers_names(state_dict: "LoraWeights") -> "LoraWeights":
-    """A FLUX.1 LoRA in any format `flux_lora_format` knows, with its transformer layers under diffusers' names.
+def to_diffusers_names(state_dict: "LoraWeights", names: BflNames = FLUX1_NAMES,
+                       family: str = "FLUX.1") -> "LoraWeights":
+    """A FLUX LoRA in any format `flux_lora_format` knows, with its transformer layers under diffusers' names
+    (``names``: the BFL transformer's layer table, FLUX.1's unless a FLUX.2 LoRA is read).
 
-    Raises ValueError, naming the key, for a state dict that is not a FLUX.1 LoRA or a fused layer that does not
+    Raises ValueError, naming the key, for a state dict that is not such a LoRA or a fused layer that does not
     split."""
     form = flux_lora_format(state_dict)
     if form is None:
-        raise ValueError("not a FLUX.1 LoRA in a format this provider reads (kohya, OneTrainer, diffusers, ai-toolkit "
-                         "or XLabs)")
+        raise ValueError(f"not a {family} LoRA in a format this provider reads (kohya, OneTrainer, diffusers, "
+                         "ai-toolkit or XLabs)")
     if form in ("onetrainer",):
         return dict(state_dict)
     if form == "diffusers":
@@ -231,13 +244,13 @@ def to_diffusers_names(state_dict: "LoraWeights") -> "LoraWeights":
             bfl = f"double_blocks.{block}.{'img' if stream == '1' else 'txt'}_attn.{kind}"
             part = "lora_A.weight" if role == "down" else "lora_B.weight"
         else:
-            found = _bfl_layer(key)
+            found = _bfl_layer(key, names)
             if found is None:
-                raise ValueError(f"LoRA key {key!r} is not a layer of a {form} FLUX.1 LoRA this provider can apply")
+                raise ValueError(f"LoRA key {key!r} is not a layer of a {form} {family} LoRA this provider can apply")
             bfl, suffix = found
             part = _PARTS[suffix]
         grouped.setdefault(bfl, {})[part] = tensor
         first_key.setdefault(bfl, key)
     for bfl, parts in grouped.items():
-        out.update(_convert_fused(bfl, parts, first_key[bfl]))
+        out.update(_convert_fused(bfl, parts, first_key[bfl], names))
     return out

@@ -83,15 +83,13 @@ def probe_file(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[Probe
 
 
 def probe_lora(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
-    """A diffusers-named FLUX.2 LoRA (`lora_conversion.is_flux2_lora`), with the Klein variant its context embedder
-    tells when it has one."""
-    from invokeai_provider.models.flux2.lora_conversion import is_flux2_lora
+    """A FLUX.2 LoRA in diffusers' or BFL's naming (`lora_conversion.is_flux2_lora`), with the variant its context
+    input tells when it patches that layer."""
+    from invokeai_provider.models.flux2.lora_conversion import context_width, is_flux2_lora
 
     if not is_flux2_lora(shapes):
         return None
-    context = [shape[1] for key, shape in shapes.items() if ".context_embedder." in key and len(shape) == 2
-               and key.endswith((".lora_A.weight", ".lora_down.weight"))]
-    variant = CONTEXT_VARIANT.get(context[0]) if context else None
+    variant = CONTEXT_VARIANT.get(context_width(shapes) or 0)
     return ProbeResult(ModelType.LoRA, ModelFormat.LyCORIS, BaseModelType.Flux2, variant)
 
 

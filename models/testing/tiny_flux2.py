@@ -105,43 +105,35 @@ def build_flux2_vae(dest: Path, *, seed: int = 0) -> Path:
 
 
 def bfl_transformer_state(seed: int = 0) -> dict[str, Any]:
-    """The tiny transformer's weights under Black Forest Labs' names (what a FLUX.2 single file carries): fused
-    ``qkv`` in the double blocks, ``linear1``/``linear2`` in the single ones, ``*_norm.scale``, and the final
-    modulation's halves in BFL's (shift, scale) order."""
+    """The tiny transformer's weights under Black Forest Labs' names (what a FLUX.2 single file carries), renamed
+    with the table BFL-named LoRAs are read with: fused ``qkv`` in the double blocks, ``linear1``/``linear2`` in the
+    single ones, ``*_norm.scale``, and the final modulation's halves in BFL's (shift, scale) order."""
     import torch
+
+    from invokeai_provider.models.flux2.bfl_names import DOUBLE_BLOCK_NORMS, FLUX2_NAMES, SINGLE_BLOCK_NORMS
 
     state = {key: value.contiguous() for key, value in _transformer(seed).state_dict().items()}
     out: dict[str, Any] = {}
-    renames = {"x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
-               "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
-               "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
-               "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
-               "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
-               "single_stream_modulation.linear": "single_stream_modulation.lin"}
-    double = {"attn.norm_q.weight": "img_attn.norm.query_norm.scale", "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
-              "attn.to_out.0.weight": "img_attn.proj.weight", "ff.linear_in.weight": "img_mlp.0.weight",
-              "ff.linear_out.weight": "img_mlp.2.weight", "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
-              "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale", "attn.to_add_out.weight": "txt_attn.proj.weight",
-              "ff_context.linear_in.weight": "txt_mlp.0.weight", "ff_context.linear_out.weight": "txt_mlp.2.weight"}
-    single = {"attn.to_qkv_mlp_proj.weight": "linear1.weight", "attn.to_out.weight": "linear2.weight",
-              "attn.norm_q.weight": "norm.query_norm.scale", "attn.norm_k.weight": "norm.key_norm.scale"}
-    blocks = {int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")}
-    for index in blocks:
-        prefix = f"transformer_blocks.{index}."
-        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
-            out[f"double_blocks.{index}.{stream}_attn.qkv.weight"] = torch.cat(
-                [state.pop(f"{prefix}attn.{name}.weight") for name in names])
-        for name, bfl in double.items():
-            out[f"double_blocks.{index}.{bfl}"] = state.pop(prefix + name)
-    for key in [k for k in state if k.startswith("single_transformer_blocks.")]:
-        _, index, rest = key.split(".", 2)
-        out[f"single_blocks.{index}.{single[rest]}"] = state.pop(key)
-    shift_scale = state.pop("norm_out.linear.weight")
-    scale, shift = shift_scale.chunk(2)
-    out["final_layer.adaLN_modulation.1.weight"] = torch.cat([shift, scale])
-    for key, value in state.items():
-        stem, param = key.rsplit(".", 1)
-        out[f"{renames.get(stem, stem)}.{param}"] = value
+    for bfl, target in FLUX2_NAMES.top_level.items():
+        for param in ("weight", "bias"):
+            if (key := f"{target}.{param}") in state:
+                value = state.pop(key)
+                if bfl in FLUX2_NAMES.swapped_halves:
+                    value = torch.cat(value.chunk(2)[::-1])
+                out[f"{bfl}.{param}"] = value
+    for blocks, owner, table, norms in (
+            ("double_blocks", "transformer_blocks", FLUX2_NAMES.double_block, DOUBLE_BLOCK_NORMS),
+            ("single_blocks", "single_transformer_blocks", FLUX2_NAMES.single_block, SINGLE_BLOCK_NORMS)):
+        for index in {int(k.split(".")[1]) for k in state if k.startswith(owner + ".")}:
+            prefix = f"{owner}.{index}."
+            for bfl, targets in table.items():
+                for param in ("weight", "bias"):
+                    if parts := [state.pop(k) for t in targets if (k := f"{prefix}{t}.{param}") in state]:
+                        out[f"{blocks}.{index}.{bfl}.{param}"] = torch.cat(parts)
+            for bfl, target in norms.items():
+                out[f"{blocks}.{index}.{bfl}"] = state.pop(prefix + target)
+    if state:
+        raise ValueError(f"tiny FLUX.2 weights with no BFL name: {sorted(state)}")
     return out
 
 
@@ -185,5 +177,46 @@ def build_flux2_lora(dest: Path, *, rank: int = 4, seed: int = 0) -> Path:
     return dest
 
 
-__all__ = ["CONTEXT_WIDTH", "build_flux2_lora", "SCHEDULER", "VARIANTS", "bfl_transformer_state", "build_flux2_checkpoint",
+# BFL layers of the tiny transformer a BFL-named LoRA patches: fused qkv, the SwiGLU MLP, fused linear1 (no
+# shared modulation, so only the MLP widths tell it from a FLUX.1 LoRA)
+BFL_LORA_LAYERS = {"double_blocks.0.img_attn.qkv": "transformer_blocks.0.attn.to_q",
+                   "double_blocks.0.img_attn.proj": "transformer_blocks.0.attn.to_out.0",
+                   "double_blocks.0.img_mlp.0": "transformer_blocks.0.ff.linear_in",
+                   "double_blocks.0.txt_mlp.2": "transformer_blocks.0.ff_context.linear_out",
+                   "single_blocks.0.linear1": "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+                   "single_blocks.0.linear2": "single_transformer_blocks.0.attn.to_out"}
+
+
+def build_flux2_bfl_lora(dest: Path, *, style: str = "aitoolkit", rank: int = 4, seed: int = 0) -> Path:
+    """A tiny random FLUX.2 LoRA in Black Forest Labs' layer names: ``aitoolkit`` style
+    (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight``, no alpha) or ``kohya`` style
+    (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` with ``.alpha``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    if style not in ("aitoolkit", "kohya"):
+        raise ValueError(f"BFL FLUX.2 LoRA style {style!r}: expected aitoolkit or kohya")
+    dest = Path(dest)
+    if dest.suffix != ".safetensors" or dest.exists():
+        raise ValueError(f"{dest}: expected a new .safetensors file")
+    shapes = {key: value.shape for key, value in _transformer(0).state_dict().items()}
+    generator = torch.Generator().manual_seed(_derive_seed(seed, f"flux2/bfl-lora/{style}"))
+    tensors = {}
+    for bfl, module in BFL_LORA_LAYERS.items():
+        fan_out, fan_in = shapes[f"{module}.weight"]
+        fan_out *= 3 if bfl.endswith(".qkv") else 1
+        down = torch.empty(rank, fan_in).uniform_(-(fan_in ** -0.5), fan_in ** -0.5, generator=generator)
+        up = torch.empty(fan_out, rank).uniform_(-0.5, 0.5, generator=generator)
+        if style == "aitoolkit":
+            tensors |= {f"diffusion_model.{bfl}.lora_A.weight": down, f"diffusion_model.{bfl}.lora_B.weight": up}
+        else:
+            stem = "lora_unet_" + bfl.replace(".", "_")
+            tensors |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
+                        f"{stem}.alpha": torch.tensor(rank / 2)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dest))
+    return dest
+
+
+__all__ = ["BFL_LORA_LAYERS", "CONTEXT_WIDTH", "build_flux2_bfl_lora", "build_flux2_lora", "SCHEDULER", "VARIANTS", "bfl_transformer_state", "build_flux2_checkpoint",
            "build_flux2_model", "build_flux2_vae", "flux2_components"]

@@ -5,8 +5,9 @@
   T5-XXL's 4,096 or FLUX.2's shared modulation layers). The variant comes from the context width
   (``joint_attention_dim`` / ``txt_in``): 7,680 is Klein 4B (Qwen3-4B), 12,288 Klein 9B (Qwen3-8B), 15,360 [dev]
   (Mistral); any other width is taken as Klein 4B, as InvokeAI does. The undistilled Base models share their
-  distilled sibling's architecture and are told apart by "base" in the model's name. [dev] is identified and
-  refused (its Mistral Small 3.1 text encoder is not built here), and so are GGUF-quantized FLUX.2 files.
+  distilled sibling's architecture and are told apart by "base" in the model's name. [dev] (a ``Flux2Pipeline``
+  folder, or a BFL file 15,360 wide, with its guidance embedder) reads prompts with Mistral Small 3.1
+  (`invokeai_provider.models.text_encoders.mistral`).
 - VAEs: a diffusers ``AutoencoderKLFlux2`` folder, or a single file with FLUX.2's batch norm (``bn.running_mean``)
   or 32 latent channels.
 """
@@ -27,8 +28,6 @@ FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
 SHARED_MODULATION = ("single_stream_modulation.lin.weight", "double_stream_modulation_img.lin.weight")
 CONTEXT_VARIANT = {7680: Flux2VariantType.Klein4B, 12288: Flux2VariantType.Klein9B, 15360: Flux2VariantType.Dev}
 BASE_OF = {Flux2VariantType.Klein4B: Flux2VariantType.Klein4BBase, Flux2VariantType.Klein9B: Flux2VariantType.Klein9BBase}
-DEV_REFUSAL = ("FLUX.2 [dev] is not supported yet: its text encoder is Mistral Small 3.1, which this provider does "
-               "not run; FLUX.2 Klein (Qwen3 encoders) is")
 
 
 def variant_for(context_width: Optional[int], name: str) -> Flux2VariantType:
@@ -71,8 +70,6 @@ def probe_file(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[Probe
         raise ProbeError(f"{path}: a bitsandbytes NF4-quantized FLUX.2 transformer; install the unquantized single "
                          "file or a Flux2KleinPipeline diffusers folder instead")
     variant = variant_for((bare.get("txt_in.weight") or (0, 0))[1], path.name)
-    if variant is Flux2VariantType.Dev:
-        raise ProbeError(f"{path}: {DEV_REFUSAL}")
     from invokeai_provider.models.flux2.loading import Flux2LoadError, bfl_transformer_config
 
     try:
@@ -106,8 +103,6 @@ def probe_folder(path: Path, config: dict, transformer: dict, repo_variant: Opti
     """A FLUX.2 diffusers pipeline folder (``config`` is its model_index.json, ``transformer`` its transformer's
     config)."""
     variant = variant_for(transformer.get("joint_attention_dim"), path.name)
-    if variant is Flux2VariantType.Dev or config.get("_class_name") == "Flux2Pipeline":
-        raise ProbeError(f"{path}: {DEV_REFUSAL}")
     if transformer.get("in_channels") != 128:
         raise ProbeError(f"{path}: transformer in_channels {transformer.get('in_channels')} is not FLUX.2's 128 (32 "
                          "latent channels in 2x2 patches)")

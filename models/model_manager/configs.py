@@ -18,6 +18,7 @@ from invokeai_provider.core.taxonomy import (
     FluxVariantType,
     ModelType,
     ModelVariantType,
+    MistralVariantType,
     Qwen3VariantType,
     SchedulerPredictionType,
     SubModelType,
@@ -35,6 +36,7 @@ class ModelFormat(str, Enum):
     BnbQuantizedLlmInt8b = "bnb_quantized_int8b"
     GGUFQuantized = "gguf_quantized"
     Qwen3Encoder = "qwen3_encoder"  # InvokeAI's standalone Qwen3 encoder folder: text_encoder/ (+ tokenizer/)
+    MistralEncoder = "mistral_encoder"  # InvokeAI's standalone Mistral encoder folder: text_encoder/ (+ tokenizer/)
     InvokeAI = "invokeai"  # InvokeAI's own IP-Adapter folder: ip_adapter.bin and image_encoder.txt
     Unknown = "unknown"
 
@@ -62,7 +64,7 @@ class ModelConfig(BaseModel):
     format: ModelFormat
     base: BaseModelType
     variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType, ZImageVariantType,
-                            Qwen3VariantType, Flux2VariantType]] = None
+                            Qwen3VariantType, Flux2VariantType, MistralVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     config_path: Optional[str] = Field(

@@ -80,6 +80,12 @@ LOADABLE_CLASSES = {
                   "CogView4Transformer2DModel"},
 }
 
+# Parts a main may be published without, and where a graph takes them from then
+OPTIONAL_PARTS = {
+    (BaseModelType.StableDiffusion3, part): "SD3.5 folders may leave T5-XXL out; select a T5 encoder model in "
+    "sd3_model_loader's t5_encoder_model, or leave sd3_text_encoder's t5_encoder unconnected to encode without T5"
+    for part in (SubModelType.Tokenizer3, SubModelType.TextEncoder3)}
+
 
 class ModelLoadError(InvokeAIProviderError):
     """A registered model could not be loaded; the message names the model and submodel."""
@@ -129,7 +135,7 @@ class ModelManager:
                 or config.type is ModelType.T5Encoder
                 or config.base is BaseModelType.CogView4  # CogView4: InvokeAI forces bf16 (float16 gives black)
                 or config.base is BaseModelType.ZImage or config.type is ModelType.Qwen3Encoder  # as InvokeAI's
-                or config.base is BaseModelType.Flux2):  # InvokeAI runs FLUX.2 in bfloat16
+                or config.base is BaseModelType.Flux2 or config.type is ModelType.MistralEncoder):  # FLUX.2: bfloat16
             return torch.bfloat16
         return self.dtype
 
@@ -185,7 +191,7 @@ class ModelManager:
         from invokeai_provider.models.text_encoders import qwen3
         from invokeai_provider.models.z_image import loading as z_image
 
-        handled = qwen3.QWEN3_PARTS if config.type is ModelType.Qwen3Encoder else \
+        handled = qwen3.QWEN3_PARTS if config.type in (ModelType.Qwen3Encoder, ModelType.MistralEncoder) else \
             z_image.preload_parts(config) if z_image.handles(config) else \
             preload_parts(config)  # T5, CLIP, BFL FLUX files (a single-file FLUX main is its transformer)
         parts: list[Optional[SubModelType]] = list(handled) if handled is not None else \
@@ -214,6 +220,12 @@ class ModelManager:
         with self.registry.local_model(config) as local:
             return qwen3.load_part(config, part, local.path, local.config_path, self.dtype_for(config))
 
+    def _load_mistral(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
+        from invokeai_provider.models.text_encoders import mistral
+
+        with self.registry.local_model(config) as local:
+            return mistral.load_part(config, part, local.path, local.config_path, self.dtype_for(config))
+
     def _build(self, config: ModelConfig, part: Optional[SubModelType]) -> Any:
         from invokeai_provider.models.model_manager import part_loaders
 
@@ -222,6 +234,8 @@ class ModelManager:
 
             if config.type is ModelType.Qwen3Encoder:  # Z-Image's and FLUX.2 Klein's text encoder
                 return self._load_qwen3(config, part)
+            if config.type is ModelType.MistralEncoder:  # FLUX.2 [dev]'s text encoder
+                return self._load_mistral(config, part)
             if z_image.handles(config):  # Z-Image mains, LoRAs and ControlNets
                 return z_image.load(self.registry, config, part, self.dtype_for(config))
             if part_loaders.handles(config):  # T5 encoders, CLIP embeds, BFL FLUX VAEs; quantized ones refused
@@ -364,6 +378,10 @@ class ModelManager:
 
         entry = json.loads((sub.parent / "model_index.json").read_text()).get(part.value)
         library, class_name = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+        if class_name is None and not (sub.is_dir() and any(sub.iterdir())):
+            instead = OPTIONAL_PARTS.get((config.base, part), "")
+            raise ModelLoadError(f"model {config.name!r} ships no {part.value} (its model_index.json has none)"
+                                 + (f": {instead}" if instead else ""))
         if class_name not in LOADABLE_CLASSES.get(str(library), ()):
             raise ModelLoadError(f"model {config.name!r}: submodel {part.value!r} is {library}.{class_name} in its "
                                  "model_index.json, which this loader does not load")

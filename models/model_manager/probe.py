@@ -22,6 +22,7 @@ from invokeai_provider.core.taxonomy import (
     FluxVariantType,
     ModelType,
     ModelVariantType,
+    MistralVariantType,
     Qwen3VariantType,
     SchedulerPredictionType,
     ZImageVariantType,
@@ -78,7 +79,7 @@ class ProbeResult:
     format: ModelFormat
     base: BaseModelType
     variant: Optional[Union[ModelVariantType, FluxVariantType, ClipVariantType, ZImageVariantType,
-                            Qwen3VariantType, Flux2VariantType]] = None
+                            Qwen3VariantType, Flux2VariantType, MistralVariantType]] = None
     prediction_type: Optional[SchedulerPredictionType] = None
     repo_variant: Optional[str] = None
     image_encoder_model_id: Optional[str] = None  # an InvokeAI-format IP-Adapter's image_encoder.txt
@@ -313,6 +314,11 @@ def probe_file(path: Path, allow_pickle: bool = False) -> ProbeResult:
     # files carry BFL's FLUX keys too, and FLUX.2 LoRAs FLUX.1's diffusers names
     if flux2 is not None:
         return flux2
+    from invokeai_provider.models.text_encoders.mistral import probe_mistral_file
+
+    mistral = probe_mistral_file(path, shapes)  # FLUX.2 [dev]'s Mistral Small 3 encoder
+    if mistral is not None:
+        return mistral
     from invokeai_provider.models.cogview4 import probe as cogview4_probe
 
     cogview4_probe.refuse_single_file(path, shapes)  # CogView4 is a diffusers folder only (InvokeAI's rule)
@@ -457,6 +463,11 @@ def probe_folder(path: Path) -> ProbeResult:
     qwen3 = probe_qwen3_folder(path)  # a standalone Qwen3 encoder (Z-Image, FLUX.2 Klein)
     if qwen3 is not None:
         return qwen3
+    from invokeai_provider.models.text_encoders.mistral import probe_mistral_folder
+
+    mistral = probe_mistral_folder(path)  # a standalone Mistral encoder (FLUX.2 [dev])
+    if mistral is not None:
+        return mistral
     part = probe_parts.probe_part_folder(path)  # a T5 encoder or CLIP embed folder
     if part is not None:
         return part

@@ -9,7 +9,9 @@ statistics over the 128 patch channels drawn at random (a real model's are not 0
 normalized by them). The scheduler is Klein's: flow matching, exponential dynamic shifting.
 
 ``klein_4b`` is step-distilled (the pipeline's ``is_distilled``); ``klein_4b_base`` is the same architecture, told
-apart by its name as InvokeAI does, and runs CFG. A BFL single file of the transformer (BFL's names, fused QKV) and
+apart by its name as InvokeAI does, and runs CFG. FLUX.2 [dev] (``build_flux2_dev_model``) is a ``Flux2Pipeline``
+folder: the transformer with a guidance embedder and three hidden states of Mistral Small 3 as its context (15,360),
+`tiny_mistral`'s encoder and Pixtral-processor folder, the same VAE. A BFL single file of the transformer (BFL's names, fused QKV) and
 of the VAE (LDM names with ``bn.*``) can be written from the same weights.
 """
 
@@ -19,25 +21,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 from invokeai_provider.models.testing.tiny import _construct, _derive_seed
+from invokeai_provider.models.testing.tiny_mistral import MISTRAL_WIDTH
 from invokeai_provider.models.testing.tiny_qwen3 import QWEN3_4B_WIDTH, qwen3_encoder, qwen3_tokenizer
 
 Flux2Variant = Literal["klein_4b", "klein_4b_base"]
 VARIANTS: tuple[Flux2Variant, ...] = ("klein_4b", "klein_4b_base")
 CONTEXT_WIDTH = 3 * QWEN3_4B_WIDTH  # the transformer's joint_attention_dim: Klein 4B's 7,680
+DEV_CONTEXT_WIDTH = 3 * MISTRAL_WIDTH  # [dev]'s: three hidden states of Mistral Small 3, 15,360
 HEADS, HEAD_DIM = 2, 16
 # Klein's scheduler (the real model's scheduler_config.json)
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                  base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
 
 
-def _transformer(seed: int) -> Any:
+def _transformer(seed: int, *, dev: bool = False) -> Any:
+    """Klein's transformer (no guidance embedder), or [dev]'s: Mistral's context width and a guidance embedder."""
     from diffusers import Flux2Transformer2DModel
 
     return _construct(lambda: Flux2Transformer2DModel(
         patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=HEAD_DIM,
-        num_attention_heads=HEADS, joint_attention_dim=CONTEXT_WIDTH, timestep_guidance_channels=256, mlp_ratio=3.0,
-        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False), materialize=True, seed=seed,
-        tag="flux2/transformer")
+        num_attention_heads=HEADS, joint_attention_dim=DEV_CONTEXT_WIDTH if dev else CONTEXT_WIDTH,
+        timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=dev),
+        materialize=True, seed=seed, tag="flux2-dev/transformer" if dev else "flux2/transformer")
 
 
 def _vae(seed: int) -> Any:
@@ -65,6 +70,30 @@ def flux2_components(variant: Flux2Variant = "klein_4b", seed: int = 0) -> dict[
             "text_encoder": qwen3_encoder(seed, vocab_size=len(tokenizer), tag="flux2/qwen3"),
             "tokenizer": tokenizer, "scheduler": FlowMatchEulerDiscreteScheduler(**SCHEDULER),
             "is_distilled": variant == "klein_4b"}
+
+
+def build_flux2_dev_model(dest: Path, *, seed: int = 0) -> Path:
+    """A tiny FLUX.2 [dev] model as a diffusers folder laid out as FLUX.2-dev's: a ``Flux2Pipeline`` whose
+    transformer has a guidance embedder and Mistral's context width, `tiny_mistral`'s encoder (the same weights as
+    ``build_mistral_encoder(seed=seed, tag="flux2-dev/mistral")``) with its tokenizer saved as a
+    ``PixtralProcessor`` folder, Klein's VAE (the same for the same seed) and scheduler."""
+    import json
+    import shutil
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+
+    from invokeai_provider.models.testing.tiny_mistral import mistral_encoder, mistral_tokenizer, save_processor
+
+    dest = _new(dest)
+    Flux2Pipeline(transformer=_transformer(seed, dev=True), vae=_vae(seed),
+                  text_encoder=mistral_encoder(seed, tag="flux2-dev/mistral"), tokenizer=mistral_tokenizer(),
+                  scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER)).save_pretrained(dest, safe_serialization=True)
+    shutil.rmtree(dest / "tokenizer")
+    save_processor(dest / "tokenizer")
+    index = json.loads((dest / "model_index.json").read_text())
+    (dest / "model_index.json").write_text(json.dumps({**index, "tokenizer": ["transformers", "PixtralProcessor"]},
+                                                      indent=2))
+    return dest
 
 
 def _new(dest: Path) -> Path:
@@ -137,14 +166,14 @@ def bfl_transformer_state(seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def build_flux2_checkpoint(dest: Path, *, seed: int = 0, prefix: str = "") -> Path:
-    """The tiny transformer (the main's, for the same seed) as BFL's single file, its keys under ``prefix``
-    (ComfyUI's files use ``model.diffusion_model.``)."""
+def build_flux2_checkpoint(dest: Path, *, seed: int = 0, prefix: str = "", dev: bool = False) -> Path:
+    """The tiny transformer (the Klein main's, or with ``dev`` the [dev] main's, for the same seed) as BFL's single
+    file, its keys under ``prefix`` (ComfyUI's files use ``model.diffusion_model.``)."""
     from safetensors.torch import save_file
 
     dest = _new(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file({prefix + key: value for key, value in bfl_transformer_state(seed).items()}, str(dest))
+    save_file({prefix + key: value for key, value in bfl_transformer_state(seed, dev=dev).items()}, str(dest))
     return dest
 
 

@@ -56,14 +56,15 @@ def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return pieces
 
 
-def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _vocab_and_merges(words: tuple[str, ...] | list[str] = WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte symbols, then merges that make each word (bare and space-prefixed ``Ġword``) one token: what the merges
-    so far leave of the word is joined left to right by new, lowest-ranked merges, so no earlier word changes."""
+    so far leave of the word is joined left to right by new, lowest-ranked merges, so no earlier word changes.
+    (`tiny_mistral` builds its byte-level vocabulary here too, from fewer words.)"""
     from tokenizers.pre_tokenizers import ByteLevel
 
     vocab = {symbol: index for index, symbol in enumerate(sorted(ByteLevel.alphabet()))}
     ranks: dict[tuple[str, str], int] = {}
-    for word in dict.fromkeys(WORDS):
+    for word in dict.fromkeys(words):
         for spelled in (word, "Ġ" + word):
             pieces = _bpe(list(spelled), ranks)
             while len(pieces) > 1:

@@ -188,6 +188,15 @@ class Qwen3EncoderField(BaseModel):
     loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
 
 
+class MistralEncoderField(BaseModel):
+    """FLUX.2 [dev]'s Mistral text encoder and its tokenizer (the ``tokenizer`` submodel of a diffusers folder is its
+    Pixtral processor; the tokenizer inside is what is read), with the LoRAs patched into the encoder."""
+
+    tokenizer: ModelIdentifierField = Field(description="Info to load tokenizer / processor submodel")
+    text_encoder: ModelIdentifierField = Field(description="Info to load text_encoder submodel")
+    loras: list[LoRAField] = Field(default_factory=list, description="LoRAs to apply on model loading")
+
+
 class ZImageConditioningField(BaseModel):
     """Z-Image conditioning (the Qwen3 prompt embeddings), by name."""
 

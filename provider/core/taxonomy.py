@@ -116,6 +116,14 @@ class Qwen3VariantType(str, Enum):
     Qwen3_06B = "qwen3_06b"
 
 
+class MistralVariantType(str, Enum):
+    """A FLUX.2 [dev] Mistral text encoder (5,120 wide), by depth: BFL's 30-layer "cow" distillation, read without
+    its final norm, or the 40-layer Mistral Small 3 (24B) that FLUX.2-dev's diffusers folder carries."""
+
+    Cow = "cow_mistral3_small"
+    Mistral24B = "mistral3_24b"
+
+
 class ClipVariantType(str, Enum):
     """A CLIP text encoder's size, read from its hidden width: CLIP-L (768, FLUX's) or CLIP-G (1280)."""
 

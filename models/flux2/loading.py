@@ -38,7 +38,8 @@ class Flux2LoadError(InvokeAIProviderError):
 def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModelType], dtype: Any) -> Any:
     """The FLUX.2 model's ``part`` (ignored for a VAE) in ``dtype``."""
     where = f"model {config.name!r} ({config.key})"
-    if config.type is ModelType.Main and config.format is ModelFormat.Checkpoint and part is not SubModelType.Transformer:
+    if config.type is ModelType.Main and config.format in (ModelFormat.Checkpoint, ModelFormat.GGUFQuantized) \
+            and part is not SubModelType.Transformer:
         raise Flux2LoadError(f"{where} is a single-file FLUX.2 transformer (BFL checkpoint): submodel "
                              f"{part.value if part else 'None'!r} does not exist in it (only transformer); its Qwen3 "
                              "encoder and VAE are separate models (flux2_klein_model_loader's qwen3_encoder_model "
@@ -59,6 +60,8 @@ def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModel
             raise Flux2LoadError(f"{where}: loading FLUX.2 {config.type.value} models is not supported")
         if config.format is ModelFormat.Checkpoint:
             return load_bfl_transformer(local.path, dtype)
+        if config.format is ModelFormat.GGUFQuantized:
+            return load_gguf_transformer(local.path, dtype)
         if part is None:
             raise Flux2LoadError(f"{where} is a main model: name the submodel to load")
         return load_submodel(Path(local.path), part, dtype, where)
@@ -129,6 +132,18 @@ def load_bfl_transformer(path: Path, dtype: Any) -> Any:
                              f"{missing[:4]}, unexpected {unexpected[:4]})")
     model.load_state_dict({k: v.to(dtype) if dtype is not None else v for k, v in converted.items()}, assign=True)
     return model.eval()
+
+
+def load_gguf_transformer(path: Path, dtype: Any) -> Any:
+    """A GGUF FLUX.2 transformer (BFL's names, optionally under ComfyUI's prefix) as diffusers'
+    ``Flux2Transformer2DModel`` with its linear layers kept quantized, computing in ``dtype``."""
+    from diffusers import Flux2Transformer2DModel
+
+    from invokeai_provider.models.quantization import gguf
+
+    state = _bare(gguf.read_gguf(path))
+    return gguf.load_diffusers_model(Flux2Transformer2DModel, state, bfl_transformer_config(gguf.gguf_shapes(state)),
+                                     dtype, path.name)
 
 
 def vae_config(state: dict[str, Any], path: Path) -> dict[str, Any]:

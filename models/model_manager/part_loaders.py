@@ -6,7 +6,8 @@ transformer (``flux1-dev.safetensors``): a main that is the transformer alone, w
 InvokeAI runs BFL's VAE with its own autoencoder class; here it becomes diffusers' ``AutoencoderKL`` (what the
 FLUX VAE nodes and a diffusers FLUX folder use), its architecture read from the tensor shapes and its names
 converted by diffusers' own LDM-VAE converter, so a BFL file and a diffusers folder of the same weights decode
-identically. Quantized formats are refused before any file is fetched (`quantized`).
+identically. Quantized formats without a loader are refused before any file is fetched (`quantized`); GGUF FLUX.2
+mains are FLUX.2's loader's.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def is_flux_transformer_file(config: ModelConfig) -> bool:
 
 def handles(config: ModelConfig) -> bool:
     """Whether this module loads (or refuses) the model, rather than the manager's main/VAE/LoRA loaders."""
-    return (config.type in PARTS or config.format in QUANTIZED_FORMATS or is_flux_transformer_file(config)
+    quantized_here = config.format in QUANTIZED_FORMATS and config.base is not BaseModelType.Flux2
+    return (config.type in PARTS or quantized_here or is_flux_transformer_file(config)
             or (config.type is ModelType.VAE and config.base is BaseModelType.Flux
                 and config.format is ModelFormat.Checkpoint))
 
@@ -52,15 +54,16 @@ def handles(config: ModelConfig) -> bool:
 def preload_parts(config: ModelConfig) -> Optional[tuple[Optional[SubModelType], ...]]:
     """The submodels preloading loads for a model this module handles (None for the others, left to the
     manager)."""
+    single_file = (ModelFormat.Checkpoint, ModelFormat.GGUFQuantized)
     if is_flux_transformer_file(config) or (config.base is BaseModelType.Flux2 and config.type is ModelType.Main
-                                            and config.format is ModelFormat.Checkpoint):  # the transformer alone
+                                            and config.format in single_file):  # the transformer alone
         return (SubModelType.Transformer,)
     return PARTS.get(config.type, (None,)) if handles(config) else None
 
 
 def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModelType], dtype: Any) -> Any:
     """The model's ``part`` (a T5 or CLIP submodel; ignored for a VAE), in ``dtype``."""
-    refused = refusal(config.type, config.format, f"model {config.name!r} ({config.key})")
+    refused = refusal(config.type, config.format, f"model {config.name!r} ({config.key})", config.base)
     if refused:
         raise ModelLoadError(refused)
     if is_flux_transformer_file(config) and part is not SubModelType.Transformer:  # before fetching the file

@@ -239,8 +239,15 @@ def gguf_tensors(path: Path) -> dict[str, tuple[tuple[int, ...], int]]:
 
 
 def probe_gguf(path: Path) -> ProbeResult:
-    """A GGUF-quantized T5 encoder (llama.cpp names) or FLUX.1 transformer (BFL names)."""
+    """A GGUF-quantized T5 encoder (llama.cpp names), FLUX.1 or FLUX.2 transformer (BFL names), Z-Image transformer
+    or Qwen3 encoder; a quantization type that cannot be dequantized here is refused by name."""
+    from invokeai_provider.models.quantization.gguf import GGUFError, check_quant_types
+
     tensors = gguf_tensors(path)
+    try:
+        check_quant_types(path, tensors)
+    except GGUFError as exc:
+        raise ProbeError(str(exc)) from None
     if any(name.startswith("enc.blk.") or name.endswith("enc.output_norm.weight") for name in tensors):
         return ProbeResult(ModelType.T5Encoder, ModelFormat.GGUFQuantized, BaseModelType.Any)
     if FLUX_KEY in tensors or FLUX_PREFIX + FLUX_KEY in tensors:
@@ -259,5 +266,6 @@ def probe_gguf(path: Path) -> ProbeResult:
     if z_image is not None:  # a Z-Image transformer or a Qwen3 encoder, refused at install like the others
         return z_image
     sample = ", ".join(sorted(tensors)[:3])
-    raise ProbeError(f"{path}: a GGUF file that is neither a T5 encoder (enc.blk.* tensors) nor a FLUX.1 "
-                     f"transformer ({FLUX_KEY}); it has {len(tensors)} tensors ({sample}, ...)")
+    raise ProbeError(f"{path}: a GGUF file of an unknown architecture: neither a T5 encoder (enc.blk.* tensors), a "
+                     f"FLUX.1/FLUX.2 transformer ({FLUX_KEY}), a Z-Image transformer nor a Qwen3 encoder; it has "
+                     f"{len(tensors)} tensors ({sample}, ...)")

@@ -17,6 +17,9 @@ Three key styles are understood (InvokeAI reads the same ones):
   attention-processor form ``unet.<path>.processor.to_q_lora.down.weight``.
 * PEFT: ``<owner>.<path>.lora_A.weight`` / ``.lora_B.weight``.
 
+A GGUF-quantized layer (its weight diffusers' ``GGUFParameter``) is not patched: its update runs beside it as a
+sidecar whose output is added to the layer's (`_sidecar`), as InvokeAI does for quantized layers.
+
 FLUX.1 LoRAs (owner ``transformer``) arrive converted to diffusers' names by
 `invokeai_provider.models.flux.lora_conversion`; only their kohya text-encoder keys (``lora_te1_`` CLIP-L,
 ``lora_te2_`` T5) and OneTrainer's ``lora_transformer_`` names are resolved here.
@@ -35,6 +38,7 @@ from typing import Literal
 import torch
 
 from invokeai_provider.models.patches import lycoris
+from invokeai_provider.models.quantization.gguf import dequantized, is_quantized
 from invokeai_provider.models.stable_diffusion.ldm_keys import unet_key_to_ldm
 
 Target = Literal["unet", "transformer", "text_encoder", "text_encoder_2"]
@@ -189,9 +193,9 @@ def _params(module: torch.nn.Module, device: torch.device | str | None = None) -
     params = {"weight": module.weight}
     if isinstance(getattr(module, "bias", None), torch.Tensor):
         params["bias"] = module.bias
-    if device == "meta":
-        return {name: torch.empty(p.shape, device="meta") for name, p in params.items()}
-    return {name: p.detach().float() for name, p in params.items()}
+    if device == "meta":  # a GGUF weight's logical shape is its quant_shape
+        return {name: torch.empty(getattr(p, "quant_shape", p.shape), device="meta") for name, p in params.items()}
+    return {name: dequantized({name: p.detach()})[name].float() for name, p in params.items()}
 
 
 def _check_shape(layer: _Layer, module: torch.nn.Module, name: str, target: str) -> None:
@@ -236,22 +240,25 @@ def apply_loras(
             if weight != 0.0:
                 per_module.setdefault(name, []).append((layer, weight))
     originals: dict[tuple[str, str], torch.Tensor] = {}
+    sidecars: list[torch.utils.hooks.RemovableHandle] = []
     try:
         with torch.no_grad():
             for name, parts in per_module.items():
-                _patch_module(modules[name], name, parts, originals)
+                if is_quantized(modules[name].weight):
+                    sidecars.append(_sidecar(modules[name], parts))
+                else:
+                    _patch_module(modules[name], name, parts, originals)
         yield sorted(per_module)
     finally:
+        for handle in sidecars:
+            handle.remove()
         with torch.no_grad():
             for (name, param_name), original in originals.items():
                 getattr(modules[name], param_name).copy_(original)
 
 
-def _patch_module(module: torch.nn.Module, name: str, layers: list[tuple[_Layer, float]],
-                  originals: dict[tuple[str, str], torch.Tensor]) -> None:
-    """Add the weighted updates of ``layers`` to ``module``'s parameters, saving each touched one to ``originals``
-    (on CPU) first."""
-    current = _params(module)  # float32; DoRA reads the weight as updated by the layers before it
+def _summed_deltas(current: dict[str, torch.Tensor], layers: list[tuple[_Layer, float]]) -> dict[str, torch.Tensor]:
+    """The float32 sum of the weighted updates ``layers`` make to parameters ``current``."""
     deltas: dict[str, torch.Tensor] = {}
     for layer, weight in layers:
         view = {p: current[p] + deltas[p] if p in deltas else current[p] for p in current} \
@@ -261,7 +268,34 @@ def _patch_module(module: torch.nn.Module, name: str, layers: list[tuple[_Layer,
                 deltas[param_name].add_(delta, alpha=weight)
             else:
                 deltas[param_name] = delta.mul_(weight) if weight != 1.0 else delta
+    return deltas
+
+
+def _patch_module(module: torch.nn.Module, name: str, layers: list[tuple[_Layer, float]],
+                  originals: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Add the weighted updates of ``layers`` to ``module``'s parameters, saving each touched one to ``originals``
+    (on CPU) first."""
+    current = _params(module)  # float32; DoRA reads the weight as updated by the layers before it
+    deltas = _summed_deltas(current, layers)
     for param_name, delta in deltas.items():
         param = getattr(module, param_name)
         originals[name, param_name] = param.detach().to("cpu", copy=True)
         param.copy_(current[param_name].add_(delta).to(param.dtype))
+
+
+def _sidecar(module: torch.nn.Module, layers: list[tuple[_Layer, float]]) -> torch.utils.hooks.RemovableHandle:
+    """A quantized (GGUF) linear layer's LoRA update as a sidecar, as InvokeAI applies LoRAs to quantized layers:
+    its weights stay as they are and the update's own linear map (and bias) is added to the layer's output until
+    the returned hook is removed. The update is worked out once from the dequantized weight (DoRA reads it)."""
+    deltas = _summed_deltas(_params(module), layers)
+    compute = getattr(module, "compute_dtype", None) or torch.float32
+    weight = deltas["weight"].to(compute)
+    bias = deltas["bias"].to(compute) if "bias" in deltas else None
+
+    def add_update(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        inputs = args[0]
+        update = torch.nn.functional.linear(inputs.to(compute), weight.to(inputs.device),
+                                            None if bias is None else bias.to(inputs.device))
+        return output + update.to(output.dtype)
+
+    return module.register_forward_hook(add_update)

@@ -16,8 +16,8 @@ from typing import Callable
 
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
 
-__all__ = ["TINY_MODELS", "TinyModel", "base_slug", "check_name", "default_name", "kind_names", "resolve_kind",
-           "seed_for", "tiny_model"]
+__all__ = ["FORMATS", "TINY_GGUF", "TINY_MODELS", "TinyModel", "base_slug", "check_name", "default_name", "kind_names",
+           "resolve_kind", "seed_for", "tiny_model"]
 
 Builder = Callable[[str, Path, int], Path]
 
@@ -188,6 +188,16 @@ def _flux2(builder: str) -> Builder:
     return build
 
 
+def _gguf(builder: str) -> Builder:
+    """A builder of `tiny_gguf` (Q8_0): the unquantized tiny model's weights as a GGUF file."""
+    def build(base: str, dest: Path, seed: int) -> Path:
+        from invokeai_provider.models.testing import tiny_gguf
+
+        return getattr(tiny_gguf, f"build_{builder}")(dest, seed=seed)
+
+    return build
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -313,6 +323,16 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
 
 
 TINY_MODELS: dict[tuple[ModelType, BaseModelType], TinyModel] = _entries()
+# --format gguf: the mains InvokeAI runs as GGUF files, Q8_0-quantized from the unquantized tiny main's weights (same
+# seed under the default name), so a GGUF main and the unquantized one give nearly the same image. A single-file main
+# is the transformer alone: its encoder and VAE are the family's own tiny parts.
+TINY_GGUF: dict[tuple[ModelType, BaseModelType], TinyModel] = {
+    (ModelType.Main, BaseModelType.ZImage): TinyModel(ModelType.Main, BaseModelType.ZImage, _gguf("z_image_gguf"),
+                                                      ".gguf", weights_of="tiny-z-image", name="tiny-z-image-gguf"),
+    (ModelType.Main, BaseModelType.Flux2): TinyModel(ModelType.Main, BaseModelType.Flux2, _gguf("flux2_gguf"),
+                                                     ".gguf", weights_of="tiny-flux2", name="tiny-flux2-gguf"),
+}
+FORMATS = ("default", "gguf")
 
 
 def kind_names() -> list[str]:
@@ -335,17 +355,23 @@ def resolve_kind(kind: str) -> ModelType:
     return found
 
 
-def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None) -> TinyModel:
-    """The table entry for a type and base (no base: the type's only one, else sd-1); the error lists the bases
-    that type has."""
+def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None, format: str = "default") -> TinyModel:
+    """The table entry for a type and base (no base: the type's only one, else sd-1) in ``format`` (``default``: the
+    model's usual form; ``gguf``: a GGUF-quantized file); the error lists the bases that type has."""
     model_type = kind if isinstance(kind, ModelType) else resolve_kind(kind)
-    bases = [b.value for k, b in TINY_MODELS if k == model_type]
+    if format not in FORMATS:
+        raise ValueError(f"tiny model format {format!r}: expected one of {', '.join(FORMATS)}")
+    table = TINY_GGUF if format == "gguf" else TINY_MODELS
+    bases = [b.value for k, b in table if k == model_type]
+    if not bases:
+        raise ValueError(f"no tiny {model_type.value} model in format {format}; the gguf format has: "
+                         f"{', '.join(f'{k.value} --base {b.value}' for k, b in TINY_GGUF)}")
     if base is None:  # the type's only base, else the family-neutral one, else sd-1, else the first listed
         base = bases[0] if len(bases) == 1 else (BaseModelType.Any if BaseModelType.Any.value in bases
                                                  else BaseModelType.StableDiffusion1
                                                  if BaseModelType.StableDiffusion1.value in bases else bases[0])
     try:
-        return TINY_MODELS[model_type, BaseModelType(base)]
+        return table[model_type, BaseModelType(base)]
     except (KeyError, ValueError):
         raise ValueError(f"no tiny {model_type.value} model for base {str(getattr(base, 'value', base))!r}; "
                          f"expected one of: {', '.join(bases)}") from None

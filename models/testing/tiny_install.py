@@ -35,14 +35,15 @@ class TinyInstall:
 
 
 def install_tiny(registry: ModelRegistry, kind: str | ModelType, base: str | BaseModelType | None = None,
-                 name: Optional[str] = None, *, log: Optional[Callable[[str], None]] = None) -> TinyInstall:
+                 name: Optional[str] = None, *, log: Optional[Callable[[str], None]] = None,
+                 format: str = "default") -> TinyInstall:
     """Builds and installs the tiny model of ``kind`` and ``base`` as ``name`` (default ``tiny-sd15``, ...); no
-    ``base`` is the kind's only base, else sd-1.
+    ``base`` is the kind's only base, else sd-1; ``format`` ``gguf`` builds the GGUF-quantized file instead.
 
     Raises ``ValueError`` for a type or base the catalog lacks and ``InstallError`` when ``name`` is taken by a
     model of another type or base, or when the built model does not probe as the catalog says.
     """
-    entry = tiny_model(kind, base)
+    entry = tiny_model(kind, base, format)
     name = check_name(name or default_name(entry))
     existing = _registered(registry, name)
     if existing is not None:

@@ -133,7 +133,26 @@ def load_part(config: ModelConfig, part: Optional[SubModelType], path: Path, con
                 "tokenizer (tokenizer.json, tokenizer_config.json), or install the encoder as a folder with "
                 "text_encoder/ and tokenizer/")
         return load_tokenizer(qwen3_folders(config_path)[1])
-    return load_file(path, dtype)
+    return load_gguf(path, dtype) if config.format is ModelFormat.GGUFQuantized else load_file(path, dtype)
+
+
+def qwen3_config(shapes: dict[str, tuple[int, ...]], where: str) -> Any:
+    """A ``Qwen3Config`` read from the shapes of a ``Qwen3Model``'s weights (names without ``model.``)."""
+    from transformers import Qwen3Config
+
+    from invokeai_provider.models.model_manager.manager import ModelLoadError
+
+    try:
+        vocab, width = shapes["embed_tokens.weight"]
+        head_dim = shapes["layers.0.self_attn.q_norm.weight"][0]
+        return Qwen3Config(
+            vocab_size=vocab, hidden_size=width, num_hidden_layers=block_count(shapes, "layers"), head_dim=head_dim,
+            num_attention_heads=shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim,
+            num_key_value_heads=shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim,
+            intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0], max_position_embeddings=40960,
+            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    except KeyError as missing:
+        raise ModelLoadError(f"{where}: not a Qwen3 encoder this loader can build: no {missing} tensor") from None
 
 
 def load_file(path: Path, dtype: Any) -> Any:
@@ -141,22 +160,12 @@ def load_file(path: Path, dtype: Any) -> Any:
     architecture read from the shapes."""
     from accelerate import init_empty_weights
     from safetensors.torch import load_file as read
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Model
 
     from invokeai_provider.models.model_manager.manager import ModelLoadError
 
     state = {k.removeprefix("model."): v for k, v in read(str(path)).items() if not k.startswith("lm_head.")}
-    try:
-        vocab, width = state["embed_tokens.weight"].shape
-        head_dim = state["layers.0.self_attn.q_norm.weight"].shape[0]
-        config = Qwen3Config(
-            vocab_size=vocab, hidden_size=width, num_hidden_layers=block_count(state, "layers"), head_dim=head_dim,
-            num_attention_heads=state["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
-            num_key_value_heads=state["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
-            intermediate_size=state["layers.0.mlp.gate_proj.weight"].shape[0], max_position_embeddings=40960,
-            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
-    except KeyError as missing:
-        raise ModelLoadError(f"{path.name}: not a Qwen3 encoder this loader can build: no {missing} tensor") from None
+    config = qwen3_config({key: tuple(value.shape) for key, value in state.items()}, path.name)
     with init_empty_weights():
         model = Qwen3Model(config)
     try:
@@ -164,3 +173,56 @@ def load_file(path: Path, dtype: Any) -> Any:
     except RuntimeError as exc:
         raise ModelLoadError(f"{path.name}: the weights do not fit a Qwen3 encoder: {exc}") from None
     return model.to(dtype=dtype).eval()
+
+
+# llama.cpp's tensor names for Qwen3 (GGUF files) <-> transformers' (``Qwen3Model``'s, without ``model.``)
+LLAMA_CPP_TOP = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
+LLAMA_CPP_BLOCK = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                   "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+                   "attn_k_norm": "self_attn.k_norm", "attn_norm": "input_layernorm",
+                   "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                   "ffn_down": "mlp.down_proj"}
+
+
+def from_llama_cpp_names(state: dict[str, Any], where: str) -> dict[str, Any]:
+    """llama.cpp's Qwen3 names (``blk.0.attn_q.weight``) -> ``Qwen3Model``'s (``layers.0.self_attn.q_proj.weight``)."""
+    from invokeai_provider.models.model_manager.manager import ModelLoadError
+
+    out = {}
+    for key, value in state.items():
+        stem, _, param = key.rpartition(".")
+        parts = stem.split(".")
+        if len(parts) == 3 and parts[0] == "blk" and parts[2] in LLAMA_CPP_BLOCK:
+            out[f"layers.{parts[1]}.{LLAMA_CPP_BLOCK[parts[2]]}.{param}"] = value
+        elif stem in LLAMA_CPP_TOP:
+            out[f"{LLAMA_CPP_TOP[stem]}.{param}"] = value
+        else:
+            raise ModelLoadError(f"{where}: tensor {key!r} is not one of llama.cpp's Qwen3 tensors")
+    return out
+
+
+def to_llama_cpp_names(state: dict[str, Any]) -> dict[str, Any]:
+    """``Qwen3Model``/``Qwen3ForCausalLM`` names -> llama.cpp's; a tied head is left out (as llama.cpp does)."""
+    top = {hf: cpp for cpp, hf in LLAMA_CPP_TOP.items()}
+    block = {hf: cpp for cpp, hf in LLAMA_CPP_BLOCK.items()}
+    out = {}
+    for key, value in state.items():
+        stem, _, param = key.removeprefix("model.").rpartition(".")
+        if stem == "lm_head":
+            continue
+        parts = stem.split(".", 2)
+        out[f"blk.{parts[1]}.{block[parts[2]]}.{param}" if parts[0] == "layers" else f"{top[stem]}.{param}"] = value
+    return out
+
+
+def load_gguf(path: Path, dtype: Any) -> Any:
+    """A GGUF Qwen3 encoder (llama.cpp's names) as a ``Qwen3Model`` whose linear layers stay quantized (dequantized
+    per call in ``dtype``, as InvokeAI runs them); its architecture read from the shapes."""
+    from transformers import Qwen3Model
+
+    from invokeai_provider.models.quantization import gguf
+
+    state = {k: v for k, v in from_llama_cpp_names(gguf.read_gguf(path), path.name).items()
+             if not k.startswith("lm_head.")}
+    config = qwen3_config(gguf.gguf_shapes(state), path.name)
+    return gguf.load_quantized_module(lambda: Qwen3Model(config), state, dtype, path.name)

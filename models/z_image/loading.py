@@ -3,7 +3,8 @@ parts, a single-file transformer (original or ComfyUI names, converted by diffus
 read from the tensor shapes), Alibaba's ControlNet files (as diffusers' ``ZImageControlNetModel``) and LoRAs
 (converted to diffusers' module names, `lora_conversion`). Standalone Qwen3 encoders are
 `invokeai_provider.models.text_encoders.qwen3`'s; a pipeline folder's encoder loads the same way (a ``Qwen3Model``),
-so one LoRA naming serves both. Quantized formats (GGUF, SDNQ) are refused before anything is read (`quantized`).
+so one LoRA naming serves both. A GGUF transformer loads through `invokeai_provider.models.quantization.gguf`, its
+linear layers kept quantized; SDNQ is refused at probing.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModel
             return load_controlnet(local.path, dtype)
         if config.format is ModelFormat.Diffusers:
             return _main_part(config, part, local.path, dtype)
+        if config.format is ModelFormat.GGUFQuantized:
+            return load_transformer_gguf(local.path, dtype)
         return load_transformer_file(local.path, dtype)
 
 
@@ -139,3 +142,15 @@ def load_transformer_file(path: Path, dtype: Any) -> Any:
     except RuntimeError as exc:
         raise ModelLoadError(f"{path.name}: the weights do not fit a Z-Image transformer: {exc}") from None
     return model.to(dtype=dtype).eval()
+
+
+def load_transformer_gguf(path: Path, dtype: Any) -> Any:
+    """A GGUF Z-Image transformer (original or ComfyUI names) as diffusers' ``ZImageTransformer2DModel`` with its
+    linear layers kept quantized, computing in ``dtype``; the architecture read from the shapes."""
+    from diffusers import ZImageTransformer2DModel
+
+    from invokeai_provider.models.quantization import gguf
+
+    state = gguf.read_gguf(path)
+    config = transformer_config(to_diffusers_state(gguf.shape_tensors(state)))
+    return gguf.load_diffusers_model(ZImageTransformer2DModel, state, config, dtype, path.name)

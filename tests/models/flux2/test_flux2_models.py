@@ -106,14 +106,14 @@ def _gguf(path: Path, tensors: dict[str, tuple[int, ...]]) -> Path:
     return path
 
 
-def test_a_gguf_flux2_transformer_is_identified_then_refused(tmp_path: Path) -> None:
+def test_a_gguf_flux2_transformer_is_identified_and_installed(tmp_path: Path) -> None:
     path = _gguf(tmp_path / "flux-2-klein-4b-Q8_0.gguf", {"double_blocks.0.img_attn.norm.key_norm.scale": (128,),
                                                           "img_in.weight": (3072, 128), "txt_in.weight": (3072, 7680)})
     found = probe(path)
     assert (found.format, found.base, found.variant) == (ModelFormat.GGUFQuantized, BaseModelType.Flux2,
                                                          Flux2VariantType.Klein4B)
-    with pytest.raises(Exception, match=r"GGUF-quantized FLUX.2 transformer .* Flux2KleinPipeline diffusers folder"):
-        install_model(ModelRegistry(tmp_path.as_uri()), str(path), name="q8", inplace=True)
+    installed = install_model(ModelRegistry(tmp_path.as_uri()), str(path), name="q8", inplace=True)
+    assert (installed.format, installed.base) == (ModelFormat.GGUFQuantized, BaseModelType.Flux2)
 
 
 def test_the_qwen3_encoder_text_encoding_reads_layers_9_18_and_27(folder: Path) -> None:

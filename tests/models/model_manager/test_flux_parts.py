@@ -1,7 +1,7 @@
 """The models a FLUX.1 user installs beside the transformer, through the model manager: T5 encoder and CLIP embed
 folders (base any) and FLUX VAEs (BFL single file, diffusers folder) probed as InvokeAI probes them, installed, and
-loaded submodel by submodel with the tiny main's own weights; bitsandbytes and GGUF files identified and refused,
-at install and at load, with what they would need."""
+loaded submodel by submodel with the tiny main's own weights; bitsandbytes files and GGUF T5 encoders and FLUX.1
+transformers identified and refused, at install and at load, with what they would need."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_quantized_encoders_and_transformers_are_refused_at_install_with_what_th
         with pytest.raises(InstallError, match=f"{name}: a {what}" if "T5" in what else f"{name}: a GGUF-quantized "
                            f"{what}") as refused:
             install_model(registry, str(path))
-        assert "needs the gguf package (not installed here)" in str(refused.value)
+        assert "has no GGUF loader for a" in str(refused.value)
     assert list(registry.all()) == [] and not (tmp_path / "root" / "files").exists()
 
 

@@ -1,6 +1,6 @@
 """Z-Image's models: InvokeAI's sigma schedule against diffusers' scheduler, probing every kind InvokeAI accepts
 (pipeline folders of both variants, single-file transformers bare and ComfyUI-prefixed, Qwen3 encoders as folders and
-files, three LoRA formats, ControlNets; GGUF identified and refused), the tiny catalog's entries, single files loaded
+files, three LoRA formats, ControlNets; GGUF identified and installed), the tiny catalog's entries, single files loaded
 to the folder's weights, and LoRA names that land on the real modules."""
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def _gguf(path: Path, tensors: dict[str, tuple[int, ...]]) -> Path:
     return path
 
 
-def test_gguf_transformers_and_encoders_are_identified_and_refused(tmp_path: Path) -> None:
-    from invokeai_provider.models.model_manager.install import InstallError, install_model
+def test_gguf_transformers_and_encoders_are_identified_and_installed(tmp_path: Path) -> None:
+    from invokeai_provider.models.model_manager.install import install_model
     from invokeai_provider.models.model_manager.registry import ModelRegistry
 
     transformer = _gguf(tmp_path / "z_image_turbo-Q8_0.gguf", {"cap_embedder.1.weight": (3840, 2560),
@@ -129,11 +129,9 @@ def test_gguf_transformers_and_encoders_are_identified_and_refused(tmp_path: Pat
     assert (found.type, found.format, found.variant) == (ModelType.Qwen3Encoder, ModelFormat.GGUFQuantized,
                                                          Qwen3VariantType.Qwen3_4B)
     registry = ModelRegistry((tmp_path / "root").as_uri())
-    with pytest.raises(InstallError, match="GGUF-quantized Z-Image transformer .*ZImagePipeline"):
-        install_model(registry, str(transformer))
-    with pytest.raises(InstallError, match="GGUF-quantized Qwen3 encoder .*text_encoder/"):
-        install_model(registry, str(encoder))
-    assert list(registry.all()) == []
+    installed = [install_model(registry, str(path)) for path in (transformer, encoder)]
+    assert [(c.type, c.format) for c in installed] == [(ModelType.Main, ModelFormat.GGUFQuantized),
+                                                       (ModelType.Qwen3Encoder, ModelFormat.GGUFQuantized)]
 
 
 def test_the_catalog_installs_each_kind_with_the_mains_weights(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Quantized weight formats kept quantized in memory (GGUF)."""

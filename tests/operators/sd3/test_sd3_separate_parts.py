@@ -101,3 +101,35 @@ def test_a_part_of_the_wrong_kind_names_its_field(tmp_path: Path, sd3: tuple[Any
         run_graph(Graph.from_dict(graph(node("load", "sd3_model_loader", model=main,
                                              **{field: identifier(parts[part])}))), run_context(tmp_path, manager))
     assert caught.value.field == field
+
+
+def test_a_main_without_t5_needs_a_separate_t5_or_none(tmp_path: Path, sd3: tuple[Any, dict[str, Any]],
+                                                       parts: dict[str, dict[str, Any]]) -> None:
+    """An SD3.5 folder published without T5-XXL (model_index.json's text_encoder_3 null): wiring its T5 fails naming
+    the missing part and the way out; a separate T5 encoder gives the full main's image."""
+    import json
+    import os
+    import shutil
+
+    from invokeai_provider.errors import NodeExecutionError
+    from invokeai_provider.models.model_manager.install import install_model
+
+    manager, main = sd3
+    full = Path(manager.registry.get(main["key"]).path)
+    folder = tmp_path / "sd3-without-t5"  # hard links: the tiny main's CLIP vocabularies are large to copy
+    shutil.copytree(full, folder, copy_function=os.link,
+                    ignore=shutil.ignore_patterns("text_encoder_3", "tokenizer_3", "model_index.json"))
+    index = json.loads((full / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": [None, None],
+                                                         "tokenizer_3": [None, None]}))
+    without = install_model(manager.registry, str(folder), name="sd3-without-t5", inplace=True).identifier()
+    run = run_context(tmp_path, manager)
+    with pytest.raises(NodeExecutionError, match=r"Node pos.*ships no tokenizer_3.*t5_encoder_model"):
+        run_graph(Graph.from_dict(t2i(without)), run)
+
+    def image(state: Any) -> np.ndarray:
+        [decoded] = state.outputs_of("decode")
+        return np.asarray(Image.open(io.BytesIO(run.store.read("images", decoded.image.image_name))))
+
+    separate = image(run_graph(Graph.from_dict(t2i(without, t5_encoder_model=identifier(parts["t5"]))), run))
+    assert np.array_equal(separate, image(run_graph(Graph.from_dict(t2i(main)), run)))

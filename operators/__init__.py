@@ -46,6 +46,7 @@ NODE_FAMILIES: tuple[str, ...] = (
     "flux.redux",
     "flux.vae",
     "flux2.model_loader",
+    "flux2.dev_model_loader",
     "flux2.lora_loaders",
     "flux2.prompts",
     "flux2.denoise",

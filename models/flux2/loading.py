@@ -1,8 +1,9 @@
-"""Loading FLUX.2 Klein models one submodel at a time, as InvokeAI's loaders do.
+"""Loading FLUX.2 models one submodel at a time, as InvokeAI's loaders do.
 
-- A diffusers folder (``Flux2KleinPipeline``): each submodel of the class its ``model_index.json`` names, from an
-  allowlist (Qwen3 and its tokenizer, the FLUX.2 transformer and VAE), so a model folder never makes the loader
-  import anything else; the scheduler is its config.
+- A diffusers folder (``Flux2KleinPipeline``, or [dev]'s ``Flux2Pipeline``): each submodel of the class its
+  ``model_index.json`` names, from an allowlist (Qwen3 or Mistral Small 3.1 and their tokenizers, the FLUX.2
+  transformer and VAE), so a model folder never makes the loader import anything else; the scheduler is its
+  config. [dev]'s ``PixtralProcessor`` is read as the tokenizer it wraps.
 - BFL's single-file transformer: the transformer alone (its text encoder and VAE are separate models), its
   architecture read from the tensor shapes and its names converted by diffusers' own FLUX.2 converter.
 - A FLUX.2 VAE: a diffusers ``AutoencoderKLFlux2`` folder, or BFL's single file (LDM names, converted by diffusers'
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
     from invokeai_provider.models.model_manager.registry import ModelRegistry
 
 LOADABLE = {
-    "transformers": {"Qwen3ForCausalLM", "Qwen3Model", "Qwen2Tokenizer", "Qwen2TokenizerFast"},
+    "transformers": {"Qwen3ForCausalLM", "Qwen3Model", "Qwen2Tokenizer", "Qwen2TokenizerFast",
+                     # [dev]: Mistral Small 3.1 (multimodal, or its language model) and its Pixtral processor
+                     "Mistral3ForConditionalGeneration", "MistralForCausalLM", "MistralModel", "PixtralProcessor",
+                     "PreTrainedTokenizerFast", "TokenizersBackend", "LlamaTokenizerFast"},
     "diffusers": {"Flux2Transformer2DModel", "AutoencoderKLFlux2"},
 }
 PREFIX = "model.diffusion_model."
@@ -76,6 +80,10 @@ def load_submodel(folder: Path, part: SubModelType, dtype: Any, where: str = "")
     if class_name not in LOADABLE.get(str(library), ()):
         raise Flux2LoadError(f"{where}: submodel {part.value!r} is {library}.{class_name} in its model_index.json, "
                              "which the FLUX.2 loader does not load")
+    if class_name == "PixtralProcessor":  # only its tokenizer is read (the processor itself needs torchvision)
+        from invokeai_provider.models.text_encoders.mistral import load_tokenizer
+
+        return load_tokenizer(folder / part.value)
     model_class = getattr(importlib.import_module(library), class_name)
     if "Tokenizer" in class_name:
         return model_class.from_pretrained(folder / part.value, local_files_only=True)

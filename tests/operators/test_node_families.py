@@ -70,11 +70,7 @@ FAMILIES: dict[str, set[str]] = {
         "flux2_klein_model_loader", "flux2_klein_text_encoder", "flux2_vae_decode", "flux2_vae_encode"},
 }
 # Not built yet, each named; this set only shrinks.
-NOT_YET: set[str] = {
-    # FLUX.2 [dev]: its text encoder is Mistral Small 3.1 (a multimodal Mistral3 model read through its Pixtral
-    # processor, 30+ layers deep), which this provider does not load or encode with yet; Klein shares the rest
-    "flux2_dev_lora_collection_loader", "flux2_dev_lora_loader", "flux2_dev_model_loader", "flux2_dev_text_encoder",
-}
+NOT_YET: set[str] = set()
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "invokeai.md"
 

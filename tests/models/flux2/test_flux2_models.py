@@ -1,7 +1,7 @@
 """FLUX.2 models probed and loaded with InvokeAI's rules: Flux2KleinPipeline folders (variant from the context width,
 Base by name), BFL single-file transformers (bare or bundled) loading to the folder's transformer, FLUX.2 VAEs as
-folders and BFL files (batch norm included), diffusers-named FLUX.2 LoRAs told from FLUX.1's; [dev] and GGUF FLUX.2
-identified and refused with the reason."""
+folders and BFL files (batch norm included), diffusers-named FLUX.2 LoRAs told from FLUX.1's; [dev] by its context
+width; GGUF FLUX.2 identified and refused with the reason."""
 
 from __future__ import annotations
 
@@ -46,8 +46,7 @@ def test_a_klein_folder_probes_with_its_variant(folder: Path, tmp_path: Path) ->
     (base / "transformer" / "config.json").write_text(json.dumps({**config, "joint_attention_dim": 12288}))
     assert probe(base).variant is Flux2VariantType.Klein9BBase  # 3 x Qwen3-8B, "base" in the name
     (base / "transformer" / "config.json").write_text(json.dumps({**config, "joint_attention_dim": 15360}))
-    with pytest.raises(ProbeError, match=r"FLUX.2 \[dev\] is not supported yet: its text encoder is Mistral"):
-        probe(base)
+    assert probe(base).variant is Flux2VariantType.Dev  # 3 x Mistral Small 3's 5,120; [dev] has no Base
 
 
 def test_bfl_single_files_load_as_the_folders_transformer(folder: Path, tmp_path: Path) -> None:

@@ -183,6 +183,10 @@ def _flux2(builder: str) -> Builder:
 
         if builder == "qwen3_encoder":
             return tiny_qwen3.build_qwen3_encoder(dest, seed=seed, tag="flux2/qwen3")
+        if builder == "mistral_encoder":  # FLUX.2 [dev]'s, the same weights as the [dev] main's for the same seed
+            from invokeai_provider.models.testing.tiny_mistral import build_mistral_encoder
+
+            return build_mistral_encoder(dest, seed=seed, tag="flux2-dev/mistral")
         return getattr(tiny_flux2, f"build_{builder}")(dest, seed=seed)
 
     return build
@@ -319,7 +323,14 @@ def _entries() -> dict[tuple[ModelType, BaseModelType], TinyModel]:
     table[ModelType.LoRA, flux2] = TinyModel(ModelType.LoRA, flux2, _flux2("flux2_lora"), ".safetensors")
     table[ModelType.Qwen3Encoder, flux2] = TinyModel(ModelType.Qwen3Encoder, BaseModelType.Any,
                                                      _flux2("qwen3_encoder"), slug="flux2", weights_of=flux2_main)
+    # FLUX.2 [dev]'s Mistral Small 3.1 encoder (base any, as InvokeAI's), with the tiny [dev] main's weights
+    table[ModelType.MistralEncoder, BaseModelType.Any] = TinyModel(
+        ModelType.MistralEncoder, BaseModelType.Any, _flux2("mistral_encoder"), slug="flux2-dev",
+        weights_of=DEV_MAIN)
     return table
+
+
+DEV_MAIN = "tiny-flux2-dev"  # the tiny FLUX.2 [dev] main's default name
 
 
 TINY_MODELS: dict[tuple[ModelType, BaseModelType], TinyModel] = _entries()
@@ -333,6 +344,11 @@ TINY_GGUF: dict[tuple[ModelType, BaseModelType], TinyModel] = {
                                                      ".gguf", weights_of="tiny-flux2", name="tiny-flux2-gguf"),
 }
 FORMATS = ("default", "gguf")
+# --variant: a main of another variant than its base's usual tiny one (FLUX.2's is Klein 4B)
+TINY_VARIANTS: dict[tuple[ModelType, BaseModelType, str], TinyModel] = {
+    (ModelType.Main, BaseModelType.Flux2, "dev"): TinyModel(ModelType.Main, BaseModelType.Flux2,
+                                                           _flux2("flux2_dev_model"), name=DEV_MAIN),
+}
 
 
 def kind_names() -> list[str]:
@@ -355,10 +371,19 @@ def resolve_kind(kind: str) -> ModelType:
     return found
 
 
-def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None, format: str = "default") -> TinyModel:
+def tiny_model(kind: str | ModelType, base: str | BaseModelType | None = None, format: str = "default",
+               variant: str | None = None) -> TinyModel:
     """The table entry for a type and base (no base: the type's only one, else sd-1) in ``format`` (``default``: the
-    model's usual form; ``gguf``: a GGUF-quantized file); the error lists the bases that type has."""
+    model's usual form; ``gguf``: a GGUF-quantized file), or of ``variant`` (``main --base flux2 --variant dev``);
+    the error lists the bases that type has."""
     model_type = kind if isinstance(kind, ModelType) else resolve_kind(kind)
+    if variant is not None:
+        found = TINY_VARIANTS.get((model_type, BaseModelType(base), variant)) if base else None
+        if found is None or format != "default":
+            raise ValueError(f"no tiny {model_type.value} model of variant {variant!r}"
+                             f"{' in format ' + format if format != 'default' else ''} for base {base}; there are: "
+                             f"{', '.join(f'{k.value} --base {b.value} --variant {v}' for k, b, v in TINY_VARIANTS)}")
+        return found
     if format not in FORMATS:
         raise ValueError(f"tiny model format {format!r}: expected one of {', '.join(FORMATS)}")
     table = TINY_GGUF if format == "gguf" else TINY_MODELS

@@ -133,15 +133,16 @@ def build_flux2_vae(dest: Path, *, seed: int = 0) -> Path:
     return dest
 
 
-def bfl_transformer_state(seed: int = 0) -> dict[str, Any]:
-    """The tiny transformer's weights under Black Forest Labs' names (what a FLUX.2 single file carries), renamed
-    with the table BFL-named LoRAs are read with: fused ``qkv`` in the double blocks, ``linear1``/``linear2`` in the
-    single ones, ``*_norm.scale``, and the final modulation's halves in BFL's (shift, scale) order."""
+def bfl_transformer_state(seed: int = 0, *, dev: bool = False) -> dict[str, Any]:
+    """The tiny transformer's weights (Klein's, or with ``dev`` [dev]'s, guidance embedder included) under Black
+    Forest Labs' names (what a FLUX.2 single file carries), renamed with the table BFL-named LoRAs are read with:
+    fused ``qkv`` in the double blocks, ``linear1``/``linear2`` in the single ones, ``*_norm.scale``, and the final
+    modulation's halves in BFL's (shift, scale) order."""
     import torch
 
     from invokeai_provider.models.flux2.bfl_names import DOUBLE_BLOCK_NORMS, FLUX2_NAMES, SINGLE_BLOCK_NORMS
 
-    state = {key: value.contiguous() for key, value in _transformer(seed).state_dict().items()}
+    state = {key: value.contiguous() for key, value in _transformer(seed, dev=dev).state_dict().items()}
     out: dict[str, Any] = {}
     for bfl, target in FLUX2_NAMES.top_level.items():
         for param in ("weight", "bias"):

@@ -36,14 +36,15 @@ class TinyInstall:
 
 def install_tiny(registry: ModelRegistry, kind: str | ModelType, base: str | BaseModelType | None = None,
                  name: Optional[str] = None, *, log: Optional[Callable[[str], None]] = None,
-                 format: str = "default") -> TinyInstall:
+                 format: str = "default", variant: Optional[str] = None) -> TinyInstall:
     """Builds and installs the tiny model of ``kind`` and ``base`` as ``name`` (default ``tiny-sd15``, ...); no
-    ``base`` is the kind's only base, else sd-1; ``format`` ``gguf`` builds the GGUF-quantized file instead.
+    ``base`` is the kind's only base, else sd-1; ``format`` ``gguf`` builds the GGUF-quantized file instead, and
+    ``variant`` a main of another variant (``dev`` for FLUX.2).
 
     Raises ``ValueError`` for a type or base the catalog lacks and ``InstallError`` when ``name`` is taken by a
     model of another type or base, or when the built model does not probe as the catalog says.
     """
-    entry = tiny_model(kind, base, format)
+    entry = tiny_model(kind, base, format, variant)
     name = check_name(name or default_name(entry))
     existing = _registered(registry, name)
     if existing is not None:

@@ -28,7 +28,8 @@ def cmd_models_install_tiny(args: argparse.Namespace) -> int:
 
     try:
         done = install_tiny(ModelRegistry(args.model_root), args.kind, args.base, args.name,
-                            log=lambda message: print(message, file=sys.stderr), format=args.format)
+                            log=lambda message: print(message, file=sys.stderr), format=args.format,
+                            variant=args.variant)
     except ValueError as exc:  # a type, base or name the catalog refuses
         raise InvokeAIProviderError(str(exc)) from None
     c = done.config
@@ -75,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_install_tiny(models_sub: argparse._SubParsersAction) -> None:
-    from invokeai_provider.models.testing.tiny_catalog import FORMATS, TINY_MODELS, kind_names
+    from invokeai_provider.models.testing.tiny_catalog import FORMATS, TINY_MODELS, TINY_VARIANTS, kind_names
 
     bases = list(dict.fromkeys(base.value for _, base in TINY_MODELS))
     tiny = models_sub.add_parser(
@@ -93,5 +94,8 @@ def _register_install_tiny(models_sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--format", choices=FORMATS, default="default",
                       help="gguf: the main as a Q8_0 GGUF file (z-image, flux2: tiny-z-image-gguf, tiny-flux2-gguf), "
                            "the unquantized tiny main's weights")
+    tiny.add_argument("--variant", choices=sorted({v for _, _, v in TINY_VARIANTS}),
+                      help="a main of another variant: dev (with --base flux2: tiny-flux2-dev, a FLUX.2 [dev] "
+                           "Flux2Pipeline folder with its Mistral encoder; the default FLUX.2 main is Klein 4B)")
     tiny.add_argument("--model-root", metavar="URI", help="model root (default: [invokeai] model_root)")
     tiny.set_defaults(func=cmd_models_install_tiny)

@@ -103,6 +103,9 @@ def load_diffusers_model(model_class: Any, state: dict[str, Any], config: dict[s
     ``compute_dtype``. No hub access: the config goes in as a local folder."""
     from diffusers import GGUFQuantizationConfig
 
+    # only layers' weights can run quantized: anything else (a pad token) is dequantized once
+    state = {key: value if key.endswith(".weight") else dequantized({key: value}, compute_dtype)[key]
+             for key, value in state.items()}
     with tempfile.TemporaryDirectory(prefix="invokeai-gguf-config-") as folder:
         (Path(folder) / "config.json").write_text(json.dumps({"_class_name": model_class.__name__, **config}))
         try:

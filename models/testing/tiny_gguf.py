@@ -3,7 +3,7 @@ FLUX.1 and FLUX.2, Tongyi's for Z-Image, as city96's conversions keep them) and 
 
 Written with the ``gguf`` package: each 2-D weight whose rows fill whole quantization blocks is quantized (Q8_0 by
 default, Q4_0 or another type the ``gguf`` package can quantize on request), everything else (norms, biases, narrow
-matrices) stays F32, as in the real files. The weights are the unquantized tiny model's for the same seed, so a GGUF
+matrices, pad tokens) stays F32, as in the real files. The weights are the unquantized tiny model's for the same seed, so a GGUF
 model's image can be compared with that model's.
 """
 
@@ -30,7 +30,7 @@ def _new(dest: Path) -> Path:
 def write_gguf(dest: Path, state: dict[str, Any], arch: str, *, quant: str = DEFAULT_QUANT,
                metadata: dict[str, Any] | None = None) -> Path:
     """``state`` (name -> torch tensor) as a GGUF file of architecture ``arch`` with ``metadata`` (key -> int,
-    float or str); 2-D weights whose rows are whole ``quant`` blocks are quantized, the rest is F32."""
+    float or str); 2-D ``.weight`` tensors whose rows are whole ``quant`` blocks are quantized, the rest is F32."""
     import gguf
     import numpy as np
 
@@ -49,7 +49,7 @@ def write_gguf(dest: Path, state: dict[str, Any], arch: str, *, quant: str = DEF
             writer.add_string(key, str(value))
     for name, tensor in state.items():
         data = tensor.detach().float().cpu().numpy().astype(np.float32)
-        if data.ndim == 2 and data.shape[-1] % block == 0:
+        if data.ndim == 2 and data.shape[-1] % block == 0 and name.endswith(".weight"):
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, data)

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -283,12 +283,45 @@ def _patch_module(module: torch.nn.Module, name: str, layers: list[tuple[_Layer,
         param.copy_(current[param_name].add_(delta).to(param.dtype))
 
 
+def _low_rank(module: torch.nn.Module, layers: list[tuple[_Layer, float]]) -> Optional[list[tuple[torch.Tensor,
+                                                                                                 torch.Tensor]]]:
+    """The ``(down, weighted up)`` factor pairs of ``layers`` when all are plain linear LoRA layers (no DoRA, mid,
+    LyCORIS or bias), each checked to fit ``module`` on meta tensors; else None."""
+    pairs = []
+    for layer, weight in layers:
+        parts = layer.parts
+        if layer.kind != "lora" or set(parts) - {"up", "down", "alpha", "row_index"} \
+                or parts["up"].ndim != 2 or parts["down"].ndim != 2:
+            return None
+        lycoris.param_deltas(layer.kind, parts, layer.scale, _params(module, "meta"))  # raises when it does not fit
+        up = parts["up"].float()
+        if "row_index" in parts:
+            up = up.index_select(0, parts["row_index"].long())
+        pairs.append((parts["down"].float(), up * (weight * layer.scale)))
+    return pairs
+
+
 def _sidecar(module: torch.nn.Module, layers: list[tuple[_Layer, float]]) -> torch.utils.hooks.RemovableHandle:
     """A quantized (GGUF) linear layer's LoRA update as a sidecar, as InvokeAI applies LoRAs to quantized layers:
     its weights stay as they are and the update's own linear map (and bias) is added to the layer's output until
-    the returned hook is removed. The update is worked out once from the dequantized weight (DoRA reads it)."""
-    deltas = _summed_deltas(_params(module), layers)
+    the returned hook is removed. Plain LoRA layers run as their two low-rank factors (so a LoRA over a whole
+    quantized model costs its own size, not the model's); other kinds as their whole update, worked out once from
+    the dequantized weight (DoRA reads it)."""
     compute = getattr(module, "compute_dtype", None) or torch.float32
+    pairs = _low_rank(module, layers)
+    if pairs is not None:
+        device = module.weight.device
+        factors = [(down.to(device, compute), up.to(device, compute)) for down, up in pairs]
+
+        def add_low_rank(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            inputs = args[0].to(compute)
+            for down, up in factors:
+                output = output + torch.nn.functional.linear(
+                    torch.nn.functional.linear(inputs, down.to(inputs.device)), up.to(inputs.device)).to(output.dtype)
+            return output
+
+        return module.register_forward_hook(add_low_rank)
+    deltas = _summed_deltas(_params(module), layers)
     weight = deltas["weight"].to(compute)
     bias = deltas["bias"].to(compute) if "bias" in deltas else None
 

@@ -13,6 +13,10 @@ diffusers would otherwise fetch a config from the hub. Two things are not in the
 
 A bundled file (transformer keys under ``model.diffusion_model.``, maybe beside a VAE or text encoders) keeps only
 the transformer, as InvokeAI does.
+
+A GGUF file (city96's ``flux1-dev-Q8_0.gguf``: the same BFL names, quantized) goes through the same conversion with
+its weights still quantized (`load_gguf_transformer`): GGUF blocks are laid out row by row, so splitting a fused
+layer's rows splits its quantized bytes, and no weight is dequantized to convert it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from invokeai_provider.models.flux.bfl_names import block_count
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BflTransformerError", "PREFIX", "load_bfl_transformer", "to_diffusers", "transformer_config",
-           "transformer_only"]
+__all__ = ["BflTransformerError", "PREFIX", "load_bfl_transformer", "load_gguf_transformer", "to_diffusers",
+           "transformer_config", "transformer_only"]
 
 PREFIX = "model.diffusion_model."
 ROPE_AXES = {128: (16, 56, 56), 16: (4, 6, 6)}  # head width -> rotary axes (FLUX.1's; the tiny models')
@@ -128,3 +132,17 @@ def load_bfl_transformer(path: Path, dtype: Any = None) -> Any:
         raise BflTransformerError(f"{path}: the tensors do not fit FluxTransformer2DModel({config}): missing "
                                   f"{sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}, unset {meta[:4]}")
     return model.eval()
+
+
+def load_gguf_transformer(path: Path, dtype: Any) -> Any:
+    """A GGUF FLUX.1 transformer (BFL's names, bare or bundled) as ``FluxTransformer2DModel`` whose linear layers keep
+    their quantized weights (diffusers' ``GGUFLinear``, dequantized per call in ``dtype``); converted by `to_diffusers`
+    on the quantized rows, then loaded by diffusers' GGUF quantizer (the names already diffusers', it converts
+    nothing more)."""
+    from diffusers import FluxTransformer2DModel
+
+    from invokeai_provider.models.quantization import gguf
+
+    state = transformer_only(gguf.read_gguf(path))
+    config = transformer_config(gguf.gguf_shapes(state))
+    return gguf.load_diffusers_model(FluxTransformer2DModel, to_diffusers(state), config, dtype, path.name)

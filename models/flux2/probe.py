@@ -91,7 +91,7 @@ def probe_lora(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[Probe
 
 
 def probe_gguf(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional[ProbeResult]:
-    """A GGUF-quantized FLUX.2 transformer (identified, so that installing it is refused with the reason)."""
+    """A GGUF-quantized FLUX.2 transformer (BFL's names), with its variant."""
     if not is_flux2_transformer(shapes):
         return None
     bare = _transformer_keys(shapes)

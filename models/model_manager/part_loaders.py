@@ -6,8 +6,9 @@ transformer (``flux1-dev.safetensors``): a main that is the transformer alone, w
 InvokeAI runs BFL's VAE with its own autoencoder class; here it becomes diffusers' ``AutoencoderKL`` (what the
 FLUX VAE nodes and a diffusers FLUX folder use), its architecture read from the tensor shapes and its names
 converted by diffusers' own LDM-VAE converter, so a BFL file and a diffusers folder of the same weights decode
-identically. Quantized formats without a loader are refused before any file is fetched (`quantized`); GGUF FLUX.2
-mains are FLUX.2's loader's.
+identically. A GGUF FLUX.1 transformer goes through the same BFL conversion with its weights kept quantized, a GGUF
+T5 encoder through `invokeai_provider.models.text_encoders.t5`; quantized formats without a loader are refused before
+any file is fetched (`quantized`); GGUF FLUX.2 mains are FLUX.2's loader's.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 
 def is_flux_transformer_file(config: ModelConfig) -> bool:
-    """A FLUX.1 main installed as BFL's single file: only its transformer is in it."""
+    """A FLUX.1 main installed as BFL's single file (plain or GGUF): only its transformer is in it."""
     return (config.type is ModelType.Main and config.base is BaseModelType.Flux
-            and config.format is ModelFormat.Checkpoint)
+            and config.format in (ModelFormat.Checkpoint, ModelFormat.GGUFQuantized))
 
 
 def handles(config: ModelConfig) -> bool:
@@ -68,10 +69,12 @@ def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModel
         raise ModelLoadError(refused)
     if is_flux_transformer_file(config) and part is not SubModelType.Transformer:  # before fetching the file
         raise ModelLoadError(
-            f"model {config.name!r} is a single-file FLUX.1 transformer (BFL checkpoint): submodel "
+            f"model {config.name!r} is a single-file FLUX.1 transformer (BFL {config.format.value}): submodel "
             f"{part.value if part else 'None'!r} does not exist in it (only transformer); its T5 encoder, CLIP embed "
             "and VAE are separate models (flux_model_loader's t5_encoder_model, clip_embed_model and vae_model)")
     with registry.local_model(config) as local:
+        if config.type is ModelType.T5Encoder and config.format is ModelFormat.GGUFQuantized:
+            return _t5_gguf_part(config, part, local.path, local.config_path, dtype)
         if config.type is ModelType.T5Encoder:
             return _t5_part(config, part, local.path, dtype)
         if config.type is ModelType.CLIPEmbed:
@@ -101,6 +104,20 @@ def _t5_part(config: ModelConfig, part: Optional[SubModelType], folder: Path, dt
     raise _wrong_part(config, part)
 
 
+def _t5_gguf_part(config: ModelConfig, part: Optional[SubModelType], path: Path, config_path: Optional[Path],
+                  dtype: Any) -> Any:
+    from invokeai_provider.models.text_encoders import t5
+
+    where = f"model {config.name!r} ({config.key})"
+    if part in T5_TOKENIZERS:
+        from transformers import T5TokenizerFast
+
+        return T5TokenizerFast.from_pretrained(t5.tokenizer_folder(config_path, where), local_files_only=True)
+    if part in T5_ENCODERS:
+        return t5.load_gguf(path, dtype)
+    raise _wrong_part(config, part)
+
+
 def _clip_part(config: ModelConfig, part: Optional[SubModelType], folder: Path, dtype: Any) -> Any:
     encoder, tokenizer = clip_embed_folders(folder)
     if part is SubModelType.Tokenizer:
@@ -119,10 +136,13 @@ def _clip_part(config: ModelConfig, part: Optional[SubModelType], folder: Path, 
 
 
 def _flux_transformer(config: ModelConfig, path: Path, dtype: Any) -> Any:
-    """The transformer of a BFL single file, as diffusers' FluxTransformer2DModel."""
-    from invokeai_provider.models.flux.bfl_transformer import BflTransformerError, load_bfl_transformer
+    """The transformer of a BFL single file (GGUF: kept quantized), as diffusers' FluxTransformer2DModel."""
+    from invokeai_provider.models.flux.bfl_transformer import (BflTransformerError, load_bfl_transformer,
+                                                               load_gguf_transformer)
 
     try:
+        if config.format is ModelFormat.GGUFQuantized:
+            return load_gguf_transformer(path, dtype)
         return load_bfl_transformer(path, dtype)
     except BflTransformerError as exc:
         raise ModelLoadError(f"model {config.name!r} ({config.key}) transformer: {exc}") from None

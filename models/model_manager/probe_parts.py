@@ -13,7 +13,8 @@ T5 encoders, CLIP embed encoders, VAE bases from latent channels, and GGUF files
   a FLUX one SD1); 4 channels leave the base to the name, as before.
 - GGUF (``.gguf``): the tensor names and shapes are read from the file's header (no ``gguf`` package needed):
   llama.cpp's T5 encoder names (``enc.blk.*``) are a t5_encoder, BFL's transformer names a FLUX.1 main with its
-  variant. Both are identified so that installing them can be refused clearly (`unsupported`).
+  variant (FLUX.2's, Z-Image's and Qwen3's are their families' probes'); a quantization type that cannot be
+  dequantized here is refused by name.
 - BFL's single-file FLUX.1 transformer (``flux1-dev.safetensors``; keys bare or under ``model.diffusion_model.``):
   a main, format checkpoint, recognised by InvokeAI's key (``double_blocks.0.img_attn.norm.key_norm.scale``) with
   its variant. FLUX.2 files carry the same key: `invokeai_provider.models.flux2.probe` identifies them first (a
@@ -255,7 +256,7 @@ def probe_gguf(path: Path) -> ProbeResult:
         from invokeai_provider.models.flux2.probe import probe_gguf as probe_flux2_gguf
 
         shapes = {name: shape for name, (shape, _) in tensors.items()}
-        flux2 = probe_flux2_gguf(path, shapes)  # identified, so that installing it is refused with the reason
+        flux2 = probe_flux2_gguf(path, shapes)
         if flux2 is not None:
             return flux2
         refuse_non_flux1(path, transformer_only(shapes), "GGUF transformer")
@@ -263,7 +264,7 @@ def probe_gguf(path: Path) -> ProbeResult:
     from invokeai_provider.models.z_image.probe import probe_z_image_gguf
 
     z_image = probe_z_image_gguf(path, {name: shape for name, (shape, _) in tensors.items()})
-    if z_image is not None:  # a Z-Image transformer or a Qwen3 encoder, refused at install like the others
+    if z_image is not None:  # a Z-Image transformer or a Qwen3 encoder
         return z_image
     sample = ", ".join(sorted(tensors)[:3])
     raise ProbeError(f"{path}: a GGUF file of an unknown architecture: neither a T5 encoder (enc.blk.* tensors), a "

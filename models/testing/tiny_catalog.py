@@ -12,7 +12,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from invokeai_provider.core.taxonomy import BaseModelType, ModelType
 
@@ -202,6 +202,13 @@ def _gguf(builder: str) -> Builder:
     return build
 
 
+def _t5_tokenizer(dest: Path) -> Path:
+    """The tiny T5 tokenizer folder a tiny GGUF T5 encoder is installed with (its ``--config``)."""
+    from invokeai_provider.models.testing.tiny_gguf import build_t5_tokenizer
+
+    return build_t5_tokenizer(dest)
+
+
 def _embedding(base: str, dest: Path, seed: int) -> Path:
     from invokeai_provider.models.testing.tiny import build_embedding
 
@@ -232,6 +239,8 @@ class TinyModel:
     weights_of: str = ""
     # the default name when it is not tiny-<slug>-<type>: an encoder IP-Adapters find by InvokeAI's name for it
     name: str = ""
+    # builds the folder the model is installed with as its --config (a GGUF T5 encoder's tokenizer), or None
+    config: Optional[Callable[[Path], Path]] = None
 
     def seed(self, name: str) -> int:
         """The seed of the model installed as ``name`` (see `seed_for`)."""
@@ -342,6 +351,12 @@ TINY_GGUF: dict[tuple[ModelType, BaseModelType], TinyModel] = {
                                                       ".gguf", weights_of="tiny-z-image", name="tiny-z-image-gguf"),
     (ModelType.Main, BaseModelType.Flux2): TinyModel(ModelType.Main, BaseModelType.Flux2, _gguf("flux2_gguf"),
                                                      ".gguf", weights_of="tiny-flux2", name="tiny-flux2-gguf"),
+    (ModelType.Main, BaseModelType.Flux): TinyModel(ModelType.Main, BaseModelType.Flux, _gguf("flux_gguf"),
+                                                    ".gguf", weights_of="tiny-flux", name="tiny-flux-gguf"),
+    # FLUX.1's (and SD3's) T5 encoder, the tiny FLUX main's weights; its tokenizer is installed as its --config
+    (ModelType.T5Encoder, BaseModelType.Any): TinyModel(ModelType.T5Encoder, BaseModelType.Any, _gguf("t5_gguf"),
+                                                        ".gguf", weights_of="tiny-flux",
+                                                        name="tiny-flux-t5-encoder-gguf", config=_t5_tokenizer),
 }
 FORMATS = ("default", "gguf")
 # --variant: a main of another variant than its base's usual tiny one (FLUX.2's is Klein 4B)

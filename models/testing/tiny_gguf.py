@@ -1,5 +1,6 @@
 """The tiny models as GGUF files, under the names real GGUF files use: a transformer's original names (BFL's for
-FLUX.1 and FLUX.2, Tongyi's for Z-Image, as city96's conversions keep them) and llama.cpp's for the Qwen3 encoder.
+FLUX.1 and FLUX.2, Tongyi's for Z-Image, as city96's conversions keep them) and llama.cpp's for the Qwen3 and T5
+encoders.
 
 Written with the ``gguf`` package: each 2-D weight whose rows fill whole quantization blocks is quantized (Q8_0 by
 default, Q4_0 or another type the ``gguf`` package can quantize on request), everything else (norms, biases, narrow
@@ -12,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_flux2_gguf", "build_flux_gguf", "build_qwen3_gguf", "build_z_image_gguf", "write_gguf"]
+__all__ = ["build_flux2_gguf", "build_flux_gguf", "build_qwen3_gguf", "build_t5_gguf", "build_t5_tokenizer",
+           "build_z_image_gguf", "write_gguf"]
 
 DEFAULT_QUANT = "Q8_0"
 
@@ -107,3 +109,32 @@ def build_qwen3_gguf(dest: Path, *, seed: int = 0, quant: str = DEFAULT_QUANT, f
                 "qwen3.rope.freq_base": 1000000.0, "qwen3.attention.layer_norm_rms_epsilon": 1e-6}
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
     return write_gguf(dest, to_llama_cpp_names(state), "qwen3", quant=quant, metadata=metadata)
+
+
+def build_t5_gguf(dest: Path, *, seed: int = 0, quant: str = DEFAULT_QUANT) -> Path:
+    """The tiny FLUX.1 T5 encoder (the main's and the t5_encoder folder's, for the same seed) under llama.cpp's
+    names, with llama.cpp's ``t5encoder.*`` metadata. It ships no tokenizer: install it with ``--config`` naming a
+    folder with the tiny T5 tokenizer (`build_t5_tokenizer`), as for any GGUF T5 encoder."""
+    from invokeai_provider.models.testing.tiny_flux import _t5, t5_tokenizer
+    from invokeai_provider.models.text_encoders.t5 import to_llama_cpp_names
+
+    model = _t5(seed, len(t5_tokenizer()))
+    config = model.config
+    metadata = {"t5encoder.block_count": config.num_layers, "t5encoder.context_length": 512,
+                "t5encoder.embedding_length": config.d_model, "t5encoder.feed_forward_length": config.d_ff,
+                "t5encoder.attention.head_count": config.num_heads, "t5encoder.attention.key_length": config.d_kv,
+                "t5encoder.attention.value_length": config.d_kv,
+                "t5encoder.attention.layer_norm_epsilon": config.layer_norm_epsilon,
+                "t5encoder.attention.relative_buckets_count": config.relative_attention_num_buckets}
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    return write_gguf(dest, to_llama_cpp_names(state), "t5encoder", quant=quant, metadata=metadata)
+
+
+def build_t5_tokenizer(dest: Path) -> Path:
+    """A folder holding the tiny T5 tokenizer (``tokenizer_2/``, as a t5_encoder folder has it): the ``--config``
+    of the tiny GGUF T5 encoder."""
+    from invokeai_provider.models.testing.tiny_flux_parts import T5_MAX_LENGTH
+    from invokeai_provider.models.testing.tiny_flux import t5_tokenizer
+
+    t5_tokenizer(T5_MAX_LENGTH).save_pretrained(Path(dest) / "tokenizer_2")
+    return Path(dest)

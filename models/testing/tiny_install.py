@@ -60,13 +60,17 @@ def install_tiny(registry: ModelRegistry, kind: str | ModelType, base: str | Bas
             say(f"building the tiny random-weight {entry.base.value} {entry.type.value} model {name!r} for "
                 f"{registry.location}")
             entry.build(entry.base.value, path, entry.seed(name))
-            config = install_model(registry, str(path), name=name)
+            config_path = entry.config(Path(scratch) / f"{name}-config") if entry.config else None
+            config = install_model(registry, str(path), name=name,
+                                   config_path=str(config_path) if config_path else None)
     else:
         path = registry.root / TINY_FOLDER / entry.relative_path(name)
         if not path.exists():  # a complete earlier build that was never registered is reused
             say(f"building the tiny random-weight {entry.base.value} {entry.type.value} model {name!r} in {path}")
             _build_atomically(entry, path, entry.seed(name))
-        config = install_model(registry, str(path), name=name, inplace=True)
+        config_path = _config_folder(entry, path.parent / f"{name}-config")
+        config = install_model(registry, str(path), name=name, inplace=True,
+                               config_path=str(config_path) if config_path else None)
     _check_probed(registry, config, entry)
     return TinyInstall(config, installed=True)
 
@@ -88,6 +92,19 @@ def _build_atomically(entry: TinyModel, path: Path, seed: int) -> None:
         built.rename(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _config_folder(entry: TinyModel, path: Path) -> Optional[Path]:
+    """The entry's ``--config`` folder (built once, atomically, beside the model), or None when it has none."""
+    if entry.config is None:
+        return None
+    if not path.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f".building-{os.getpid()}-", dir=path.parent))
+        try:
+            entry.config(staging / path.name).rename(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 def _check_probed(registry: ModelRegistry, config: ModelConfig, entry: TinyModel) -> None:

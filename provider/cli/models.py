@@ -92,8 +92,9 @@ def _register_install_tiny(models_sub: argparse._SubParsersAction) -> None:
                                                     "t5_encoder and clip_embed, else sd-1)")
     tiny.add_argument("--name", help="name to register it under (default: tiny-<base>[-<kind>])")
     tiny.add_argument("--format", choices=FORMATS, default="default",
-                      help="gguf: the main as a Q8_0 GGUF file (z-image, flux2: tiny-z-image-gguf, tiny-flux2-gguf), "
-                           "the unquantized tiny main's weights")
+                      help="gguf: the model as a Q8_0 GGUF file, the unquantized tiny model's weights (main --base "
+                           "flux, flux2 or z-image: tiny-flux-gguf, tiny-flux2-gguf, tiny-z-image-gguf; t5_encoder: "
+                           "tiny-flux-t5-encoder-gguf, its tokenizer as its --config)")
     tiny.add_argument("--variant", choices=sorted({v for _, _, v in TINY_VARIANTS}),
                       help="a main of another variant: dev (with --base flux2: tiny-flux2-dev, a FLUX.2 [dev] "
                            "Flux2Pipeline folder with its Mistral encoder; the default FLUX.2 main is Klein 4B)")

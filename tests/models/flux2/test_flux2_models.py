@@ -1,7 +1,7 @@
 """FLUX.2 models probed and loaded with InvokeAI's rules: Flux2KleinPipeline folders (variant from the context width,
 Base by name), BFL single-file transformers (bare or bundled) loading to the folder's transformer, FLUX.2 VAEs as
 folders and BFL files (batch norm included), diffusers-named FLUX.2 LoRAs told from FLUX.1's; [dev] by its context
-width; GGUF FLUX.2 identified and refused with the reason."""
+width; GGUF FLUX.2 identified and installed."""
 
 from __future__ import annotations
 

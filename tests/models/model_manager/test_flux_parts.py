@@ -1,7 +1,7 @@
 """The models a FLUX.1 user installs beside the transformer, through the model manager: T5 encoder and CLIP embed
 folders (base any) and FLUX VAEs (BFL single file, diffusers folder) probed as InvokeAI probes them, installed, and
-loaded submodel by submodel with the tiny main's own weights; bitsandbytes files and GGUF T5 encoders and FLUX.1
-transformers identified and refused, at install and at load, with what they would need."""
+loaded submodel by submodel with the tiny main's own weights; bitsandbytes files identified and refused, at install
+and at load, with what they would need; GGUF T5 encoders and FLUX.1 transformers identified and installed."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_flux_vaes_probe_as_flux_by_their_latent_channels(built: dict[str, Path]
     assert (flux2.type, flux2.base) == (ModelType.VAE, BaseModelType.Flux2)
 
 
-# --- GGUF and bitsandbytes: identified, then refused ----------------------------------------------------------
+# --- GGUF (identified, installed) and bitsandbytes (identified, then refused) ------------------------------------
 
 
 def _gguf_string(text: str) -> bytes:
@@ -154,7 +154,7 @@ def test_gguf_files_are_identified_from_their_header(tmp_path: Path) -> None:
     fill = {**dev, "img_in.weight": (3072, 384)}
     assert probe(write_gguf(tmp_path / "fill.gguf", fill)).variant is FluxVariantType.DevFill
     flux2 = probe(write_gguf(tmp_path / "flux2.gguf", {**FLUX_GGUF, "txt_in.weight": (3072, 15360)}))
-    assert (flux2.format, flux2.base) == (ModelFormat.GGUFQuantized, BaseModelType.Flux2)  # identified, then refused
+    assert (flux2.format, flux2.base) == (ModelFormat.GGUFQuantized, BaseModelType.Flux2)
     with pytest.raises(ProbeError, match=r"neither a T5 encoder .* it has 1 tensors \(blk.0.attn_q.weight"):
         probe(write_gguf(tmp_path / "qwen3.gguf", {"blk.0.attn_q.weight": (8, 8)}))
     damaged = tmp_path / "damaged.gguf"
@@ -177,7 +177,7 @@ def bnb_t5_folder(built: dict[str, Path], dest: Path) -> Path:
     return dest
 
 
-def test_quantized_encoders_and_transformers_are_refused_at_install_with_what_they_need(
+def test_bnb_encoders_are_refused_at_install_with_what_they_need_and_gguf_files_install(
         built: dict[str, Path], tmp_path: Path) -> None:
     bnb = bnb_t5_folder(built, tmp_path / "t5-int8")
     found = probe(bnb)
@@ -190,14 +190,12 @@ def test_quantized_encoders_and_transformers_are_refused_at_install_with_what_th
     assert str(bnb) in message and "bitsandbytes LLM.int8-quantized T5 encoder" in message
     assert "bitsandbytes package (not installed here)" in message and "a CUDA GPU (none here)" in message
     assert "install the unquantized T5 encoder instead" in message
-    for name, what in (("t5-Q8_0.gguf", "GGUF-quantized T5 encoder"), ("flux1-dev-Q4.gguf", "FLUX.1 transformer")):
-        tensors = {"enc.blk.0.attn_q.weight": (8, 8)} if name.startswith("t5") else FLUX_GGUF
-        path = write_gguf(tmp_path / name, tensors)
-        with pytest.raises(InstallError, match=f"{name}: a {what}" if "T5" in what else f"{name}: a GGUF-quantized "
-                           f"{what}") as refused:
-            install_model(registry, str(path))
-        assert "has no GGUF loader for a" in str(refused.value)
     assert list(registry.all()) == [] and not (tmp_path / "root" / "files").exists()
+    # GGUF T5 encoders and FLUX.1 transformers install (they load: tests/models/quantization/test_gguf.py)
+    for name, kind in (("t5-Q8_0.gguf", ModelType.T5Encoder), ("flux1-dev-Q4.gguf", ModelType.Main)):
+        tensors = {"enc.blk.0.attn_q.weight": (8, 8)} if name.startswith("t5") else FLUX_GGUF
+        installed = install_model(registry, str(write_gguf(tmp_path / name, tensors)))
+        assert (installed.type, installed.format) == (kind, ModelFormat.GGUFQuantized)
 
 
 def test_a_quantized_record_is_refused_at_load_before_its_files_are_read(tmp_path: Path) -> None:

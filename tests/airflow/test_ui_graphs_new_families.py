@@ -44,7 +44,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     wanted = [("main", "sd-3"), ("main", "cogview4"), ("main", "z-image"), ("lora", "z-image"),
               ("controlnet", "z-image"), ("main", "flux2"), ("lora", "flux2")]
     ids = {key: install_tiny(registry, *key).config.identifier() for key in wanted}
-    return {"manager": ModelManager(registry, device="cpu"), **ids}
+    return {"manager": ModelManager(registry, device="cpu"), "uri": registry.location, **ids}
 
 
 @pytest.fixture
@@ -544,3 +544,36 @@ def test_the_ui_graph_shape(models: dict[str, Any], canvas: Canvas) -> None:
     assert [e["destination"] for e in document["edges"] if e["source"]["node_id"] == g.metadata_id] == [
         {"node_id": output["id"], "field": "metadata"}]
     assert "value" not in document["nodes"][ids["positive"]] and "value" not in document["nodes"][ids["seed"]]
+
+
+def test_a_ui_canvas_batch_runs_through_airflow(models: dict[str, Any], airflow_run, upload_image, artifact_root: Path,
+                                                tmp_path: Path) -> None:
+    """A UI batch (Z-Image inpaint with a LoRA, two seeds; the UI's colon ids, uploaded canvas images) through
+    `invokeai-airflow run`: every task succeeds and each session's canvas output is the engine's image (within 1
+    level) with its seed in the metadata."""
+    from invokeai_provider.core.context import RunContext
+    from invokeai_provider.storage.base import RunStore, backend_for_uri
+
+    from helpers import png_pixels, task_states, uri_path
+
+    mask = np.full((CANVAS, CANVAS), 255, np.uint8)
+    mask[28:36, 28:36] = 0
+    canvas = Canvas(picture=upload_image(block_picture(5, cell=CANVAS // 4)), mask=upload_image(mask),
+                    size=(CANVAS, CANVAS), mask_blur=8)
+    canvas.coherence["edge_radius"] = 8
+    g, ids = z_image_ui(models, "inpaint", canvas, loras=[("lora", 0.8)])
+    body = batch_of(g, ids, [3, 4])
+    path = tmp_path / "ui-batch.json"
+    path.write_text(json.dumps(body))
+    result = airflow_run(path, extra_env={"AIRFLOW__INVOKEAI__MODEL_ROOT": models["uri"]})
+    assert result["state"] == "success" and set(task_states(result).values()) == {"success"}
+    outputs = sorted((i for i in result["images"] if i["node_id"].startswith("canvas_output:")),
+                     key=lambda i: i["metadata"]["seed"])
+    assert [(i["metadata"]["seed"], i["metadata"]["generation_mode"], i["width"]) for i in outputs] == [
+        (3, "z_image_inpaint", CANVAS), (4, "z_image_inpaint", CANVAS)]
+    engine = RunContext(store=RunStore(backend_for_uri(artifact_root.as_uri()), dag_id="engine", run_id="ui"),
+                        services={"models": models["manager"]})
+    for record, (image, _) in zip(outputs, run_batch(body, engine)):
+        through_airflow = np.frombuffer(png_pixels(record["uri"]), np.uint8).reshape(image.shape)
+        assert uri_path(record["uri"]).is_file()
+        assert np.abs(through_airflow.astype(int) - image.astype(int)).max() <= 1

@@ -451,3 +451,22 @@ print(sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modul
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-2:] == ["['tiny-sd1']", "[]"]
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_tiny_gguf_t5_goes_up_with_its_tokenizer_config(s3_env: Any, tmp_path: Path) -> None:
+    """install-tiny into an S3 root uploads a GGUF T5 encoder's --config (its tokenizer) beside it, and a manager
+    reading the root loads tokenizer and quantized encoder from its cached copy."""
+    from invokeai_provider.core.taxonomy import SubModelType
+    from invokeai_provider.models.model_manager.manager import ModelManager
+    from invokeai_provider.models.quantization.gguf import quantized_modules
+    from invokeai_provider.models.testing.tiny_flux import t5_tokenizer
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    root = fresh_root("t5-gguf")
+    config = install_tiny(ModelRegistry(root), "t5_encoder", format="gguf").config
+    assert config.config_path and f"{config.config_path}/tokenizer_2/tokenizer.json" in object_keys(s3_env, root)
+    manager = ModelManager(ModelRegistry(root), device="cpu")
+    with manager.load(config.identifier(), SubModelType.Tokenizer2) as tokenizer:
+        assert tokenizer("a fox").input_ids == t5_tokenizer()("a fox").input_ids
+    with manager.load(config.identifier(), SubModelType.TextEncoder2) as encoder:
+        assert quantized_modules(encoder)

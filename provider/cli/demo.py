@@ -50,14 +50,16 @@ Z_IMAGE_DEMO_INPUTS = denoise_inputs("z_image_denoise_meta")
 
 @dataclass(frozen=True)
 class DemoFamily:
-    """A demo: the example workflow it runs, the base of the tiny main model it installs, its default size and
-    steps (small: the demo runs in well under a minute on two CPU cores) and where in the workflow it sets them."""
+    """A demo: the example workflow it runs, the base (and variant, when not the base's usual tiny one) of the tiny
+    main model it installs, its default size and steps (small: the demo runs in well under a minute on two CPU
+    cores) and where in the workflow it sets them."""
 
     workflow: str
     base: str
     size: int
     steps: int
     inputs: dict[str, InputPath] = dataclass_field(default_factory=lambda: DEMO_INPUTS)
+    variant: Optional[str] = None
 
 
 DEMO_FAMILIES: dict[str, DemoFamily] = {
@@ -74,6 +76,9 @@ DEMO_FAMILIES: dict[str, DemoFamily] = {
 DEMO_FAMILIES["flux2-klein"] = DemoFamily("flux2-klein-text-to-image.json", "flux2", size=64, steps=4,
                                           inputs=FLUX2_DEMO_INPUTS)
 # the tiny Z-Image Turbo model (a ZImagePipeline folder: its own Qwen3 encoder and VAE); sizes are multiples of 16
+# the tiny FLUX.2 [dev] model (a Flux2Pipeline folder: its own Mistral Small 3.1-shaped encoder and VAE)
+DEMO_FAMILIES["flux2-dev"] = DemoFamily("flux2-dev-text-to-image.json", "flux2", size=64, steps=4,
+                                        inputs=FLUX2_DEMO_INPUTS, variant="dev")
 DEMO_FAMILIES["z-image"] = DemoFamily("z-image-text-to-image.json", "z-image", size=64, steps=4,
                                       inputs=Z_IMAGE_DEMO_INPUTS)
 DEMO_MODEL = "tiny-sd15"  # the sd15 demo's model (the cluster installs it)
@@ -86,7 +91,8 @@ def ensure_demo_model(model_root: Optional[str], family: str = "sd15") -> str:
     from invokeai_provider.models.model_manager.registry import ModelRegistry
     from invokeai_provider.models.testing.tiny_install import install_tiny
 
-    done = install_tiny(ModelRegistry(model_root), "main", DEMO_FAMILIES[family].base,
+    demo = DEMO_FAMILIES[family]
+    done = install_tiny(ModelRegistry(model_root), "main", demo.base, variant=demo.variant,
                         log=lambda message: print(message, file=sys.stderr))
     return done.config.name
 
@@ -252,7 +258,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="sd15: dags/workflows/sd15-text-to-image.json with tiny-sd15; sdxl: "
                            "sdxl-text-to-image.json with tiny-sdxl; flux: flux-text-to-image.json with tiny-flux; "
                            "sd3: sd3-text-to-image.json with tiny-sd3; cogview4: cogview4-text-to-image.json with "
-                           "tiny-cogview4; flux2-klein: flux2-klein-text-to-image.json with tiny-flux2; z-image: "
+                           "tiny-cogview4; flux2-klein: flux2-klein-text-to-image.json with tiny-flux2; flux2-dev: "
+                           "flux2-dev-text-to-image.json with tiny-flux2-dev; z-image: "
                            "z-image-text-to-image.json with tiny-z-image (default: sd15)")
     demo.add_argument("--prompt", default="a lighthouse on a cliff at sunset, oil painting")
     demo.add_argument("--seed", type=int, default=42)

@@ -1,7 +1,9 @@
 """FLUX.2 Klein workflows in InvokeAI's workflow format run in the engine and through `invokeai-airflow run` (Airflow
 on SQLite) with the same image: text to image in the shape InvokeAI's workflow editor saves (a loader, a prompt,
 flux2_denoise with its literal settings, the decode; boards "auto"), with a reference image (kontext_conditioning)
-from an uploaded picture. `demo --family flux2-klein` runs the example workflow with the tiny model it installs."""
+from an uploaded picture. `demo --family flux2-klein` runs the example workflow with the tiny model it installs. The
+FLUX.2 [dev] example (flux2-dev-text-to-image.json: the [dev] loader and Mistral prompt encoders) runs with the tiny
+[dev] main in the engine and through Airflow."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers import block_picture, run_demo, wf_edge, wf_node, workflow
+from helpers import REPO_ROOT, block_picture, png_metadata, run_demo, small_example, wf_edge, wf_node, workflow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,3 +65,20 @@ def test_demo_flux2_klein_runs_end_to_end(tmp_path: Path) -> None:
     _, metadata = run_demo(tmp_path, "flux2-klein", "tiny-flux2", size=64, steps=2)
     assert {k: metadata[k] for k in ("generation_mode", "seed", "steps", "width", "height", "cfg_scale")} == {
         "generation_mode": "flux2_txt2img", "seed": 7, "steps": 2, "width": 64, "height": 64, "cfg_scale": 1.0}
+
+
+def test_the_flux2_dev_example_runs_in_the_engine_and_through_airflow(tmp_path_factory: pytest.TempPathFactory,
+                                                                      engine_and_airflow) -> None:
+    from invokeai_provider.models.model_manager.registry import ModelRegistry
+    from invokeai_provider.models.testing.tiny_install import install_tiny
+
+    root = tmp_path_factory.mktemp("flux2-dev-workflow-root")
+    main = install_tiny(ModelRegistry(root.as_uri()), "main", "flux2", variant="dev").config
+    example = REPO_ROOT / "dags" / "workflows" / "flux2-dev-text-to-image.json"
+    size = 64  # the example's form sizes start at 64
+    document = small_example(example, "model_loader", main.identifier(),
+                             {"seed": 11, "steps": STEPS, "width": size, "height": size, "cfg": 1.0})
+    image, _ = engine_and_airflow(document, "flux2-dev-t2i", root.as_uri(), size)
+    metadata = png_metadata(image["uri"])
+    assert {k: metadata[k] for k in ("generation_mode", "seed", "steps", "width", "height")} == {
+        "generation_mode": "flux2_txt2img", "seed": 11, "steps": STEPS, "width": size, "height": size}

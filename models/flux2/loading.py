@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from invokeai_provider.core.taxonomy import ModelType, SubModelType
+from invokeai_provider.core.taxonomy import Flux2VariantType, ModelType, SubModelType
 from invokeai_provider.errors import InvokeAIProviderError
 from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
 
@@ -44,10 +44,16 @@ def load(registry: "ModelRegistry", config: ModelConfig, part: Optional[SubModel
     where = f"model {config.name!r} ({config.key})"
     if config.type is ModelType.Main and config.format in (ModelFormat.Checkpoint, ModelFormat.GGUFQuantized) \
             and part is not SubModelType.Transformer:
-        raise Flux2LoadError(f"{where} is a single-file FLUX.2 transformer (BFL checkpoint): submodel "
-                             f"{part.value if part else 'None'!r} does not exist in it (only transformer); its Qwen3 "
-                             "encoder and VAE are separate models (flux2_klein_model_loader's qwen3_encoder_model "
-                             "and vae_model, or a diffusers FLUX.2 Klein model as qwen3_source_model)")
+        if config.variant is Flux2VariantType.Dev:
+            parts = ("Mistral encoder", "flux2_dev_model_loader's mistral_encoder_model and vae_model, or a diffusers "
+                     "FLUX.2 [dev] model as mistral_source_model")
+        else:
+            parts = ("Qwen3 encoder", "flux2_klein_model_loader's qwen3_encoder_model and vae_model, or a diffusers "
+                     "FLUX.2 Klein model as qwen3_source_model")
+        kind = "GGUF file" if config.format is ModelFormat.GGUFQuantized else "BFL checkpoint"
+        raise Flux2LoadError(f"{where} is a single-file FLUX.2 transformer ({kind}): submodel "
+                             f"{part.value if part else 'None'!r} does not exist in it (only transformer); its "
+                             f"{parts[0]} and VAE are separate models ({parts[1]})")
     with registry.local_model(config) as local:
         if config.type is ModelType.VAE:
             if config.format is ModelFormat.Diffusers:

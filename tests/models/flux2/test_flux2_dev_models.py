@@ -120,3 +120,8 @@ def test_a_bfl_dev_file_loads_as_the_folders_transformer(installed: dict[str, An
         state = transformer.state_dict()
     assert any("guidance_embedder" in key for key in state)
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+    from invokeai_provider.errors import InvokeAIProviderError
+
+    with pytest.raises(InvokeAIProviderError, match=r"only transformer.*Mistral encoder and VAE.*mistral_encoder_model"):
+        with manager.load(part(config, SubModelType.TextEncoder)):
+            pass

@@ -63,7 +63,9 @@ def test_the_single_file_main_with_separate_parts_gives_the_folders_image(
     assert folder.shape == (48, 32, 3) and folder.std() > 3
     single = image_of(tmp_path / "single", manager,
                       flux_graph(ids["single"], loader={field: ids[field] for field in PARTS}))
-    assert np.array_equal(folder, single)
+    # the same weights bit for bit, yet the transformers' outputs differ by ~2e-7 (the single file's tensors are not
+    # laid out in memory as from_pretrained lays them, which changes the CPU kernels' summation): 1 level at most
+    assert np.abs(folder.astype(int) - single.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("given,first", [((), "t5_encoder_model"), (("t5_encoder_model",), "clip_embed_model"),

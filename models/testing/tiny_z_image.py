@@ -34,11 +34,12 @@ def _qwen3(seed: int) -> Any:
     return qwen3_encoder(seed, vocab_size=len(qwen3_tokenizer()), layers=QWEN3_LAYERS, tag="z-image/qwen3")
 
 
-def _transformer(seed: int) -> Any:
+def _transformer(seed: int, layers: int = LAYERS) -> Any:
+    """The tiny transformer (``layers`` main layers: tests of per-layer behaviour take fewer)."""
     from diffusers import ZImageTransformer2DModel
 
     return _construct(lambda: ZImageTransformer2DModel(
-        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=DIM, n_layers=LAYERS,
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=DIM, n_layers=layers,
         n_refiner_layers=REFINERS, n_heads=HEADS, n_kv_heads=HEADS, cap_feat_dim=QWEN3_WIDTH,
         axes_dims=[8, 12, 12], axes_lens=[1024, 512, 512]), materialize=True, seed=seed, tag="z-image/transformer")
 

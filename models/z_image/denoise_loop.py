@@ -1,7 +1,8 @@
 """Z-Image's denoising loop (InvokeAI's ``z_image_denoise``) over diffusers' ``ZImageTransformer2DModel``: Euler steps
 of the flow-matching ODE along `sampling.sigmas`, an optional CFG with a negative prompt, image-to-image by starting
 part way with the image's latents mixed into the noise, inpainting (after each step the kept region is put back on
-the image's own noise trajectory) and a ControlNet's hints added after the transformer's layers.
+the image's own noise trajectory), a ControlNet's hints added after the transformer's layers and regional prompts
+(`regional`: the positive pass's even main layers take the prompts' attention mask).
 
 The transformer takes a list of ``(16, 1, h/8, w/8)`` latents, the timestep as ``1 - sigma`` and a list of prompt
 embeddings; its prediction is negated to give the flow's velocity. ``heun`` and ``lcm`` step with diffusers'
@@ -11,11 +12,12 @@ in float32 between steps (InvokeAI keeps them in the transformer's dtype); the t
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from invokeai_provider.models.z_image.control import ZImageControl, borrowing
+from invokeai_provider.models.z_image.regional import regional_attention
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +39,8 @@ class ZImageDenoiseJob:
     scheduler: str = "euler"
     seed: int = 0  # LCM's step noise
     control: Optional[ZImageControl] = None
+    # regional prompts: `regional.attention_mask` over [image, positive text] tokens (True = attend); None = none
+    regional: Optional["torch.Tensor"] = None
 
 
 def start_latents(job: ZImageDenoiseJob) -> "torch.Tensor":
@@ -79,6 +83,12 @@ def run(transformer: Any, job: ZImageDenoiseJob, *, on_step: Optional[Callable[[
         if job.control is not None:
             controlnet = stack.enter_context(borrowing(job.control.model, transformer))
             control_input = [job.control.latents.to(device=device, dtype=dtype)]
+        image_tokens = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
+        expected = image_tokens + job.positive.shape[0]
+        if job.regional is not None and tuple(job.regional.shape) != (expected, expected):
+            raise ValueError(f"the regional mask is {tuple(job.regional.shape)}; {image_tokens} image and "
+                             f"{job.positive.shape[0]} prompt tokens need ({expected}, {expected})")
+        regional = stack.enter_context(regional_attention(transformer, job.regional, image_tokens))
 
         def predict(sign: str, sigma: float, step: int) -> "torch.Tensor":
             x = list(latents.to(dtype).unsqueeze(2).unbind(0))
@@ -86,7 +96,7 @@ def run(transformer: Any, job: ZImageDenoiseJob, *, on_step: Optional[Callable[[
             samples = None
             if controlnet is not None and job.control.applies(step, total):
                 samples = controlnet(x, t, [embeds[sign]], control_input, conditioning_scale=job.control.scale)
-            with torch.no_grad():
+            with torch.no_grad(), regional() if sign == "positive" else nullcontext():
                 out = transformer(x, t, [embeds[sign]], controlnet_block_samples=samples, return_dict=False)[0]
             return -torch.stack([o.float() for o in out]).squeeze(2)
 

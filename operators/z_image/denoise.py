@@ -7,8 +7,9 @@ Built: noise from the seed (InvokeAI's) or a ``noise`` input; the schedule shift
 ``latents`` (with or without ``add_noise``); inpainting with a ``denoise_mask`` (gradient masks included); CFG with
 negative conditionings (several are joined, as InvokeAI does) when ``guidance_scale`` is not 1; the Euler, Heun and
 LCM samplers; a Z-Image ControlNet (its image encoded with ``vae``); the transformer's LoRAs patched in for the node's
-span; progress and cancel at every step. Not built yet, and refused by name when given: regional prompts (several
-positive conditionings, or masks on them).
+span; progress and cancel at every step; regional prompts (several positive conditionings, with masks from
+z_image_text_encoder's ``mask``) as InvokeAI builds them (`invokeai_provider.models.z_image.regional`), also on
+ControlNet steps (where InvokeAI's own ControlNet forward leaves them out).
 """
 
 from __future__ import annotations
@@ -87,16 +88,35 @@ class ZImageDenoiseInvocation(BaseInvocation):
 
     # --- inputs --------------------------------------------------------------------------------------------
 
-    def _positive(self, context: "InvocationContext") -> Any:
+    def _positive(self, context: "InvocationContext") -> tuple[Any, Any]:
+        """The positive prompts' embeddings joined along the tokens, and their regional attention mask (None when no
+        conditioning has a mask), as InvokeAI joins and masks them."""
+        import torch
+
+        from invokeai_provider.models.z_image import regional, sampling
+
         fields = self.positive_conditioning if isinstance(self.positive_conditioning, list) else \
             [self.positive_conditioning]
-        if len(fields) != 1:
-            raise field_error(GenerationError, self, "positive_conditioning", f"{len(fields)} conditionings: regional "
-                              "prompts are not supported by this provider's Z-Image yet; connect one")
-        if fields[0].mask is not None:
-            raise field_error(GenerationError, self, "positive_conditioning", "a masked (regional) conditioning: "
-                              "regional prompts are not supported by this provider's Z-Image yet")
-        return load_embeds(self, context, "positive_conditioning", fields[0].conditioning_name)
+        if not fields:
+            raise field_error(GenerationError, self, "positive_conditioning", "an empty list: connect at least one "
+                              "conditioning")
+        embeds, masks = [], []
+        for field in fields:
+            embeds.append(load_embeds(self, context, "positive_conditioning", field.conditioning_name))
+            masks.append(None if field.mask is None else
+                         regional.region_tokens(self._region(context, field.mask.tensor_name), self.height,
+                                                self.width))
+        mask = regional.attention_mask([e.shape[0] for e in embeds], masks,
+                                       sampling.image_tokens(self.height, self.width))
+        return torch.cat(embeds), mask
+
+    def _region(self, context: "InvocationContext", name: str) -> Any:
+        """A regional prompt's mask tensor, checked to be one ``(1, H, W)`` or ``(H, W)`` mask."""
+        mask = context.tensors.load(name)
+        if mask.ndim not in (2, 3) or (mask.ndim == 3 and mask.shape[0] != 1):
+            raise field_error(GenerationError, self, "positive_conditioning", f"a region mask {name!r} of shape "
+                              f"{tuple(mask.shape)}; expected (1, H, W) or (H, W)")
+        return mask
 
     def _negative(self, context: "InvocationContext") -> Any:
         """The negative embeddings joined along the tokens (InvokeAI's handling of several; their masks ignored)."""
@@ -176,8 +196,9 @@ class ZImageDenoiseInvocation(BaseInvocation):
             noise = self._latents_input(context, "noise") if self.noise is not None else \
                 sampling.noise(self.seed, self.height, self.width)
         cfg = not math.isclose(self.guidance_scale, 1.0) and self.negative_conditioning is not None
+        positive, regional = self._positive(context)
         return ZImageDenoiseJob(
-            sigmas=sigmas, positive=self._positive(context), noise=noise,
+            sigmas=sigmas, positive=positive, regional=regional, noise=noise,
             negative=self._negative(context) if cfg else None, guidance_scale=self.guidance_scale,
             init_latents=init, add_noise=self.add_noise,
             inpaint_mask=self._inpaint_mask(context) if self.denoise_mask is not None else None,

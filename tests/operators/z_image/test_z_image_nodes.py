@@ -258,17 +258,6 @@ def test_bad_denoise_input_is_refused_naming_the_field(z_run: RunContext, z_imag
     assert caught.value.node_id == "denoise" and caught.value.field == field
 
 
-def test_regional_prompts_are_refused_naming_the_field(z_run: RunContext, z_image: Any) -> None:
-    from invokeai_provider.errors import NodeExecutionError
-
-    _, identifier = z_image
-    graph = t2i_graph(identifier)
-    graph["nodes"]["prompt"]["mask"] = {"tensor_name": "m"}
-    with pytest.raises(NodeExecutionError, match="regional prompts are not supported") as caught:
-        run_graph(Graph.from_dict(graph), z_run)
-    assert caught.value.field == "positive_conditioning"
-
-
 def test_a_runtime_task_checks_the_loaders_model_name_as_given() -> None:
     """The GPU runtime's literal check leaves model names to the runtime's binding: the loader's required
     direct-input model field must not count as missing meanwhile (the cluster ran into this)."""

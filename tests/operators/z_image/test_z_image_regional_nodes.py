@@ -45,14 +45,16 @@ def regional_graph(identifier: dict[str, Any], regions: list[tuple[str, Optional
     into the denoise's ``positive_conditioning``."""
     graph = t2i_graph(identifier)
     del graph["nodes"]["prompt"]
-    graph["edges"] = [e for e in graph["edges"] if "prompt" not in (e["source"]["node_id"], e["destination"]["node_id"])]
+    graph["edges"] = [e for e in graph["edges"]
+                      if "prompt" not in (e["source"]["node_id"], e["destination"]["node_id"])]
     graph["nodes"]["collect"] = {"id": "collect", "type": "collect"}
     for index, (text, mask) in enumerate(regions):
         node = {"id": f"prompt{index}", "type": "z_image_text_encoder", "prompt": text}
         if mask is not None:
             node["mask"] = {"tensor_name": mask}
         graph["nodes"][node["id"]] = node
-        graph["edges"] += [link("load", "qwen3_encoder", node["id"]), link(node["id"], "conditioning", "collect", "item")]
+        graph["edges"] += [link("load", "qwen3_encoder", node["id"]),
+                           link(node["id"], "conditioning", "collect", "item")]
     graph["edges"].append(link("collect", "collection", "denoise", "positive_conditioning"))
     return graph
 
@@ -121,11 +123,11 @@ def test_a_regions_prompt_changes_mainly_its_half(z_run: RunContext, z_image: tu
                                                  dropped: str) -> None:
     """Prompt A on the left and B on the right, against the same prompts with the ``dropped`` side's region made
     empty (its prompt then reaches no image token on the masked layers): the dropped half of the denoised latents
-    changes several times more than the other (the latents: the VAE's decoder spreads a change across the halves). The prompts stay the same tokens in the same order, since the caption refiner attends over all of
-    them (unmasked, in InvokeAI too), so another prompt would change the other region's tokens as well. The other
-    half still changes a little: the odd main layers are unmasked and image tokens see each other, as in InvokeAI.
-    Threshold 4x; measured (mean absolute difference, dropped half / other half): left 0.052 / 0.0051 (10x), right
-    0.070 / 0.0090 (7.8x)."""
+    changes several times more than the other (latents, since the VAE's decoder spreads a change across the halves).
+    The prompts stay the same tokens in the same order: the caption refiner attends over all of them (unmasked, in
+    InvokeAI too), so another prompt would change the other region's tokens as well. The other half still changes a
+    little: the odd main layers are unmasked and image tokens see each other, as in InvokeAI. Threshold 4x; measured
+    (mean absolute difference, dropped half / other half): left 0.052 / 0.0051 (10x), right 0.070 / 0.0090 (7.8x)."""
     masks = {"left": half(z_run, "left"), "right": half(z_run, "right")}
     nowhere = put_mask(z_run, "nowhere", torch.zeros(1, HEIGHT, WIDTH, dtype=torch.bool))
     prompts = {"left": PROMPT, "right": "a blue whale under the sea"}

@@ -165,3 +165,20 @@ def test_a_mask_that_does_not_fit_the_prompt_is_refused() -> None:
     with pytest.raises(ValueError, match=r"regional mask is \(10, 10\); 8 image and 5 prompt tokens need \(13, 13\)"):
         run(transformer, ZImageDenoiseJob(sigmas=[1.0, 0.5], positive=prompt(1), noise=noise,
                                           regional=torch.ones(10, 10, dtype=torch.bool)))
+
+
+def test_the_mask_also_applies_on_controlnet_steps() -> None:
+    """A deliberate difference from InvokeAI, whose ControlNet pass runs its own forward without the regional mask:
+    here the ControlNet's hints and the regions combine, so emptying the right region still changes the step."""
+    from invokeai_provider.models.testing.tiny_z_image import _controlnet
+    from invokeai_provider.models.z_image.control import ZImageControl
+
+    transformer = tiny_transformer(3)
+    latents = torch.randn(16, 1, H, W, generator=torch.Generator().manual_seed(2))
+    control = ZImageControl(model=_controlnet(5, 16), latents=latents, scale=0.75)
+    prompts = [prompt(1), prompt(2)]
+    both = one_step(transformer, prompts, [LEFT, RIGHT], control=control)
+    right_empty = one_step(transformer, prompts, [LEFT, torch.zeros(8)], control=control)
+    without_control = one_step(transformer, prompts, [LEFT, RIGHT])
+    assert not torch.allclose(both, without_control, atol=1e-4)  # the ControlNet acted
+    assert not torch.allclose(both[RIGHT_HALF], right_empty[RIGHT_HALF], atol=1e-4)

@@ -29,6 +29,24 @@ def z_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, An
     return ModelManager(registry, device="cpu"), config.identifier()
 
 
+@pytest.fixture(scope="session")
+def z_image_parts(z_image: tuple[Any, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The session main's Qwen3 encoder and VAE as separate models (its seed: its own weights) and a kohya LoRA,
+    installed once: a registry refuses the same files twice, and several test files need them. ``paths``: the
+    built files."""
+    from invokeai_provider.models.model_manager.install import install_model
+    from invokeai_provider.models.testing import tiny_z_image as tiny
+    from invokeai_provider.models.testing.tiny_flux_parts import build_flux_vae
+
+    folder = tmp_path_factory.mktemp("z-image-parts")
+    built = {"qwen3": tiny.build_qwen3_encoder(folder / "qwen3", seed=3),
+             "vae": build_flux_vae(folder / "z-image-vae", seed=3),
+             "kohya": tiny.build_z_image_lora(folder / "kohya.safetensors", style="kohya", seed=5)}
+    out: dict[str, Any] = {name: install_model(z_image[0].registry, str(path), name=f"z-{name}").identifier()
+                           for name, path in built.items()}
+    return {**out, "paths": built}
+
+
 @pytest.fixture
 def z_run(tmp_path: Path, z_image: tuple[Any, dict[str, Any]]) -> RunContext:
     return RunContext(store=RunStore(LocalArtifactBackend(tmp_path / "artifacts"), dag_id="z-image", run_id="r1"),

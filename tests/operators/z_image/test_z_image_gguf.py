@@ -16,7 +16,6 @@ from test_z_image_parts_loras_control import lora_graph, merged
 from z_image_helpers import PROMPT, dynamic_scheduler, pipeline_image, pipeline_parts, t2i_graph
 
 from invokeai_provider.models.model_manager.install import install_model
-from invokeai_provider.models.testing import tiny_z_image as tiny
 from invokeai_provider.models.testing.tiny_gguf import build_z_image_gguf
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,19 +23,14 @@ SEED = 3  # the session's tiny-z-image
 
 
 @pytest.fixture(scope="module")
-def gguf_models(z_image: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from invokeai_provider.models.testing.tiny_flux_parts import build_flux_vae
-
-    registry = z_image[0].registry
+def gguf_models(z_image: Any, z_image_parts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+                ) -> dict[str, Any]:
+    """The GGUF main, with the session's separate Qwen3 encoder and VAE and its kohya LoRA."""
     folder = tmp_path_factory.mktemp("z-image-gguf")
-    built = {"gguf": build_z_image_gguf(folder / "z_image_turbo-Q8_0.gguf", seed=SEED),
-             "qwen3": tiny.build_qwen3_encoder(folder / "qwen3", seed=SEED),
-             "vae": build_flux_vae(folder / "z-image-vae", seed=SEED),
-             "lora": tiny.build_z_image_lora(folder / "lora.safetensors", style="kohya", seed=5)}
-    out: dict[str, Any] = {name: install_model(registry, str(path), name=f"zg-{name}").identifier()
-                           for name, path in built.items()}
-    out["paths"] = built
-    return out
+    gguf = build_z_image_gguf(folder / "z_image_turbo-Q8_0.gguf", seed=SEED)
+    return {"gguf": install_model(z_image[0].registry, str(gguf), name="zg-gguf").identifier(),
+            "qwen3": z_image_parts["qwen3"], "vae": z_image_parts["vae"], "lora": z_image_parts["kohya"],
+            "paths": {"gguf": gguf, "lora": z_image_parts["paths"]["kohya"]}}
 
 
 def _reference(manager: Any, identifier: dict[str, Any], transformer: Any, seed: int) -> np.ndarray:

@@ -32,21 +32,19 @@ SEED = 3  # the session's tiny-z-image
 
 
 @pytest.fixture(scope="module")
-def extras(z_image: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def extras(z_image: Any, z_image_parts: dict[str, Any],
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """The main's parts as separate models (same seed: its own weights), a LoRA of each format and a ControlNet."""
-    from invokeai_provider.models.testing.tiny_flux_parts import build_flux_vae
-
     registry = z_image[0].registry
     folder = tmp_path_factory.mktemp("z-image-extras")
     built = {"single": tiny.build_z_image_checkpoint(folder / "z-image-turbo.safetensors", seed=SEED,
                                                       prefix="model.diffusion_model."),
-             "qwen3": tiny.build_qwen3_encoder(folder / "qwen3", seed=SEED),
-             "vae": build_flux_vae(folder / "z-image-vae", seed=SEED),
-             "kohya": tiny.build_z_image_lora(folder / "kohya.safetensors", style="kohya", seed=5),
              "peft": tiny.build_z_image_lora(folder / "peft.safetensors", style="diffusers", seed=6,
                                              text_encoder=True),
              "control": tiny.build_z_image_controlnet(folder / "control.safetensors", seed=SEED)}
-    return {name: install_model(registry, str(path), name=f"z-{name}").identifier() for name, path in built.items()}
+    installed = {name: install_model(registry, str(path), name=f"z-{name}").identifier()
+                 for name, path in built.items()}
+    return {**installed, **{name: z_image_parts[name] for name in ("qwen3", "vae", "kohya")}}
 
 
 def test_a_single_file_transformer_with_separate_parts_gives_the_folders_image(

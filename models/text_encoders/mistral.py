@@ -27,6 +27,11 @@ from typing import Any, Optional
 from invokeai_provider.core.taxonomy import BaseModelType, MistralVariantType, ModelType, SubModelType
 from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
 from invokeai_provider.models.model_manager.probe import ProbeError, ProbeResult
+from invokeai_provider.models.text_encoders.folders import (
+    encoder_folder_config,
+    encoder_folders,
+    require_tokenizer,
+)
 
 MISTRAL_CLASSES = {"Mistral3ForConditionalGeneration", "MistralForCausalLM", "MistralModel"}
 MISTRAL_WIDTH = 5120
@@ -87,14 +92,6 @@ def probe_mistral_file(path: Path, shapes: dict[str, tuple[int, ...]]) -> Option
 # --- folders ----------------------------------------------------------------------------------------
 
 
-def mistral_folders(path: Path) -> tuple[Path, Path]:
-    """(encoder folder, tokenizer folder) of a standalone Mistral encoder: ``text_encoder/`` and ``tokenizer/`` when
-    it has them, else the folder itself."""
-    encoder = path / "text_encoder" if (path / "text_encoder" / "config.json").is_file() else path
-    tokenizer = path / "tokenizer" if (path / "tokenizer").is_dir() else path
-    return encoder, tokenizer
-
-
 def folder_geometry(config: dict[str, Any]) -> tuple[Any, Any]:
     """(width, depth) of a Mistral ``config.json``; a Mistral3 model keeps its language model's under
     ``text_config``."""
@@ -106,24 +103,12 @@ def folder_geometry(config: dict[str, Any]) -> tuple[Any, Any]:
 def probe_mistral_folder(path: Path) -> Optional[ProbeResult]:
     """A standalone Mistral encoder folder (InvokeAI's ``mistral_encoder`` format), or None when the folder is not
     one (a whole pipeline is a main model)."""
-    if (path / "model_index.json").exists() or (path / "transformer").exists():
+    found = encoder_folder_config(path, MISTRAL_CLASSES)
+    if found is None:
         return None
-    encoder, tokenizer = mistral_folders(path)
-    if not (encoder / "config.json").is_file():
-        return None
-    try:
-        config = json.loads((encoder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProbeError(f"{encoder / 'config.json'}: unreadable config ({exc})") from None
-    if not isinstance(config, dict):
-        return None
-    architectures = config.get("architectures") or [config.get("_class_name")]
-    if not any(name in MISTRAL_CLASSES for name in architectures if isinstance(name, str)):
-        return None
+    encoder, tokenizer, config = found
     variant = mistral_variant(*folder_geometry(config), encoder / "config.json")
-    if not any((tokenizer / name).is_file() for name in TOKENIZER_FILES):
-        raise ProbeError(f"{path}: a Mistral encoder needs its tokenizer (tokenizer.json) in tokenizer/ or beside its "
-                         "config; none found")
+    require_tokenizer(path, tokenizer, "Mistral", TOKENIZER_FILES)
     return ProbeResult(ModelType.MistralEncoder, ModelFormat.MistralEncoder, BaseModelType.Any, variant)
 
 
@@ -175,7 +160,7 @@ def load_part(config: ModelConfig, part: Optional[SubModelType], path: Path, con
                              f"{config.type.value} model (expected one of {', '.join(p.value for p in MISTRAL_PARTS)})")
     variant = config.variant if isinstance(config.variant, MistralVariantType) else None
     if config.format is ModelFormat.MistralEncoder:
-        encoder, tokenizer = mistral_folders(path)
+        encoder, tokenizer = encoder_folders(path)
         return load_tokenizer(tokenizer) if part is SubModelType.Tokenizer else load_encoder(encoder, dtype, variant)
     if config.format is not ModelFormat.Checkpoint:
         raise ModelLoadError(f"{where}: a {config.format.value} Mistral encoder cannot be loaded here; install the "
@@ -187,7 +172,7 @@ def load_part(config: ModelConfig, part: Optional[SubModelType], path: Path, con
                 "Tekken tokenizer embedded in Comfy's files with mistral_common, which this provider does not have): "
                 "install it again with --config naming a folder that holds the tokenizer (FLUX.2-dev's tokenizer/ "
                 "folder), or install the encoder as a folder with text_encoder/ and tokenizer/")
-        return load_tokenizer(mistral_folders(config_path)[1])
+        return load_tokenizer(encoder_folders(config_path)[1])
     return load_file(path, dtype, variant)
 
 

@@ -12,7 +12,6 @@ folder the file was installed with.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +19,11 @@ from invokeai_provider.core.taxonomy import BaseModelType, ModelType, Qwen3Varia
 from invokeai_provider.models.flux.bfl_names import block_count
 from invokeai_provider.models.model_manager.configs import ModelConfig, ModelFormat
 from invokeai_provider.models.model_manager.probe import ProbeError, ProbeResult
+from invokeai_provider.models.text_encoders.folders import (
+    encoder_folder_config,
+    encoder_folders,
+    require_tokenizer,
+)
 
 QWEN3_CLASSES = {"Qwen3ForCausalLM", "Qwen3Model"}
 QWEN3_WIDTHS = {1024: Qwen3VariantType.Qwen3_06B, 2560: Qwen3VariantType.Qwen3_4B, 4096: Qwen3VariantType.Qwen3_8B}
@@ -63,36 +67,16 @@ def probe_qwen3_gguf(path: Path, shapes: dict[str, tuple[int, ...]]) -> Optional
                        qwen3_variant(embed[-1] if embed else None, path))
 
 
-def qwen3_folders(path: Path) -> tuple[Path, Path]:
-    """(encoder folder, tokenizer folder) of a standalone Qwen3 encoder: ``text_encoder/`` and ``tokenizer/`` when it
-    has them, else the folder itself."""
-    encoder = path / "text_encoder" if (path / "text_encoder" / "config.json").is_file() else path
-    tokenizer = path / "tokenizer" if (path / "tokenizer").is_dir() else path
-    return encoder, tokenizer
-
-
 def probe_qwen3_folder(path: Path) -> Optional[ProbeResult]:
     """A standalone Qwen3 encoder folder (InvokeAI's ``qwen3_encoder`` format), or None when the folder is not one."""
-    if (path / "model_index.json").exists() or (path / "transformer").exists():
+    found = encoder_folder_config(path, QWEN3_CLASSES)
+    if found is None:
         return None
-    encoder, tokenizer = qwen3_folders(path)
-    if not (encoder / "config.json").is_file():
-        return None
-    try:
-        config = json.loads((encoder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProbeError(f"{encoder / 'config.json'}: unreadable config ({exc})") from None
-    if not isinstance(config, dict):
-        return None
-    architectures = config.get("architectures") or [config.get("_class_name")]
-    if not any(name in QWEN3_CLASSES for name in architectures if isinstance(name, str)):
-        return None
+    encoder, tokenizer, config = found
     if (encoder / "quantization_config.json").is_file():
         raise ProbeError(f"{path}: an SDNQ-quantized Qwen3 encoder; running it needs SDNQ's dequantizing loader, "
                          "which this provider does not have; install the unquantized encoder")
-    if not any((tokenizer / name).is_file() for name in TOKENIZER_FILES):
-        raise ProbeError(f"{path}: a Qwen3 encoder needs its tokenizer (tokenizer.json) in tokenizer/ or beside its "
-                         "config; none found")
+    require_tokenizer(path, tokenizer, "Qwen3", TOKENIZER_FILES)
     return ProbeResult(ModelType.Qwen3Encoder, ModelFormat.Qwen3Encoder, BaseModelType.Any,
                        qwen3_variant(config.get("hidden_size"), encoder / "config.json"))
 
@@ -123,7 +107,7 @@ def load_part(config: ModelConfig, part: Optional[SubModelType], path: Path, con
         raise ModelLoadError(f"{where}: submodel {part.value if part else 'None'!r} does not exist in a "
                              f"{config.type.value} model (expected one of {', '.join(p.value for p in QWEN3_PARTS)})")
     if config.format is ModelFormat.Qwen3Encoder:
-        encoder, tokenizer = qwen3_folders(path)
+        encoder, tokenizer = encoder_folders(path)
         return load_tokenizer(tokenizer) if part is SubModelType.Tokenizer else load_encoder(encoder, dtype)
     if part is SubModelType.Tokenizer:
         if config_path is None:
@@ -132,7 +116,7 @@ def load_part(config: ModelConfig, part: Optional[SubModelType], path: Path, con
                 "it; this provider has none): install it again with --config naming a folder that holds Qwen3's "
                 "tokenizer (tokenizer.json, tokenizer_config.json), or install the encoder as a folder with "
                 "text_encoder/ and tokenizer/")
-        return load_tokenizer(qwen3_folders(config_path)[1])
+        return load_tokenizer(encoder_folders(config_path)[1])
     return load_gguf(path, dtype) if config.format is ModelFormat.GGUFQuantized else load_file(path, dtype)
 
 

@@ -41,6 +41,8 @@ class CogView4ModelLoaderOutput(BaseInvocationOutput):
 class CogView4ModelLoaderInvocation(BaseInvocation):
     """Loads a CogView4 base model, outputting its submodels."""
 
+    # InvokeAI's is a direct input; here an edge may feed it too (the example workflows feed it from a
+    # model_identifier node so that the image metadata records the model chosen in the form)
     model: ModelIdentifierField = InputField(description=COGVIEW4_MODEL_DESCRIPTION,
                                              ui_model_base=BaseModelType.CogView4, ui_model_type=ModelType.Main)
 

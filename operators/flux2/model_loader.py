@@ -18,6 +18,7 @@ from invokeai_provider.core.invocation import (
     BaseInvocation,
     BaseInvocationOutput,
     Classification,
+    Input,
     InputField,
     OutputField,
     invocation,
@@ -59,18 +60,22 @@ class Flux2KleinModelLoaderOutput(BaseInvocationOutput):
 class Flux2KleinModelLoaderInvocation(BaseInvocation):
     """Loads a Flux2 Klein model, outputting its submodels."""
 
+    # InvokeAI's is a direct input; here an edge may feed it too (the example workflows feed it from a
+    # model_identifier node so that the image metadata records the model chosen in the form)
     model: ModelIdentifierField = InputField(description="Flux model (Transformer) to load", title="Transformer",
                                              ui_model_base=BaseModelType.Flux2, ui_model_type=ModelType.Main)
     vae_model: Optional[ModelIdentifierField] = InputField(
-        default=None, title="VAE", ui_model_base=[BaseModelType.Flux, BaseModelType.Flux2], ui_model_type=ModelType.VAE,
+        default=None, title="VAE", input=Input.Direct, ui_model_base=[BaseModelType.Flux, BaseModelType.Flux2],
+        ui_model_type=ModelType.VAE,
         description="Standalone VAE model. Flux2 Klein uses the same VAE as FLUX (16-channel). If not provided, VAE "
                     "will be loaded from the Qwen3 Source model.")
     qwen3_encoder_model: Optional[ModelIdentifierField] = InputField(
-        default=None, title="Qwen3 Encoder", ui_model_type=ModelType.Qwen3Encoder,
+        default=None, title="Qwen3 Encoder", input=Input.Direct, ui_model_type=ModelType.Qwen3Encoder,
         description="Standalone Qwen3 Encoder model. If not provided, encoder will be loaded from the Qwen3 Source "
                     "model.")
     qwen3_source_model: Optional[ModelIdentifierField] = InputField(
-        default=None, title="Qwen3 Source", ui_model_base=BaseModelType.Flux2, ui_model_type=ModelType.Main,
+        default=None, title="Qwen3 Source", input=Input.Direct, ui_model_base=BaseModelType.Flux2,
+        ui_model_type=ModelType.Main,
         description="Diffusers or SDNQ-pipeline Flux2 Klein model to extract VAE and/or Qwen3 encoder from. Use this "
                     "if you don't have separate VAE/Qwen3 models. Ignored if both VAE and Qwen3 Encoder are provided "
                     "separately.")

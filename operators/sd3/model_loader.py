@@ -18,6 +18,7 @@ from invokeai_provider.core.fields import CLIPField, ModelIdentifierField, T5Enc
 from invokeai_provider.core.invocation import (
     BaseInvocation,
     BaseInvocationOutput,
+    Input,
     InputField,
     OutputField,
     invocation,
@@ -52,17 +53,19 @@ class Sd3ModelLoaderOutput(BaseInvocationOutput):
 class Sd3ModelLoaderInvocation(BaseInvocation):
     """Loads a SD3 base model, outputting its submodels."""
 
+    # InvokeAI's is a direct input; here an edge may feed it too (the example workflows feed it from a
+    # model_identifier node so that the image metadata records the model chosen in the form)
     model: ModelIdentifierField = InputField(description="SD3 model (MMDiTX) to load",
                                              ui_model_base=BaseModelType.StableDiffusion3, ui_model_type=ModelType.Main)
     t5_encoder_model: Optional[ModelIdentifierField] = InputField(
-        default=None, description="T5 tokenizer and text encoder", title="T5 Encoder",
+        default=None, description="T5 tokenizer and text encoder", title="T5 Encoder", input=Input.Direct,
         ui_model_type=ModelType.T5Encoder)
     clip_l_model: Optional[ModelIdentifierField] = InputField(
-        default=None, description=CLIP_EMBED_DESCRIPTION, title="CLIP L Encoder", ui_model_type=ModelType.CLIPEmbed,
-        ui_model_variant=ClipVariantType.L)
+        default=None, description=CLIP_EMBED_DESCRIPTION, title="CLIP L Encoder", input=Input.Direct,
+        ui_model_type=ModelType.CLIPEmbed, ui_model_variant=ClipVariantType.L)
     clip_g_model: Optional[ModelIdentifierField] = InputField(
-        default=None, description="CLIP-G Embed loader", title="CLIP G Encoder", ui_model_type=ModelType.CLIPEmbed,
-        ui_model_variant=ClipVariantType.G)
+        default=None, description="CLIP-G Embed loader", title="CLIP G Encoder", input=Input.Direct,
+        ui_model_type=ModelType.CLIPEmbed, ui_model_variant=ClipVariantType.G)
     vae_model: Optional[ModelIdentifierField] = InputField(
         default=None, description="VAE model to load", title="VAE", ui_model_base=BaseModelType.StableDiffusion3,
         ui_model_type=ModelType.VAE)

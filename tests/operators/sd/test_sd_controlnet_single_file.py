@@ -53,6 +53,8 @@ def test_a_single_file_controlnet_gives_its_folders_image(model_run, tiny_regist
     assert (single.type.value, single.format.value, single.base.value) == ("controlnet", "checkpoint", "sd-1")
     from_file = image(model_run, tiny_registry, single.identifier())
     from_folder = image(model_run, tiny_registry, folder.identifier())
-    assert np.array_equal(from_file, from_folder)
+    # the same weights, loaded from a single file or from the folder: their tensors are laid out in memory
+    # differently, which may change the CPU kernels' summation by a rounding step (1 level at most)
+    assert np.abs(from_file.astype(int) - from_folder.astype(int)).max() <= 1, np.abs(from_file - from_folder).max()
     plain = image(model_run, tiny_registry, None)
     assert np.abs(from_file - plain).max() > 3  # it does steer the image

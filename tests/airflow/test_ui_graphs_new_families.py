@@ -1,6 +1,6 @@
-"""The graphs InvokeAI's web UI builds for SD3.5, CogView4, Z-Image and FLUX.2 Klein (buildSD3Graph,
-buildCogView4Graph, buildZImageGraph, buildFLUXGraph's Klein path with addTextToImage / addImageToImage / addInpaint /
-addOutpaint, the LoRA collections, Z-Image control, regional prompts, FLUX.2 reference images) run here unchanged:
+"""The graphs InvokeAI's web UI builds for SD3.5, CogView4, Z-Image, FLUX.2 Klein and FLUX.2 [dev] (buildSD3Graph,
+buildCogView4Graph, buildZImageGraph, buildFLUXGraph's Klein and [dev] paths with addTextToImage / addImageToImage /
+addInpaint / addOutpaint, the LoRA collections (addFlux2DevLoRAs for [dev]), Z-Image control, regional prompts, FLUX.2 reference images) run here unchanged:
 posted as the UI's enqueue_batch body (seed and prompts filled from the batch data), expanded and run in the engine
 with the tiny models. Their shape is rebuilt by tests/ui_graphs.py.
 
@@ -29,13 +29,14 @@ CANVAS = 64  # the canvas modes' size
 PROMPT = "a red lighthouse on a cliff, watercolor"
 CANVAS_METADATA = {"canvas_v2_metadata": {"controlLayers": [], "inpaintMasks": [], "rasterLayers": [],
                                           "regionalGuidance": []}}
-STRENGTH_EXPONENT = {"sd-3": 0.2, "flux2": 0.2, "cogview4": 1.0, "z-image": 1.0}
+STRENGTH_EXPONENT = {"sd-3": 0.2, "flux2": 0.2, "flux2-dev": 0.2, "cogview4": 1.0, "z-image": 1.0}
+DEV_GUIDANCE = 2.5  # FLUX.2 [dev]'s guidance (not flux2_denoise's default 4, so a dropped field would show)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A model root with the tiny SD3.5, CogView4, Z-Image (with LoRA and ControlNet) and FLUX.2 Klein (with LoRA)
-    models; their identifiers by (kind, base)."""
+    """A model root with the tiny SD3.5, CogView4, Z-Image (with LoRA and ControlNet), FLUX.2 Klein (with LoRA) and
+    FLUX.2 [dev] (base key "flux2-dev") models; their identifiers by (kind, base)."""
     from invokeai_provider.models.model_manager.manager import ModelManager
     from invokeai_provider.models.model_manager.registry import ModelRegistry
     from invokeai_provider.models.testing.tiny_install import install_tiny
@@ -44,6 +45,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     wanted = [("main", "sd-3"), ("main", "cogview4"), ("main", "z-image"), ("lora", "z-image"),
               ("controlnet", "z-image"), ("main", "flux2"), ("lora", "flux2")]
     ids = {key: install_tiny(registry, *key).config.identifier() for key in wanted}
+    ids["main", "flux2-dev"] = install_tiny(registry, "main", "flux2", variant="dev").config.identifier()
+    # the tiny FLUX.2 LoRA patches no context input, so it records no variant and fits the [dev] transformer too
+    # (whose patched layers have Klein's shapes: only the context embedder is wider)
+    ids["lora", "flux2-dev"] = ids["lora", "flux2"]
     return {"manager": ModelManager(registry, device="cpu"), "uri": registry.location, **ids}
 
 
@@ -292,6 +297,40 @@ def flux2_ui(models: dict[str, Any], mode: str, canvas: Canvas, loras: Optional[
     return g, {"output": output, "seed": seed, "positive": positive}
 
 
+def flux2_dev_ui(models: dict[str, Any], mode: str, canvas: Canvas, loras: Optional[list[float]] = None,
+                 guidance: float = DEV_GUIDANCE) -> tuple[UiGraph, dict[str, str]]:
+    """buildFLUXGraph's FLUX.2 [dev] path: flux2_dev_model_loader (no part selectors: they are undefined, so
+    absent; max_seq_len into the encoder), flux2_dev_text_encoder through a collect, flux2_denoise with the guidance,
+    the VAE into the denoise, LoRAs through flux2_dev_lora_collection_loader (addFlux2DevLoRAs), the guidance in the
+    metadata; the generation modes are Klein's (flux2_* metadata)."""
+    g = UiGraph("flux_graph", seed=71)
+    positive = g.add("string", "positive_prompt")
+    seed = g.add("integer", "seed")
+    l2i = g.add("flux2_vae_decode")
+    loader = g.add("flux2_dev_model_loader", model=models["main", "flux2-dev"])
+    pos = g.add("flux2_dev_text_encoder")
+    denoise = g.add("flux2_denoise", guidance=guidance, num_steps=STEPS, scheduler="euler")
+    pos_collect = g.add("collect", "pos_cond_collect")
+    g.edge(loader, "mistral_encoder", pos, "mistral_encoder")
+    g.edge(loader, "max_seq_len", pos, "max_seq_len")
+    g.edge(loader, "transformer", denoise, "transformer")
+    g.edge(loader, "vae", denoise, "vae")
+    g.edge(loader, "vae", l2i, "vae")
+    g.edge(positive, "value", pos, "prompt")
+    g.edge(pos, "conditioning", pos_collect, "item")
+    g.edge(pos_collect, "collection", denoise, "positive_text_conditioning")
+    g.edge(seed, "value", denoise, "seed")
+    g.edge(denoise, "latents", l2i, "latents")
+    g.metadata(model=models["main", "flux2-dev"], steps=STEPS, scheduler="euler", guidance=guidance)
+    g.edge_to_metadata(seed, "value", "seed")
+    g.edge_to_metadata(positive, "value", "positive_prompt")
+    if loras:
+        add_lora_collection(g, "flux2_dev_lora_collection_loader",
+                            [(models["lora", "flux2-dev"], w) for w in loras], loader, denoise, "mistral_encoder", [pos])
+    output = finish(g, mode, "flux2-dev", canvas, denoise, l2i, "flux2_vae_encode", loader, seed, "flux2")
+    return g, {"output": output, "seed": seed, "positive": positive}
+
+
 # --- the plain graphs the UI's text-to-image must equal ----------------------------------------------------------
 
 
@@ -362,10 +401,32 @@ def flux2_plain(models: dict[str, Any], seed: int, lora: Optional[float] = None,
     return graph(*nodes, edges=edges)
 
 
+def flux2_dev_plain(models: dict[str, Any], seed: int, lora: Optional[float] = None,
+                    guidance: float = DEV_GUIDANCE) -> dict[str, Any]:
+    """[dev] text to image with the conditioning edged straight in; ``lora``: through flux2_dev_lora_loader."""
+    nodes = [node("load", "flux2_dev_model_loader", model=models["main", "flux2-dev"]),
+             node("pos", "flux2_dev_text_encoder", prompt=PROMPT),
+             node("denoise", "flux2_denoise", seed=seed, num_steps=STEPS, width=SIZE, height=SIZE, guidance=guidance),
+             node("decode", "flux2_vae_decode")]
+    parts = "load"
+    edges = [edge("pos", "conditioning", "denoise", "positive_text_conditioning"),
+             edge("load", "max_seq_len", "pos", "max_seq_len"), edge("load", "vae", "denoise", "vae"),
+             edge("denoise", "latents", "decode", "latents"), edge("load", "vae", "decode", "vae")]
+    if lora is not None:
+        nodes.append(node("lora", "flux2_dev_lora_loader", lora=models["lora", "flux2-dev"], weight=lora))
+        edges += [edge("load", "transformer", "lora", "transformer"),
+                  edge("load", "mistral_encoder", "lora", "mistral_encoder")]
+        parts = "lora"
+    edges += [edge(parts, "transformer", "denoise", "transformer"),
+              edge(parts, "mistral_encoder", "pos", "mistral_encoder")]
+    return graph(*nodes, edges=edges)
+
+
 BUILDERS: dict[str, Callable[..., tuple[UiGraph, dict[str, str]]]] = {
-    "sd-3": sd3_ui, "cogview4": cogview4_ui, "z-image": z_image_ui, "flux2": flux2_ui}
-PLAIN = {"sd-3": sd3_plain, "cogview4": cogview4_plain, "z-image": z_image_plain, "flux2": flux2_plain}
-PREFIX = {"sd-3": "sd3", "cogview4": "cogview4", "z-image": "z_image", "flux2": "flux2"}
+    "sd-3": sd3_ui, "cogview4": cogview4_ui, "z-image": z_image_ui, "flux2": flux2_ui, "flux2-dev": flux2_dev_ui}
+PLAIN = {"sd-3": sd3_plain, "cogview4": cogview4_plain, "z-image": z_image_plain, "flux2": flux2_plain,
+         "flux2-dev": flux2_dev_plain}
+PREFIX = {"sd-3": "sd3", "cogview4": "cogview4", "z-image": "z_image", "flux2": "flux2", "flux2-dev": "flux2"}
 
 
 def changed(image: np.ndarray, other: np.ndarray) -> bool:
@@ -396,11 +457,18 @@ def test_the_ui_text_to_image_batch_gives_the_plain_graphs_images_per_seed(base:
             == {"generation_mode": f"{PREFIX[base]}_txt2img", "seed": seed, "positive_prompt": PROMPT,
                 "steps": STEPS, "width": SIZE, "height": SIZE}
         assert metadata["model"]["key"] == models["main", base]["key"]
+        if base == "flux2-dev":
+            assert metadata["guidance"] == DEV_GUIDANCE
     assert not np.array_equal(results[0][0], results[1][0])
 
 
-@pytest.mark.parametrize("mode", ["img2img", "inpaint", "outpaint"])
-@pytest.mark.parametrize("base", sorted(BUILDERS))
+# [dev]: image to image only (its canvas wiring is Klein's, buildFLUXGraph's shared addFlux2Features; its inpaint and
+# outpaint passed when run once, left out to keep the module fast)
+CANVAS_CASES = [(base, mode) for base in sorted(BUILDERS) for mode in ("img2img", "inpaint", "outpaint")
+                if base != "flux2-dev" or mode == "img2img"]
+
+
+@pytest.mark.parametrize("base,mode", CANVAS_CASES)
 def test_the_ui_canvas_graphs_run(base: str, mode: str, models: dict[str, Any], canvas: Canvas,
                                   run_context) -> None:
     """Image to image, inpaint and outpaint as the canvas builds them (unscaled, tile infill): an image of the canvas
@@ -449,7 +517,7 @@ def test_the_ui_inpaint_with_scale_before_processing_and_a_noise_mask(models: di
     assert image.shape == (CANVAS, CANVAS, 3) and metadata["generation_mode"] == "z_image_inpaint"
 
 
-@pytest.mark.parametrize("base", ["z-image", "flux2"])
+@pytest.mark.parametrize("base", ["z-image", "flux2", "flux2-dev"])
 def test_the_ui_lora_collection_gives_the_single_lora_loaders_image(base: str, models: dict[str, Any],
                                                                     canvas: Canvas, run_context) -> None:
     """lora_selector -> collect -> *_lora_collection_loader as the UI wires LoRAs: the image of the single LoRA

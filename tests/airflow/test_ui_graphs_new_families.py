@@ -1,8 +1,8 @@
 """The graphs InvokeAI's web UI builds for SD3.5, CogView4, Z-Image, FLUX.2 Klein and FLUX.2 [dev] (buildSD3Graph,
 buildCogView4Graph, buildZImageGraph, buildFLUXGraph's Klein and [dev] paths with addTextToImage / addImageToImage /
-addInpaint / addOutpaint, the LoRA collections (addFlux2DevLoRAs for [dev]), Z-Image control, regional prompts, FLUX.2 reference images) run here unchanged:
-posted as the UI's enqueue_batch body (seed and prompts filled from the batch data), expanded and run in the engine
-with the tiny models. Their shape is rebuilt by tests/ui_graphs.py.
+addInpaint / addOutpaint, the LoRA collections (addFlux2DevLoRAs for [dev]), Z-Image control, regional prompts,
+FLUX.2 reference images) run here unchanged: posted as the UI's enqueue_batch body (seed and prompts filled from the
+batch data), expanded and run in the engine with the tiny models. Their shape is rebuilt by tests/ui_graphs.py.
 
 Text to image, the LoRA collection and the FLUX.2 reference-image collect chain must give exactly the image of the
 plain graph with the same settings (the UI's string/integer/collect/metadata nodes change nothing); the canvas

@@ -259,8 +259,9 @@ def add_outpaint(g: UiGraph, canvas: Canvas, denoise: str, l2i: str, i2l: str, v
 
 def add_lora_collection(g: UiGraph, loader_type: str, loras: list[tuple[dict[str, Any], float]], model_loader: str,
                         denoise: str, encoder_field: str, encoders: list[str]) -> None:
-    """addZImageLoRAs / addFlux2KleinLoRAs / addFlux2DevLoRAs: lora_selector nodes into a collect, into the collection loader, which
-    takes the loader's transformer and text encoder and feeds the denoise and the prompt nodes instead."""
+    """addZImageLoRAs / addFlux2KleinLoRAs / addFlux2DevLoRAs: lora_selector nodes into a collect, into the
+    collection loader, which takes the loader's transformer and text encoder and feeds the denoise and the prompt
+    nodes instead."""
     collector = g.add("collect", "lora_collector")
     loader = g.add(loader_type)
     g.edge(collector, "collection", loader, "loras")

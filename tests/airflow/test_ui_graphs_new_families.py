@@ -325,8 +325,8 @@ def flux2_dev_ui(models: dict[str, Any], mode: str, canvas: Canvas, loras: Optio
     g.edge_to_metadata(seed, "value", "seed")
     g.edge_to_metadata(positive, "value", "positive_prompt")
     if loras:
-        add_lora_collection(g, "flux2_dev_lora_collection_loader",
-                            [(models["lora", "flux2-dev"], w) for w in loras], loader, denoise, "mistral_encoder", [pos])
+        add_lora_collection(g, "flux2_dev_lora_collection_loader", [(models["lora", "flux2-dev"], w) for w in loras],
+                            loader, denoise, "mistral_encoder", [pos])
     output = finish(g, mode, "flux2-dev", canvas, denoise, l2i, "flux2_vae_encode", loader, seed, "flux2")
     return g, {"output": output, "seed": seed, "positive": positive}
 

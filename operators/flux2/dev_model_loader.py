@@ -26,6 +26,7 @@ from invokeai_provider.core.invocation import (
 from invokeai_provider.core.taxonomy import BaseModelType, Flux2VariantType, ModelType, SubModelType
 from invokeai_provider.errors import field_error
 from invokeai_provider.operators.core.models import ModelInputError, check_model, submodel
+from invokeai_provider.operators.flux2.model_loader import choose_vae, diffusers_source
 from invokeai_provider.operators.sd.common import model_service
 
 if TYPE_CHECKING:
@@ -89,25 +90,14 @@ class Flux2DevModelLoaderInvocation(BaseInvocation):
             raise field_error(ModelInputError, self, "model", (
                 f"needs a FLUX.2 [dev] transformer, but {main.name!r} is FLUX.2 variant {_variant(main)}; use "
                 "flux2_klein_model_loader for Klein models"))
+        vae = choose_vae(self, models, main, "mistral_source_model", "Mistral", "FLUX.2 [dev]")
         main_has_parts = main.format.value == "diffusers"
-        if self.vae_model is not None:
-            vae = self.vae_model
-        elif main_has_parts:
-            vae = self.model
-        elif self.mistral_source_model is not None:
-            self._source(models)
-            vae = self.mistral_source_model
-        else:
-            raise field_error(ModelInputError, self, "vae_model", (
-                f"the selected FLUX.2 [dev] model {main.name!r} is a {main.format.value} (the transformer alone) and "
-                "ships no VAE: select a FLUX.2 VAE in vae_model, or a diffusers FLUX.2 [dev] model in "
-                "mistral_source_model"))
         if self.mistral_encoder_model is not None:
             encoder = self.mistral_encoder_model
         elif main_has_parts:
             encoder = self.model
         elif self.mistral_source_model is not None:
-            source = self._source(models)
+            source = diffusers_source(self, models, "mistral_source_model", "Mistral")
             if source.variant is not None and source.variant != Flux2VariantType.Dev:
                 raise field_error(ModelInputError, self, "mistral_source_model", (
                     f"must be a FLUX.2 [dev] pipeline to take its text encoder from, but {source.name!r} is variant "
@@ -123,12 +113,3 @@ class Flux2DevModelLoaderInvocation(BaseInvocation):
             mistral_encoder=MistralEncoderField(tokenizer=submodel(encoder, SubModelType.Tokenizer),
                                                 text_encoder=submodel(encoder, SubModelType.TextEncoder), loras=[]),
             vae=VAEField(vae=submodel(vae, SubModelType.VAE)), max_seq_len=self.max_seq_len)
-
-    def _source(self, models: Any) -> Any:
-        """The source main's record: it must be a diffusers folder, which has the parts."""
-        config = models.get_config(self.mistral_source_model)
-        if config.format.value != "diffusers":
-            raise field_error(ModelInputError, self, "mistral_source_model", (
-                f"must be a diffusers FLUX.2 pipeline (with its VAE and Mistral encoder); {config.name!r} is a "
-                f"{config.format.value}"))
-        return config

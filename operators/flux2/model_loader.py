@@ -44,6 +44,32 @@ KLEIN_QWEN3 = {Flux2VariantType.Klein4B: Qwen3VariantType.Qwen3_4B, Flux2Variant
                Flux2VariantType.Klein9B: Qwen3VariantType.Qwen3_8B, Flux2VariantType.Klein9BBase: Qwen3VariantType.Qwen3_8B}
 
 
+
+def diffusers_source(node: Any, models: Any, field: str, encoder: str) -> Any:
+    """The record of the source main in ``field``: it must be a diffusers folder, which has the parts."""
+    config = models.get_config(getattr(node, field))
+    if config.format.value != "diffusers":
+        raise field_error(ModelInputError, node, field, (
+            f"must be a diffusers FLUX.2 pipeline (with its VAE and {encoder} encoder); {config.name!r} is a "
+            f"{config.format.value}"))
+    return config
+
+
+def choose_vae(node: Any, models: Any, main: Any, source_field: str, encoder: str, family: str) -> Any:
+    """The VAE a FLUX.2 loader outputs: the one selected, else the diffusers main's own, else the source main's;
+    a single-file transformer with none of them is refused naming ``vae_model``."""
+    source = getattr(node, source_field)
+    if node.vae_model is not None:
+        return node.vae_model
+    if main.format.value == "diffusers":
+        return node.model
+    if source is not None:
+        diffusers_source(node, models, source_field, encoder)
+        return source
+    raise field_error(ModelInputError, node, "vae_model", (
+        f"the selected {family} model {main.name!r} is a {main.format.value} (the transformer alone) and ships no "
+        f"VAE: select a FLUX.2 VAE in vae_model, or a diffusers {family} model in {source_field}"))
+
 @invocation_output("flux2_klein_model_loader_output")
 class Flux2KleinModelLoaderOutput(BaseInvocationOutput):
     """Flux2 Klein model loader output."""
@@ -92,18 +118,8 @@ class Flux2KleinModelLoaderInvocation(BaseInvocation):
             check_model(self, "qwen3_source_model", self.qwen3_source_model, context, ModelType.Main, FLUX2)
         models = model_service(self, context, "model")
         main = models.get_config(self.model)
+        vae = choose_vae(self, models, main, "qwen3_source_model", "Qwen3", "FLUX.2")
         main_has_parts = main.format.value == "diffusers"
-        if self.vae_model is not None:
-            vae = self.vae_model
-        elif main_has_parts:
-            vae = self.model
-        elif self.qwen3_source_model is not None:
-            self._source(models, "qwen3_source_model")
-            vae = self.qwen3_source_model
-        else:
-            raise field_error(ModelInputError, self, "vae_model", (
-                f"the selected FLUX.2 model {main.name!r} is a {main.format.value} (the transformer alone) and ships "
-                "no VAE: select a FLUX.2 VAE in vae_model, or a diffusers Flux2 Klein model in qwen3_source_model"))
         if self.qwen3_encoder_model is not None:
             self._check_encoder_size(models, main)
             encoder = self.qwen3_encoder_model
@@ -123,18 +139,9 @@ class Flux2KleinModelLoaderInvocation(BaseInvocation):
                                             text_encoder=submodel(encoder, SubModelType.TextEncoder), loras=[]),
             vae=VAEField(vae=submodel(vae, SubModelType.VAE)), max_seq_len=self.max_seq_len)
 
-    def _source(self, models: Any, field: str) -> Any:
-        """The source main's record: it must be a diffusers folder, which has the parts."""
-        config = models.get_config(getattr(self, field))
-        if config.format.value != "diffusers":
-            raise field_error(ModelInputError, self, field, (
-                f"must be a diffusers FLUX.2 pipeline (with its VAE and Qwen3 encoder); {config.name!r} is a "
-                f"{config.format.value}"))
-        return config
-
     def _check_source_encoder(self, models: Any, main: Any) -> None:
         """A source main's encoder goes with this transformer only if both are Klein of the same Qwen3 size."""
-        source = self._source(models, "qwen3_source_model")
+        source = diffusers_source(self, models, "qwen3_source_model", "Qwen3")
         source_qwen3 = KLEIN_QWEN3.get(source.variant)
         if source_qwen3 is None:
             raise field_error(ModelInputError, self, "qwen3_source_model", (

@@ -248,32 +248,43 @@ def z_image_ui(models: dict[str, Any], mode: str, canvas: Canvas, guidance: floa
     return g, {"output": output, "seed": seed, "positive": positive}
 
 
+def flux2_core(g: UiGraph, model: dict[str, Any], loader_type: str, encoder_type: str, encoder_field: str,
+               **denoise: Any) -> tuple[str, ...]:
+    """buildFLUXGraph's FLUX.2 text-to-image core, shared by Klein and [dev]: prompt and seed primitives, the loader
+    (its encoder and max_seq_len into the prompt node), the prompt through a collect into flux2_denoise (``denoise``:
+    extra fields, also recorded in the metadata), the decode. Returns (positive, seed, l2i, loader, pos, denoise,
+    pos_collect) ids."""
+    positive = g.add("string", "positive_prompt")
+    seed = g.add("integer", "seed")
+    l2i = g.add("flux2_vae_decode")
+    loader = g.add(loader_type, model=model)
+    pos = g.add(encoder_type)
+    node = g.add("flux2_denoise", **denoise, num_steps=STEPS, scheduler="euler")
+    pos_collect = g.add("collect", "pos_cond_collect")
+    g.edge(loader, encoder_field, pos, encoder_field)
+    g.edge(loader, "max_seq_len", pos, "max_seq_len")
+    g.edge(loader, "transformer", node, "transformer")
+    g.edge(loader, "vae", node, "vae")
+    g.edge(loader, "vae", l2i, "vae")
+    g.edge(positive, "value", pos, "prompt")
+    g.edge(pos, "conditioning", pos_collect, "item")
+    g.edge(pos_collect, "collection", node, "positive_text_conditioning")
+    g.edge(seed, "value", node, "seed")
+    g.edge(node, "latents", l2i, "latents")
+    g.metadata(model=model, steps=STEPS, scheduler="euler", **denoise)
+    g.edge_to_metadata(seed, "value", "seed")
+    g.edge_to_metadata(positive, "value", "positive_prompt")
+    return positive, seed, l2i, loader, pos, node, pos_collect
+
+
 def flux2_ui(models: dict[str, Any], mode: str, canvas: Canvas, loras: Optional[list[float]] = None,
              references: Optional[list[str]] = None) -> tuple[UiGraph, dict[str, str]]:
     """buildFLUXGraph's FLUX.2 Klein path: flux2_klein_model_loader (max_seq_len into the encoder), the conditioning
     through a collect, the VAE into flux2_denoise, LoRAs through flux2_klein_lora_collection_loader, reference images
     as flux_kontext nodes in a chain of collects, regions (positive prompts only)."""
     g = UiGraph("flux_graph", seed=61)
-    positive = g.add("string", "positive_prompt")
-    seed = g.add("integer", "seed")
-    l2i = g.add("flux2_vae_decode")
-    loader = g.add("flux2_klein_model_loader", model=models["main", "flux2"])
-    pos = g.add("flux2_klein_text_encoder")
-    denoise = g.add("flux2_denoise", num_steps=STEPS, scheduler="euler")
-    pos_collect = g.add("collect", "pos_cond_collect")
-    g.edge(loader, "qwen3_encoder", pos, "qwen3_encoder")
-    g.edge(loader, "max_seq_len", pos, "max_seq_len")
-    g.edge(loader, "transformer", denoise, "transformer")
-    g.edge(loader, "vae", denoise, "vae")
-    g.edge(loader, "vae", l2i, "vae")
-    g.edge(positive, "value", pos, "prompt")
-    g.edge(pos, "conditioning", pos_collect, "item")
-    g.edge(pos_collect, "collection", denoise, "positive_text_conditioning")
-    g.edge(seed, "value", denoise, "seed")
-    g.edge(denoise, "latents", l2i, "latents")
-    g.metadata(model=models["main", "flux2"], steps=STEPS, scheduler="euler")
-    g.edge_to_metadata(seed, "value", "seed")
-    g.edge_to_metadata(positive, "value", "positive_prompt")
+    positive, seed, l2i, loader, pos, denoise, pos_collect = flux2_core(
+        g, models["main", "flux2"], "flux2_klein_model_loader", "flux2_klein_text_encoder", "qwen3_encoder")
     if loras:
         add_lora_collection(g, "flux2_klein_lora_collection_loader", [(models["lora", "flux2"], w) for w in loras],
                             loader, denoise, "qwen3_encoder", [pos])
@@ -304,26 +315,9 @@ def flux2_dev_ui(models: dict[str, Any], mode: str, canvas: Canvas, loras: Optio
     the VAE into the denoise, LoRAs through flux2_dev_lora_collection_loader (addFlux2DevLoRAs), the guidance in the
     metadata; the generation modes are Klein's (flux2_* metadata)."""
     g = UiGraph("flux_graph", seed=71)
-    positive = g.add("string", "positive_prompt")
-    seed = g.add("integer", "seed")
-    l2i = g.add("flux2_vae_decode")
-    loader = g.add("flux2_dev_model_loader", model=models["main", "flux2-dev"])
-    pos = g.add("flux2_dev_text_encoder")
-    denoise = g.add("flux2_denoise", guidance=guidance, num_steps=STEPS, scheduler="euler")
-    pos_collect = g.add("collect", "pos_cond_collect")
-    g.edge(loader, "mistral_encoder", pos, "mistral_encoder")
-    g.edge(loader, "max_seq_len", pos, "max_seq_len")
-    g.edge(loader, "transformer", denoise, "transformer")
-    g.edge(loader, "vae", denoise, "vae")
-    g.edge(loader, "vae", l2i, "vae")
-    g.edge(positive, "value", pos, "prompt")
-    g.edge(pos, "conditioning", pos_collect, "item")
-    g.edge(pos_collect, "collection", denoise, "positive_text_conditioning")
-    g.edge(seed, "value", denoise, "seed")
-    g.edge(denoise, "latents", l2i, "latents")
-    g.metadata(model=models["main", "flux2-dev"], steps=STEPS, scheduler="euler", guidance=guidance)
-    g.edge_to_metadata(seed, "value", "seed")
-    g.edge_to_metadata(positive, "value", "positive_prompt")
+    positive, seed, l2i, loader, pos, denoise, pos_collect = flux2_core(
+        g, models["main", "flux2-dev"], "flux2_dev_model_loader", "flux2_dev_text_encoder", "mistral_encoder",
+        guidance=guidance)
     if loras:
         add_lora_collection(g, "flux2_dev_lora_collection_loader", [(models["lora", "flux2-dev"], w) for w in loras],
                             loader, denoise, "mistral_encoder", [pos])
